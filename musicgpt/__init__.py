@@ -1,0 +1,26 @@
+"""musicgpt: piano performances as event tokens, a GPT-2 with relative attention, and attention arcs."""
+
+__version__ = "0.1.0"
+
+# Heavy names (torch) load on first use, so `import musicgpt.midi` stays torch-free.
+_LAZY = {
+    "generate": ("musicgpt.generation", "generate"),
+    "GPTConfig": ("musicgpt.model", "GPTConfig"),
+    "MusicGPT": ("musicgpt.model", "MusicGPT"),
+    "PerformanceTokenizer": ("musicgpt.tokenizer", "PerformanceTokenizer"),
+    "Notes": ("musicgpt.midi", "Notes"),
+    "read_midi": ("musicgpt.midi", "read_midi"),
+    "write_midi": ("musicgpt.midi", "write_midi"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'musicgpt' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

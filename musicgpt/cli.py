@@ -1,0 +1,72 @@
+"""The `musicgpt` command: a thin dispatcher over musicgpt.commands.<name>.
+
+Subcommand modules are imported only when chosen, so `musicgpt --help` is instant and
+commands that need no torch (prepare, view, metrics) never load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> one-line summary; the module musicgpt.commands.<name> does the work.
+COMMANDS: dict[str, str] = {
+    "prepare": "tokenize a MIDI corpus into memory-mappable shards with a manifest",
+    "train": "train or fine-tune a model from a TOML config",
+    "evaluate": "NLL per event, perplexity and accuracy of a checkpoint on MIDI data",
+    "generate": "continue a primer (or start from nothing) and write MIDI, arcs and a viewer",
+    "attend": "compute attention arcs over the notes of an existing MIDI file",
+    "view": "render an arcs.json file as a self-contained HTML viewer (or a PNG)",
+    "info": "print a checkpoint's modules, parameter counts and tensors; plot its embeddings",
+    "plot": "draw the train/valid curves of a training run to PNG",
+    "metrics": "compare generated MIDI against reference MIDI with musical statistics",
+    "bench": "run the project's benchmarks and render docs/benchmarks.md",
+}
+
+
+def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, str | None]:
+    """The top-level parser; only the chosen subcommand's module is imported."""
+    parser = argparse.ArgumentParser(
+        prog="musicgpt",
+        description="Symbolic piano music generation with a relative-attention GPT.",
+    )
+    from musicgpt import __version__
+
+    parser.add_argument("--version", action="version", version=f"musicgpt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    positional = [a for a in argv if not a.startswith("-")]
+    chosen = positional[0] if positional and positional[0] in COMMANDS else None
+    for name, summary in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        if name == chosen:
+            _command_module(name).configure(p)
+    return parser, chosen
+
+
+def _command_module(name: str):
+    return importlib.import_module(f"musicgpt.commands.{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `musicgpt` console script."""
+    from musicgpt.errors import MusicGPTError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, chosen = build_parser(argv)
+    args = parser.parse_args(argv)
+    if chosen is None or args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(_command_module(chosen).run(args) or 0)
+    except MusicGPTError as exc:
+        print(f"musicgpt {chosen}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"musicgpt {chosen}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
