@@ -1,0 +1,281 @@
+"""arcs.json: attention arcs over the notes of a piece (build, validate, read, write; no torch).
+
+One file holds the notes of a piece (primer and continuation) and, for each query note, the
+attention weight it puts on earlier notes, per layer and head:
+
+    {"version": 1, "n_layer": 6, "n_head": 8, "model": {...}, "tokenizer": {...},
+     "notes": [{"id": 0, "pitch": 60, "start": 0.0, "end": 0.5, "velocity": 80, "token": 12, "primer": true}, ...],
+     "arcs":  [{"query": 5, "key": 2, "layer": 0, "head": 3, "weight": 0.41}, ...]}
+
+Rules checked by `validate_arcs`: notes[i].id == i, notes sorted by start, pitch 0..127,
+velocity 1..127, 0 <= start <= end, distinct token positions; every arc names existing notes,
+a layer < n_layer and a head < n_head, its key note starts no later than its query note, its
+weight lies in (0, 1], no (query, key, layer, head) appears twice, and the weights of one
+(query, layer, head) sum to at most 1 (they are shares of one softmax row). Extra top-level
+keys (seed, primer file, ...) are allowed and kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from musicgpt.errors import MusicGPTError
+
+ARCS_VERSION = 1
+NOTE_KEYS = ("id", "pitch", "start", "end", "velocity", "token", "primer")
+ARC_KEYS = ("query", "key", "layer", "head", "weight")
+# Rounding slack when checking that one softmax row's shares sum to at most 1.
+_ROW_SUM_TOLERANCE = 1e-3
+
+
+class ArcsFormatError(MusicGPTError):
+    """An arcs.json file or dict breaks the format; the message names the file and the problem."""
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return (isinstance(x, (int, float)) and not isinstance(x, bool)) and math.isfinite(x)
+
+
+def _round_weight(w: float) -> float:
+    """4 significant digits: keeps files small and never turns a positive weight into 0."""
+    return min(1.0, float(f"{w:.4g}"))
+
+
+def build_arcs(
+    notes: Iterable[Mapping[str, Any]],
+    arcs: Iterable[Mapping[str, Any]],
+    *,
+    n_layer: int,
+    n_head: int,
+    model: Mapping[str, Any] | None = None,
+    tokenizer: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> dict:
+    """Assemble (and validate) an arcs.json dict; times keep microseconds, weights 4 significant digits.
+
+    `notes` need pitch, start, end, velocity, token and primer (id is set to the position);
+    `arcs` need query, key, layer, head and weight. Plain Python numbers or numpy scalars both work.
+    """
+    note_list = [
+        {
+            "id": i,
+            "pitch": int(n["pitch"]),
+            "start": round(float(n["start"]), 6),
+            "end": round(float(n["end"]), 6),
+            "velocity": int(n["velocity"]),
+            "token": int(n["token"]),
+            "primer": bool(n["primer"]),
+        }
+        for i, n in enumerate(notes)
+    ]
+    arc_list = [
+        {
+            "query": int(a["query"]),
+            "key": int(a["key"]),
+            "layer": int(a["layer"]),
+            "head": int(a["head"]),
+            "weight": _round_weight(float(a["weight"])),
+        }
+        for a in arcs
+    ]
+    d = {
+        "version": ARCS_VERSION,
+        "n_layer": int(n_layer),
+        "n_head": int(n_head),
+        "model": dict(model or {}),
+        "tokenizer": dict(tokenizer or {}),
+        **extra,
+        "notes": note_list,
+        "arcs": arc_list,
+    }
+    validate_arcs(d, source="build_arcs")
+    return d
+
+
+def validate_arcs(d: Any, source: str = "arcs data") -> None:
+    """Raise ArcsFormatError naming `source` and the first problem found; return None if `d` is valid."""
+
+    def fail(msg: str) -> None:
+        raise ArcsFormatError(f"{source}: {msg}")
+
+    if not isinstance(d, dict):
+        fail(f"expected a JSON object at the top level, got {type(d).__name__}")
+    if "version" not in d:
+        fail(f"missing 'version' (this musicgpt reads arcs.json version {ARCS_VERSION})")
+    if d["version"] != ARCS_VERSION:
+        fail(f"unsupported version {d['version']!r} (this musicgpt reads arcs.json version {ARCS_VERSION})")
+    for key in ("n_layer", "n_head", "model", "tokenizer", "notes", "arcs"):
+        if key not in d:
+            fail(f"missing top-level key '{key}'")
+    for key in ("n_layer", "n_head"):
+        if not _is_int(d[key]) or d[key] < 1:
+            fail(f"'{key}' must be a positive integer, got {d[key]!r}")
+    for key in ("model", "tokenizer"):
+        if not isinstance(d[key], dict):
+            fail(f"'{key}' must be an object, got {type(d[key]).__name__}")
+    notes, arcs = d["notes"], d["arcs"]
+    if not isinstance(notes, list):
+        fail(f"'notes' must be a list, got {type(notes).__name__}")
+    if not isinstance(arcs, list):
+        fail(f"'arcs' must be a list, got {type(arcs).__name__}")
+    _validate_notes(notes, fail)
+    _validate_arcs(arcs, notes, d["n_layer"], d["n_head"], fail)
+
+
+def _validate_notes(notes: list, fail) -> None:
+    tokens: set[int] = set()
+    previous_start = -math.inf
+    for i, n in enumerate(notes):
+        where = f"notes[{i}]"
+        if not isinstance(n, dict):
+            fail(f"{where} must be an object, got {type(n).__name__}")
+        missing = [k for k in NOTE_KEYS if k not in n]
+        if missing:
+            fail(f"{where} is missing {', '.join(repr(k) for k in missing)}")
+        if not _is_int(n["id"]) or n["id"] != i:
+            fail(f"{where} has id {n['id']!r}; ids must be 0, 1, 2, ... in list order")
+        if not _is_int(n["pitch"]) or not 0 <= n["pitch"] <= 127:
+            fail(f"{where} has pitch {n['pitch']!r}; expected an integer 0..127")
+        if not _is_int(n["velocity"]) or not 1 <= n["velocity"] <= 127:
+            fail(f"{where} has velocity {n['velocity']!r}; expected an integer 1..127")
+        if not _is_number(n["start"]) or n["start"] < 0:
+            fail(f"{where} has start {n['start']!r}; expected a finite number of seconds >= 0")
+        if not _is_number(n["end"]) or n["end"] < n["start"]:
+            fail(f"{where} has end {n['end']!r}; expected a finite number of seconds >= start ({n['start']})")
+        if n["start"] < previous_start:
+            fail(f"{where} starts at {n['start']} s, before notes[{i - 1}] ({previous_start} s); notes must be sorted by start")
+        previous_start = n["start"]
+        if not _is_int(n["token"]) or n["token"] < 0:
+            fail(f"{where} has token {n['token']!r}; expected the index (>= 0) of its NOTE_ON token")
+        if n["token"] in tokens:
+            fail(f"{where} has token {n['token']}, already used by another note")
+        tokens.add(n["token"])
+        if not isinstance(n["primer"], bool):
+            fail(f"{where} has primer {n['primer']!r}; expected true or false")
+
+
+def _validate_arcs(arcs: list, notes: list, n_layer: int, n_head: int, fail) -> None:
+    n_notes = len(notes)
+    seen: set[tuple[int, int, int, int]] = set()
+    row_sums: dict[tuple[int, int, int], float] = {}
+    for i, a in enumerate(arcs):
+        where = f"arcs[{i}]"
+        if not isinstance(a, dict):
+            fail(f"{where} must be an object, got {type(a).__name__}")
+        missing = [k for k in ARC_KEYS if k not in a]
+        if missing:
+            fail(f"{where} is missing {', '.join(repr(k) for k in missing)}")
+        q, k, layer, head, w = (a[key] for key in ARC_KEYS)
+        for name, value in (("query", q), ("key", k)):
+            if not _is_int(value) or not 0 <= value < n_notes:
+                fail(f"{where} has {name} {value!r}; expected a note id 0..{n_notes - 1}")
+        if not _is_int(layer) or not 0 <= layer < n_layer:
+            fail(f"{where} has layer {layer!r}; expected 0..{n_layer - 1} (n_layer = {n_layer})")
+        if not _is_int(head) or not 0 <= head < n_head:
+            fail(f"{where} has head {head!r}; expected 0..{n_head - 1} (n_head = {n_head})")
+        if not _is_number(w) or not 0 < w <= 1:
+            fail(f"{where} has weight {w!r}; expected a number in (0, 1]")
+        if notes[k]["start"] > notes[q]["start"]:
+            fail(
+                f"{where}: key note {k} starts at {notes[k]['start']} s, after its query note {q} "
+                f"({notes[q]['start']} s); a note can only attend to notes that start no later"
+            )
+        ident = (q, k, layer, head)
+        if ident in seen:
+            fail(f"{where} repeats query {q}, key {k}, layer {layer}, head {head}")
+        seen.add(ident)
+        row = (q, layer, head)
+        row_sums[row] = row_sums.get(row, 0.0) + w
+        if row_sums[row] > 1.0 + _ROW_SUM_TOLERANCE:
+            fail(
+                f"{where}: the weights of query {q}, layer {layer}, head {head} sum to {row_sums[row]:.4f} > 1 "
+                "(they are shares of one attention row)"
+            )
+
+
+def read_arcs(path: str | os.PathLike) -> dict:
+    """Load and validate an arcs.json file; errors name the file and the problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ArcsFormatError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArcsFormatError(f"{path}: cannot read ({exc})") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArcsFormatError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    validate_arcs(d, source=str(path))
+    return d
+
+
+def write_arcs(d: dict, path: str | os.PathLike) -> None:
+    """Validate `d` and write it atomically: one note or arc per line, so diffs and greps stay readable."""
+    path = Path(path)
+    validate_arcs(d, source=f"{path} (not written)")
+    head = {k: v for k, v in d.items() if k not in ("notes", "arcs")}
+    lines = [json.dumps(head, separators=(", ", ": "))[:-1] + ","]
+    for key in ("notes", "arcs"):
+        items = d[key]
+        lines.append(f'"{key}": [')
+        lines.extend(json.dumps(x, separators=(",", ":")) + ("," if i < len(items) - 1 else "") for i, x in enumerate(items))
+        lines.append("]," if key == "notes" else "]")
+    lines.append("}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def select_arcs(
+    d: Mapping[str, Any],
+    note: int,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    top: int | None = None,
+    threshold: float = 0.0,
+) -> list[dict]:
+    """The arcs a viewer draws for query `note`: in the chosen layers and heads, weight >= threshold,
+    the `top` heaviest per (layer, head); sorted by (layer, head, -weight, key)."""
+    chosen = [
+        a for a in d["arcs"]
+        if a["query"] == note
+        and (layers is None or a["layer"] in layers)
+        and (heads is None or a["head"] in heads)
+        and a["weight"] >= threshold
+    ]
+    chosen.sort(key=lambda a: (a["layer"], a["head"], -a["weight"], a["key"]))
+    if top is None:
+        return chosen
+    kept: list[dict] = []
+    count: dict[tuple[int, int], int] = {}
+    for a in chosen:
+        lh = (a["layer"], a["head"])
+        count[lh] = count.get(lh, 0) + 1
+        if count[lh] <= top:
+            kept.append(a)
+    return kept

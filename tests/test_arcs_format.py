@@ -1,0 +1,157 @@
+"""arcs.json: a valid file passes, and every schema violation is caught with a message naming it."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from musicgpt.arcs_format import (
+    ARCS_VERSION,
+    ArcsFormatError,
+    build_arcs,
+    read_arcs,
+    select_arcs,
+    validate_arcs,
+    write_arcs,
+)
+from musicgpt.errors import MusicGPTError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def small() -> dict:
+    return read_arcs(FIXTURES / "arcs_small.json")
+
+
+def tiny() -> dict:
+    notes = [
+        {"pitch": 60, "start": 0.0, "end": 0.5, "velocity": 80, "token": 2, "primer": True},
+        {"pitch": 64, "start": 0.5, "end": 1.0, "velocity": 70, "token": 6, "primer": True},
+        {"pitch": 67, "start": 1.0, "end": 1.5, "velocity": 90, "token": 10, "primer": False},
+    ]
+    arcs = [
+        {"query": 2, "key": 0, "layer": 0, "head": 1, "weight": 0.5},
+        {"query": 2, "key": 1, "layer": 0, "head": 1, "weight": 0.25},
+        {"query": 1, "key": 0, "layer": 1, "head": 0, "weight": 1.0},
+    ]
+    return build_arcs(notes, arcs, n_layer=2, n_head=2, model={"n_layer": 2}, tokenizer={"type": "performance"})
+
+
+def test_fixtures_are_valid_and_realistic(small):
+    assert small["version"] == ARCS_VERSION == 1
+    assert len(small["notes"]) == 72 and len(small["arcs"]) > 1000
+    primer = [n["primer"] for n in small["notes"]]
+    assert any(primer) and not all(primer)
+    assert {a["head"] for a in small["arcs"]} == set(range(small["n_head"]))
+    read_arcs(FIXTURES / "arcs_tiny.json")
+
+
+def test_build_sets_ids_rounds_and_keeps_extra_keys():
+    d = build_arcs(
+        [{"pitch": 60, "start": 0.1234567891, "end": 1, "velocity": 80, "token": 0, "primer": False}],
+        [{"query": 0, "key": 0, "layer": 0, "head": 0, "weight": 0.000012345678}],
+        n_layer=1, n_head=1, seed=7,
+    )
+    assert d["notes"][0]["id"] == 0 and d["notes"][0]["start"] == 0.123457
+    assert d["arcs"][0]["weight"] == 1.235e-05  # 4 significant digits, never rounded to 0
+    assert d["seed"] == 7 and d["model"] == {} and d["tokenizer"] == {}
+
+
+def test_write_read_roundtrip(tmp_path, small):
+    path = tmp_path / "sub" / "piece.arcs.json"
+    write_arcs(small, path)
+    assert read_arcs(path) == small
+    assert json.loads(path.read_text()) == small
+    assert not list(path.parent.glob("*.tmp"))
+    assert (path.stat().st_mode & 0o777) != 0o600
+
+
+def test_write_refuses_invalid_and_leaves_no_file(tmp_path):
+    d = tiny()
+    d["arcs"][0]["weight"] = 1.5
+    with pytest.raises(ArcsFormatError, match=r"bad\.json \(not written\): arcs\[0\] has weight 1\.5"):
+        write_arcs(d, tmp_path / "bad.json")
+    assert not list(tmp_path.iterdir())
+
+
+def _broken(edit) -> dict:
+    d = copy.deepcopy(tiny())
+    edit(d)
+    return d
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(version=2), r"unsupported version 2 \(this musicgpt reads arcs.json version 1\)"),
+        (lambda d: d.pop("version"), r"missing 'version'"),
+        (lambda d: d.pop("notes"), r"missing top-level key 'notes'"),
+        (lambda d: d.update(n_head=0), r"'n_head' must be a positive integer, got 0"),
+        (lambda d: d.update(model=[]), r"'model' must be an object"),
+        (lambda d: d["notes"][1].update(id=5), r"notes\[1\] has id 5; ids must be 0, 1, 2"),
+        (lambda d: d["notes"][1].update(id=True), r"notes\[1\] has id True"),
+        (lambda d: d["notes"][0].pop("token"), r"notes\[0\] is missing 'token'"),
+        (lambda d: d["notes"][0].update(pitch=128), r"notes\[0\] has pitch 128"),
+        (lambda d: d["notes"][0].update(velocity=0), r"notes\[0\] has velocity 0"),
+        (lambda d: d["notes"][0].update(end=-1.0), r"notes\[0\] has end -1.0"),
+        (lambda d: d["notes"][0].update(start=float("nan")), r"notes\[0\] has start nan"),
+        (lambda d: d["notes"][2].update(start=0.2, end=0.3), r"notes\[2\] starts at 0.2 s, before notes\[1\]"),
+        (lambda d: d["notes"][2].update(token=6), r"notes\[2\] has token 6, already used"),
+        (lambda d: d["notes"][2].update(primer=1), r"notes\[2\] has primer 1; expected true or false"),
+        (lambda d: d["arcs"][0].update(query=3), r"arcs\[0\] has query 3; expected a note id 0..2"),
+        (lambda d: d["arcs"][0].update(key=-1), r"arcs\[0\] has key -1"),
+        (lambda d: d["arcs"][0].update(key="1"), r"arcs\[0\] has key '1'"),
+        (lambda d: d["arcs"][0].update(layer=2), r"arcs\[0\] has layer 2; expected 0..1 \(n_layer = 2\)"),
+        (lambda d: d["arcs"][0].update(head=-1), r"arcs\[0\] has head -1"),
+        (lambda d: d["arcs"][0].update(weight=0.0), r"arcs\[0\] has weight 0.0; expected a number in \(0, 1\]"),
+        (lambda d: d["arcs"][0].update(weight=1.0001), r"arcs\[0\] has weight 1.0001"),
+        (lambda d: d["arcs"][0].update(weight=-0.2), r"arcs\[0\] has weight -0.2"),
+        (lambda d: d["arcs"][0].pop("head"), r"arcs\[0\] is missing 'head'"),
+        (lambda d: d["arcs"][2].update(query=0, key=1), r"arcs\[2\]: key note 1 starts at 0.5 s, after its query note 0"),
+        (lambda d: d["arcs"].append(dict(d["arcs"][0])), r"arcs\[3\] repeats query 2, key 0, layer 0, head 1"),
+        (lambda d: d["arcs"][1].update(weight=0.75), r"arcs\[1\]: the weights of query 2, layer 0, head 1 sum to 1.2500"),
+    ],
+)
+def test_each_violation_is_named(edit, message):
+    with pytest.raises(ArcsFormatError, match=r"^my\.arcs\.json: " + message):
+        validate_arcs(_broken(edit), source="my.arcs.json")
+
+
+def test_top_level_must_be_object():
+    with pytest.raises(ArcsFormatError, match="expected a JSON object at the top level, got list"):
+        validate_arcs([])
+
+
+def test_read_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(ArcsFormatError, match=r"nope\.json: no such file"):
+        read_arcs(missing)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1,\n "notes": [}')
+    with pytest.raises(ArcsFormatError, match=r"bad\.json: not valid JSON \(line 2, column"):
+        read_arcs(bad)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({**tiny(), "version": 0}))
+    with pytest.raises(MusicGPTError, match=r"old\.json: unsupported version 0"):
+        read_arcs(old)
+
+
+def test_select_arcs_filters_and_ranks(small):
+    q = max(range(len(small["notes"])), key=lambda i: sum(a["query"] == i for a in small["arcs"]))
+    everything = select_arcs(small, q)
+    assert everything and all(a["query"] == q for a in everything)
+    top1 = select_arcs(small, q, top=1)
+    assert len(top1) == len({(a["layer"], a["head"]) for a in everything})
+    for a in top1:
+        assert a["weight"] == max(b["weight"] for b in everything if (b["layer"], b["head"]) == (a["layer"], a["head"]))
+    only = select_arcs(small, q, layers=[1], heads=[2, 3], threshold=0.1)
+    assert only and all(a["layer"] == 1 and a["head"] in (2, 3) and a["weight"] >= 0.1 for a in only)
+
+
+def test_no_torch():
+    code = "import musicgpt.arcs_format, sys; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
