@@ -1,0 +1,589 @@
+"""PerformanceTokenizer: notes <-> performance-event token ids (Oore et al. 2018), vectorized numpy.
+
+Vocabulary: specials first, then one contiguous range per event type, all derived from `ranges`
+(name -> (first id, count)). With the defaults (pinned by tests, `python -m musicgpt.tokenizer`):
+
+    PAD 0, BOS 1, EOS 2
+    NOTE_ON    pitch 0..127          ids   3 .. 130
+    NOTE_OFF   pitch 0..127          ids 131 .. 258
+    TIME_SHIFT 1..100 steps of 10 ms ids 259 .. 358  (id = 259 + steps - 1)
+    VELOCITY   bin 0..31             ids 359 .. 390
+    vocab_size 391
+
+Encoding (the canonical token order; `encode` always produces it, `GrammarState(canonical=True)`
+accepts exactly it):
+- Times are rounded to the nearest step (`time_step`, 10 ms); times before 0 become 0. The
+  sequence starts at time 0 and ends with the last NOTE_OFF (no BOS/EOS: callers add them).
+- A note lasts at least one step. Two notes of one pitch whose onsets round to the same step merge
+  into one (latest end, loudest velocity); a note still sounding at its pitch's next onset ends
+  there. So every pitch has at most one sounding note and every note has a NOTE_ON and a NOTE_OFF.
+- Within one time step: all NOTE_OFFs first, by ascending pitch; then the NOTE_ONs by ascending
+  pitch, each preceded by a VELOCITY token only when its bin differs from the previous NOTE_ON's
+  (the first NOTE_ON of a sequence always gets one).
+- Error bounds of a round trip: onsets within half a step (5 ms); offsets within one step
+  (10 ms), except notes shorter than half a step whose onset rounds up (1.5 steps); velocities
+  within their bin, except merged notes, which take the loudest velocity of their group.
+- A gap of g steps between event times is written as floor(g / 100) shifts of 100 steps and one
+  shift of the remainder (when non-zero).
+- Velocity bins: bin_size = ceil(127 / velocity_bins) (4 with 32 bins); bin = (velocity - 1) //
+  bin_size, so bin b holds velocities 4b+1 .. 4b+4; a bin decodes to its middle value
+  min(127, b * bin_size + 1 + bin_size // 2) (4b+3).
+- `Encoding.note_index[i]` is the index, in `Encoding.notes` (the quantized notes the ids stand
+  for, sorted by start then pitch), of the note token i belongs to: its NOTE_ON, its NOTE_OFF and
+  the VELOCITY right before its NOTE_ON; -1 for TIME_SHIFT. `Encoding.source_index[k]` is the
+  index of encoded note k in the input table (merged notes drop out).
+
+Decoding is total (any integer sequence decodes without error):
+- PAD and BOS are skipped; EOS ends the sequence (later tokens are ignored); ids outside the
+  vocabulary are skipped.
+- NOTE_ON of a pitch that is already sounding ends the sounding note there (re-strike) and starts
+  a new one. NOTE_OFF of a pitch that is not sounding is ignored. A note of zero length (its
+  NOTE_OFF or a re-strike in the step of its NOTE_ON) is dropped.
+- A NOTE_ON before any VELOCITY plays at velocity 64 (`default_velocity`).
+- A note never closed ends at the time of the last token, but at most `max_unclosed_duration`
+  (5 s) after its onset and at least one step after it.
+`decode(encode(notes).ids)` equals `encode(notes).notes` exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from musicgpt.errors import ConfigError
+from musicgpt.notes import Notes
+
+__all__ = ["PerformanceTokenizer", "Encoding", "GrammarState", "load_tokenizer", "TOKENIZER_FILE"]
+
+TOKENIZER_FILE = "tokenizer.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Encoding:
+    """Token ids and, for every token, the index of its note in `notes` (-1: no note)."""
+
+    ids: np.ndarray  # (T,) int64
+    note_index: np.ndarray  # (T,) int64
+    notes: Notes = field(default_factory=Notes.empty)  # the quantized notes the ids stand for
+    source_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) into the input
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class PerformanceTokenizer:
+    """Performance events: NOTE_ON/NOTE_OFF per pitch, TIME_SHIFT steps, VELOCITY bins."""
+
+    type = "performance"
+    SPECIALS = ("PAD", "BOS", "EOS")
+    N_PITCHES = 128
+    default_velocity = 64
+
+    def __init__(
+        self,
+        time_step: float = 0.01,
+        max_shift_steps: int = 100,
+        velocity_bins: int = 32,
+        max_unclosed_duration: float = 5.0,
+    ) -> None:
+        if not (time_step > 0 and math.isfinite(time_step)):
+            raise ConfigError(f"tokenizer time_step: must be a positive number of seconds, got {time_step!r}")
+        if int(max_shift_steps) != max_shift_steps or max_shift_steps < 1:
+            raise ConfigError(f"tokenizer max_shift_steps: must be a positive integer, got {max_shift_steps!r}")
+        if int(velocity_bins) != velocity_bins or not 1 <= velocity_bins <= 127:
+            raise ConfigError(f"tokenizer velocity_bins: must be an integer in 1..127, got {velocity_bins!r}")
+        if not max_unclosed_duration > 0:
+            raise ConfigError(f"tokenizer max_unclosed_duration: must be positive, got {max_unclosed_duration!r}")
+        self.time_step = float(time_step)
+        self.max_shift_steps = int(max_shift_steps)
+        self.velocity_bins = int(velocity_bins)
+        self.max_unclosed_duration = float(max_unclosed_duration)
+        self.velocity_bin_size = math.ceil(127 / self.velocity_bins)
+
+        counts = {"PAD": 1, "BOS": 1, "EOS": 1, "NOTE_ON": self.N_PITCHES, "NOTE_OFF": self.N_PITCHES,
+                  "TIME_SHIFT": self.max_shift_steps, "VELOCITY": self.velocity_bins}
+        self.ranges: dict[str, tuple[int, int]] = {}
+        first = 0
+        for name, count in counts.items():
+            self.ranges[name] = (first, count)
+            first += count
+        self.vocab_size = first
+        self.type_names: tuple[str, ...] = tuple(self.ranges)
+        self._type_of = np.repeat(np.arange(len(counts), dtype=np.int8), list(counts.values()))
+        self._on0 = self.ranges["NOTE_ON"][0]
+        self._off0 = self.ranges["NOTE_OFF"][0]
+        self._shift0 = self.ranges["TIME_SHIFT"][0]
+        self._vel0 = self.ranges["VELOCITY"][0]
+        # id -> argument: pitch for NOTE_ON/OFF, steps for TIME_SHIFT, bin for VELOCITY, 0 for specials
+        self._value_of = np.concatenate([np.zeros(3, np.int64), np.arange(128), np.arange(128),
+                                         np.arange(1, self.max_shift_steps + 1), np.arange(self.velocity_bins)])
+
+    # ---- vocabulary helpers -------------------------------------------------------------------
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    @property
+    def bos_id(self) -> int:
+        return 1
+
+    @property
+    def eos_id(self) -> int:
+        return 2
+
+    def note_on(self, pitch):
+        """NOTE_ON id(s) of pitch(es) 0..127."""
+        return self._checked(pitch, 0, self.N_PITCHES, "pitch") + self._on0
+
+    def note_off(self, pitch):
+        """NOTE_OFF id(s) of pitch(es) 0..127."""
+        return self._checked(pitch, 0, self.N_PITCHES, "pitch") + self._off0
+
+    def time_shift(self, steps):
+        """TIME_SHIFT id(s) of 1..max_shift_steps steps."""
+        return self._checked(steps, 1, self.max_shift_steps + 1, "steps") - 1 + self._shift0
+
+    def velocity(self, bin):
+        """VELOCITY id(s) of bin(s) 0..velocity_bins-1."""
+        return self._checked(bin, 0, self.velocity_bins, "velocity bin") + self._vel0
+
+    @staticmethod
+    def _checked(value, low: int, high: int, what: str):
+        array = np.asarray(value)
+        if array.size and (array.min() < low or array.max() >= high):
+            raise ValueError(f"{what} must lie in {low}..{high - 1}, got {value!r}")
+        return int(array) if array.ndim == 0 else array.astype(np.int64)
+
+    def velocity_to_bin(self, velocity):
+        """Velocity 1..127 -> bin (values outside are clipped)."""
+        return (np.clip(velocity, 1, 127) - 1) // self.velocity_bin_size
+
+    def bin_to_velocity(self, bin):
+        """Bin -> the velocity it decodes to (the middle of the bin)."""
+        return np.minimum(127, np.asarray(bin) * self.velocity_bin_size + 1 + self.velocity_bin_size // 2)
+
+    def token_type(self, ids) -> np.ndarray:
+        """Type code per id: index into `type_names` (PAD, BOS, EOS, NOTE_ON, ...); -1 outside the vocab."""
+        ids = np.asarray(ids)
+        inside = (ids >= 0) & (ids < self.vocab_size)
+        return np.where(inside, self._type_of[np.where(inside, ids, 0)], -1).astype(np.int8)
+
+    def token_value(self, ids) -> np.ndarray:
+        """Argument per id: pitch (NOTE_ON/OFF), steps (TIME_SHIFT), bin (VELOCITY), 0 otherwise."""
+        ids = np.asarray(ids)
+        inside = (ids >= 0) & (ids < self.vocab_size)
+        return np.where(inside, self._value_of[np.where(inside, ids, 0)], 0)
+
+    def type_mask(self, name: str) -> np.ndarray:
+        """Boolean mask over the vocabulary of one token type ('NOTE_ON', 'TIME_SHIFT', ...)."""
+        if name not in self.ranges:
+            raise KeyError(f"unknown token type {name!r}; known: {', '.join(self.ranges)}")
+        first, count = self.ranges[name]
+        mask = np.zeros(self.vocab_size, bool)
+        mask[first:first + count] = True
+        return mask
+
+    def type_masks(self) -> dict[str, np.ndarray]:
+        """{type name: boolean mask over the vocabulary} for every token type."""
+        return {name: self.type_mask(name) for name in self.ranges}
+
+    def token_name(self, token: int) -> str:
+        """Human-readable name of one id, e.g. 'NOTE_ON_60', 'TIME_SHIFT_25', 'VELOCITY_19'."""
+        kind = int(self.token_type(token))
+        if kind < 0:
+            return f"UNKNOWN_{token}"
+        name = self.type_names[kind]
+        return name if name in self.SPECIALS else f"{name}_{int(self.token_value(token))}"
+
+    def grammar(self, canonical: bool = False) -> "GrammarState":
+        """A fresh GrammarState for this tokenizer (which tokens may come next)."""
+        return GrammarState(self, canonical=canonical)
+
+    # ---- encoding -----------------------------------------------------------------------------
+    def encode(self, source, **read_kwargs) -> Encoding:
+        """Notes, or a MIDI path/bytes (read with musicgpt.midi.read_midi), -> Encoding."""
+        if not isinstance(source, Notes):
+            from musicgpt.midi import read_midi
+
+            source = read_midi(source, **read_kwargs)
+        return self._encode(source)
+
+    def _encode(self, notes: Notes) -> Encoding:
+        n = len(notes)
+        if n == 0:
+            empty = np.zeros(0, np.int64)
+            return Encoding(empty, empty.copy(), Notes.empty(), empty.copy())
+        step = self.time_step
+        s = np.maximum(np.rint(notes.start / step), 0).astype(np.int64)
+        e = np.maximum(np.rint(notes.end / step), 0).astype(np.int64)
+        p = notes.pitch.astype(np.int64)
+        if p.min() < 0 or p.max() > 127:
+            raise ValueError("note pitches must lie in 0..127")
+        vb = self.velocity_to_bin(notes.velocity).astype(np.int64)
+        src = np.arange(n, dtype=np.int64)
+
+        # Same pitch: merge onsets in one step, cut a sounding note at the next onset.
+        order = np.lexsort((-e, s, p))
+        s, e, p, vb, src = s[order], e[order], p[order], vb[order], src[order]
+        first = np.empty(n, bool)
+        first[0] = True
+        np.not_equal(p[1:], p[:-1], out=first[1:])
+        first[1:] |= s[1:] != s[:-1]
+        if not first.all():
+            group = np.flatnonzero(first)
+            vb = np.maximum.reduceat(vb, group)
+            s, e, p, src = s[group], e[group], p[group], src[group]
+        np.maximum(e, s + 1, out=e)
+        same = p[1:] == p[:-1]
+        e[:-1] = np.where(same, np.minimum(e[:-1], s[1:]), e[:-1])
+        order = np.argsort(s * 128 + p)  # keys are unique: by onset, then pitch
+        s, e, p, vb, src = s[order], e[order], p[order], vb[order], src[order]
+        m = len(s)
+
+        # Events sorted by (time, off before on, pitch); the keys are unique.
+        key = np.concatenate([e * 256 + p, s * 256 + 128 + p])
+        ev = np.argsort(key)
+        ev_key = key[ev]
+        ev_time = ev_key >> 8
+        ev_is_on = ev >= m
+        ev_note = np.where(ev_is_on, ev - m, ev)
+        ev_token = np.where(ev_is_on, self._on0, self._off0) + (ev_key & 127)
+
+        on_bins = vb[ev_note[ev_is_on]]
+        vel_needed = np.empty(m, bool)
+        vel_needed[0] = True
+        np.not_equal(on_bins[1:], on_bins[:-1], out=vel_needed[1:])
+        ev_vel = np.zeros(2 * m, bool)
+        ev_vel[ev_is_on] = vel_needed
+
+        M = self.max_shift_steps
+        gaps = np.diff(ev_time, prepend=0)
+        n_shift = (gaps + M - 1) // M
+        count = n_shift + ev_vel + 1
+        slot = np.cumsum(count) - count  # first token position of each event's group
+        total = int(slot[-1] + count[-1])
+        ids = np.empty(total, np.int64)
+        note_index = np.full(total, -1, np.int64)
+
+        pos = slot + n_shift + ev_vel
+        ids[pos] = ev_token
+        note_index[pos] = ev_note
+        vpos = pos[ev_vel] - 1
+        ids[vpos] = self._vel0 + on_bins[vel_needed]
+        note_index[vpos] = ev_note[ev_vel]
+
+        n_shift_total = int(n_shift.sum())
+        if n_shift_total:
+            has = n_shift > 0
+            group_start = np.repeat(slot[has], n_shift[has])
+            within = np.arange(n_shift_total) - np.repeat(np.cumsum(n_shift[has]) - n_shift[has], n_shift[has])
+            last = within == np.repeat(n_shift[has] - 1, n_shift[has])
+            steps = np.where(last, np.repeat(gaps[has] - (n_shift[has] - 1) * M, n_shift[has]), M)
+            ids[group_start + within] = self._shift0 + steps - 1
+
+        encoded = Notes(s * step, e * step, p.astype(np.int32), self.bin_to_velocity(vb).astype(np.int32))
+        return Encoding(ids, note_index, encoded, src)
+
+    # ---- decoding -----------------------------------------------------------------------------
+    def decode(self, ids) -> Notes:
+        """Token ids -> Notes; total on any integer sequence (see the module docstring)."""
+        return self.decode_with_index(ids)[0]
+
+    def decode_with_index(self, ids) -> tuple[Notes, np.ndarray]:
+        """Token ids -> (Notes, note_index per token into those notes, -1 where none)."""
+        ids = np.asarray(ids).reshape(-1).astype(np.int64)
+        note_index = np.full(len(ids), -1, np.int64)
+        eos = np.flatnonzero(ids == self.eos_id)
+        length = int(eos[0]) if len(eos) else len(ids)
+        kind = self.token_type(ids[:length])
+        value = self.token_value(ids[:length])
+        is_on = kind == self.type_names.index("NOTE_ON")
+        is_off = kind == self.type_names.index("NOTE_OFF")
+        is_shift = kind == self.type_names.index("TIME_SHIFT")
+        is_vel = kind == self.type_names.index("VELOCITY")
+        steps = np.where(is_shift, value, 0)
+        time = np.cumsum(steps) - steps  # (T,) steps elapsed before each token
+        final_time = int(steps.sum())
+
+        positions = np.flatnonzero(is_on | is_off)
+        if not len(positions):
+            return Notes.empty(), note_index
+        pitch = value[positions]
+        order = np.lexsort((positions, pitch))  # by pitch, then sequence order
+        pos, pit, on = positions[order], pitch[order], is_on[positions[order]]
+        t = time[pos]
+        has_next = np.r_[pit[1:] == pit[:-1], False]
+        nxt = np.minimum(np.arange(len(pos)) + 1, len(pos) - 1)
+        closed_by_off = on & has_next & ~on[nxt]
+        end = np.where(has_next, t[nxt], -1)
+        unclosed = on & ~has_next
+        max_open = max(1, int(round(self.max_unclosed_duration / self.time_step)))
+        end = np.where(unclosed, np.maximum(np.minimum(final_time, t + max_open), t + 1), end)
+        keep = on & (end > t)
+
+        # Velocity: the last VELOCITY token before each NOTE_ON.
+        last_vel = np.maximum.accumulate(np.where(is_vel, np.arange(length), -1)) if length else np.zeros(0, np.int64)
+        kept_pos = pos[keep]
+        vel_pos = last_vel[kept_pos]
+        velocity = np.where(vel_pos >= 0, self.bin_to_velocity(value[np.maximum(vel_pos, 0)]), self.default_velocity)
+
+        start_steps, end_steps, pitches = t[keep], end[keep], pit[keep]
+        final = np.lexsort((pitches, start_steps))
+        notes = Notes(start_steps[final] * self.time_step, end_steps[final] * self.time_step,
+                      pitches[final].astype(np.int32), velocity[final].astype(np.int32))
+
+        rank = np.empty(len(final), np.int64)
+        rank[final] = np.arange(len(final))
+        note_index[kept_pos] = rank
+        off_pos = pos[nxt][keep & closed_by_off]
+        note_index[off_pos] = rank[(closed_by_off[keep])]
+        # A VELOCITY token belongs to the note whose NOTE_ON follows it directly.
+        vel_at = np.flatnonzero(is_vel[: length - 1] & is_on[1:length]) if length > 1 else np.zeros(0, np.int64)
+        note_index[vel_at] = note_index[vel_at + 1]
+        return notes, note_index
+
+    # ---- persistence --------------------------------------------------------------------------
+    def params(self) -> dict:
+        """The constructor arguments."""
+        return {"time_step": self.time_step, "max_shift_steps": self.max_shift_steps,
+                "velocity_bins": self.velocity_bins, "max_unclosed_duration": self.max_unclosed_duration}
+
+    def to_dict(self) -> dict:
+        """JSON-ready description: type, version, constructor arguments, vocab_size."""
+        return {"type": self.type, "version": FORMAT_VERSION, **self.params(), "vocab_size": self.vocab_size}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "tokenizer") -> "PerformanceTokenizer":
+        """Inverse of to_dict; unknown keys or a vocab_size that does not match raise ConfigError."""
+        if data.get("type", cls.type) != cls.type:
+            raise ConfigError(f"{source}: type is {data.get('type')!r}, not {cls.type!r}")
+        known = {"type", "version", "vocab_size", *cls().params()}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        tokenizer = cls(**{k: data[k] for k in data if k not in {"type", "version", "vocab_size"}})
+        if "vocab_size" in data and data["vocab_size"] != tokenizer.vocab_size:
+            raise ConfigError(f"{source}: vocab_size {data['vocab_size']} does not match its parameters "
+                              f"({tokenizer.vocab_size})")
+        return tokenizer
+
+    def fingerprint(self) -> str:
+        """A short hash of to_dict(): equal fingerprints encode identically."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write tokenizer.json (path may be the file or a directory to put it in)."""
+        return _save_json(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PerformanceTokenizer":
+        """Read a tokenizer.json written by save()."""
+        data, source = _load_json(path)
+        return cls.from_dict(data, source)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PerformanceTokenizer) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"PerformanceTokenizer({args}; vocab_size={self.vocab_size})"
+
+    def layout(self) -> str:
+        """The vocabulary layout as a printable table."""
+        unit = f"{self.time_step * 1000:g} ms"
+        meaning = {"PAD": "padding", "BOS": "begin of sequence", "EOS": "end of sequence",
+                   "NOTE_ON": "pitch 0..127 starts", "NOTE_OFF": "pitch 0..127 ends",
+                   "TIME_SHIFT": f"advance 1..{self.max_shift_steps} steps of {unit}",
+                   "VELOCITY": f"bin 0..{self.velocity_bins - 1} ({self.velocity_bin_size} velocities per bin)"}
+        lines = [repr(self), "", f"{'type':<11} {'ids':>11} {'count':>6}  meaning"]
+        for name, (first, count) in self.ranges.items():
+            ids = f"{first}" if count == 1 else f"{first}..{first + count - 1}"
+            lines.append(f"{name:<11} {ids:>11} {count:>6}  {meaning[name]}")
+        lines += ["", f"vocab_size {self.vocab_size}",
+                  "order within a time step: NOTE_OFFs (ascending pitch), then NOTE_ONs (ascending pitch),",
+                  "each NOTE_ON preceded by VELOCITY when its bin differs from the previous NOTE_ON's"]
+        return "\n".join(lines)
+
+
+class GrammarState:
+    """Which token may come next after a prefix: feed tokens with `push`, ask `allowed()`.
+
+    Always (the rules that make decoding mean what was sampled): after EOS only PAD; BOS only as
+    the first token; never PAD before EOS; after VELOCITY only a NOTE_ON; NOTE_ON only for a pitch
+    not sounding; NOTE_OFF only for a pitch sounding since an earlier time step.
+    canonical=True adds the encoder's order (exactly what `encode` emits): within a time step
+    NOTE_OFFs before NOTE_ONs, each in ascending pitch; VELOCITY only when the bin changes and a
+    NOTE_ON can follow; the first NOTE_ON needs a VELOCITY; a TIME_SHIFT shorter than the maximum
+    is not followed by another TIME_SHIFT.
+    """
+
+    def __init__(self, tokenizer: PerformanceTokenizer, canonical: bool = False) -> None:
+        self.tok = tokenizer
+        self.canonical = canonical
+        self.sounding = np.zeros(128, bool)
+        self.opened_now = np.zeros(128, bool)  # NOTE_ON in the current time step
+        self.started = False
+        self.ended = False
+        self.after_velocity = False
+        self.after_short_shift = False
+        self.last_off = -1  # highest NOTE_OFF pitch in this step
+        self.last_on = -1  # highest NOTE_ON pitch in this step
+        self.bin = -1  # current velocity bin (-1: none yet)
+        self._pitches = np.arange(128)
+
+    def push(self, token: int) -> None:
+        """Advance the state by one token."""
+        tok, token = self.tok, int(token)
+        kind = tok.token_type(token)
+        name = tok.type_names[kind] if kind >= 0 else None
+        value = int(tok.token_value(token))
+        self.started = True
+        if self.ended or name in (None, "PAD", "BOS"):
+            return
+        self.after_velocity = name == "VELOCITY"
+        self.after_short_shift = name == "TIME_SHIFT" and value < tok.max_shift_steps
+        if name == "EOS":
+            self.ended = True
+        elif name == "TIME_SHIFT":
+            self.opened_now[:] = False
+            self.last_off = self.last_on = -1
+        elif name == "VELOCITY":
+            self.bin = value
+        elif name == "NOTE_ON":
+            self.sounding[value] = True
+            self.opened_now[value] = True
+            self.last_on = max(self.last_on, value)
+        elif name == "NOTE_OFF":
+            self.sounding[value] = False
+            self.opened_now[value] = False
+            self.last_off = max(self.last_off, value)
+
+    def feed(self, ids) -> "GrammarState":
+        """Push every token of a prefix; returns self."""
+        for token in np.asarray(ids).reshape(-1):
+            self.push(token)
+        return self
+
+    def allowed(self) -> np.ndarray:
+        """Boolean mask over the vocabulary of the tokens that may come next."""
+        tok = self.tok
+        mask = np.zeros(tok.vocab_size, bool)
+        if self.ended:
+            mask[tok.pad_id] = True
+            return mask
+        on0, off0, sh0, vel0 = tok._on0, tok._off0, tok._shift0, tok._vel0
+        ons = ~self.sounding
+        if self.canonical:
+            ons = ons & (self._pitches > self.last_on)
+        mask[on0:on0 + 128] = ons & (self.bin >= 0 or not self.canonical or self.after_velocity)
+        if self.after_velocity:
+            return mask
+        offs = self.sounding & ~self.opened_now
+        if self.canonical:
+            offs = offs & (self._pitches > self.last_off) & (self.last_on < 0)
+        mask[off0:off0 + 128] = offs
+        mask[sh0:sh0 + tok.max_shift_steps] = not (self.canonical and self.after_short_shift)
+        vel = np.ones(tok.velocity_bins, bool)
+        if self.canonical:
+            if self.bin >= 0:
+                vel[self.bin] = False
+            vel &= ons.any()
+        mask[vel0:vel0 + tok.velocity_bins] = vel
+        mask[tok.eos_id] = True
+        if not self.started:
+            mask[tok.bos_id] = True
+        return mask
+
+    def accepts(self, ids) -> bool:
+        """True when every token of `ids` is allowed after the tokens before it."""
+        for token in np.asarray(ids).reshape(-1):
+            if not (0 <= token < self.tok.vocab_size) or not self.allowed()[token]:
+                return False
+            self.push(token)
+        return True
+
+
+def _save_json(data: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _load_json(path: str | os.PathLike) -> tuple[dict, str]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: tokenizer file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable tokenizer JSON ({exc})") from None
+    if not isinstance(data, dict) or "type" not in data:
+        raise ConfigError(f"{path}: tokenizer JSON has no 'type' key")
+    return data, str(path)
+
+
+def tokenizer_from_dict(data: dict, source: str = "tokenizer"):
+    """Build the tokenizer a to_dict() output describes, dispatching on its 'type'."""
+    kind = data.get("type")
+    if kind == PerformanceTokenizer.type:
+        return PerformanceTokenizer.from_dict(data, source)
+    if kind == "miditok":
+        from musicgpt.miditok_backend import MiditokTokenizer
+
+        return MiditokTokenizer.from_dict(data, source)
+    raise ConfigError(f"{source}: unknown tokenizer type {kind!r} (known: performance, miditok)")
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """Load tokenizer.json (or a directory holding it), whatever its type."""
+    data, source = _load_json(path)
+    return tokenizer_from_dict(data, source)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m musicgpt.tokenizer [FILE.mid ...]`: the layout, or each file's tokens in brief."""
+    import argparse
+    import sys
+
+    from musicgpt.errors import MusicGPTError
+
+    parser = argparse.ArgumentParser(prog="python -m musicgpt.tokenizer",
+                                     description="Print the vocabulary layout, or tokenize MIDI files.")
+    parser.add_argument("files", nargs="*", help="MIDI files to tokenize (prints counts and the first tokens)")
+    parser.add_argument("--show", type=int, default=24, help="how many leading tokens to print per file")
+    args = parser.parse_args(argv)
+    tokenizer = PerformanceTokenizer()
+    if not args.files:
+        print(tokenizer.layout())
+        return 0
+    try:
+        for path in args.files:
+            enc = tokenizer.encode(path)
+            head = " ".join(tokenizer.token_name(t) for t in enc.ids[: args.show])
+            print(f"{path}: {len(enc.notes)} notes, {len(enc.ids)} tokens, {enc.notes.end_time:.2f} s")
+            print(f"  {head}{' ...' if len(enc.ids) > args.show else ''}")
+    except MusicGPTError as exc:
+        print(f"python -m musicgpt.tokenizer: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
