@@ -1,0 +1,23 @@
+"""Musical statistics per piece and set-against-set comparison (mgeval / MusPy style; no torch).
+
+    from musicgpt.metrics import piece_features, compare_sets
+    piece_features(notes)            # {"pitch_class_histogram": array(12), "pitch_range": 48.0, ..., "key": "C major"}
+    compare_sets(generated, reference)  # {feature: {"overlap": ..., "kl": ..., "inter": {"mean", "std"}, ...}}
+"""
+
+from musicgpt.metrics.features import BIN_LABELS, FEATURES, EmptyPieceError, Feature, piece_features
+from musicgpt.metrics.key import KeyAnalysis, analyze_key
+from musicgpt.metrics.sets import TooFewPiecesError, compare_features, compare_sets
+
+__all__ = [
+    "BIN_LABELS",
+    "FEATURES",
+    "EmptyPieceError",
+    "Feature",
+    "KeyAnalysis",
+    "TooFewPiecesError",
+    "analyze_key",
+    "compare_features",
+    "compare_sets",
+    "piece_features",
+]

@@ -1,0 +1,62 @@
+"""Features of every MIDI file under a folder; unreadable or empty files are skipped with a reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from musicgpt.errors import MusicGPTError
+from musicgpt.metrics.features import piece_features
+
+MIDI_SUFFIXES = (".mid", ".midi")
+
+
+class FolderError(MusicGPTError):
+    """A folder of MIDI files does not exist or holds none."""
+
+
+@dataclass
+class FolderFeatures:
+    """Per-piece features of the readable files of one folder, and the files skipped with reasons."""
+
+    directory: Path
+    files: list[Path] = field(default_factory=list)
+    pieces: list[dict] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def find_midi_files(directory: str | Path, limit: int | None = None) -> list[Path]:
+    """MIDI files under `directory`, recursively, in sorted path order (the first `limit` if given)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FolderError(f"{directory}: not a directory")
+    if limit is not None and limit < 1:
+        raise FolderError(f"limit must be at least 1, got {limit}")
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+    if not files:
+        raise FolderError(f"{directory}: no .mid or .midi files found")
+    return files[:limit] if limit else files
+
+
+def folder_features(
+    directory: str | Path, limit: int | None = None, progress: bool = True, sustain: bool = True
+) -> FolderFeatures:
+    """Read every MIDI file under `directory` with musicgpt.midi.read_midi and compute its features.
+
+    `sustain=False` ignores the sustain pedal (CC64): for files whose pedal is pressed and never lifted.
+    """
+    from musicgpt.midi import read_midi
+
+    result = FolderFeatures(Path(directory))
+    files = find_midi_files(directory, limit)
+    for path in tqdm(files, desc=f"features {Path(directory).name}", unit="file", disable=not progress):
+        try:
+            features = piece_features(read_midi(path, sustain=sustain))
+        except Exception as exc:  # one bad file must not abort a comparison of hundreds
+            result.skipped.append((path, f"{type(exc).__name__}: {exc}"))
+            continue
+        result.files.append(path)
+        result.pieces.append(features)
+    return result
