@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from musicgpt.errors import MusicGPTError
 from musicgpt.metrics.features import piece_features
+from musicgpt.midi import read_midi
 
 MIDI_SUFFIXES = (".mid", ".midi")
 
@@ -47,8 +48,6 @@ def folder_features(
 
     `sustain=False` ignores the sustain pedal (CC64): for files whose pedal is pressed and never lifted.
     """
-    from musicgpt.midi import read_midi
-
     result = FolderFeatures(Path(directory))
     files = find_midi_files(directory, limit)
     for path in tqdm(files, desc=f"features {Path(directory).name}", unit="file", disable=not progress):
