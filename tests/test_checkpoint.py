@@ -1,0 +1,155 @@
+"""Checkpoint directories: round trips, atomic replacement, named errors, pickle-free extra states."""
+
+import json
+
+import pytest
+import torch
+
+from musicgpt import checkpoint
+from musicgpt.errors import CheckpointError
+from musicgpt.model import GPTConfig, MusicGPT
+
+
+def tiny_model(**kw):
+    torch.manual_seed(0)
+    return MusicGPT(GPTConfig.preset("tiny", **kw)).eval()
+
+
+def test_round_trip_gives_identical_logits(tmp_path):
+    model = tiny_model(position="both")
+    path = model.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((path / "config.json").read_text())
+    assert config["format"] == "musicgpt-checkpoint" and config["version"] == 1
+    assert config["model"]["position"] == "both"
+    loaded = MusicGPT.from_pretrained(path)
+    assert not loaded.training and loaded.config == model.config
+    assert loaded.lm_head.weight is loaded.tok_emb.weight
+    x = torch.randint(0, 391, (2, 50))
+    assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+def test_untied_and_bfloat16(tmp_path):
+    model = tiny_model(tie_weights=False)
+    checkpoint.save(model, tmp_path / "c", dtype=torch.bfloat16)
+    loaded = checkpoint.load_model(tmp_path / "c")
+    assert loaded.lm_head.weight is not loaded.tok_emb.weight
+    assert loaded.tok_emb.weight.dtype == torch.float32
+    torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.weight.bfloat16().float())
+
+
+def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
+    path = tmp_path / "ckpt"
+    tiny_model().save_pretrained(path)
+    other = tiny_model(n_layer=1)
+    other.save_pretrained(path)
+    assert checkpoint.read_config(path)[0].n_layer == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_failed_write_keeps_the_old_checkpoint(tmp_path):
+    path = tmp_path / "ckpt"
+    tiny_model().save_pretrained(path)
+
+    class Broken:
+        def save(self, p):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        tiny_model(n_layer=1).save_pretrained(path, tokenizer=Broken())
+    assert checkpoint.read_config(path)[0].n_layer == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="refusing"):
+        tiny_model().save_pretrained(tmp_path / "notes")
+
+
+def test_errors_name_the_path_and_reason(tmp_path):
+    with pytest.raises(CheckpointError, match="no such directory"):
+        MusicGPT.from_pretrained(tmp_path / "nope")
+    path = tiny_model().save_pretrained(tmp_path / "c")
+    (path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        checkpoint.load_model(path)
+    (path / "config.json").write_text("{")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        checkpoint.load_model(path)
+    (path / "config.json").write_text(json.dumps({"format": "musicgpt-checkpoint", "version": 1,
+                                                  "model": {"n_layers": 3}}))
+    with pytest.raises(CheckpointError, match="n_layers"):
+        checkpoint.load_model(path)
+
+
+def test_mismatched_weights_are_named(tmp_path):
+    path = tiny_model().save_pretrained(tmp_path / "c")
+    config = json.loads((path / "config.json").read_text())
+    config["model"]["position"] = "both"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="pos_emb.weight"):
+        checkpoint.load_model(path)
+    config["model"]["position"] = "relative"
+    config["model"]["d_ff"] = 128
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"mlp\.fc\.\w+ has shape \(64"):
+        checkpoint.load_model(path)
+
+
+def test_bundled_default_is_named_when_missing(monkeypatch, tmp_path):
+    monkeypatch.setattr(checkpoint, "DEFAULT_DIR", tmp_path / "pretrained")
+    with pytest.raises(CheckpointError, match="pretrained"):
+        MusicGPT.from_pretrained()
+    with pytest.raises(CheckpointError, match="pretrained"):
+        checkpoint.load()
+    tiny_model().save_pretrained(tmp_path / "pretrained")
+    model, tokenizer = checkpoint.load()
+    assert model.config.n_layer == 2 and tokenizer is None
+
+
+def test_tokenizer_travels_with_the_model(tmp_path):
+    tokenizer_module = pytest.importorskip("musicgpt.tokenizer")
+    tokenizer = tokenizer_module.PerformanceTokenizer()
+    path = tiny_model().save_pretrained(tmp_path / "c", tokenizer=tokenizer)
+    model, loaded = checkpoint.load(path)
+    assert loaded == tokenizer and model.config.vocab_size == tokenizer.vocab_size
+    small = tokenizer_module.PerformanceTokenizer(max_shift_steps=10)
+    with pytest.raises(CheckpointError, match="tokens"):
+        tiny_model(vocab_size=small.vocab_size - 1).save_pretrained(tmp_path / "d", tokenizer=small)
+
+
+def test_training_state_round_trip_without_pickle(tmp_path):
+    model = tiny_model(dropout=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    x = torch.randint(0, 391, (2, 20))
+    for _ in range(2):
+        opt.zero_grad()
+        model(x, targets=x).loss.backward()
+        opt.step()
+    state = {"optimizer": opt.state_dict(), "step": 2, "rng": torch.get_rng_state(), "best": (1.5, "valid")}
+    path = checkpoint.save(model, tmp_path / "c", states={"trainer": state}, meta={"step": 2})
+    assert checkpoint.has_state(path, "trainer")
+    assert json.loads((path / "config.json").read_text())["meta"] == {"step": 2}
+    back = checkpoint.load_state(path, "trainer")
+    assert back["step"] == 2 and back["best"] == (1.5, "valid") and torch.equal(back["rng"], state["rng"])
+
+    # A restored optimizer continues exactly like the original one.
+    model2 = checkpoint.load_model(path).train()
+    model.train()
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
+    opt2.load_state_dict(back["optimizer"])
+    for m, o in ((model, opt), (model2, opt2)):
+        o.zero_grad()
+        m(x, targets=x).loss.backward()
+        o.step()
+    for a, b in zip(model.parameters(), model2.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    checkpoint.save_state(path, "trainer", {"step": 3})
+    assert checkpoint.load_state(path, "trainer") == {"step": 3}
+    with pytest.raises(CheckpointError, match="object"):
+        checkpoint.save_state(path, "trainer", {"f": object()})
+    with pytest.raises(CheckpointError, match="config"):
+        checkpoint.save_state(path, "config", {})
