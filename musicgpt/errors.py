@@ -15,3 +15,7 @@ class ConfigError(MusicGPTError):
 
 class CheckpointError(MusicGPTError):
     """A checkpoint directory is missing, incomplete or inconsistent."""
+
+
+class DatasetError(MusicGPTError):
+    """A corpus folder or a prepared data directory is missing, empty or inconsistent."""
