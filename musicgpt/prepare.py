@@ -1,0 +1,291 @@
+"""Corpus preparation: a folder of MIDI files -> token shards per split + manifest.json (no torch).
+
+Output directory (docs/design.md):
+
+    OUT/manifest.json        recipe, ratios, tokenizer, per-split totals, every source (path relative to
+                             the corpus folder, sha256, split, group, doc index, n_notes, n_tokens) and
+                             every skipped file with its reason
+    OUT/tokenizer.json       the tokenizer that made the shards
+    OUT/<split>.tokens.bin   uint16 little-endian, the split's documents back to back, no separators
+    OUT/<split>.offsets.npy  int64, n_docs + 1 boundaries into <split>.tokens.bin
+
+Documents are ordered by relative path within a split. Every file is hashed (sha256) first: exact
+duplicates are skipped ("duplicate of ..."), and a re-run reuses the tokens of every file whose
+content hash and `key` (tokenizer + reading options) match the previous manifest, tokenizing only
+new or changed files. Files are tokenized in parallel over `jobs` processes (all cores by default)
+with a progress bar. A file that cannot be read (not MIDI, truncated, empty, no notes, absurd tempo,
+...) is skipped and listed with its reason; the run goes on. New files are written to temporary
+names and renamed into place, the manifest last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from musicgpt.errors import DatasetError, MidiError, MusicGPTError
+from musicgpt.recipes import DEFAULT_RATIOS, SPLITS, Source, check_ratios, collect
+from musicgpt.tokenizer import PerformanceTokenizer, tokenizer_from_dict
+
+FORMAT = "musicgpt-prepared"
+VERSION = 1
+MANIFEST = "manifest.json"
+TOKEN_DTYPE = np.dtype("<u2")
+
+
+@dataclass
+class PrepareResult:
+    """What a run did; `manifest` is what was written to manifest.json."""
+
+    out_dir: Path
+    manifest: dict
+    tokenized: int = 0  # files tokenized in this run
+    reused: int = 0  # files whose tokens came from the previous run
+    seconds: float = 0.0
+    skipped: list[dict] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        m = self.manifest
+        per_split = ", ".join(f"{s} {m['splits'][s]['n_docs']} docs / {m['splits'][s]['n_tokens']:,} tokens"
+                              for s in SPLITS)
+        lines = [f"prepared {len(m['sources'])} files with recipe '{m['recipe']}' into {self.out_dir} "
+                 f"in {self.seconds:.1f} s ({self.tokenized} tokenized, {self.reused} reused)",
+                 f"  {per_split}"]
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} file(s):")
+            lines += [f"    {s['path']}: {s['reason']}" for s in self.skipped[:20]]
+            if len(self.skipped) > 20:
+                lines.append(f"    ... and {len(self.skipped) - 20} more (see {self.out_dir / MANIFEST})")
+        return "\n".join(lines)
+
+
+def load_split(out_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens: read-only uint16 memmap, offsets: int64 n_docs + 1) of one split of a prepared folder."""
+    out_dir = Path(out_dir)
+    if split not in SPLITS:
+        raise DatasetError(f"split {split!r}: unknown (known: {', '.join(SPLITS)})")
+    tokens_path, offsets_path = out_dir / f"{split}.tokens.bin", out_dir / f"{split}.offsets.npy"
+    if not tokens_path.is_file() or not offsets_path.is_file():
+        raise DatasetError(f"{out_dir}: no prepared '{split}' split (run `musicgpt prepare SOURCE --out {out_dir}`)")
+    try:
+        offsets = np.load(offsets_path, allow_pickle=False).astype(np.int64)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{offsets_path}: unreadable ({exc})") from None
+    size = tokens_path.stat().st_size
+    if size % TOKEN_DTYPE.itemsize:
+        raise DatasetError(f"{tokens_path}: size {size} is not a whole number of uint16 tokens")
+    n_tokens = size // TOKEN_DTYPE.itemsize
+    if offsets.ndim != 1 or not len(offsets) or offsets[0] != 0 or offsets[-1] != n_tokens or (np.diff(offsets) < 0).any():
+        raise DatasetError(f"{offsets_path}: offsets do not describe {tokens_path.name} ({n_tokens} tokens)")
+    tokens = np.memmap(tokens_path, dtype=TOKEN_DTYPE, mode="r") if n_tokens else np.zeros(0, TOKEN_DTYPE)
+    return tokens, offsets
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict:
+    """The manifest.json of a prepared folder."""
+    path = Path(out_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{out_dir}: no {MANIFEST} (not a `musicgpt prepare` output)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: unreadable ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise DatasetError(f"{path}: not a {FORMAT} manifest")
+    return manifest
+
+
+# ---- workers -------------------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_dict: dict, read_options: dict) -> None:
+    _WORKER["tokenizer"] = tokenizer_from_dict(tokenizer_dict)
+    _WORKER["read"] = read_options
+
+
+def _tokenize(task: tuple[int, str, str]) -> tuple[int, int, np.ndarray | None, str | None]:
+    """(index, n_notes, tokens or None, reason or None) for one file."""
+    index, path, rel = task
+    tokenizer = _WORKER["tokenizer"]
+    try:
+        encoding = tokenizer.encode(path, name=rel, **_WORKER["read"])
+        ids = encoding.ids
+        if not len(ids):
+            return index, 0, None, "no tokens"
+        return index, len(encoding.notes), np.asarray(ids, dtype=TOKEN_DTYPE), None
+    except MusicGPTError as exc:
+        reason = str(exc)
+        return index, 0, None, reason[len(rel) + 2:] if reason.startswith(rel + ": ") else reason
+    except Exception as exc:  # a bad file must never stop the run
+        return index, 0, None, f"unexpected {type(exc).__name__}: {exc}"
+
+
+def _run_tasks(tasks, tokenizer_dict, read_options, jobs, progress):
+    """Yield _tokenize results, over a process pool when it pays."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), unit="file", desc="tokenizing", disable=not progress or not tasks)
+    try:
+        if jobs <= 1 or len(tasks) < 8:
+            _init_worker(tokenizer_dict, read_options)
+            for task in tasks:
+                yield _tokenize(task)
+                bar.update()
+            return
+        import multiprocessing
+
+        chunk = max(1, min(16, len(tasks) // (jobs * 8)))
+        with multiprocessing.Pool(jobs, _init_worker, (tokenizer_dict, read_options)) as pool:
+            for result in pool.imap_unordered(_tokenize, tasks, chunksize=chunk):
+                yield result
+                bar.update()
+    finally:
+        bar.close()
+
+
+# ---- the run -------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _previous(out_dir: Path, key: str) -> dict[str, tuple[np.ndarray | None, int, str | None]]:
+    """sha256 -> (tokens or None, n_notes, skip reason) from a previous run with the same key."""
+    try:
+        manifest = read_manifest(out_dir)
+    except DatasetError:
+        return {}
+    if manifest.get("key") != key or manifest.get("version") != VERSION:
+        return {}
+    cache: dict = {}
+    try:
+        shards = {split: load_split(out_dir, split) for split in SPLITS}
+        for source in manifest["sources"]:
+            tokens, offsets = shards[source["split"]]
+            doc = source["doc"]
+            piece = np.array(tokens[offsets[doc]:offsets[doc + 1]])
+            if len(piece) != source["n_tokens"]:
+                return {}
+            cache[source["sha256"]] = (piece, source["n_notes"], None)
+    except (DatasetError, KeyError, IndexError, TypeError):
+        return {}
+    for skipped in manifest.get("skipped", []):
+        if skipped.get("sha256") and not skipped["reason"].startswith("duplicate of"):
+            cache.setdefault(skipped["sha256"], (None, 0, skipped["reason"]))
+    return cache
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a file object: np.save would append .npy to the temporary name
+        np.save(handle, array)
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def prepare(
+    source_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    recipe: str | None = None,
+    ratios=DEFAULT_RATIOS,
+    tokenizer=None,
+    jobs: int | None = None,
+    sustain: bool = True,
+    force: bool = False,
+    progress: bool = True,
+) -> PrepareResult:
+    """Tokenize a corpus folder into OUT (see the module docstring); bad files are skipped, not fatal."""
+    began = time.perf_counter()
+    ratios = check_ratios(ratios)
+    tokenizer = tokenizer or PerformanceTokenizer()
+    if tokenizer.vocab_size > np.iinfo(TOKEN_DTYPE).max + 1:
+        raise DatasetError(f"tokenizer vocab_size {tokenizer.vocab_size} does not fit the uint16 shards")
+    name, sources = collect(source_dir, recipe, ratios)
+    if not sources:
+        raise DatasetError(f"{source_dir}: no MIDI files found for recipe '{name}'")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DatasetError(f"{out_dir}: exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = max(1, jobs or os.cpu_count() or 1)
+    read_options = {"sustain": bool(sustain)}
+    tokenizer_dict = tokenizer.to_dict()
+    key = hashlib.sha256(json.dumps({"tokenizer": tokenizer_dict, "read": read_options},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    cache = {} if force else _previous(out_dir, key)
+
+    # Hash every file: duplicates out, cached files reused, the rest tokenized.
+    hashes = [_sha256(s.path) for s in sources]
+    skipped: list[dict] = []
+    first_of: dict[str, str] = {}
+    results: dict[int, tuple[np.ndarray, int]] = {}
+    tasks = []
+    reused = 0
+    for i, (source, sha) in enumerate(zip(sources, hashes)):
+        if sha is None:
+            reason = "no such file" if not source.path.exists() else "cannot read the file"
+            skipped.append({"path": source.rel, "sha256": None, "reason": reason})
+        elif sha in first_of:
+            skipped.append({"path": source.rel, "sha256": sha, "reason": f"duplicate of {first_of[sha]}"})
+        else:
+            first_of[sha] = source.rel
+            if sha in cache:
+                tokens, n_notes, reason = cache[sha]
+                if reason is not None:
+                    skipped.append({"path": source.rel, "sha256": sha, "reason": reason})
+                else:
+                    results[i] = (tokens, n_notes)
+                    reused += 1
+            else:
+                tasks.append((i, str(source.path), source.rel))
+
+    for i, n_notes, tokens, reason in _run_tasks(tasks, tokenizer_dict, read_options, jobs, progress):
+        if reason is not None:
+            skipped.append({"path": sources[i].rel, "sha256": hashes[i], "reason": reason})
+        else:
+            results[i] = (tokens, n_notes)
+
+    manifest_sources, split_totals = [], {}
+    for split in SPLITS:
+        members = [i for i in sorted(results) if sources[i].split == split]
+        pieces = [results[i][0] for i in members]
+        lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        tokens = np.concatenate(pieces).astype(TOKEN_DTYPE) if pieces else np.zeros(0, TOKEN_DTYPE)
+        _write_atomic(out_dir / f"{split}.tokens.bin", lambda p, t=tokens: t.tofile(p))
+        _write_atomic(out_dir / f"{split}.offsets.npy", lambda p, o=offsets: _save_npy(p, o))
+        for doc, i in enumerate(members):
+            manifest_sources.append({"path": sources[i].rel, "sha256": hashes[i], "split": split,
+                                     "group": sources[i].group, "doc": doc, "n_notes": int(results[i][1]),
+                                     "n_tokens": int(lengths[doc])})
+        split_totals[split] = {"n_docs": len(members), "n_tokens": int(offsets[-1]),
+                               "n_notes": int(sum(results[i][1] for i in members))}
+
+    skipped.sort(key=lambda s: s["path"])
+    manifest = {
+        "format": FORMAT, "version": VERSION, "recipe": name, "source_dir": str(Path(source_dir).resolve()),
+        "ratios": list(ratios), "key": key, "read_options": read_options, "tokenizer": tokenizer_dict,
+        "splits": split_totals, "sources": manifest_sources, "skipped": skipped,
+    }
+    tokenizer.save(out_dir / "tokenizer.json")
+    _write_atomic(out_dir / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))
+    return PrepareResult(out_dir, manifest, tokenized=len(tasks), reused=reused,
+                         seconds=time.perf_counter() - began, skipped=skipped)
