@@ -21,7 +21,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -250,21 +250,21 @@ def _umask() -> int:
     return mask
 
 
-def select_arcs(
-    d: Mapping[str, Any],
-    note: int,
+def filter_arcs(
+    arcs: Iterable[Mapping[str, Any]],
     *,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
+    layers: Iterable[int] | None = None,
+    heads: Iterable[int] | None = None,
     top: int | None = None,
     threshold: float = 0.0,
 ) -> list[dict]:
-    """The arcs a viewer draws for query `note`: in the chosen layers and heads, weight >= threshold,
-    the `top` heaviest per (layer, head); sorted by (layer, head, -weight, key)."""
+    """Of one query note's arcs: those in the chosen layers and heads with weight >= threshold, the
+    `top` heaviest per (layer, head) (ties: lower key first); sorted by (layer, head, -weight, key)."""
+    layers = None if layers is None else set(layers)
+    heads = None if heads is None else set(heads)
     chosen = [
-        a for a in d["arcs"]
-        if a["query"] == note
-        and (layers is None or a["layer"] in layers)
+        a for a in arcs
+        if (layers is None or a["layer"] in layers)
         and (heads is None or a["head"] in heads)
         and a["weight"] >= threshold
     ]
@@ -279,3 +279,25 @@ def select_arcs(
         if count[lh] <= top:
             kept.append(a)
     return kept
+
+
+def select_arcs(
+    d: Mapping[str, Any],
+    note: int,
+    *,
+    layers: Iterable[int] | None = None,
+    heads: Iterable[int] | None = None,
+    top: int | None = None,
+    threshold: float = 0.0,
+) -> list[dict]:
+    """The arcs a viewer draws for query `note` (the same rule as the HTML viewer; see filter_arcs)."""
+    mine = [a for a in d["arcs"] if a["query"] == note]
+    return filter_arcs(mine, layers=layers, heads=heads, top=top, threshold=threshold)
+
+
+def arcs_by_query(d: Mapping[str, Any]) -> dict[int, list[dict]]:
+    """Arcs grouped by query note id (notes without arcs are absent)."""
+    groups: dict[int, list[dict]] = {}
+    for a in d["arcs"]:
+        groups.setdefault(a["query"], []).append(a)
+    return groups

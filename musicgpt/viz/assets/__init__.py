@@ -1,0 +1,1 @@
+"""Package data of the viewer: the HTML template, its CSS and its JavaScript."""

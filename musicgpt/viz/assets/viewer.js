@@ -1,0 +1,674 @@
+// musicgpt attention-arcs viewer: piano roll, arcs of the selected note, model view, playback.
+// Everything works from file:// with no network: the data sits in the JSON script element #mgv-data.
+(function () {
+  'use strict';
+
+  // ---------------------------------------------------------------- data
+  const D = JSON.parse(document.getElementById('mgv-data').textContent);
+  const SVGNS = 'http://www.w3.org/2000/svg';
+  const $ = (id) => document.getElementById(id);
+  const N = D.notes.pitch.length, NL = D.n_layer, NH = D.n_head;
+  const P = Int16Array.from(D.notes.pitch), T0 = Float64Array.from(D.notes.start);
+  const T1 = Float64Array.from(D.notes.end), VEL = Uint8Array.from(D.notes.velocity);
+  const PRIMER = Uint8Array.from(D.notes.primer), TOKEN = Int32Array.from(D.notes.token);
+  // Arcs are sorted by (query, layer, head, -weight, key); those of query q are OFF[q] .. OFF[q+1].
+  const OFF = Int32Array.from(D.offsets), AK = Int32Array.from(D.arcs.key);
+  const AL = Uint16Array.from(D.arcs.layer), AH = Uint16Array.from(D.arcs.head), AW = Float64Array.from(D.arcs.weight);
+  let maxDur = 0, duration = 0;
+  for (let i = 0; i < N; i++) { maxDur = Math.max(maxDur, T1[i] - T0[i]); duration = Math.max(duration, T1[i]); }
+  duration = Math.max(duration, 1);
+  let pMin = 127, pMax = 0, hasPrimer = false, contStart = Infinity;
+  for (let i = 0; i < N; i++) {
+    pMin = Math.min(pMin, P[i]); pMax = Math.max(pMax, P[i]);
+    if (PRIMER[i]) hasPrimer = true; else contStart = Math.min(contStart, T0[i]);
+  }
+  if (!N) { pMin = 48; pMax = 72; }
+  const P_HI = Math.min(127, pMax + 2), P_LO = Math.max(0, pMin - 2), ROWS = P_HI - P_LO + 1;
+  const boundary = hasPrimer && isFinite(contStart) ? contStart : null;
+
+  const NAMES = ['C', 'C♯', 'D', 'D♯', 'E', 'F', 'F♯', 'G', 'G♯', 'A', 'A♯', 'B'];
+  const BLACK = [0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0];
+  const noteName = (p) => NAMES[p % 12] + (Math.floor(p / 12) - 1);
+  const fmtTime = (t) => { const m = Math.floor(t / 60), s = t - 60 * m; return m + ':' + (s < 10 ? '0' : '') + s.toFixed(1); };
+  const fmtW = (w) => w >= 0.01 ? w.toFixed(3) : w.toPrecision(2);
+  const PALETTES = {
+    dark: ['#5aa9ff', '#ff6b81', '#3ddc97', '#c48bff', '#ffb454', '#35d0e0', '#ff8fd0', '#c3e66b', '#ff8a5b', '#8fa8ff'],
+    light: ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#17becf', '#e377c2', '#8c9a1c', '#8c564b', '#3b4cc0'],
+  };
+  const headColor = (h) => {
+    const pal = PALETTES[document.body.classList.contains('light') ? 'light' : 'dark'];
+    if (NH <= pal.length) return pal[h];
+    const light = document.body.classList.contains('light');
+    return 'hsl(' + ((h * 137.508) % 360).toFixed(0) + ',' + (light ? '65%,42%' : '85%,66%') + ')';
+  };
+
+  // Longest run of arcs per (query, layer, head): the top-N slider's maximum.
+  let maxRun = 1;
+  for (let q = 0; q < N; q++) {
+    let run = 0;
+    for (let i = OFF[q]; i < OFF[q + 1]; i++) {
+      run = (i > OFF[q] && AL[i] === AL[i - 1] && AH[i] === AH[i - 1]) ? run + 1 : 1;
+      if (run > maxRun) maxRun = run;
+    }
+  }
+
+  // ---------------------------------------------------------------- state (mirrored in the URL hash)
+  const S = {
+    sel: -1, hover: -1,
+    layers: new Set([NL - 1]), heads: new Set([...Array(NH).keys()]),
+    top: Math.min(maxRun, 6), thr: 0.02, zoom: null, light: false,
+    playing: false, now: 0,
+  };
+  function parseList(v, n) {
+    if (v === 'all') return new Set([...Array(n).keys()]);
+    if (v === 'none' || v === '') return new Set();
+    return new Set(v.split(',').map(Number).filter((x) => Number.isInteger(x) && x >= 0 && x < n));
+  }
+  function readHash() {
+    const h = new URLSearchParams(location.hash.slice(1));
+    if (h.has('note')) { const q = +h.get('note'); if (Number.isInteger(q) && q >= 0 && q < N) S.sel = q; }
+    if (h.has('layers')) S.layers = parseList(h.get('layers'), NL);
+    if (h.has('heads')) S.heads = parseList(h.get('heads'), NH);
+    if (h.has('top')) { const t = +h.get('top'); if (t >= 1) S.top = Math.min(maxRun, Math.round(t)); }
+    if (h.has('thr')) { const t = +h.get('thr'); if (t >= 0 && t <= 1) S.thr = t; }
+    if (h.has('zoom')) { const z = +h.get('zoom'); if (z > 0) S.zoom = z; }
+    if (h.get('theme') === 'light') S.light = true;
+  }
+  const listText = (set, n) => set.size === n ? 'all' : set.size === 0 ? 'none' : [...set].sort((a, b) => a - b).join(',');
+  function writeHash() {
+    const parts = [];
+    if (S.sel >= 0) parts.push('note=' + S.sel);
+    parts.push('layers=' + listText(S.layers, NL), 'heads=' + listText(S.heads, NH), 'top=' + S.top, 'thr=' + S.thr, 'zoom=' + Math.round(S.zoom));
+    if (S.light) parts.push('theme=light');
+    try { history.replaceState(null, '', '#' + parts.join('&')); } catch (e) { /* some file:// setups refuse; the status line still shows it */ }
+  }
+
+  // ---------------------------------------------------------------- arc selection (same rule as musicgpt.arcs_format.select_arcs)
+  function visibleArcs(q, useToggles) {
+    const out = [];
+    if (q < 0) return out;
+    let curL = -1, curH = -1, count = 0;
+    for (let i = OFF[q]; i < OFF[q + 1]; i++) {
+      const l = AL[i], h = AH[i];
+      if (l !== curL || h !== curH) { curL = l; curH = h; count = 0; }
+      if (useToggles && (!S.layers.has(l) || !S.heads.has(h))) continue;
+      if (AW[i] < S.thr || count >= S.top) continue;
+      count++;
+      out.push(i);
+    }
+    return out;
+  }
+
+  // ---------------------------------------------------------------- geometry
+  const LEFT = 10, TOP = 44, RIGHT = 60;
+  let pps = 80, rowH = 8, W = 800, Hgt = 400;
+  const X = (t) => LEFT + t * pps;
+  const Y = (p) => TOP + (P_HI - p) * rowH;
+  const zoomToPps = (v) => 8 * Math.pow(600 / 8, v / 1000);
+  const ppsToZoom = (x) => 1000 * Math.log(x / 8) / Math.log(600 / 8);
+
+  const scroller = $('scroller'), roll = $('roll'), ruler = $('ruler'), keys = $('keys');
+  const gBg = $('bg'), gNotes = $('notes'), gMarks = $('marks'), gArcs = $('arcs'), cursor = $('cursor');
+  const el = (tag, attrs, parent) => {
+    const e = document.createElementNS(SVGNS, tag);
+    for (const k in attrs) e.setAttribute(k, attrs[k]);
+    if (parent) parent.appendChild(e);
+    return e;
+  };
+
+  // Note rectangles are created once; layout() only moves them.
+  const noteEls = new Array(N);
+  (function makeNotes() {
+    const frag = document.createDocumentFragment();
+    for (let i = 0; i < N; i++) {
+      const r = document.createElementNS(SVGNS, 'rect');
+      r.setAttribute('class', PRIMER[i] ? 'p' : 'c');
+      r.setAttribute('data-i', i);
+      r.setAttribute('fill-opacity', (0.45 + 0.55 * VEL[i] / 127).toFixed(2));
+      frag.appendChild(r);
+      noteEls[i] = r;
+    }
+    gNotes.appendChild(frag);
+  })();
+
+  function fitRows() {
+    // Leave room for the horizontal scroll bar, which appears once the roll is wider than the pane.
+    const bar = scroller.offsetHeight - scroller.clientHeight > 0 ? 0 : 16;
+    const avail = scroller.clientHeight - bar - 26 - TOP - 8;
+    rowH = Math.max(3, Math.min(16, avail / ROWS));
+  }
+
+  function layout() {
+    fitRows();
+    W = Math.ceil(X(duration) + RIGHT);
+    Hgt = Math.ceil(Y(P_LO) + rowH + 6);
+    for (const s of [roll, ruler]) s.setAttribute('width', W);
+    roll.setAttribute('height', Hgt);
+    ruler.setAttribute('height', 26);
+    keys.setAttribute('width', 46); keys.setAttribute('height', Hgt);
+    for (let i = 0; i < N; i++) {
+      const r = noteEls[i];
+      r.setAttribute('x', X(T0[i]).toFixed(1));
+      r.setAttribute('y', (Y(P[i]) + 0.5).toFixed(1));
+      r.setAttribute('width', Math.max(2, (T1[i] - T0[i]) * pps - 1).toFixed(1));
+      r.setAttribute('height', Math.max(2, rowH - 1).toFixed(1));
+      r.setAttribute('rx', Math.min(2.5, rowH / 3).toFixed(1));
+    }
+    drawBackground(); drawRuler(); drawKeys(); drawOverview();
+    cursor.setAttribute('y1', 0); cursor.setAttribute('y2', Hgt);
+    placeCursor();
+    render();
+    $('zoom-out').textContent = Math.round(pps) + ' px/s';
+  }
+
+  function tickStep() {
+    const steps = [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300];
+    for (const s of steps) if (s * pps >= 70) return s;
+    return 600;
+  }
+
+  function drawBackground() {
+    let html = '';
+    for (let p = P_LO; p <= P_HI; p++) {
+      if (BLACK[p % 12]) html += '<rect class="blackrow" x="0" y="' + Y(p) + '" width="' + W + '" height="' + rowH + '"/>';
+      if (p % 12 === 0) html += '<line class="cline" x1="0" x2="' + W + '" y1="' + (Y(p) + rowH) + '" y2="' + (Y(p) + rowH) + '"/>';
+    }
+    const step = tickStep();
+    for (let t = 0; t <= duration + 1e-9; t += step) {
+      const x = X(t).toFixed(1);
+      html += '<line class="vline" x1="' + x + '" x2="' + x + '" y1="' + TOP + '" y2="' + Hgt + '"/>';
+    }
+    if (boundary !== null) {
+      const xb = X(boundary).toFixed(1);
+      html += '<rect class="primer-shade" x="0" y="0" width="' + xb + '" height="' + Hgt + '"/>';
+      html += '<line class="boundary" x1="' + xb + '" x2="' + xb + '" y1="0" y2="' + Hgt + '"/>';
+      html += '<text class="boundary-label" x="' + (X(boundary) - 6) + '" y="14" text-anchor="end">◀ PRIMER</text>';
+      html += '<text class="boundary-label" x="' + (X(boundary) + 6) + '" y="14">CONTINUATION ▶</text>';
+    }
+    gBg.innerHTML = html;
+  }
+
+  function drawRuler() {
+    const step = tickStep(), minor = step / 5;
+    let html = '';
+    for (let k = 0; k * minor <= duration + 1e-9; k++) {
+      const t = k * minor, x = X(t).toFixed(1);
+      if (k % 5 === 0) {
+        html += '<line class="tick" x1="' + x + '" x2="' + x + '" y1="14" y2="26"/>';
+        const label = t >= 60 || step >= 60 ? fmtTime(t).replace(/\.0$/, '') : (step < 1 ? t.toFixed(1) : t.toFixed(0)) + 's';
+        html += '<text x="' + (X(t) + 3) + '" y="12">' + label + '</text>';
+      } else {
+        html += '<line class="minor" x1="' + x + '" x2="' + x + '" y1="20" y2="26"/>';
+      }
+    }
+    html += '<path id="playhead" class="playhead" d="M-5 16 L5 16 L0 26 Z"/>';
+    ruler.innerHTML = html;
+  }
+
+  const keyEls = [];
+  function drawKeys() {
+    let html = '';
+    for (let p = P_LO; p <= P_HI; p++) {
+      const y = Y(p);
+      html += '<rect data-p="' + p + '" class="' + (BLACK[p % 12] ? 'b' : 'w') + '" x="' + (BLACK[p % 12] ? 0 : 0) + '" y="' + (y + 0.5) + '" width="' + (BLACK[p % 12] ? 28 : 46) + '" height="' + Math.max(1, rowH - 1) + '"/>';
+      if (p % 12 === 0 && rowH >= 4) html += '<text x="30" y="' + (y + rowH - 1.5) + '">' + noteName(p) + '</text>';
+    }
+    keys.innerHTML = html;
+    keyEls.length = 0;
+    keys.querySelectorAll('rect').forEach((r) => { keyEls[+r.getAttribute('data-p')] = r; });
+  }
+
+  // ---------------------------------------------------------------- overview strip (whole piece, viewport box)
+  const overview = $('overview'), vbox = $('viewport-box');
+  function drawOverview() {
+    const w = overview.clientWidth, h = 34, dpr = window.devicePixelRatio || 1;
+    overview.width = Math.round(w * dpr); overview.height = Math.round(h * dpr);
+    const c = overview.getContext('2d');
+    c.setTransform(dpr, 0, 0, dpr, 0, 0);
+    c.clearRect(0, 0, w, h);
+    const cs = getComputedStyle(document.body);
+    const sx = (w - 8) / duration, sy = (h - 6) / ROWS;
+    if (boundary !== null) {
+      c.fillStyle = cs.getPropertyValue('--boundary');
+      c.fillRect(4 + boundary * sx, 0, 1, h);
+    }
+    for (const primer of [1, 0]) {
+      c.fillStyle = cs.getPropertyValue(primer ? '--primer' : '--cont');
+      for (let i = 0; i < N; i++) {
+        if (PRIMER[i] !== primer) continue;
+        c.fillRect(4 + T0[i] * sx, 3 + (P_HI - P[i]) * sy, Math.max(1, (T1[i] - T0[i]) * sx), Math.max(1, sy));
+      }
+    }
+    placeViewportBox();
+  }
+  function placeViewportBox() {
+    const w = overview.clientWidth, sx = (w - 8) / duration;
+    const t0 = (scroller.scrollLeft - LEFT) / pps, t1 = t0 + (scroller.clientWidth - 46) / pps;
+    const a = 4 + Math.max(0, t0) * sx, b = 4 + Math.min(duration, t1) * sx;
+    vbox.style.left = a + 'px'; vbox.style.width = Math.max(6, b - a) + 'px';
+  }
+  function scrollToTime(t, frac) {
+    scroller.scrollLeft = Math.max(0, X(t) - (scroller.clientWidth - 46) * frac);
+  }
+  let dragging = false;
+  const overviewSeek = (e) => {
+    const r = overview.getBoundingClientRect();
+    scrollToTime(((e.clientX - r.left) - 4) / ((r.width - 8) / duration), 0.5);
+  };
+  overview.addEventListener('mousedown', (e) => { dragging = true; overviewSeek(e); });
+  window.addEventListener('mousemove', (e) => { if (dragging) overviewSeek(e); });
+  window.addEventListener('mouseup', () => { dragging = false; });
+  scroller.addEventListener('scroll', placeViewportBox, { passive: true });
+
+  // ---------------------------------------------------------------- arcs of the shown note
+  const shown = () => (S.hover >= 0 ? S.hover : S.sel);
+  let lit = [];
+
+  function arcPath(q, k, l, h) {
+    const xq = X(T0[q]) + Math.min(3, (T1[q] - T0[q]) * pps / 2), yq = Y(P[q]) + rowH / 2;
+    const xk = X(T0[k]) + Math.min(3, (T1[k] - T0[k]) * pps / 2), yk = Y(P[k]) + rowH / 2;
+    if (q === k) {  // a note attending to itself: a small loop
+      return 'M' + xq.toFixed(1) + ' ' + yq.toFixed(1) + 'c-15 -34 15 -34 0 0';
+    }
+    const dx = xq - xk;
+    const spread = 0.88 + 0.3 * (l * NH + h) / Math.max(1, NL * NH - 1);  // keeps heads on the same key apart
+    const lift = Math.max(14, Math.min(dx * 0.42, Hgt * 0.85)) * spread;
+    const top = Math.max(3, Math.min(yq, yk) - lift);
+    return 'M' + xq.toFixed(1) + ' ' + yq.toFixed(1) + 'C' + (xq - dx * 0.12).toFixed(1) + ' ' + top.toFixed(1) + ' ' +
+      (xk + dx * 0.12).toFixed(1) + ' ' + top.toFixed(1) + ' ' + xk.toFixed(1) + ' ' + yk.toFixed(1);
+  }
+
+  function render() {
+    const q = shown();
+    for (const i of lit) noteEls[i].classList.remove('k', 'q');
+    lit = [];
+    const ids = visibleArcs(q, true);
+    ids.sort((a, b) => AW[a] - AW[b]);  // heavy arcs on top
+    let arcs = '', marks = '';
+    const keyBest = new Map();
+    for (const i of ids) {
+      const k = AK[i], l = AL[i], h = AH[i], w = AW[i], col = headColor(h);
+      arcs += '<path class="arc" data-l="' + l + '" data-h="' + h + '" data-k="' + k + '" d="' + arcPath(q, k, l, h) +
+        '" stroke="' + col + '" stroke-width="' + (0.7 + 5 * w).toFixed(2) + '" stroke-opacity="' +
+        (0.3 + 0.7 * Math.sqrt(w)).toFixed(2) + '"/>';
+      if (!keyBest.has(k) || AW[keyBest.get(k)] < w) keyBest.set(k, i);
+    }
+    for (const [k, i] of keyBest) {
+      noteEls[k].classList.add('k'); lit.push(k);
+      marks += '<rect class="kmark" x="' + (X(T0[k]) - 1.5).toFixed(1) + '" y="' + (Y(P[k]) - 1).toFixed(1) + '" width="' +
+        (Math.max(2, (T1[k] - T0[k]) * pps - 1) + 3).toFixed(1) + '" height="' + (Math.max(2, rowH - 1) + 3).toFixed(1) +
+        '" rx="2" stroke="' + headColor(AH[i]) + '"/>';
+    }
+    if (q >= 0) {
+      noteEls[q].classList.add('q'); lit.push(q);
+      marks += '<rect class="qmark" x="' + (X(T0[q]) - 2).toFixed(1) + '" y="' + (Y(P[q]) - 1.5).toFixed(1) + '" width="' +
+        (Math.max(2, (T1[q] - T0[q]) * pps - 1) + 4).toFixed(1) + '" height="' + (Math.max(2, rowH - 1) + 4).toFixed(1) + '" rx="2.5"/>';
+    }
+    gArcs.innerHTML = arcs;
+    gMarks.innerHTML = marks;
+    roll.classList.toggle('focus', q >= 0);
+    drawNoteInfo(q, ids.length);
+    drawGrid(q);
+    drawStatus(q, ids.length);
+  }
+
+  function drawNoteInfo(q, nShown) {
+    const box = $('note-info');
+    if (q < 0) {
+      box.innerHTML = 'Click a note (or hover) to draw what it attends to.';
+      box.className = 'muted';
+      return;
+    }
+    box.className = '';
+    const stored = OFF[q + 1] - OFF[q];
+    let best = -1;
+    for (let i = OFF[q]; i < OFF[q + 1]; i++) if (best < 0 || AW[i] > AW[best]) best = i;
+    const kind = PRIMER[q] ? '<span class="badge primer">PRIMER</span>' : '<span class="badge cont">CONTINUATION</span>';
+    box.innerHTML = '<div class="big">#' + q + ' · ' + noteName(P[q]) + kind + '</div><div class="kv">' +
+      '<span>onset</span><span>' + T0[q].toFixed(3) + ' s (' + fmtTime(T0[q]) + ')</span>' +
+      '<span>length</span><span>' + (T1[q] - T0[q]).toFixed(3) + ' s</span>' +
+      '<span>pitch / velocity</span><span>' + P[q] + ' / ' + VEL[q] + '</span>' +
+      '<span>token</span><span>' + TOKEN[q] + '</span>' +
+      '<span>arcs</span><span>' + nShown + ' shown of ' + stored + ' stored</span>' +
+      (best >= 0 ? '<span>strongest</span><span>L' + AL[best] + ' H' + AH[best] + ' → #' + AK[best] + ' (' + noteName(P[AK[best]]) + ') · ' + fmtW(AW[best]) + '</span>' : '') +
+      '</div>';
+  }
+
+  function drawStatus(q, nShown) {
+    $('status').textContent = (q >= 0 ? 'note ' + q + (S.hover >= 0 && S.hover !== S.sel ? ' (hover)' : '') : 'no note selected') +
+      ' · layers ' + listText(S.layers, NL) + ' · heads ' + listText(S.heads, NH) + ' · top ' + S.top +
+      ' · min weight ' + S.thr.toFixed(3) + ' · ' + nShown + ' arcs';
+  }
+
+  // ---------------------------------------------------------------- model view: layers × heads thumbnails
+  const grid = $('grid'), thumbs = [];
+  (function makeGrid() {
+    grid.style.gridTemplateColumns = '24px repeat(' + NH + ', minmax(0, 1fr))';
+    grid.appendChild(document.createElement('div'));
+    for (let h = 0; h < NH; h++) {
+      const d = document.createElement('div');
+      d.className = 'hdr'; d.innerHTML = '<i></i>H' + h;
+      grid.appendChild(d);
+    }
+    for (let l = 0; l < NL; l++) {
+      const r = document.createElement('div');
+      r.className = 'rowhdr'; r.textContent = 'L' + l;
+      grid.appendChild(r);
+      for (let h = 0; h < NH; h++) {
+        const t = document.createElement('div');
+        t.className = 'thumb'; t.title = 'layer ' + l + ', head ' + h + ' (click to solo)';
+        t.dataset.l = l; t.dataset.h = h;
+        t.innerHTML = '<svg viewBox="0 0 100 70" preserveAspectRatio="none"></svg>';
+        t.addEventListener('click', () => { S.layers = new Set([l]); S.heads = new Set([h]); syncControls(); render(); });
+        grid.appendChild(t);
+        thumbs.push(t);
+      }
+    }
+  })();
+  function colorGridHeaders() {
+    grid.querySelectorAll('.hdr i').forEach((e, h) => { e.style.background = headColor(h); });
+  }
+
+  function drawGrid(q) {
+    const ids = visibleArcs(q, false);
+    let back = 0.5, lo = q >= 0 ? P[q] : 0, hi = lo;
+    for (const i of ids) { const k = AK[i]; back = Math.max(back, T0[q] - T0[k]); lo = Math.min(lo, P[k]); hi = Math.max(hi, P[k]); }
+    // Log time axis, so a head that looks one note back and one that looks a minute back both read.
+    const TAU = 0.4, scale = 84 / Math.log1p(back / TAU);
+    const gx = (k) => 92 - scale * Math.log1p((T0[q] - T0[k]) / TAU);
+    const gy = (p) => 64 - 46 * (p - lo + 1) / (hi - lo + 2);
+    const perThumb = thumbs.map(() => []);
+    for (const i of ids) perThumb[AL[i] * NH + AH[i]].push(i);
+    thumbs.forEach((t, j) => {
+      const l = Math.floor(j / NH), h = j % NH, col = headColor(h);
+      t.classList.toggle('off', !(S.layers.has(l) && S.heads.has(h)));
+      let s = '';
+      if (q >= 0) {
+        const x1 = gx(q), y1 = gy(P[q]);
+        for (const i of perThumb[j]) {
+          const k = AK[i], x2 = gx(k), y2 = gy(P[k]);
+          s += '<rect class="tn" x="' + (x2 - 2).toFixed(1) + '" y="' + (y2 - 2).toFixed(1) + '" width="4" height="4"/>';
+          const top = Math.max(2, Math.min(y1, y2) - Math.max(10, (x1 - x2) * 0.55));
+          const d = k === q ? 'M' + x1.toFixed(1) + ' ' + y1.toFixed(1) + 'c-7 -18 7 -18 0 0'
+            : 'M' + x1.toFixed(1) + ' ' + y1.toFixed(1) + 'C' + x1.toFixed(1) + ' ' + top.toFixed(1) + ' ' + x2.toFixed(1) + ' ' + top.toFixed(1) + ' ' + x2.toFixed(1) + ' ' + y2.toFixed(1);
+          s += '<path d="' + d + '" stroke="' + col + '" stroke-width="' + (1.6 + 9 * AW[i]).toFixed(2) + '" stroke-opacity="' + (0.45 + 0.55 * Math.sqrt(AW[i])).toFixed(2) + '"/>';
+        }
+        s += '<circle class="tq" cx="' + x1.toFixed(1) + '" cy="' + y1.toFixed(1) + '" r="3.5"/>';
+      }
+      t.firstChild.innerHTML = s;
+    });
+  }
+
+  // ---------------------------------------------------------------- controls
+  const layerBox = $('layers'), headBox = $('heads');
+  function makeChips() {
+    for (let l = 0; l < NL; l++) {
+      const c = document.createElement('span');
+      c.className = 'chip'; c.dataset.layer = l; c.textContent = 'L' + l;
+      c.title = 'toggle layer ' + l + ' (double-click: only this layer)';
+      layerBox.appendChild(c);
+    }
+    for (let h = 0; h < NH; h++) {
+      const c = document.createElement('span');
+      c.className = 'chip'; c.dataset.head = h; c.innerHTML = '<i class="dot"></i>H' + h;
+      c.title = 'toggle head ' + h + ' (double-click: only this head)';
+      headBox.appendChild(c);
+    }
+  }
+  function colorChips() {
+    headBox.querySelectorAll('.chip').forEach((c) => { c.firstChild.style.background = headColor(+c.dataset.head); });
+    colorGridHeaders();
+  }
+  function toggleIn(set, v) { if (set.has(v)) set.delete(v); else set.add(v); }
+  layerBox.addEventListener('click', (e) => {
+    const c = e.target.closest('.chip'); if (!c) return;
+    toggleIn(S.layers, +c.dataset.layer); syncControls(); render();
+  });
+  headBox.addEventListener('click', (e) => {
+    const c = e.target.closest('.chip'); if (!c) return;
+    toggleIn(S.heads, +c.dataset.head); syncControls(); render();
+  });
+  layerBox.addEventListener('dblclick', (e) => {
+    const c = e.target.closest('.chip'); if (!c) return;
+    S.layers = new Set([+c.dataset.layer]); syncControls(); render();
+  });
+  headBox.addEventListener('dblclick', (e) => {
+    const c = e.target.closest('.chip'); if (!c) return;
+    S.heads = new Set([+c.dataset.head]); syncControls(); render();
+  });
+  document.querySelectorAll('[data-all]').forEach((a) => a.addEventListener('click', (e) => {
+    e.preventDefault();
+    if (a.dataset.all === 'layers') S.layers = new Set([...Array(NL).keys()]);
+    else S.heads = new Set([...Array(NH).keys()]);
+    syncControls(); render();
+  }));
+  const topIn = $('top'), thrIn = $('thr'), zoomIn = $('zoom');
+  topIn.max = maxRun;
+  topIn.addEventListener('input', () => { S.top = +topIn.value; syncControls(); render(); });
+  thrIn.addEventListener('input', () => { S.thr = +thrIn.value; syncControls(); render(); });
+  zoomIn.addEventListener('input', () => setZoom(zoomToPps(+zoomIn.value), null));
+
+  function syncControls() {
+    layerBox.querySelectorAll('.chip').forEach((c) => c.classList.toggle('on', S.layers.has(+c.dataset.layer)));
+    headBox.querySelectorAll('.chip').forEach((c) => c.classList.toggle('on', S.heads.has(+c.dataset.head)));
+    topIn.value = S.top; $('top-out').textContent = S.top;
+    thrIn.value = S.thr; $('thr-out').textContent = S.thr.toFixed(3);
+    zoomIn.value = ppsToZoom(pps);
+    writeHash();
+  }
+
+  function setZoom(newPps, anchorClientX) {
+    newPps = Math.max(8, Math.min(600, newPps));
+    const r = scroller.getBoundingClientRect();
+    const ax = anchorClientX === null ? (r.width - 46) / 2 : anchorClientX - r.left - 46;
+    const tAnchor = (scroller.scrollLeft + ax - LEFT) / pps;
+    pps = newPps; S.zoom = pps;
+    layout();
+    scroller.scrollLeft = Math.max(0, X(tAnchor) - ax);
+    syncControls();
+  }
+  scroller.addEventListener('wheel', (e) => {
+    if (!e.ctrlKey && !e.metaKey) return;
+    e.preventDefault();
+    setZoom(pps * Math.exp(-e.deltaY * 0.002), e.clientX);
+  }, { passive: false });
+
+  // Hover previews a note, click locks it; moving off the notes returns to the locked one.
+  const hoverIn = $('hover'), followIn = $('follow');
+  roll.addEventListener('mouseover', (e) => {
+    if (!hoverIn.checked) return;
+    const t = e.target;
+    if (t.parentNode === gNotes) { const i = +t.dataset.i; if (i !== S.hover) { S.hover = i; render(); } }
+    else if (t.closest('#bg') && S.hover >= 0) { S.hover = -1; render(); }
+  });
+  roll.addEventListener('mouseleave', () => { if (S.hover >= 0) { S.hover = -1; render(); } });
+  roll.addEventListener('click', (e) => {
+    const t = e.target;
+    if (t.parentNode === gNotes) { select(+t.dataset.i, false); }
+  });
+  roll.addEventListener('dblclick', (e) => {
+    if (e.target.parentNode === gNotes) return;
+    seek((e.clientX - roll.getBoundingClientRect().left - LEFT) / pps);
+  });
+  ruler.addEventListener('click', (e) => seek((e.clientX - ruler.getBoundingClientRect().left - LEFT) / pps));
+
+  function select(q, reveal) {
+    S.sel = q; S.hover = -1;
+    if (reveal && q >= 0) {
+      const x = X(T0[q]), left = scroller.scrollLeft, w = scroller.clientWidth - 46;
+      if (x < left + 40 || x > left + w - 40) scrollToTime(T0[q], 0.6);
+    }
+    writeHash(); render();
+  }
+
+  // ---------------------------------------------------------------- playback: WebAudio, scheduled a little ahead
+  let ctx = null, bus = null, ctxStart = 0, pieceStart = 0, nextNote = 0, timer = null, raf = 0;
+  const sounding = new Set();
+  function firstNoteAt(t) {  // first note with start >= t (binary search)
+    let a = 0, b = N;
+    while (a < b) { const m = (a + b) >> 1; if (T0[m] < t) a = m + 1; else b = m; }
+    return a;
+  }
+  function voice(t, dur, pitch, vel) {
+    const f = 440 * Math.pow(2, (pitch - 69) / 12);
+    const amp = 0.16 * Math.pow(vel / 127, 1.6) + 0.005;
+    const decay = 0.25 + 1.6 * Math.pow(Math.max(0, 108 - pitch) / 87, 1.5);  // bass rings longer
+    const out = ctx.createGain();
+    out.gain.setValueAtTime(0, t);
+    out.gain.linearRampToValueAtTime(amp, t + 0.004);
+    out.gain.setTargetAtTime(amp * 0.25, t + 0.004, decay);
+    const end = t + Math.max(dur, 0.05);
+    out.gain.setTargetAtTime(0, end, 0.07);
+    const lp = ctx.createBiquadFilter();
+    lp.type = 'lowpass';
+    lp.frequency.setValueAtTime(Math.min(16000, f * (3 + 9 * vel / 127)), t);
+    lp.frequency.setTargetAtTime(f * 1.8, t + 0.01, decay * 0.6);
+    const partials = [[1, 'triangle', 1], [2.003, 'sine', 0.35], [3.01, 'sine', 0.12], [0.5, 'sine', pitch < 60 ? 0.15 : 0]];
+    for (const [mult, type, g] of partials) {
+      if (!g || f * mult > 18000) continue;
+      const o = ctx.createOscillator(), og = ctx.createGain();
+      o.type = type; o.frequency.value = f * mult; og.gain.value = g;
+      o.connect(og).connect(lp);
+      o.start(t); o.stop(end + 0.6);
+    }
+    lp.connect(out).connect(bus);
+  }
+  function schedule() {
+    const now = pieceTime();
+    while (nextNote < N && T0[nextNote] < now + 0.25) {
+      const i = nextNote++;
+      if (T0[i] >= pieceStart - 1e-6) voice(ctxStart + T0[i] - pieceStart, T1[i] - T0[i], P[i], VEL[i]);
+    }
+    if (now > duration + 0.8) pause();
+  }
+  const pieceTime = () => (S.playing ? pieceStart + (ctx.currentTime - ctxStart) : S.now);
+  function play() {
+    if (S.playing) return;
+    if (!ctx) {
+      const AC = window.AudioContext || window.webkitAudioContext;
+      if (!AC) { $('status').textContent = 'This browser has no WebAudio.'; return; }
+      ctx = new AC();
+      const comp = ctx.createDynamicsCompressor();
+      comp.threshold.value = -14; comp.ratio.value = 4;
+      comp.connect(ctx.destination);
+      ctx.master = comp;
+    }
+    if (ctx.state === 'suspended') ctx.resume();
+    if (S.now >= duration) S.now = 0;
+    bus = ctx.createGain(); bus.gain.value = 0.9; bus.connect(ctx.master);
+    ctxStart = ctx.currentTime + 0.06; pieceStart = S.now;
+    nextNote = firstNoteAt(S.now);
+    S.playing = true;
+    document.body.classList.add('playing');
+    schedule();
+    timer = setInterval(schedule, 30);
+    raf = requestAnimationFrame(tick);
+  }
+  function pause() {
+    if (!S.playing) return;
+    S.now = Math.min(duration, Math.max(0, pieceTime()));
+    S.playing = false;
+    clearInterval(timer); cancelAnimationFrame(raf);
+    const b = bus; b.gain.setTargetAtTime(0, ctx.currentTime, 0.02);
+    setTimeout(() => b.disconnect(), 200);
+    document.body.classList.remove('playing');
+    for (const i of sounding) { noteEls[i].classList.remove('on'); if (keyEls[P[i]]) keyEls[P[i]].classList.remove('lit'); }
+    sounding.clear();
+    placeCursor();
+  }
+  function seek(t) {
+    const was = S.playing;
+    if (was) pause();
+    S.now = Math.max(0, Math.min(duration, t));
+    placeCursor();
+    if (was) play();
+  }
+  function placeCursor() {
+    const t = S.playing ? pieceTime() : S.now, x = X(Math.max(0, t)).toFixed(1);
+    cursor.setAttribute('x1', x); cursor.setAttribute('x2', x);
+    const ph = document.getElementById('playhead');
+    if (ph) ph.setAttribute('transform', 'translate(' + x + ',0)');
+    $('clock').textContent = fmtTime(Math.max(0, t)) + ' / ' + fmtTime(duration);
+  }
+  function tick() {
+    const t = pieceTime();
+    placeCursor();
+    const w = scroller.clientWidth - 46;
+    if (X(t) > scroller.scrollLeft + w * 0.85 || X(t) < scroller.scrollLeft) scrollToTime(t, 0.15);
+    // Light up sounding notes and their keys.
+    const now = new Set();
+    for (let i = firstNoteAt(t - maxDur); i < N && T0[i] <= t; i++) if (T1[i] > t) now.add(i);
+    for (const i of sounding) if (!now.has(i)) { noteEls[i].classList.remove('on'); if (keyEls[P[i]]) keyEls[P[i]].classList.remove('lit'); }
+    for (const i of now) if (!sounding.has(i)) { noteEls[i].classList.add('on'); if (keyEls[P[i]]) keyEls[P[i]].classList.add('lit'); }
+    sounding.clear(); for (const i of now) sounding.add(i);
+    if (followIn.checked) {
+      const q = firstNoteAt(t + 1e-9) - 1;
+      if (q >= 0 && q !== S.sel && T0[q] >= t - 1.0) { S.sel = q; S.hover = -1; render(); }
+    }
+    if (S.playing) raf = requestAnimationFrame(tick);
+  }
+  $('play').addEventListener('click', (e) => { e.currentTarget.blur(); S.playing ? pause() : play(); });
+  $('rewind').addEventListener('click', (e) => { e.currentTarget.blur(); seek(0); scrollToTime(0, 0); });
+
+  // ---------------------------------------------------------------- theme, keyboard, resize
+  function applyTheme() {
+    document.body.classList.toggle('light', S.light);
+    colorChips(); drawOverview(); render();
+  }
+  $('theme').addEventListener('click', (e) => { e.currentTarget.blur(); S.light = !S.light; applyTheme(); writeHash(); });
+
+  document.addEventListener('keydown', (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const onSlider = e.target && e.target.tagName === 'INPUT' && e.target.type === 'range';
+    const current = shown() >= 0 ? shown() : -1;
+    switch (e.key) {
+      case ' ':
+        e.preventDefault(); S.playing ? pause() : play(); break;
+      case 'ArrowRight':
+        if (onSlider) return;
+        e.preventDefault(); if (N) select(Math.min(N - 1, current + 1), true); break;
+      case 'ArrowLeft':
+        if (onSlider) return;
+        e.preventDefault(); if (N) select(current < 0 ? N - 1 : Math.max(0, current - 1), true); break;
+      case 'ArrowUp': case 'ArrowDown': {
+        if (onSlider) return;
+        e.preventDefault();
+        const cur = S.layers.size ? (e.key === 'ArrowUp' ? Math.max(...S.layers) : Math.min(...S.layers)) : NL - 1;
+        const next = e.key === 'ArrowUp' ? Math.min(NL - 1, cur + (S.layers.size === 1 ? 1 : 0)) : Math.max(0, cur - (S.layers.size === 1 ? 1 : 0));
+        S.layers = new Set([next]); syncControls(); render(); break;
+      }
+      case '+': case '=': setZoom(pps * 1.25, null); break;
+      case '-': case '_': setZoom(pps / 1.25, null); break;
+      case 'Home': seek(0); scrollToTime(0, 0); break;
+      case 'Escape': select(-1, false); break;
+      case 't': S.light = !S.light; applyTheme(); writeHash(); break;
+      default: return;
+    }
+  });
+  let resizeTimer = 0;
+  window.addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(layout, 80); });
+
+  // ---------------------------------------------------------------- start
+  readHash();
+  document.title = D.title;
+  $('title').textContent = D.title;
+  const nArcs = AK.length, nPrimer = PRIMER.reduce((a, b) => a + b, 0);
+  $('stats').textContent = N + ' notes (' + nPrimer + ' primer, ' + (N - nPrimer) + ' continuation) · ' + fmtTime(duration) +
+    ' · ' + nArcs.toLocaleString('en-US') + ' arcs · ' + NL + ' layers × ' + NH + ' heads';
+  $('model-info').textContent = JSON.stringify({ model: D.model, tokenizer: D.tokenizer, ...D.meta }, null, 2);
+  makeChips();
+  document.body.classList.toggle('light', S.light);
+  colorChips();
+  if (S.zoom) pps = S.zoom;
+  else pps = Math.max(40, Math.min(160, (scroller.clientWidth - 46 - LEFT - RIGHT) / duration));
+  S.zoom = pps;
+  syncControls();
+  layout();
+  if (S.sel >= 0) select(S.sel, true);
+
+  // A small handle for notebooks, debugging and the browser tests.
+  window.musicgptViewer = {
+    state: S, visibleArcs: (q) => visibleArcs(q, true), select: (q) => select(q, true),
+    play, pause, seek, nNotes: N, nLayer: NL, nHead: NH,
+  };
+})();

@@ -1,0 +1,103 @@
+"""The attention-arcs viewer: one self-contained HTML file (inline JS, CSS and SVG; no network).
+
+The arcs.json content is embedded as JSON inside a <script type="application/json"> tag, in a
+columnar layout the page reads directly: note columns, and arc columns sorted by (query, layer,
+head, -weight, key) with per-query offsets, so the page finds a note's arcs without scanning.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from musicgpt import __version__
+from musicgpt.arcs_format import NOTE_KEYS, validate_arcs
+
+_CORE_KEYS = {"version", "n_layer", "n_head", "model", "tokenizer", "notes", "arcs"}
+# Inside <script>, "</script" or "<!--" would end or confuse the block; JSON may spell any
+# character as \uXXXX, so these never appear raw. U+2028/2029 are escaped for old JS parsers.
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def viewer_payload(d: dict, title: str) -> dict:
+    """The columnar form of an arcs.json dict that the page embeds."""
+    notes = d["notes"]
+    n = len(notes)
+    cols = {k: [note[k] for note in notes] for k in NOTE_KEYS if k != "id"}
+    cols["primer"] = [int(p) for p in cols["primer"]]
+    arcs = d["arcs"]
+    q = np.array([a["query"] for a in arcs], dtype=np.int64)
+    k = np.array([a["key"] for a in arcs], dtype=np.int64)
+    layer = np.array([a["layer"] for a in arcs], dtype=np.int64)
+    head = np.array([a["head"] for a in arcs], dtype=np.int64)
+    weight = np.array([a["weight"] for a in arcs], dtype=np.float64)
+    order = np.lexsort((k, -weight, head, layer, q))  # last key sorts first
+    offsets = np.searchsorted(q[order], np.arange(n + 1), side="left") if len(arcs) else np.zeros(n + 1, np.int64)
+    return {
+        "title": title,
+        "n_layer": d["n_layer"],
+        "n_head": d["n_head"],
+        "notes": cols,
+        "arcs": {
+            "key": k[order].tolist(),
+            "layer": layer[order].tolist(),
+            "head": head[order].tolist(),
+            "weight": weight[order].tolist(),
+        },
+        "offsets": offsets.tolist(),
+        "model": d["model"],
+        "tokenizer": d["tokenizer"],
+        "meta": {key: value for key, value in d.items() if key not in _CORE_KEYS},
+    }
+
+
+def _asset(name: str) -> str:
+    return resources.files("musicgpt.viz").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def script_json(obj) -> str:
+    """JSON that is safe to place inside an HTML <script> element."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return re.sub("[<>&\u2028\u2029]", lambda m: _SCRIPT_ESCAPES[m.group(0)], text)
+
+
+def render_html(d: dict, title: str | None = None, source: str = "arcs data") -> str:
+    """The viewer page for an arcs.json dict, as one self-contained HTML string."""
+    validate_arcs(d, source=source)
+    title = title or "musicgpt · attention arcs"
+    fills = {
+        "{{TITLE}}": html.escape(title),
+        "{{VERSION}}": html.escape(__version__),
+        "/*{{CSS}}*/": _asset("viewer.css"),
+        "/*{{JS}}*/": _asset("viewer.js"),
+        "{{DATA}}": script_json(viewer_payload(d, title)),
+    }
+    # One pass, so text inside the data can never be taken for a placeholder.
+    pattern = re.compile("|".join(re.escape(k) for k in fills))
+    return pattern.sub(lambda m: fills[m.group(0)], _asset("viewer.html"))
+
+
+def write_html(d: dict, path: str | os.PathLike, title: str | None = None, source: str = "arcs data") -> Path:
+    """Write the viewer page for `d` to `path` atomically; returns the path."""
+    path = Path(path)
+    page = render_html(d, title=title, source=source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,186 @@
+"""The HTML viewer is one self-contained file with safely embedded data; `musicgpt view` writes HTML and PNG."""
+
+import json
+import re
+import struct
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from musicgpt.arcs_format import read_arcs, select_arcs, write_arcs
+from musicgpt.cli import main
+from musicgpt.errors import MusicGPTError
+from musicgpt.viz.viewer import render_html, script_json, viewer_payload
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SMALL = FIXTURES / "arcs_small.json"
+
+
+@pytest.fixture(scope="module")
+def small() -> dict:
+    return read_arcs(SMALL)
+
+
+@pytest.fixture(scope="module")
+def page(small) -> str:
+    return render_html(small, title="small")
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.attrs: list[tuple[str, str, str]] = []
+        self.scripts: list[tuple[dict, str]] = []
+        self._in_script: dict | None = None
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            self.attrs.append((tag, name, value or ""))
+        if tag == "script":
+            self._in_script = dict(attrs)
+
+    def handle_data(self, data):
+        if self._in_script is not None:
+            self.scripts.append((self._in_script, data))
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = None
+
+
+def _parse(page: str) -> _Collect:
+    c = _Collect()
+    c.feed(page)
+    return c
+
+
+def _embedded(page: str) -> dict:
+    (data,) = [text for attrs, text in _parse(page).scripts if attrs.get("id") == "mgv-data"]
+    return json.loads(data)
+
+
+def test_page_is_self_contained(page):
+    parsed = _parse(page)
+    for tag, name, value in parsed.attrs:
+        if name in ("src", "href", "action", "poster", "srcset", "xlink:href"):
+            assert not re.match(r"\s*(https?:|//|ftp:)", value, re.I), f"<{tag} {name}={value!r}> reaches the network"
+    assert not any("src" in attrs for attrs, _ in parsed.scripts), "scripts must be inline"
+    code = page.lower()
+    for needle in ("fetch(", "xmlhttprequest", "websocket", "eventsource", "sendbeacon", "import(", "@import", "url(http",
+                   "<link rel=\"stylesheet\"", "<iframe"):
+        assert needle not in code, needle
+    # The only URL-looking strings are SVG namespace names, which browsers never fetch.
+    assert set(re.findall(r"https?://[^\s'\"%)]+", page)) <= {"http://www.w3.org/2000/svg"}
+    assert page.count("<script") == 2 and page.count("</script>") == 2
+
+
+def test_embedded_data_matches_the_file(small, page):
+    data = _embedded(page)
+    assert data["n_layer"] == small["n_layer"] and data["n_head"] == small["n_head"]
+    assert data["notes"]["pitch"] == [n["pitch"] for n in small["notes"]]
+    assert data["notes"]["primer"] == [int(n["primer"]) for n in small["notes"]]
+    assert len(data["arcs"]["key"]) == len(small["arcs"])
+    assert data["meta"]["seed"] == small["seed"]
+    offsets = data["offsets"]
+    assert len(offsets) == len(small["notes"]) + 1 and offsets[-1] == len(small["arcs"])
+    # Each note's slice is that note's arcs in the order the viewer relies on.
+    for q in range(len(small["notes"])):
+        sl = slice(offsets[q], offsets[q + 1])
+        got = list(zip(data["arcs"]["layer"][sl], data["arcs"]["head"][sl], data["arcs"]["weight"][sl], data["arcs"]["key"][sl]))
+        want = [(a["layer"], a["head"], a["weight"], a["key"]) for a in select_arcs(small, q)]
+        assert got == want
+
+
+def test_hostile_strings_cannot_break_out_of_the_script(small):
+    evil = "</script><script>alert(1)</script><!-- \u2028 & é"
+    d = {**small, "comment": evil, "model": {"name": evil}}
+    page = render_html(d, title=evil)
+    assert page.count("</script>") == 2 and "alert(1)</script>" not in page
+    assert "<title>&lt;/script&gt;" in page
+    data = _embedded(page)
+    assert data["title"] == evil and data["meta"]["comment"] == evil and data["model"]["name"] == evil
+    assert json.loads(script_json({"x": "\u2029<>&"})) == {"x": "\u2029<>&"}
+
+
+def test_render_validates(small):
+    bad = {**small, "version": 3}
+    with pytest.raises(MusicGPTError, match="in-memory: unsupported version 3"):
+        render_html(bad, source="in-memory")
+
+
+def test_empty_piece_renders():
+    d = {"version": 1, "n_layer": 1, "n_head": 1, "model": {}, "tokenizer": {}, "notes": [], "arcs": []}
+    assert _embedded(render_html(d))["offsets"] == [0]
+    assert viewer_payload(d, "t")["arcs"]["key"] == []
+
+
+def test_cli_writes_html_next_to_the_arcs_file(tmp_path, small, capsys):
+    arcs = tmp_path / "sample_00.arcs.json"
+    write_arcs(small, arcs)
+    assert main(["view", str(arcs)]) == 0
+    html = tmp_path / "sample_00.html"
+    assert html.exists() and "wrote " + str(html) in capsys.readouterr().out
+    assert _embedded(html.read_text(encoding="utf-8"))["title"] == "sample_00.arcs.json"
+    assert main(["view", str(arcs), "--out", str(tmp_path / "x" / "v.html"), "--title", "Chopin"]) == 0
+    assert "<title>Chopin</title>" in (tmp_path / "x" / "v.html").read_text(encoding="utf-8")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.arcs.json"
+    bad.write_text('{"version": 1, "n_layer": 1}')
+    assert main(["view", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.arcs.json: missing top-level key 'n_head'" in err
+    assert main(["view", str(tmp_path / "missing.json")]) == 1
+    assert "missing.json: no such file" in capsys.readouterr().err
+    assert main(["view", str(SMALL), "--png", str(tmp_path / "p.png"), "--note", "999"]) == 1
+    assert "note 999 does not exist" in capsys.readouterr().err
+    assert main(["view", str(SMALL), "--png", str(tmp_path / "p.png"), "--head", "9"]) == 1
+    assert "head 9 does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists()
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR"
+    return struct.unpack(">II", raw[16:24])
+
+
+def test_cli_png(tmp_path, capsys):
+    out = tmp_path / "fig" / "arcs.png"
+    assert main(["view", str(SMALL), "--png", str(out), "--note", "50", "--layer", "all", "--head", "0,2", "--dpi", "100"]) == 0
+    assert "wrote " + str(out) + " (note 50;" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.html")) and not (SMALL.parent / "arcs_small.html").exists()
+    assert _png_size(out) == (1100, 480)
+    from matplotlib.image import imread
+
+    img = imread(out)  # decodes: a valid image
+    assert img.shape[:2] == (480, 1100)
+    # Not blank: several distinct colours (roll, arcs of two heads, legend).
+    assert len(np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+
+
+def test_png_default_note_and_head_colours(small, tmp_path):
+    from matplotlib.figure import Figure
+
+    from musicgpt.viz.png import default_note, draw_arcs, head_color
+
+    q = default_note(small)
+    assert q is not None and not small["notes"][q]["primer"]
+    q = default_note(small, heads=[1])
+    ax = Figure().add_subplot()
+    assert draw_arcs(ax, small, q, heads=[1]) == q
+    drawn = select_arcs(small, q, layers=[small["n_layer"] - 1], heads=[1], top=6, threshold=0.02)
+    curves = [p for p in ax.patches]
+    assert len(curves) == len(drawn) > 0
+    assert {tuple(p.get_edgecolor()[:3]) for p in curves} == {tuple(int(head_color(1, 4)[i:i + 2], 16) / 255 for i in (1, 3, 5))}
+
+
+def test_viz_never_imports_torch():
+    code = ("import musicgpt.viz, musicgpt.viz.png, musicgpt.commands.view, musicgpt.arcs_format, sys; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

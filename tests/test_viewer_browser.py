@@ -1,0 +1,233 @@
+"""The viewer in a real headless Chromium (Debian's chromium + chromedriver, driven by selenium).
+
+Skipped when chromium, chromedriver or selenium are missing; `.ci/run` installs them.
+"""
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from musicgpt.arcs_format import read_arcs, select_arcs
+from musicgpt.viz.viewer import write_html
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+try:
+    import selenium  # noqa: F401
+except ImportError:
+    selenium = None
+
+pytestmark = pytest.mark.skipif(
+    selenium is None or CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver) "
+           "and selenium (pip install -e '.[dev]')",
+)
+
+ARC = "#arcs path.arc"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="musicgpt-chromium-")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required",
+                 "--window-size=1500,950", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _errors(driver) -> list:
+    return [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def _open(driver, path: Path, fragment: str = ""):
+    driver.get("about:blank")  # a new fragment alone would not reload the page
+    driver.get(path.resolve().as_uri() + fragment)
+    driver.find_element("css selector", "#notes rect")  # the page built its roll
+
+
+def _count(driver) -> int:
+    return len(driver.find_elements("css selector", ARC))
+
+
+def _filters(driver) -> dict:
+    """The filters the page is applying, read from its controls."""
+    chips = lambda box, attr: [int(c.get_attribute(attr)) for c in driver.find_elements("css selector", f"#{box} .chip.on")]
+    return {
+        "layers": chips("layers", "data-layer"),
+        "heads": chips("heads", "data-head"),
+        "top": int(driver.find_element("id", "top").get_attribute("value")),
+        "threshold": float(driver.find_element("id", "thr").get_attribute("value")),
+    }
+
+
+def _click_note(driver, q: int):
+    el = driver.find_element("css selector", f'#notes rect[data-i="{q}"]')
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center', inline: 'center'})", el)
+    el.click()
+
+
+def _set_slider(driver, name: str, value):
+    driver.execute_script(
+        "const s = document.getElementById(arguments[0]); s.value = arguments[1];"
+        "s.dispatchEvent(new Event('input', {bubbles: true}));", name, str(value))
+
+
+def _park_mouse(driver):
+    """Move the pointer off the roll, so hover previews end and the clicked note shows."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).move_to_element(driver.find_element("id", "status")).perform()
+
+
+@pytest.fixture(scope="module")
+def small_page(tmp_path_factory):
+    d = read_arcs(FIXTURES / "arcs_small.json")
+    path = write_html(d, tmp_path_factory.mktemp("viewer") / "small.html", title="small")
+    return d, path
+
+
+def test_viewer_interactions(browser, small_page):
+    d, path = small_page
+    _open(browser, path)
+    assert _errors(browser) == []
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0  # no network at all
+    assert len(browser.find_elements("css selector", "#notes rect")) == len(d["notes"])
+    assert len(browser.find_elements("css selector", "#grid .thumb")) == d["n_layer"] * d["n_head"]
+    assert _count(browser) == 0
+
+    f = _filters(browser)
+    assert f["layers"] == [d["n_layer"] - 1] and f["heads"] == list(range(d["n_head"]))
+
+    def expected(q, **over):
+        return select_arcs(d, q, **{**f, **over})
+
+    # The continuation note with the most arcs under the default filters, and a head it uses.
+    q = max((i for i, n in enumerate(d["notes"]) if not n["primer"]), key=lambda i: (len(expected(i)), -i))
+    want = expected(q)
+    assert len(want) >= 8
+
+    _click_note(browser, q)
+    _park_mouse(browser)
+    assert _count(browser) == len(want)
+    drawn = sorted((int(p.get_attribute("data-h")), int(p.get_attribute("data-k")))
+                   for p in browser.find_elements("css selector", ARC))
+    assert drawn == sorted((a["head"], a["key"]) for a in want)
+    assert f"note={q}" in browser.current_url and f"note {q} " in browser.find_element("id", "status").text
+
+    # Model view: every thumbnail shows its own head's arcs for this note (toggles aside).
+    assert len(browser.find_elements("css selector", "#grid .thumb")) == d["n_layer"] * d["n_head"]
+    thumb_paths = len(browser.find_elements("css selector", "#grid .thumb path"))
+    assert thumb_paths == len(select_arcs(d, q, top=f["top"], threshold=f["threshold"]))
+
+    # Toggling a head removes exactly that head's arcs; toggling it back restores them.
+    head = max(range(d["n_head"]), key=lambda h: sum(a["head"] == h for a in want))
+    n_head_arcs = sum(a["head"] == head for a in want)
+    assert n_head_arcs > 0
+    browser.find_element("css selector", f'#heads .chip[data-head="{head}"]').click()
+    assert _count(browser) == len(want) - n_head_arcs
+    assert not browser.find_elements("css selector", f'{ARC}[data-h="{head}"]')
+    assert f"heads={','.join(str(h) for h in range(d['n_head']) if h != head)}" in browser.current_url
+    browser.find_element("css selector", f'#heads .chip[data-head="{head}"]').click()
+    assert _count(browser) == len(want)
+
+    # The top-N slider and the threshold slider reduce the count as select_arcs says.
+    _set_slider(browser, "top", 1)
+    assert _count(browser) == len(expected(q, top=1)) < len(want)
+    _set_slider(browser, "top", f["top"])
+    _set_slider(browser, "thr", 0.2)
+    assert _count(browser) == len(expected(q, threshold=0.2)) < len(want)
+    _set_slider(browser, "thr", f["threshold"])
+    assert _count(browser) == len(want)
+
+    # Clicking a thumbnail solos its layer and head in the main view.
+    thumb = browser.find_element("css selector", f'#grid .thumb[data-l="0"][data-h="{head}"]')
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", thumb)
+    thumb.click()
+    assert _filters(browser)["layers"] == [0] and _filters(browser)["heads"] == [head]
+    assert _count(browser) == len(expected(q, layers=[0], heads=[head]))
+    browser.find_element("css selector", '[data-all="layers"]').click()
+    browser.find_element("css selector", '[data-all="heads"]').click()
+    assert _count(browser) == len(expected(q, layers=range(d["n_layer"]), heads=range(d["n_head"])))
+
+    # Hovering another note previews its arcs; leaving the roll returns to the clicked note.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    other = next(i for i in range(q - 1, 0, -1) if len(expected(i, layers=range(d["n_layer"]))) != len(expected(q, layers=range(d["n_layer"]))))
+    ActionChains(browser).move_to_element(browser.find_element("css selector", f'#notes rect[data-i="{other}"]')).perform()
+    assert _count(browser) == len(expected(other, layers=range(d["n_layer"])))
+    _park_mouse(browser)
+    assert _count(browser) == len(expected(q, layers=range(d["n_layer"])))
+
+    # Keyboard: arrows step through notes, space plays and pauses, Escape clears.
+    body = browser.find_element("css selector", "body")
+    body.send_keys("\ue014")  # ArrowRight
+    assert f"note={q + 1}" in browser.current_url
+    body.send_keys("\ue012")  # ArrowLeft
+    assert f"note={q}" in browser.current_url
+    body.send_keys(" ")
+    assert "playing" in body.get_attribute("class")
+    time.sleep(0.4)
+    body.send_keys(" ")
+    assert "playing" not in body.get_attribute("class")
+    assert browser.execute_script("return window.musicgptViewer.state.now") > 0.05  # the clock moved
+    body.send_keys("\ue00c")  # Escape
+    assert _count(browser) == 0 and "note=" not in browser.current_url
+    # Click-to-seek on the ruler moves the cursor.
+    ruler = browser.find_element("id", "ruler")
+    ActionChains(browser).move_to_element_with_offset(ruler, -ruler.size["width"] // 2 + 10 + 200, 0).click().perform()
+    x = float(browser.find_element("id", "cursor").get_attribute("x1"))
+    assert 190 < x < 215
+
+    assert _errors(browser) == []
+
+
+def test_hash_restores_the_view(browser, small_page):
+    d, path = small_page
+    q = len(d["notes"]) - 5
+    _open(browser, path, f"#note={q}&layers=all&heads=1,2&top=2&thr=0.05&zoom=120&theme=light")
+    want = select_arcs(d, q, layers=range(d["n_layer"]), heads=[1, 2], top=2, threshold=0.05)
+    assert _count(browser) == len(want) > 0
+    assert "light" in browser.find_element("css selector", "body").get_attribute("class")
+    assert _errors(browser) == []
+
+
+def test_large_piece_stays_correct(browser, tmp_path):
+    """Thousands of notes and ~100k arcs: the page loads, and a late note draws the right arcs."""
+    sys.path.insert(0, str(FIXTURES.parent))
+    from fixtures.make_arcs_fixtures import synthetic_arcs_dict
+
+    d = synthetic_arcs_dict(1600, 4, 4, 4, seed=11)
+    assert len(d["arcs"]) > 90_000
+    path = write_html(d, tmp_path / "large.html")
+    t0 = time.perf_counter()
+    _open(browser, path)
+    load_s = time.perf_counter() - t0
+    q = 1500
+    t0 = time.perf_counter()
+    browser.execute_script("window.musicgptViewer.select(arguments[0])", q)
+    n = _count(browser)
+    select_s = time.perf_counter() - t0
+    assert n == len(select_arcs(d, q, layers=[3], top=min(4, 6), threshold=0.02)) > 0
+    assert _errors(browser) == []
+    print(f"large page: {len(d['notes'])} notes, {len(d['arcs'])} arcs, load {load_s:.2f} s, select {select_s * 1000:.0f} ms "
+          "(shared machine: indicative only)")
