@@ -446,7 +446,13 @@
   topIn.max = maxRun;
   topIn.addEventListener('input', () => { S.top = +topIn.value; syncControls(); render(); });
   thrIn.addEventListener('input', () => { S.thr = +thrIn.value; syncControls(); render(); });
-  zoomIn.addEventListener('input', () => setZoom(zoomToPps(+zoomIn.value), null));
+  // Zoom requests are coalesced to one relayout per frame (slider drags and wheels fire fast).
+  let zoomWanted = null, zoomFrame = 0;
+  function requestZoom(newPps, anchorClientX) {
+    zoomWanted = [newPps, anchorClientX];
+    if (!zoomFrame) zoomFrame = requestAnimationFrame(() => { zoomFrame = 0; setZoom(zoomWanted[0], zoomWanted[1]); });
+  }
+  zoomIn.addEventListener('input', () => requestZoom(zoomToPps(+zoomIn.value), null));
 
   function syncControls() {
     layerBox.querySelectorAll('.chip').forEach((c) => c.classList.toggle('on', S.layers.has(+c.dataset.layer)));
@@ -470,11 +476,12 @@
   scroller.addEventListener('wheel', (e) => {
     if (!e.ctrlKey && !e.metaKey) return;
     e.preventDefault();
-    setZoom(pps * Math.exp(-e.deltaY * 0.002), e.clientX);
+    requestZoom((zoomWanted && zoomFrame ? zoomWanted[0] : pps) * Math.exp(-e.deltaY * 0.002), e.clientX);
   }, { passive: false });
 
   // Hover previews a note, click locks it; moving off the notes returns to the locked one.
   const hoverIn = $('hover'), followIn = $('follow');
+  for (const box of [hoverIn, followIn]) box.addEventListener('change', () => box.blur());  // keep space for play/pause
   roll.addEventListener('mouseover', (e) => {
     if (!hoverIn.checked) return;
     const t = e.target;
@@ -575,6 +582,7 @@
     for (const i of sounding) { noteEls[i].classList.remove('on'); if (keyEls[P[i]]) keyEls[P[i]].classList.remove('lit'); }
     sounding.clear();
     placeCursor();
+    writeHash();
   }
   function seek(t) {
     const was = S.playing;
