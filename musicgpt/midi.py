@@ -97,63 +97,97 @@ def _tempo_map(score, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if (mspq <= 0).any():
         raise MidiError(f"{name}: absurd tempo (0 microseconds per quarter note)")
     # The last tempo event at a tick wins; the default tempo holds until the first event.
-    last = np.r_[ticks[1:] != ticks[:-1], True] if len(ticks) else np.zeros(0, bool)
-    ticks, mspq = ticks[last], mspq[last]
+    if len(ticks) > 1:
+        last = np.concatenate((ticks[1:] != ticks[:-1], [True]))
+        ticks, mspq = ticks[last], mspq[last]
     if not len(ticks) or ticks[0] > 0:
-        ticks = np.r_[0, ticks]
-        mspq = np.r_[DEFAULT_MSPQ, mspq]
+        ticks = np.concatenate(([0], ticks))
+        mspq = np.concatenate(([DEFAULT_MSPQ], mspq))
     sec_per_tick = mspq.astype(np.float64) / (1e6 * score.ticks_per_quarter)
-    seg_seconds = np.r_[0.0, np.cumsum(np.diff(ticks) * sec_per_tick[:-1])]
+    seg_seconds = np.concatenate(([0.0], np.cumsum(np.diff(ticks) * sec_per_tick[:-1])))
     return ticks, seg_seconds, sec_per_tick
 
 
 def ticks_to_seconds(ticks: np.ndarray, tempo_map: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     """Convert integer ticks to float64 seconds with a tempo map from `_tempo_map`."""
     seg_ticks, seg_seconds, sec_per_tick = tempo_map
+    if len(seg_ticks) == 1:
+        return ticks * sec_per_tick[0]
     k = np.searchsorted(seg_ticks, ticks, side="right") - 1
     return seg_seconds[k] + (ticks - seg_ticks[k]) * sec_per_tick[k]
 
 
-def _pedal_intervals(controls: dict, track_end: int) -> tuple[np.ndarray, np.ndarray]:
-    """(down ticks, up ticks) of the sustain pedal from one track's control changes."""
+def _pedal_intervals(controls: dict, track_end) -> tuple[np.ndarray, np.ndarray]:
+    """(down ticks, up ticks) of the sustain pedal from one track's control changes.
+
+    Several CC64 events at one tick make zero-length intervals, so "the last one counts" needs no
+    special case. `track_end` is a callable giving the tick that lifts a pedal left down.
+    """
     is_sustain = controls["number"] == SUSTAIN_CC
-    t = controls["time"][is_sustain].astype(np.int64)
+    t = controls["time"][is_sustain]
     if not len(t):
         return t, t
-    down = controls["value"][is_sustain] >= SUSTAIN_THRESHOLD
-    if (np.diff(t) < 0).any():
+    down = (controls["value"][is_sustain] >= SUSTAIN_THRESHOLD).view(np.int8)
+    if (t[1:] < t[:-1]).any():
         order = np.argsort(t, kind="stable")
         t, down = t[order], down[order]
-    last = np.r_[t[1:] != t[:-1], True]
-    t, down = t[last], down[last]
-    before = np.r_[False, down[:-1]]
-    downs, ups = t[down & ~before], t[~down & before]
+    change = np.diff(down, prepend=np.int8(0))
+    downs, ups = t[change == 1], t[change == -1]
     if len(ups) < len(downs):
-        ups = np.r_[ups, max(track_end, downs[-1])]
+        ups = np.concatenate((ups, [max(track_end(), downs[-1])]))
     return downs, ups
 
 
-def _apply_pedal(start: np.ndarray, end: np.ndarray, downs: np.ndarray, ups: np.ndarray) -> np.ndarray:
+def _apply_pedal(end: np.ndarray, downs: np.ndarray, ups: np.ndarray) -> np.ndarray:
     """Ends of notes released while the pedal is down move to the pedal's release."""
     if not len(downs):
         return end
     k = np.searchsorted(downs, end, side="right") - 1
-    held = (k >= 0) & (end < ups[np.maximum(k, 0)])
-    return np.where(held, np.maximum(end, ups[np.maximum(k, 0)]), end)
+    up = ups[k]  # k = -1 (before the first press) picks the last release, which fails the test below
+    return np.where((k >= 0) & (end < up), up, end)
 
 
-def _resolve_same_pitch(start, end, pitch, velocity):
-    """Merge same-pitch notes with one onset; cut a sounding note at its pitch's next onset."""
-    order = np.lexsort((-end, start, pitch))  # by pitch, onset, longest first
-    start, end, pitch, velocity = start[order], end[order], pitch[order], velocity[order]
-    first = np.r_[True, (pitch[1:] != pitch[:-1]) | (start[1:] != start[:-1])]
-    if not first.all():
+def resolve_same_pitch(start, end, pitch, velocity):
+    """Rule 4 on arrays sorted by (start, pitch): returns (start, end, pitch, velocity, kept indices).
+
+    Same-pitch notes with one onset merge (latest end, loudest velocity; the kept index is the
+    longest one's); a note ends no later than its pitch's next onset. Linear time: a stable radix
+    sort by pitch keeps the time order inside each pitch.
+    """
+    by_pitch = np.argsort(pitch.astype(np.int16), kind="stable")  # (N,) pitch-major, then time
+    ps, pe, pp = start[by_pitch], end[by_pitch], pitch[by_pitch]
+    pv = velocity[by_pitch]
+    dup = (pp[1:] == pp[:-1]) & (ps[1:] == ps[:-1])
+    if dup.any():
+        first = np.concatenate(([True], ~dup))
         group = np.flatnonzero(first)
-        velocity = np.maximum.reduceat(velocity, group)
-        start, end, pitch = start[group], end[group], pitch[group]
-    same = pitch[1:] == pitch[:-1]
-    end[:-1] = np.where(same, np.minimum(end[:-1], start[1:]), end[:-1])
-    return start, end, pitch, velocity
+        gid = np.cumsum(first) - 1
+        longest = np.maximum.reduceat(pe, group)
+        is_longest = np.flatnonzero(pe == longest[gid])
+        rep = is_longest[np.concatenate(([True], gid[is_longest][1:] != gid[is_longest][:-1]))]
+        pv = np.maximum.reduceat(pv, group)
+        by_pitch, ps, pe, pp = by_pitch[rep], ps[rep], longest, pp[rep]
+    pe = pe.copy()
+    same = pp[1:] == pp[:-1]
+    pe[:-1] = np.where(same, np.minimum(pe[:-1], ps[1:]), pe[:-1])
+    if len(by_pitch) == len(start):
+        new_end, new_velocity = np.empty_like(end), np.empty_like(velocity)
+        new_end[by_pitch], new_velocity[by_pitch] = pe, pv
+        return start, new_end, pitch, new_velocity, np.arange(len(start))
+    kept = np.zeros(len(start), bool)
+    kept[by_pitch] = True
+    new_end, new_velocity = end.copy(), velocity.copy()
+    new_end[by_pitch], new_velocity[by_pitch] = pe, pv
+    kept = np.flatnonzero(kept)
+    return start[kept], new_end[kept], pitch[kept], new_velocity[kept], kept
+
+
+def sort_by_onset(start: np.ndarray, pitch: np.ndarray) -> np.ndarray | None:
+    """Permutation sorting integer onsets by (start, pitch), or None when already sorted."""
+    key = start * 128 + pitch
+    if not len(key) or (key[1:] >= key[:-1]).all():
+        return None
+    return np.argsort(key, kind="stable")
 
 
 def read_midi(
@@ -183,27 +217,33 @@ def read_midi(
         if not len(notes["time"]):
             continue
         start = notes["time"].astype(np.int64)
-        end = start + notes["duration"].astype(np.int64)
+        end = start + notes["duration"]
         if sustain:
             controls = track.controls.numpy()
-            track_end = int(max(end.max(), controls["time"].max() if len(controls["time"]) else 0))
-            end = _apply_pedal(start, end, *_pedal_intervals(controls, track_end))
-        parts.append((start, end, notes["pitch"].astype(np.int32), notes["velocity"].astype(np.int32)))
+            last_event = lambda: int(max(end.max(), controls["time"].max()))  # noqa: E731
+            end = _apply_pedal(end, *_pedal_intervals(controls, last_event))
+        parts.append((start, end, notes["pitch"], notes["velocity"]))
     if not parts:
         if allow_empty:
             return Notes.empty()
         raise MidiError(f"{name}: contains no notes")
-    start, end, pitch, velocity = (np.concatenate(column) for column in zip(*parts))
-    start, end, pitch, velocity = _resolve_same_pitch(start, end, pitch, velocity)
-    order = np.lexsort((pitch, start))
-    seconds = ticks_to_seconds(np.concatenate([start[order], end[order]]), tempo_map)
-    n = len(order)
+    if len(parts) == 1:
+        start, end, pitch, velocity = parts[0]
+    else:
+        start, end, pitch, velocity = (np.concatenate(column) for column in zip(*parts))
+    pitch, velocity = pitch.astype(np.int32), velocity.astype(np.int32)
+    order = sort_by_onset(start, pitch)
+    if order is not None:
+        start, end, pitch, velocity = start[order], end[order], pitch[order], velocity[order]
+    start, end, pitch, velocity, _ = resolve_same_pitch(start, end, pitch, velocity)
+    n = len(start)
+    seconds = ticks_to_seconds(np.concatenate([start, end]), tempo_map)
     if not np.isfinite(seconds).all() or seconds[n:].max() > max_seconds:
         raise MidiError(
             f"{name}: notes run to {seconds[n:].max() / 3600:.1f} h, past the {max_seconds / 3600:g} h limit "
             "(absurd tempo or timing)"
         )
-    return Notes(seconds[:n], seconds[n:], pitch[order], np.clip(velocity[order], 1, 127))
+    return Notes(seconds[:n], seconds[n:], pitch, np.maximum(velocity, 1))
 
 
 def write_midi(notes: Notes, path: str | os.PathLike, *, program: int = 0, name: str = "Piano") -> None:

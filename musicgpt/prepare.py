@@ -120,7 +120,7 @@ def _tokenize(task: tuple[int, str, str]) -> tuple[int, int, np.ndarray | None, 
         ids = encoding.ids
         if not len(ids):
             return index, 0, None, "no tokens"
-        return index, len(encoding.notes), np.asarray(ids, dtype=TOKEN_DTYPE), None
+        return index, encoding.n_notes, np.asarray(ids, dtype=TOKEN_DTYPE), None
     except MusicGPTError as exc:
         reason = str(exc)
         return index, 0, None, reason[len(rel) + 2:] if reason.startswith(rel + ": ") else reason

@@ -50,7 +50,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +63,36 @@ TOKENIZER_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True, eq=False)
 class Encoding:
     """Token ids and, for every token, the index of its note in `notes` (-1: no note)."""
 
-    ids: np.ndarray  # (T,) int64
-    note_index: np.ndarray  # (T,) int64
-    notes: Notes = field(default_factory=Notes.empty)  # the quantized notes the ids stand for
-    source_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) into the input
+    __slots__ = ("ids", "note_index", "source_index", "_notes", "_make_notes")
+
+    def __init__(self, ids: np.ndarray, note_index: np.ndarray, notes: Notes | None = None,
+                 source_index: np.ndarray | None = None, make_notes=None) -> None:
+        self.ids = ids  # (T,) int64
+        self.note_index = note_index  # (T,) int64
+        self.source_index = np.zeros(0, np.int64) if source_index is None else source_index  # (N,) into the input
+        self._notes = notes
+        self._make_notes = make_notes  # built on first use: the hot path (prepare) needs only the ids
+
+    @property
+    def notes(self) -> Notes:
+        """The quantized notes the ids stand for, sorted by (start, pitch)."""
+        if self._notes is None:
+            if self._make_notes is None:
+                self._notes = Notes.empty()
+            else:
+                s, e, p, vb, tok = self._make_notes
+                self._notes = Notes(s * tok.time_step, e * tok.time_step, p.astype(np.int32),
+                                    tok.bin_to_velocity(vb).astype(np.int32))
+                self._make_notes = None
+        return self._notes
+
+    @property
+    def n_notes(self) -> int:
+        """Number of encoded notes (without building `notes`)."""
+        return len(self.source_index) if self._notes is None else len(self._notes)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -105,6 +126,7 @@ class PerformanceTokenizer:
         self.velocity_bins = int(velocity_bins)
         self.max_unclosed_duration = float(max_unclosed_duration)
         self.velocity_bin_size = math.ceil(127 / self.velocity_bins)
+        self._bin_of_velocity = (np.clip(np.arange(128), 1, 127) - 1) // self.velocity_bin_size
 
         counts = {"PAD": 1, "BOS": 1, "EOS": 1, "NOTE_ON": self.N_PITCHES, "NOTE_OFF": self.N_PITCHES,
                   "TIME_SHIFT": self.max_shift_steps, "VELOCITY": self.velocity_bins}
@@ -162,7 +184,7 @@ class PerformanceTokenizer:
 
     def velocity_to_bin(self, velocity):
         """Velocity 1..127 -> bin (values outside are clipped)."""
-        return (np.clip(velocity, 1, 127) - 1) // self.velocity_bin_size
+        return np.take(self._bin_of_velocity, velocity, mode="clip")
 
     def bin_to_velocity(self, bin):
         """Bin -> the velocity it decodes to (the middle of the bin)."""
@@ -215,80 +237,69 @@ class PerformanceTokenizer:
         return self._encode(source)
 
     def _encode(self, notes: Notes) -> Encoding:
-        n = len(notes)
-        if n == 0:
+        from musicgpt.midi import resolve_same_pitch, sort_by_onset
+
+        if len(notes) == 0:
             empty = np.zeros(0, np.int64)
             return Encoding(empty, empty.copy(), Notes.empty(), empty.copy())
         step = self.time_step
-        s = np.maximum(np.rint(notes.start / step), 0).astype(np.int64)
-        e = np.maximum(np.rint(notes.end / step), 0).astype(np.int64)
+        s = np.rint(notes.start / step).astype(np.int64)
+        e = np.rint(notes.end / step).astype(np.int64)
+        np.maximum(s, 0, out=s)
         p = notes.pitch.astype(np.int64)
         if p.min() < 0 or p.max() > 127:
             raise ValueError("note pitches must lie in 0..127")
-        vb = self.velocity_to_bin(notes.velocity).astype(np.int64)
-        src = np.arange(n, dtype=np.int64)
-
+        vb = self.velocity_to_bin(notes.velocity)
+        np.maximum(e, s + 1, out=e)  # at least one step
+        src = sort_by_onset(s, p)  # rounding can reorder pitches within a step
+        if src is not None:
+            s, e, p, vb = s[src], e[src], p[src], vb[src]
         # Same pitch: merge onsets in one step, cut a sounding note at the next onset.
-        order = np.lexsort((-e, s, p))
-        s, e, p, vb, src = s[order], e[order], p[order], vb[order], src[order]
-        first = np.empty(n, bool)
-        first[0] = True
-        np.not_equal(p[1:], p[:-1], out=first[1:])
-        first[1:] |= s[1:] != s[:-1]
-        if not first.all():
-            group = np.flatnonzero(first)
-            vb = np.maximum.reduceat(vb, group)
-            s, e, p, src = s[group], e[group], p[group], src[group]
-        np.maximum(e, s + 1, out=e)
-        same = p[1:] == p[:-1]
-        e[:-1] = np.where(same, np.minimum(e[:-1], s[1:]), e[:-1])
-        order = np.argsort(s * 128 + p)  # keys are unique: by onset, then pitch
-        s, e, p, vb, src = s[order], e[order], p[order], vb[order], src[order]
+        s, e, p, vb, kept = resolve_same_pitch(s, e, p, vb)
+        src = kept if src is None else src[kept]
         m = len(s)
 
-        # Events sorted by (time, off before on, pitch); the keys are unique.
-        key = np.concatenate([e * 256 + p, s * 256 + 128 + p])
-        ev = np.argsort(key)
-        ev_key = key[ev]
-        ev_time = ev_key >> 8
-        ev_is_on = ev >= m
-        ev_note = np.where(ev_is_on, ev - m, ev)
-        ev_token = np.where(ev_is_on, self._on0, self._off0) + (ev_key & 127)
+        # Events by (time, NOTE_OFF before NOTE_ON, pitch), packed with the note index into one int64
+        # key each; NOTE_ONs are already in order, so the sort merges two runs (timsort).
+        if m >= 1 << 24:
+            raise ValueError(f"too many notes in one sequence ({m})")
+        note = np.arange(m)
+        ev = np.concatenate((((e * 256 + p) << 24) | note, ((s * 256 + 128 + p) << 24) | note))
+        ev.sort(kind="stable")
+        ev_note = ev & 0xFFFFFF
+        code = ev >> 24
+        ev_time = code >> 8
+        is_on = (code >> 7) & 1
+        ev_token = (code & 127) + self._off0 - is_on * (self._off0 - self._on0)
 
-        on_bins = vb[ev_note[ev_is_on]]
-        vel_needed = np.empty(m, bool)
-        vel_needed[0] = True
-        np.not_equal(on_bins[1:], on_bins[:-1], out=vel_needed[1:])
-        ev_vel = np.zeros(2 * m, bool)
-        ev_vel[ev_is_on] = vel_needed
+        vel_needed = np.empty(m, np.int64)  # per NOTE_ON in time order: the bin changes
+        vel_needed[0] = 1
+        np.not_equal(vb[1:], vb[:-1], out=vel_needed[1:])
+        ev_vel = vel_needed[ev_note] & is_on
 
+        # Token layout: each event is preceded by its TIME_SHIFTs (and VELOCITY for a NOTE_ON).
         M = self.max_shift_steps
-        gaps = np.diff(ev_time, prepend=0)
-        n_shift = (gaps + M - 1) // M
-        count = n_shift + ev_vel + 1
-        slot = np.cumsum(count) - count  # first token position of each event's group
-        total = int(slot[-1] + count[-1])
-        ids = np.empty(total, np.int64)
-        note_index = np.full(total, -1, np.int64)
-
-        pos = slot + n_shift + ev_vel
+        gaps = ev_time.copy()
+        gaps[1:] -= ev_time[:-1]
+        if gaps.max() > M:
+            n_shift = (gaps + M - 1) // M
+        else:
+            n_shift = (gaps > 0).astype(np.int64)
+        count = n_shift + ev_vel
+        count += 1
+        pos = np.cumsum(count)
+        pos -= 1  # (2m,) position of each event token
+        total = int(pos[-1]) + 1
+        # Writes in this order need no masks: a slot written for an event that has no VELOCITY
+        # or no TIME_SHIFT belongs to the previous event and is overwritten by the last write.
+        ids = np.full(total, self._shift0 + M - 1, np.int64)  # full TIME_SHIFTs by default
+        ids[pos - 1] = self._vel0 + vb[ev_note]
+        ids[pos - ev_vel - 1] = self._shift0 - 1 + gaps - (n_shift - 1) * M  # last shift: the remainder
         ids[pos] = ev_token
+        note_index = np.full(total, -1, np.int64)
+        note_index[pos - 1] = np.where(ev_vel, ev_note, -1)
         note_index[pos] = ev_note
-        vpos = pos[ev_vel] - 1
-        ids[vpos] = self._vel0 + on_bins[vel_needed]
-        note_index[vpos] = ev_note[ev_vel]
-
-        n_shift_total = int(n_shift.sum())
-        if n_shift_total:
-            has = n_shift > 0
-            group_start = np.repeat(slot[has], n_shift[has])
-            within = np.arange(n_shift_total) - np.repeat(np.cumsum(n_shift[has]) - n_shift[has], n_shift[has])
-            last = within == np.repeat(n_shift[has] - 1, n_shift[has])
-            steps = np.where(last, np.repeat(gaps[has] - (n_shift[has] - 1) * M, n_shift[has]), M)
-            ids[group_start + within] = self._shift0 + steps - 1
-
-        encoded = Notes(s * step, e * step, p.astype(np.int32), self.bin_to_velocity(vb).astype(np.int32))
-        return Encoding(ids, note_index, encoded, src)
+        return Encoding(ids, note_index, source_index=src, make_notes=(s, e, p, vb, self))
 
     # ---- decoding -----------------------------------------------------------------------------
     def decode(self, ids) -> Notes:
