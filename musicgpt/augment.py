@@ -33,28 +33,49 @@ PIANO_RANGE = (21, 108)
 Augmenter = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
-def _layout(tokenizer: PerformanceTokenizer) -> tuple[int, int, int, int]:
-    if getattr(tokenizer, "type", None) != "performance":
-        raise ConfigError(f"augmentation works on performance tokens, not on a {tokenizer.type!r} tokenizer")
-    return tokenizer._on0, tokenizer._off0, tokenizer._shift0, tokenizer.max_shift_steps
+class _Tables:
+    """Lookup tables over the vocabulary, so that each augmentation is a few gathers."""
+
+    def __init__(self, tokenizer: PerformanceTokenizer) -> None:
+        if getattr(tokenizer, "type", None) != "performance":
+            raise ConfigError(f"augmentation works on performance tokens, not on a {tokenizer.type!r} tokenizer")
+        kind = tokenizer.token_type(np.arange(tokenizer.vocab_size))
+        value = tokenizer.token_value(np.arange(tokenizer.vocab_size))
+        is_note = (kind == tokenizer.type_names.index("NOTE_ON")) | (kind == tokenizer.type_names.index("NOTE_OFF"))
+        self.is_note = is_note.astype(np.int64)  # (V,)
+        self.pitch_low = np.where(is_note, value, 1 << 20)  # (V,) pitch, huge elsewhere: for min
+        self.pitch_high = np.where(is_note, value, -1)  # (V,) pitch, -1 elsewhere: for max
+        self.shift_steps = np.where(kind == tokenizer.type_names.index("TIME_SHIFT"), value, 0)  # (V,)
+        self.shift0 = tokenizer.ranges["TIME_SHIFT"][0]
+        self.max_steps = tokenizer.max_shift_steps
+
+
+def _tables(tokenizer: PerformanceTokenizer) -> _Tables:
+    tables = getattr(tokenizer, "_augment_tables", None)
+    if tables is None:
+        tables = _Tables(tokenizer)
+        tokenizer._augment_tables = tables
+    return tables
 
 
 def pitch_bounds(ids: np.ndarray, tokenizer: PerformanceTokenizer) -> tuple[int, int] | None:
     """(lowest, highest) pitch of the NOTE_ON/NOTE_OFF tokens in ids, or None when there are none."""
-    on0, off0, _, _ = _layout(tokenizer)
-    ids = np.asarray(ids, dtype=np.int64)
-    notes = ids[(ids >= on0) & (ids < off0 + 128)]
-    if not len(notes):
+    t = _tables(tokenizer)
+    ids = np.asarray(ids)
+    if not len(ids):
         return None
-    pitches = np.where(notes >= off0, notes - off0, notes - on0)
-    return int(pitches.min()), int(pitches.max())
+    high = int(np.take(t.pitch_high, ids, mode="clip").max())
+    return None if high < 0 else (int(np.take(t.pitch_low, ids, mode="clip").min()), high)
 
 
 def allowed_shifts(ids: np.ndarray, tokenizer: PerformanceTokenizer, max_shift: int = 3,
                    pitch_range: tuple[int, int] = PIANO_RANGE) -> np.ndarray:
     """The shifts in -max_shift..max_shift that keep every pitch of `ids` inside pitch_range (0 always)."""
+    return _allowed(pitch_bounds(ids, tokenizer), max_shift, pitch_range)
+
+
+def _allowed(bounds, max_shift: int, pitch_range: tuple[int, int]) -> np.ndarray:
     shifts = np.arange(-max_shift, max_shift + 1)
-    bounds = pitch_bounds(ids, tokenizer)
     if bounds is None:
         return shifts
     low, high = bounds
@@ -65,61 +86,59 @@ def allowed_shifts(ids: np.ndarray, tokenizer: PerformanceTokenizer, max_shift: 
 
 def transpose(ids: np.ndarray, semitones: int, tokenizer: PerformanceTokenizer) -> np.ndarray:
     """NOTE_ON/NOTE_OFF ids moved by `semitones` (the caller checks the range: see allowed_shifts)."""
-    on0, off0, _, _ = _layout(tokenizer)
     ids = np.asarray(ids)
+    bounds = pitch_bounds(ids, tokenizer)
+    if bounds is not None and not (0 <= bounds[0] + semitones and bounds[1] + semitones <= 127):
+        raise ValueError(f"transposing by {semitones} leaves the MIDI pitch range")
+    return _transpose(ids, semitones, _tables(tokenizer))
+
+
+def _transpose(ids: np.ndarray, semitones: int, t: _Tables) -> np.ndarray:
     if semitones == 0:
         return ids.copy()
-    raw = ids.astype(np.int64)
-    is_note = (raw >= on0) & (raw < off0 + 128)
-    pitch = np.where(raw >= off0, raw - off0, raw - on0)
-    if is_note.any() and not (0 <= pitch[is_note].min() + semitones and pitch[is_note].max() + semitones <= 127):
-        raise ValueError(f"transposing by {semitones} leaves the MIDI pitch range")
-    out = raw + np.where(is_note, semitones, 0)
+    out = np.take(t.is_note, ids, mode="clip")
+    out *= semitones
+    out += ids
     return out.astype(ids.dtype, copy=False)
 
 
 def stretch(ids: np.ndarray, factor: float, tokenizer: PerformanceTokenizer) -> np.ndarray:
     """Time stretched by `factor` by re-encoding the TIME_SHIFTs (see the module docstring)."""
-    _, _, sh0, max_steps = _layout(tokenizer)
-    ids = np.asarray(ids)
+    return _stretch(np.asarray(ids), factor, _tables(tokenizer))
+
+
+def _stretch(ids: np.ndarray, factor: float, t: _Tables) -> np.ndarray:
     if factor == 1.0 or not len(ids):
         return ids.copy()
-    raw = ids.astype(np.int64)
-    is_shift = (raw >= sh0) & (raw < sh0 + max_steps)
-    clock = np.cumsum(np.where(is_shift, raw - sh0 + 1, 0))  # (T,) steps elapsed after each token
-    events = np.flatnonzero(~is_shift)
-    # The crop's end is a pseudo-event so that trailing silence is stretched too.
+    steps = np.take(t.shift_steps, ids, mode="clip")  # (T,) steps of each TIME_SHIFT, 0 for the rest
+    clock = np.cumsum(steps)  # (T,) steps elapsed after each token
+    events = np.flatnonzero(steps == 0)
+    # The crop's end is a pseudo-event (token -1) so that trailing silence is stretched too.
     times = np.append(clock[events], clock[-1])
-    event_tokens = np.append(raw[events], -1)
-    old_gap = np.diff(times, prepend=0)
+    event_tokens = np.append(ids[events].astype(np.int64), -1)
+    old_gap = times.copy()
+    old_gap[1:] -= times[:-1]
     separate = np.cumsum(old_gap > 0)
-    target = np.rint(times * factor).astype(np.int64)
-    new_times = np.maximum.accumulate(target - separate) + separate
-    gap = np.diff(new_times, prepend=0)
+    new_times = np.rint(times * factor).astype(np.int64)
+    new_times -= separate
+    np.maximum.accumulate(new_times, out=new_times)
+    new_times += separate
+    gap = new_times.copy()
+    gap[1:] -= new_times[:-1]
 
-    n_shift = (gap + max_steps - 1) // max_steps
-    count = n_shift + 1
-    slot = np.cumsum(count) - count
-    out = np.empty(int(slot[-1] + count[-1]), np.int64)
-    out[slot + n_shift] = event_tokens
-    total_shifts = int(n_shift.sum())
-    if total_shifts:
-        has = n_shift > 0
-        reps = n_shift[has]
-        within = np.arange(total_shifts) - np.repeat(np.cumsum(reps) - reps, reps)
-        last = within == np.repeat(reps - 1, reps)
-        steps = np.where(last, np.repeat(gap[has] - (reps - 1) * max_steps, reps), max_steps)
-        out[np.repeat(slot[has], reps) + within] = sh0 + steps - 1
+    m = t.max_steps
+    n_shift = (gap + m - 1) // m if gap.max() > m else (gap > 0).astype(np.int64)
+    pos = np.cumsum(n_shift + 1) - 1  # (E,) position of each event token
+    out = np.full(int(pos[-1]) + 1, t.shift0 + m - 1, np.int64)  # full TIME_SHIFTs by default
+    out[pos - 1] = t.shift0 - 1 + gap - (n_shift - 1) * m  # the last shift of a gap: the remainder
+    out[pos] = event_tokens  # overwrites the slots written above for events without a gap
     return out[:-1].astype(ids.dtype, copy=False)  # drop the pseudo-event
-
-
-_transpose_fn, _stretch_fn = transpose, stretch  # make_augmenter's arguments shadow these names
 
 
 def make_augmenter(tokenizer: PerformanceTokenizer, transpose: int = 3, stretch: float = 0.05,
                    pitch_range: tuple[int, int] = PIANO_RANGE) -> Augmenter | None:
     """The `(ids, rng) -> ids` augmentation for training crops; None when both are disabled."""
-    _layout(tokenizer)
+    tables = _tables(tokenizer)
     if transpose < 0 or not 0 <= stretch < 1:
         raise ConfigError(f"augmentation: transpose must be >= 0 and stretch in [0, 1), got {transpose}, {stretch}")
     if transpose == 0 and stretch == 0:
@@ -127,11 +146,12 @@ def make_augmenter(tokenizer: PerformanceTokenizer, transpose: int = 3, stretch:
     max_shift, amount = int(transpose), float(stretch)
 
     def augment(ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        ids = np.asarray(ids)
         if max_shift:
-            ids = _transpose_fn(ids, int(rng.choice(allowed_shifts(ids, tokenizer, max_shift, pitch_range))), tokenizer)
+            shifts = _allowed(pitch_bounds(ids, tokenizer), max_shift, pitch_range)
+            ids = _transpose(ids, int(shifts[rng.integers(len(shifts))]), tables)
         if amount:
-            ids = _stretch_fn(ids, float(rng.uniform(1.0 - amount, 1.0 + amount)), tokenizer)
+            ids = _stretch(ids, float(rng.uniform(1.0 - amount, 1.0 + amount)), tables)
         return ids
 
     return augment
-
