@@ -452,13 +452,15 @@ class GrammarState:
         self.last_on = -1  # highest NOTE_ON pitch in this step
         self.bin = -1  # current velocity bin (-1: none yet)
         self._pitches = np.arange(128)
+        self._names = [tokenizer.type_names[k] for k in tokenizer._type_of.tolist()]  # per id, plain Python
+        self._values = tokenizer._value_of.tolist()
 
     def push(self, token: int) -> None:
         """Advance the state by one token."""
         tok, token = self.tok, int(token)
-        kind = tok.token_type(token)
-        name = tok.type_names[kind] if kind >= 0 else None
-        value = int(tok.token_value(token))
+        inside = 0 <= token < tok.vocab_size
+        name = self._names[token] if inside else None
+        value = self._values[token] if inside else 0
         self.started = True
         if self.ended or name in (None, "PAD", "BOS"):
             return
