@@ -43,6 +43,12 @@ Decoding is total (any integer sequence decodes without error):
 - A note never closed ends at the time of the last token, but at most `max_unclosed_duration`
   (5 s) after its onset and at least one step after it.
 `decode(encode(notes).ids)` equals `encode(notes).notes` exactly.
+
+Helpers for the other parts: `ranges`, `type_names`, `token_type(ids)` / `token_value(ids)`
+(vectorized), `type_mask(name)` / `type_masks()` (per-event-type loss masks), `note_on(p)`,
+`note_off(p)`, `time_shift(steps)`, `velocity(bin)`, `pad_id` / `bos_id` / `eos_id`, `token_name(id)`,
+`to_dict()`, `fingerprint()`, and `grammar(canonical=False)` -> `GrammarState`, the mask of tokens
+that may come next (for grammar-safe sampling). `load_tokenizer(path)` reads any tokenizer.json.
 """
 
 from __future__ import annotations
