@@ -50,7 +50,7 @@ class MetricsLog:
 def _fmt(value: float) -> str:
     if isinstance(value, int):
         return str(value)
-    return f"{value:.6g}"
+    return repr(float(value))  # full precision: resumed runs are compared bit for bit
 
 
 def _tensorboard_writer(log_dir: Path):
@@ -110,7 +110,8 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None, smooth: floa
     if train:
         steps, losses = zip(*train)
         ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8)
-        ax.plot(steps, _ema(losses, smooth), color="tab:blue", linewidth=1.6, label="train loss (smoothed)")
+        alpha = min(smooth, max(0.0, 1.0 - 10.0 / len(losses)))  # short runs: lighter smoothing, less lag
+        ax.plot(steps, _ema(losses, alpha), color="tab:blue", linewidth=1.6, label="train loss (smoothed)")
     if valid:
         steps, nll = zip(*valid)
         ax.plot(steps, nll, color="tab:orange", marker="o", markersize=3.5, linewidth=1.6, label="valid NLL")

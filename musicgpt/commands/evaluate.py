@@ -1,0 +1,41 @@
+"""`musicgpt evaluate [CKPT] --data DIR|FILES`: NLL per event, perplexity, accuracy, NLL per event type."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `musicgpt evaluate`."""
+    parser.add_argument("checkpoint", nargs="?", metavar="CKPT",
+                        help="checkpoint directory (default: the bundled model)")
+    parser.add_argument("--data", nargs="+", required=True, metavar="DIR|FILE",
+                        help="a `musicgpt prepare` output (uses --split), or MIDI folders/files (tokenized here)")
+    parser.add_argument("--split", default="test", choices=("train", "valid", "test"),
+                        help="split of a prepared directory (default: test)")
+    parser.add_argument("--context", type=int, metavar="L",
+                        help="window length (default: the trained context; longer works with relative attention)")
+    parser.add_argument("--stride", type=int, metavar="S",
+                        help="window step (default: L, non-overlapping); smaller gives every token more context")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="fp32 (default, exact figures) or bf16 autocast (faster on AMX CPUs and GPUs)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print the figures (one of them the line `nll <number>`)."""
+    from musicgpt.errors import ConfigError
+    from musicgpt.evaluate import evaluate_checkpoint, write_json
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    result = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, context=args.context,
+                                 stride=args.stride, batch_size=args.batch_size, device=args.device,
+                                 precision=args.precision, progress=not args.quiet)
+    print(result.format())
+    if args.json:
+        print(f"wrote {write_json(result, args.json)}")
+    return 0

@@ -1,0 +1,233 @@
+"""The training loop on a micro model: checkpoints, exact resume, SIGTERM and kill -9, fine-tuning, logs, plots."""
+
+import math
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from musicgpt import checkpoint
+from musicgpt.cli import main
+from musicgpt.errors import CheckpointError, ConfigError, MusicGPTError
+from musicgpt.model import GPTConfig, MusicGPT
+from musicgpt.train import (
+    Schedule,
+    autocast_dtype,
+    checkpoint_dirs,
+    parameter_groups,
+    resume_config,
+    train,
+    weights_fingerprint,
+)
+from musicgpt.trainlog import MetricsLog, plot_curves, read_metrics
+from training_fixtures import cli, losses, micro_config, prepare_fixtures, write_config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return prepare_fixtures(tmp_path_factory.mktemp("prepared"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    """An uninterrupted 6-step run that the resumed runs must reproduce exactly."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    result = train(micro_config(), run_dir, data=data_dir)
+    return run_dir, result
+
+
+def test_run_leaves_loadable_checkpoints_metrics_and_best(reference):
+    run_dir, result = reference
+    assert result.step == 6 and not result.interrupted
+    assert [p.name for p in checkpoint_dirs(run_dir)] == ["step-0000003", "step-0000006"]
+    assert result.last_checkpoint == run_dir / "checkpoints" / "step-0000006"
+    model, tokenizer = checkpoint.load(result.last_checkpoint)  # what generate/evaluate do
+    assert model.config.n_ctx == 32 and tokenizer.vocab_size == model.config.vocab_size
+    best, _ = checkpoint.load(run_dir / "best")
+    rows = read_metrics(run_dir / "metrics.csv")
+    valid = [r["valid_nll"] for r in rows if r["valid_nll"] is not None]
+    assert len(valid) == 2 and result.best_valid_nll == min(valid)
+    assert sorted(losses(run_dir)) == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(v) for v in losses(run_dir).values())
+    assert (run_dir / "config.toml").is_file() and resume_config(run_dir).model.n_ctx == 32
+    # The checkpoint holds the exact weights the run ended with.
+    trained = MusicGPT(model.config)
+    trained.load_state_dict(model.state_dict())
+    assert weights_fingerprint(trained) == weights_fingerprint(checkpoint.load_model(result.last_checkpoint))
+
+
+def test_training_lowers_the_loss(tmp_path, data_dir):
+    config = micro_config(train={"steps": 40, "eval_every": 0, "checkpoint_every": 40, "log_every": 1},
+                          model={"dropout": 0.0}, optim={"lr": 3e-3, "warmup_steps": 5})
+    train(config, tmp_path / "run", data=data_dir)
+    curve = losses(tmp_path / "run")
+    assert sum(curve[s] for s in range(36, 41)) / 5 < sum(curve[s] for s in range(1, 6)) / 5 - 0.5
+
+
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, reference, data_dir):
+    ref_dir, _ = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(ref_dir, run_dir)
+    # Roll the run back to its step-3 checkpoint, as if it had died right after writing it.
+    shutil.rmtree(run_dir / "checkpoints" / "step-0000006")
+    result = train(resume_config(run_dir), run_dir, resume=True)
+    assert result.step == 6
+    assert losses(run_dir) == losses(ref_dir)  # steps 1-3 kept, 4-6 recomputed: equal floats
+    assert weights_fingerprint(checkpoint.load_model(result.last_checkpoint)) == \
+        weights_fingerprint(checkpoint.load_model(ref_dir / "checkpoints" / "step-0000006"))
+
+
+def _wait_for_step(run_dir: Path, proc, step: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early: {proc.communicate()[1][-2000:]}")
+        try:
+            if any(s >= step for s in losses(run_dir)):
+                return
+        except (MusicGPTError, KeyError, ValueError):
+            pass
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail("training made no progress")
+
+
+@pytest.mark.parametrize("how", ["sigterm", "kill9"])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, how):
+    # A constant learning rate makes the trajectory independent of the planned step count, so a run
+    # planned for 10^6 steps and stopped early must match a plain 12-step run step for step.
+    flat = {"optim": {"lr": 1e-3, "min_lr": 1e-3, "warmup_steps": 0}}
+    reference = tmp_path / "reference"
+    train(micro_config(train={"steps": 12, "eval_every": 0}, **flat), reference, data=data_dir)
+
+    run_dir = tmp_path / "run"
+    long_run = micro_config(train={"steps": 1_000_000, "eval_every": 0, "checkpoint_every": 1}, **flat)
+    proc = cli("train", "--config", str(write_config(long_run, tmp_path / "c.toml")), "--data", str(data_dir),
+               "--out", str(run_dir))
+    _wait_for_step(run_dir, proc, 3)
+    proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    if how == "sigterm":
+        assert proc.returncode == 143, err[-2000:]
+        assert "SIGTERM: stopped at step" in err and f"--resume {run_dir}" in err
+        stopped = checkpoint_dirs(run_dir)[-1]
+        assert int(stopped.name.split("-")[1]) == max(losses(run_dir))  # the final checkpoint is the last step
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    done = max(int(p.name.split("-")[1]) for p in checkpoint_dirs(run_dir))
+    assert 2 <= done < 12, "the run went too far before the signal landed"
+    for path in checkpoint_dirs(run_dir):  # whatever the kill interrupted, every listed checkpoint loads
+        checkpoint.load(path)
+
+    result = train(resume_config(run_dir, ["train.steps=12"]), run_dir, resume=True)
+    assert result.step == 12
+    assert losses(run_dir) == losses(reference)
+    assert weights_fingerprint(checkpoint.load_model(result.last_checkpoint)) == \
+        weights_fingerprint(checkpoint.load_model(reference / "checkpoints" / "step-0000012"))
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_fine_tuning_starts_from_the_checkpoint_with_its_own_lr(tmp_path, reference, data_dir):
+    ref_dir, _ = reference
+    source = ref_dir / "checkpoints" / "step-0000006"
+    config = micro_config(model={"n_layer": 1, "d_model": 16},  # ignored: the checkpoint decides the shape
+                          finetune={"lr": 2e-4, "min_lr": 2e-5, "warmup_steps": 0, "steps": 2},
+                          train={"eval_every": 0})
+    result = train(config, tmp_path / "ft", data=data_dir, init_from=source)
+    assert result.step == 2
+    tuned = checkpoint.load_model(result.last_checkpoint)
+    original = checkpoint.load_model(source)
+    assert tuned.config == original.config
+    rows = read_metrics(tmp_path / "ft" / "metrics.csv")
+    assert rows[0]["lr"] == pytest.approx(2e-4)
+    # Small steps from the pretrained weights: close to them, but moved.
+    delta = max((a - b).abs().max().item() for a, b in zip(tuned.parameters(), original.parameters()))
+    assert 0 < delta < 2e-3
+
+
+def test_fine_tuning_rejects_a_different_tokenizer(tmp_path, reference, data_dir):
+    from musicgpt.tokenizer import PerformanceTokenizer
+
+    other = tmp_path / "ckpt"
+    checkpoint.save(MusicGPT(GPTConfig.preset("tiny", vocab_size=500)), other, PerformanceTokenizer(velocity_bins=16))
+    with pytest.raises(CheckpointError, match="tokenizer differs"):
+        train(micro_config(), tmp_path / "ft", data=data_dir, init_from=other)
+
+
+def test_run_dir_with_checkpoints_is_not_overwritten(reference, data_dir):
+    run_dir, _ = reference
+    with pytest.raises(MusicGPTError, match="--resume"):
+        train(micro_config(), run_dir, data=data_dir)
+
+
+def test_resume_without_checkpoint_and_without_data_are_errors(tmp_path, data_dir):
+    with pytest.raises(CheckpointError, match="config.toml is missing"):
+        resume_config(tmp_path)
+    with pytest.raises(ConfigError, match="data.path"):
+        train(micro_config(), tmp_path / "run")
+
+
+def test_midi_folder_is_prepared_into_the_run(tmp_path):
+    from training_fixtures import FIXTURES
+
+    result = train(micro_config(train={"steps": 1, "eval_every": 1}), tmp_path / "run", data=FIXTURES)
+    assert (tmp_path / "run" / "data" / "manifest.json").is_file() and result.best_valid_nll is not None
+
+
+def test_cli_train_errors_are_one_line(tmp_path, capsys):
+    config = write_config(micro_config(), tmp_path / "c.toml")
+    assert main(["train", "--config", str(config), "--set", "train.stepz=3", "--data", "x"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "train.stepz: unknown key" in err and len(err.splitlines()) == 1
+    assert main(["train", "--resume", str(tmp_path), "--config", str(config)]) == 1
+    assert main(["train"]) == 1
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    s = Schedule(peak=1.0, floor=0.1, warmup=10, total=110)
+    assert s.lr(0) == pytest.approx(0.1) and s.lr(9) == pytest.approx(1.0)
+    assert s.lr(10) == pytest.approx(1.0) and s.lr(60) == pytest.approx(0.55)
+    assert s.lr(110) == pytest.approx(0.1) and s.lr(500) == pytest.approx(0.1)
+    lrs = [s.lr(i) for i in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize("position", ["relative", "absolute"])
+def test_no_weight_decay_on_embeddings_norms_and_biases(position):
+    model = MusicGPT(GPTConfig.preset("tiny", position=position))
+    decay, no_decay = parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decayed and all(n.endswith(".weight") and "ln" not in n and "emb" not in n for n in decayed)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_autocast_choice():
+    assert autocast_dtype("fp32", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("cpu")) in (None, torch.bfloat16)
+
+
+def test_metrics_log_truncates_rows_past_the_resumed_step(tmp_path):
+    log = MetricsLog(tmp_path, tensorboard=False)
+    for step in range(1, 6):
+        log.log(step, train_loss=float(step), lr=0.1)
+    log.log(4, valid_nll=1.5)
+    log.close()
+    log = MetricsLog(tmp_path, resume_step=3, tensorboard=False)
+    log.log(4, train_loss=40.0)
+    log.close()
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [(r["step"], r["train_loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+
+
+def test_plot_draws_a_png(reference, tmp_path, capsys):
+    run_dir, _ = reference
+    out = plot_curves(run_dir, tmp_path / "c.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(run_dir), "--out", str(tmp_path / "d.png")]) == 0
+    assert (tmp_path / "d.png").stat().st_size > 1000
+    assert main(["plot", str(tmp_path)]) == 1  # no metrics.csv: one-line error
