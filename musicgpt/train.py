@@ -631,7 +631,8 @@ class Trainer:
     def _report_sync(self) -> None:
         """Print a fingerprint of the final weights on every rank (they must agree under DDP)."""
         digest = weights_fingerprint(self.model)
-        print(f"rank {self.d.rank}/{self.d.world}: step {self.step}, weights fingerprint {digest}", flush=True)
+        sys.stdout.write(f"rank {self.d.rank}/{self.d.world}: step {self.step}, weights fingerprint {digest}\n")
+        sys.stdout.flush()  # one write per line: the ranks share the terminal
 
 
 def weights_fingerprint(model: nn.Module) -> str:
