@@ -1,0 +1,70 @@
+"""`musicgpt generate`: continue a primer (or start from nothing); write MIDI, and arcs + viewer with --arcs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `musicgpt generate`."""
+    parser.add_argument("--checkpoint", metavar="CKPT", help="checkpoint directory (default: the bundled model)")
+    parser.add_argument("--primer", metavar="FILE", help="MIDI, MusicXML (.xml/.musicxml/.mxl) or ABC file to continue "
+                                                         "(default: none, unconditional)")
+    cut = parser.add_mutually_exclusive_group()
+    cut.add_argument("--primer-seconds", type=float, metavar="S", help="use the primer's first S seconds")
+    cut.add_argument("--primer-tokens", type=int, metavar="N", help="use the primer's first N tokens")
+    parser.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds of new music")
+    parser.add_argument("--max-new-tokens", type=int, metavar="N",
+                        help="stop after N new tokens (default 1024; with --seconds, a cap of 200 per second)")
+    parser.add_argument("--temperature", type=float, default=1.0, metavar="T", help="softmax temperature; 0 = greedy (default 1)")
+    parser.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K most likely tokens (0 = off)")
+    parser.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (1 = off)")
+    parser.add_argument("--min-p", type=float, default=0.0, metavar="P",
+                        help="drop tokens less likely than P times the most likely one (0 = off)")
+    parser.add_argument("--seed", type=int, metavar="N", help="random seed (default: drawn and printed); "
+                                                              "the same seed gives byte-identical files")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="how many pieces (one batch; default 1)")
+    parser.add_argument("--out", type=Path, default=Path("generated"), metavar="DIR",
+                        help="output folder for sample_00.mid … (default: ./generated)")
+    parser.add_argument("--ignore-eos", action="store_true", help="never let the model end a piece early (mask EOS)")
+    arcs = parser.add_argument_group("attention arcs")
+    arcs.add_argument("--arcs", action="store_true", help="also write sample_NN.arcs.json and the viewer sample_NN.html")
+    arcs.add_argument("--arcs-top-n", type=int, default=6, metavar="N",
+                      help="per note, layer and head: keep the N heaviest earlier notes (default 6)")
+    arcs.add_argument("--arcs-min-weight", type=float, default=0.01, metavar="W",
+                      help="drop note arcs lighter than W (default 0.01)")
+    arcs.add_argument("--arcs-row-top-k", type=int, default=64, metavar="K",
+                      help="per token, layer and head: keep the K heaviest keys while generating (default 64)")
+    audio = parser.add_argument_group("audio")
+    audio.add_argument("--wav", action="store_true", help="also render sample_NN.wav offline (FluidSynth or TinySoundFont)")
+    audio.add_argument("--soundfont", metavar="SF2", help="soundfont for --wav (default: a system GM soundfont or "
+                                                          "pretty_midi's TimGM6mb.sf2)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads (default 1: fastest for one piece)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate, write the files, print one line per sample."""
+    from musicgpt.arcs import ArcsConfig
+    from musicgpt.generation import generate, load_model_and_tokenizer
+
+    arcs_config = ArcsConfig(row_top_k=args.arcs_row_top_k, top_n=args.arcs_top_n,
+                             min_weight=args.arcs_min_weight) if args.arcs else None
+    if args.wav:
+        from musicgpt.audio import NO_RENDERER, AudioError, available_renderers
+
+        if not available_renderers():  # say so before spending minutes on generation
+            raise AudioError(f"--wav: {NO_RENDERER}")
+    model, tokenizer = load_model_and_tokenizer(args.checkpoint)
+    samples = generate(model, args.primer, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens,
+                       seconds=args.seconds, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                       min_p=args.min_p, seed=args.seed, num_samples=args.num_samples, arcs=args.arcs,
+                       arcs_config=arcs_config, primer_seconds=args.primer_seconds, primer_tokens=args.primer_tokens,
+                       stop_at_eos=not args.ignore_eos, progress=not args.quiet, threads=args.threads)
+    for i, s in enumerate(samples):
+        written = s.save(args.out, f"sample_{i:02d}", wav=args.wav, soundfont=args.soundfont)
+        n_primer = int(s.primer_notes.sum())
+        print(f"wrote {', '.join(str(p) for p in written)} ({len(s.notes) - n_primer} new notes after {n_primer} "
+              f"primer notes, {s.seconds:.1f} s, {s.n_generated} tokens, stopped by {s.stop_reason}, seed {s.seed})")
+    return 0

@@ -1,0 +1,98 @@
+"""Sampling: filters, seeded draws, grammar masks, closing of sounding notes."""
+
+import numpy as np
+import pytest
+import torch
+
+from musicgpt.errors import ConfigError
+from musicgpt.sampling import GrammarMask, SamplingConfig, filter_logits, make_generator, sample
+from musicgpt.tokenizer import PerformanceTokenizer
+
+TOK = PerformanceTokenizer()
+
+
+def kept(logits, **kw):
+    return torch.isfinite(filter_logits(logits, SamplingConfig(**kw)))
+
+
+def test_config_errors_name_the_setting():
+    for kw, name in [({"temperature": -1}, "temperature"), ({"top_k": -2}, "top_k"), ({"top_p": 0.0}, "top_p"),
+                     ({"top_p": 1.5}, "top_p"), ({"min_p": 1.0}, "min_p")]:
+        with pytest.raises(ConfigError, match=name):
+            SamplingConfig(**kw)
+
+
+def test_filters_keep_what_they_should():
+    probs = torch.tensor([[0.5, 0.25, 0.15, 0.1]])
+    logits = probs.log()
+    assert kept(logits, top_k=2).tolist() == [[True, True, False, False]]
+    assert kept(logits, top_p=0.5).tolist() == [[True, False, False, False]]
+    assert kept(logits, top_p=0.6).tolist() == [[True, True, False, False]]
+    assert kept(logits, top_p=0.9).tolist() == [[True, True, True, False]]
+    assert kept(logits, min_p=0.4).tolist() == [[True, True, False, False]]  # 0.15 < 0.4 * 0.5 <= 0.25
+    assert kept(logits).all()
+    # temperature sharpens: the same ranking, a larger gap
+    sharp = torch.softmax(filter_logits(logits, SamplingConfig(temperature=0.5)), -1)
+    assert sharp[0, 0] > 0.5 and sharp.argsort(descending=True).tolist() == [[0, 1, 2, 3]]
+
+
+def test_seeded_draws_repeat_and_respect_the_mask():
+    logits = torch.randn(3, 50)
+    allowed = torch.zeros(3, 50, dtype=torch.bool)
+    allowed[:, 10:20] = True
+    cfg = SamplingConfig(temperature=1.5)
+    a = [sample(logits, cfg, gen, allowed).tolist() for gen in [make_generator(7)] for _ in range(200)]
+    b = [sample(logits, cfg, gen, allowed).tolist() for gen in [make_generator(7)] for _ in range(200)]
+    assert a == b
+    flat = np.array(a).ravel()
+    assert flat.min() >= 10 and flat.max() < 20 and len(set(flat)) > 5
+    greedy = sample(logits, SamplingConfig(temperature=0), make_generator(0), allowed)
+    assert greedy.tolist() == (logits.masked_fill(~allowed, -1e9)).argmax(-1).tolist()
+
+
+def test_grammar_masks():
+    g = GrammarMask(TOK, batch=1, allow_eos=False)
+    g.feed(0, [TOK.bos_id])
+    m = g.allowed_row(0)
+    assert not m[TOK.pad_id] and not m[TOK.bos_id] and not m[TOK.eos_id]
+    assert not m[TOK.note_off(np.arange(128))].any()  # nothing sounds yet
+    g.push(0, TOK.velocity(10))
+    m = g.allowed_row(0)
+    assert m[TOK.note_on(np.arange(128))].all() and m.sum() == 128  # after VELOCITY only NOTE_ON
+    g.push(0, TOK.note_on(60))
+    m = g.allowed_row(0)
+    assert not m[TOK.note_on(60)] and not m[TOK.note_off(60)]  # sounding, and opened in this very step
+    g.push(0, TOK.time_shift(5))
+    m = g.allowed_row(0)
+    assert m[TOK.note_off(60)] and m[TOK.note_off(np.arange(128))].sum() == 1
+    assert GrammarMask(TOK, 1, allow_eos=True).allowed_row(0)[TOK.eos_id]
+
+
+def test_velocity_is_masked_when_no_note_on_could_follow():
+    g = GrammarMask(TOK, batch=1)
+    g.feed(0, [TOK.bos_id, *TOK.note_on(np.arange(128))])
+    m = g.allowed_row(0)
+    assert not m[TOK.velocity(np.arange(32))].any() and m.any()
+
+
+def test_closing_tokens_end_every_note():
+    g = GrammarMask(TOK, batch=1)
+    body = [TOK.velocity(20), TOK.note_on(60), TOK.time_shift(10), TOK.note_on(64), TOK.velocity(3)]
+    g.feed(0, [TOK.bos_id, *body])
+    closing, drop = g.closing_tokens(0, body)
+    assert drop == 1  # the trailing VELOCITY has no NOTE_ON
+    assert closing == [TOK.time_shift(1), TOK.note_off(60), TOK.note_off(64)]  # 64 began in this step
+    ids = [TOK.bos_id, *body[:-1], *closing]
+    notes = TOK.decode(ids)
+    assert len(notes) == 2 and np.allclose(notes.end, [0.11, 0.11])
+    assert TOK.grammar().accepts(ids)
+
+
+def test_tokenizer_without_grammar_gets_the_generic_rule():
+    class Plain:
+        vocab_size, pad_id, bos_id, eos_id = 10, 0, 1, 2
+
+    g = GrammarMask(Plain(), batch=2, allow_eos=False)
+    assert g.allowed([0, 1]).shape == (2, 10)
+    assert g.allowed_row(0).tolist() == [False, False, False] + [True] * 7
+    assert g.closing_tokens(0, [5]) == ([], 0)
