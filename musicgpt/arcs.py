@@ -66,8 +66,9 @@ class AttentionRecorder:
         if cfg.row_top_k is not None:
             k = min(cfg.row_top_k, probs.shape[-1])
             values, index = torch.topk(probs, k, dim=-1, sorted=False)  # (L, R, H, k)
-            self._parts.append(("topk", positions, key_start, values, index))
+            self._parts.append(("topk", positions, np.full(len(positions), key_start), values.cpu(), index.cpu()))
         else:
+            probs = probs.cpu()
             l, r, h, key = torch.nonzero(probs > cfg.row_threshold, as_tuple=True)
             self._parts.append(("coo", positions[r.numpy()], l, h, key + key_start, probs[l, r, h, key]))
 
@@ -77,23 +78,26 @@ class AttentionRecorder:
     def arrays(self) -> dict[str, np.ndarray]:
         """Every kept entry as flat arrays: query, layer, head, key (token positions) and weight."""
         cols: dict[str, list[np.ndarray]] = {name: [] for name in ("query", "layer", "head", "key", "weight")}
+        by_k: dict[int, list[tuple]] = {}
         for part in self._parts:
-            if part[0] == "topk":
-                _, positions, key_start, values, index = part
-                n_layer, n_rows, n_head, k = values.shape
-                grid = np.indices((n_layer, n_rows, n_head, k)).reshape(4, -1)
-                cols["query"].append(positions[grid[1]])
-                cols["layer"].append(grid[0])
-                cols["head"].append(grid[2])
-                cols["key"].append(index.numpy().reshape(-1) + key_start)
-                cols["weight"].append(values.numpy().reshape(-1))
+            if part[0] == "topk":  # rows with the same k are stacked: one pass per k, not per row
+                by_k.setdefault(part[3].shape[-1], []).append(part)
             else:
                 _, queries, l, h, key, w = part
-                cols["query"].append(queries)
-                cols["layer"].append(l.numpy())
-                cols["head"].append(h.numpy())
-                cols["key"].append(key.numpy())
-                cols["weight"].append(w.numpy())
+                for name, v in zip(("query", "layer", "head", "key", "weight"), (queries, l, h, key, w)):
+                    cols[name].append(v if isinstance(v, np.ndarray) else v.numpy())
+        for k, parts in by_k.items():
+            positions = np.concatenate([p[1] for p in parts])
+            key_start = np.concatenate([p[2] for p in parts])
+            values = torch.cat([p[3] for p in parts], dim=1).numpy()  # (L, R, H, k)
+            index = torch.cat([p[4] for p in parts], dim=1).numpy()
+            n_layer, n_rows, n_head, _ = values.shape
+            layer, row, head, _ = np.indices(values.shape).reshape(4, -1)
+            cols["query"].append(positions[row])
+            cols["layer"].append(layer)
+            cols["head"].append(head)
+            cols["key"].append(index.reshape(-1) + key_start[row])
+            cols["weight"].append(values.reshape(-1))
         out = {name: (np.concatenate(v) if v else np.zeros(0)) for name, v in cols.items()}
         for name in ("query", "layer", "head", "key"):
             out[name] = out[name].astype(np.int64)
@@ -117,8 +121,9 @@ class NoteArcs:
         return len(self.query)
 
     def as_dict_rows(self) -> list[dict[str, Any]]:
-        return [{"query": int(q), "key": int(k), "layer": int(l), "head": int(h), "weight": float(w)}
-                for q, k, l, h, w in zip(self.query, self.key, self.layer, self.head, self.weight)]
+        """The arcs as arcs.json rows, sorted by query note, layer, head, then heaviest first."""
+        cols = (self.query.tolist(), self.key.tolist(), self.layer.tolist(), self.head.tolist(), self.weight.tolist())
+        return [{"query": q, "key": k, "layer": l, "head": h, "weight": w} for q, k, l, h, w in zip(*cols)]
 
 
 def token_owners(tokenizer, ids) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:

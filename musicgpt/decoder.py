@@ -6,7 +6,8 @@ masks, dropout modules, an output object); a step with one query needs none of t
 every key in the cache window, so there is no mask, and its relative logits are one GEMV per head
 against the contiguous slice of embeddings for distances n-1 … 0. `Decoder.step` runs the same
 arithmetic as `MusicGPT.forward(ids, cache=cache)` for one new token per sequence with plain
-functional calls on the model's own parameters (no copies), and hands back each layer's attention
+functional calls on the model's own parameters (only the query projection is copied, with the
+1/sqrt(head_dim) scale folded in: one op less per layer), and hands back each layer's attention
 probabilities for free when asked. tests/test_generation.py pins it to the model's full forward
 pass (1e-4), so a change to the model that this file does not follow fails there.
 """
@@ -25,7 +26,7 @@ from musicgpt.model import MusicGPT
 
 
 class Decoder:
-    """Decode steps of one model (eval semantics: no dropout); the parameters are shared, not copied."""
+    """Decode steps of one model (eval semantics: no dropout); build one per generation, after any training."""
 
     def __init__(self, model: MusicGPT):
         cfg = model.config
@@ -41,9 +42,10 @@ class Decoder:
         self.layers = []
         for block in model.blocks:
             attn, mlp = block.attn, block.mlp
+            wqkv, bqkv = _scaled_queries(attn.qkv.weight, attn.qkv.bias, cfg.d_model, self.scale)
             self.layers.append((
                 block.ln_1.weight, block.ln_1.bias, block.ln_1.eps,
-                attn.qkv.weight, attn.qkv.bias, attn.rel_emb if self.relative else None,
+                wqkv, bqkv, attn.rel_emb if self.relative else None,
                 attn.proj.weight, attn.proj.bias,
                 block.ln_2.weight, block.ln_2.bias, block.ln_2.eps,
                 mlp.fc.weight, mlp.fc.bias, mlp.proj.weight, mlp.proj.bias,
@@ -79,11 +81,10 @@ class Decoder:
         cache.begin(1)
         attentions = [] if need_attention else None
         for i, (w1, b1, e1, wqkv, bqkv, rel, wo, bo, w2, b2, e2, wfc, bfc, wpr, bpr) in enumerate(self.layers):
-            a = F.layer_norm(x, (c,), w1, b1, e1)
+            a = torch.layer_norm(x, (c,), w1, b1, e1)
             q, k, v = F.linear(a, wqkv, bqkv).view(b, 3, h, 1, d).unbind(1)  # each (B, H, 1, D)
             keys, values = cache.update(i, k, v)  # (B, H, n, D): the window, the new token last
             n = keys.shape[2]
-            q = q * self.scale
             if b == 1:  # (H, 1, n): batched GEMVs over heads on views of the cache
                 s = torch.bmm(q[0], keys[0].transpose(1, 2))
                 if rel is not None:
@@ -101,8 +102,19 @@ class Decoder:
             if need_attention:
                 attentions.append(p)
             x = x + F.linear(y.reshape(b, c), wo, bo)
-            a = F.layer_norm(x, (c,), w2, b2, e2)
+            a = torch.layer_norm(x, (c,), w2, b2, e2)
             x = x + F.linear(F.gelu(F.linear(a, wfc, bfc), approximate="tanh"), wpr, bpr)
         cache.advance()
         w, bias, eps = self.ln_f
-        return F.linear(F.layer_norm(x, (c,), w, bias, eps), self.lm_head), attentions
+        return F.linear(torch.layer_norm(x, (c,), w, bias, eps), self.lm_head), attentions
+
+
+def _scaled_queries(weight: Tensor, bias: Tensor | None, d_model: int, scale: float) -> tuple[Tensor, Tensor | None]:
+    """A copy of the fused qkv projection whose query rows are multiplied by `scale`."""
+    with torch.no_grad():
+        weight = weight.detach().clone()
+        weight[:d_model] *= scale
+        if bias is not None:
+            bias = bias.detach().clone()
+            bias[:d_model] *= scale
+    return weight, bias
