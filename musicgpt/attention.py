@@ -4,68 +4,59 @@ Logits are (Q Kᵀ + Srel) / √D with Srel[i, j] = q_i · e[clip(i - j)], one l
 distance 0 … R-1 (R = max_relative_distance; longer distances share the embedding of R-1).
 
 Memory-efficient skewing: for a block of Bq queries whose keys span n positions, the relative
-scores M = q Eᵀ are computed against the n embeddings of distances n-1 … 0 (the embedding table
-is stored in that descending order, so this is a contiguous slice). Row b of Srel is row b of M
-shifted left by Bq-1-b columns, which is a strided *view* of M (row stride n-1): no pad, no
-reshape, no copy, and no O(L²·D) tensor. Entries above the causal diagonal read garbage from
-the next row; they are masked anyway.
+scores M = q Eᵀ are computed against the embeddings of distances n-1 … 0 (and a zero row for
+distance -1). The table is stored in descending distance order, so that is a contiguous slice.
+Row b of Srel is row b of M shifted left by Bq-1-b columns: a strided *view* of M (row stride
+n), the pad-reshape-slice of the paper without the copies. No O(L²·D) tensor is ever formed.
 
 Training goes through `_RelativeAttention`, a flash-style autograd function: the forward keeps
 only its inputs and output; the backward recomputes each block's probabilities. Peak memory is
-one block of logits instead of every layer's (B, H, L, L) probabilities.
+one block of logits instead of every layer's (B, H, L, L) probabilities. Work is laid out heads
+first, (H·B, L, D), so the relative GEMM of one head covers the whole batch.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import Tensor
 
-BLOCK = 128  # queries per block: large enough for efficient GEMMs, small enough to stay in cache
+BLOCK = 64  # queries per block: GEMMs stay efficient, a block's logits stay a few MB
 
 
-def skewed_view(m: Tensor) -> Tensor:
-    """Srel as a view of the relative scores m (B, H, Bq, n) whose columns are distances n-1 … 0."""
-    b, h, bq, n = m.shape
-    m = m.contiguous()
-    return m.as_strided((b, h, bq, n), (h * bq * n, bq * n, n - 1, 1), m.storage_offset() + bq - 1)
+def skewed_view(m: Tensor, n: int) -> Tensor:
+    """Srel (N, Bq, n) as a view of relative scores m (N, Bq, n') whose columns are distances n-1, n-2, ….
+
+    With n' = n + 1 (distances down to -1) the view does not alias, so it can be written through
+    (the backward does); with n' = n its masked future entries alias the next row, fine for reads.
+    """
+    c, bq, width = m.shape
+    return m.as_strided((c, bq, n), (m.stride(0), width - 1, 1), m.storage_offset() + bq - 1)
 
 
-def descending_embeddings(rel_emb: Tensor, n: int) -> Tensor:
-    """The embeddings of distances n-1 … 0 (H, n, D), clipping distances beyond R-1."""
-    r = rel_emb.shape[1]
-    if n <= r:
-        return rel_emb[:, r - n :]
-    far = rel_emb[:, :1].expand(-1, n - r, -1)
-    return torch.cat([far, rel_emb], dim=1)
-
-
-def relative_scores(qb: Tensor, rel_emb: Tensor, n: int) -> Tensor:
-    """M = q · e for distances n-1 … 0, (B, H, Bq, n); qb (B, H, Bq, D), rel_emb (H, R, D)."""
-    b, h, bq, d = qb.shape
-    r = rel_emb.shape[1]
+def relative_scores(q_rows: Tensor, rel: Tensor, n: int) -> Tensor:
+    """M = q · e for distances n-1 … 0: (H, rows, n) from q_rows (H, rows, D) and rel (H, R, D)."""
+    r = rel.shape[1]
     near = min(n, r)
-    q_h = qb.transpose(0, 1).reshape(h, b * bq, d)  # heads first: one GEMM per head over the batch
-    m = torch.bmm(q_h, rel_emb[:, r - near :].transpose(1, 2))  # (H, B*Bq, near)
-    m = m.view(h, b, bq, near).transpose(0, 1)  # (B, H, Bq, near)
+    m = torch.bmm(q_rows, rel[:, r - near :].transpose(1, 2))  # (H, rows, near)
     if near < n:  # distances past R-1 all score against the embedding of R-1
-        m = torch.cat([m[..., :1].expand(-1, -1, -1, n - near), m], dim=-1)
-    return m.contiguous()
+        m = torch.cat([m[..., :1].expand(-1, -1, n - near), m], dim=-1)
+    return m
 
 
 def relative_logits(q: Tensor, rel_emb: Tensor, n_keys: int) -> Tensor:
     """Srel (B, H, Lq, Lk) by skewing, for queries at the last Lq of Lk positions (future entries unspecified)."""
-    lq = q.shape[2]
+    b, h, lq, d = q.shape
     if lq > n_keys:
         raise ValueError(f"{lq} queries cannot sit at the end of {n_keys} keys")
-    m = relative_scores(q, rel_emb, n_keys)  # (B, H, Lq, Lk) columns: distances Lk-1 … 0
-    # The view's row b starts at distance (Lk - Lq + b), i.e. query b sits at key index Lk - Lq + b.
-    return skewed_view(m)
+    m = relative_scores(q.transpose(0, 1).reshape(h, b * lq, d), rel_emb, n_keys)  # (H, B*Lq, Lk)
+    return skewed_view(m.view(h * b, lq, n_keys), n_keys).view(h, b, lq, n_keys).transpose(0, 1)
 
 
 def apply_mask_(s: Tensor, i0: int, ks: int, window: int | None) -> Tensor:
-    """Mask in place the logits of queries i0 … i0+Bq-1 over keys ks … ks+n-1: future keys and keys out of the window."""
+    """Mask in place the logits (…, Bq, n) of queries i0 … i0+Bq-1 over keys ks …: future keys and keys out of the window."""
     bq, n = s.shape[-2:]
     rows = torch.arange(i0, i0 + bq, device=s.device)[:, None]  # (Bq, 1) query positions
     c0 = max(0, i0 + 1 - ks)  # first column that can hold a future key
@@ -73,7 +64,7 @@ def apply_mask_(s: Tensor, i0: int, ks: int, window: int | None) -> Tensor:
         cols = torch.arange(ks + c0, ks + n, device=s.device)[None, :]
         s[..., c0:].masked_fill_(cols > rows, float("-inf"))
     if window is not None:
-        c1 = min(n, i0 + bq - window - ks + 0)  # keys at or before i0+Bq-1-window can be too far
+        c1 = min(n, i0 + bq - window - ks)  # keys at or before i0+Bq-1-window can be too far
         if c1 > 0:
             cols = torch.arange(ks, ks + c1, device=s.device)[None, :]
             s[..., :c1].masked_fill_(rows - cols >= window, float("-inf"))
@@ -87,21 +78,92 @@ def _key_range(i0: int, bq: int, window: int | None) -> tuple[int, int]:
     return ks, ke
 
 
-def _block_logits(qb: Tensor, k: Tensor, rel: Tensor | None, i0: int, window: int | None) -> tuple[Tensor, int, int]:
-    """Masked logits of one query block (B, H, Bq, n) with its key range; qb is already scaled."""
-    bq = qb.shape[2]
+def _heads_first(x: Tensor) -> Tensor:
+    """(B, H, L, D) -> (H*B, L, D); a view when x is stored heads-first (as the model and cache store it)."""
+    b, h, l, d = x.shape
+    return x.transpose(0, 1).reshape(h * b, l, d)
+
+
+def _extended_table(rel: Tensor, n_max: int) -> Tensor:
+    """Embeddings of distances n_max-1 … 0 and a zero row for distance -1: (H, n_max+1, D).
+
+    Distances past R-1 repeat the embedding of R-1. Rows f-n … f (f = n_max) are the distances
+    n-1 … -1 that a block with n keys needs.
+    """
+    h, r, d = rel.shape
+    parts = [rel[:, max(0, r - n_max) :], rel.new_zeros(h, 1, d)]
+    if n_max > r:
+        parts.insert(0, rel[:, :1].expand(h, n_max - r, d))
+    return torch.cat(parts, dim=1)
+
+
+def _fold_table_grad(d_table: Tensor, r: int) -> Tensor:
+    """Gradient wrt the (H, R, D) embeddings from the gradient wrt `_extended_table`'s output."""
+    n_max = d_table.shape[1] - 1
+    if n_max <= r:
+        out = d_table.new_zeros(d_table.shape[0], r, d_table.shape[2])
+        out[:, r - n_max :] = d_table[:, :n_max]
+        return out
+    out = d_table[:, n_max - r : n_max].clone()
+    out[:, 0] += d_table[:, : n_max - r].sum(1)
+    return out
+
+
+class _Scratch(threading.local):
+    """Reusable per-thread CPU buffers: a fresh multi-MB tensor per block costs its page faults every time."""
+
+    def __init__(self):
+        self.buffers: dict = {}
+
+    def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A contiguous tensor of `shape` (contents undefined), valid until the next take of `name`."""
+        if like.device.type != "cpu":  # the CUDA caching allocator already recycles memory
+            return like.new_empty(shape)
+        numel = math.prod(shape)
+        key = (name, like.dtype)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = self.buffers[key] = torch.empty(numel, dtype=like.dtype)
+        return buf[:numel].view(shape)
+
+
+_scratch = _Scratch()
+
+
+def release_scratch() -> None:
+    """Free this thread's attention scratch buffers (they are kept for reuse between calls)."""
+    _scratch.buffers.clear()
+
+
+def _block_logits(qs: Tensor, k_t: Tensor, table_t: Tensor | None, h: int, a0: int, a1: int, i0: int,
+                  window: int | None) -> tuple[Tensor, Tensor | None, Tensor, int, int]:
+    """Masked logits (H·B, Bq, n) of queries a0 … a1-1 (at key position i0 …), in scratch memory.
+
+    k_t (H·B, D, Lk) and table_t (H, D, f+1) come transposed: GEMMs run faster on them. Returns
+    (logits, m, q_rows, ks, ke); m (H, B·Bq, n+1) holds the relative scores for distances n-1 … -1,
+    one column wider than the logits so that its skewed view does not alias (the backward writes
+    the logits' gradient through it). Every GEMM writes a contiguous result: MKL's batched path
+    needs that, and softmax wants contiguous rows.
+    """
+    qb = qs[:, a0:a1]  # (HB, Bq, D), already scaled
+    hb, bq, d = qb.shape
     ks, ke = _key_range(i0, bq, window)
-    s = torch.matmul(qb, k[:, :, ks:ke].transpose(-1, -2))  # (B, H, Bq, n)
-    if rel is not None:
-        s += skewed_view(relative_scores(qb, rel, ke - ks))
-    return apply_mask_(s, i0, ks, window), ks, ke
+    n = ke - ks
+    q_rows = qb.reshape(h, hb // h * bq, d)  # (H, B*Bq, D): one GEMM per head against the table
+    s = torch.bmm(qb, k_t[:, :, ks:ke], out=_scratch.take("s", (hb, bq, n), qs))  # (HB, Bq, n)
+    m = None
+    if table_t is not None:
+        f = table_t.shape[2] - 1
+        m = torch.bmm(q_rows, table_t[:, :, f - n :], out=_scratch.take("m", (h, hb // h * bq, n + 1), qs))
+        s += skewed_view(m.view(hb, bq, n + 1), n)
+    return apply_mask_(s, i0, ks, window), m, q_rows, ks, ke
 
 
-def _dropout_mask(shape, p: float, seed: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+def _dropout_mask(shape, p: float, seed: int, like: Tensor) -> Tensor:
     """A reproducible keep-mask scaled by 1/(1-p): the backward regenerates it from the seed."""
-    gen = torch.Generator(device=device)
+    gen = torch.Generator(device=like.device)
     gen.manual_seed(seed)
-    keep = torch.empty(shape, device=device, dtype=dtype).bernoulli_(1.0 - p, generator=gen)
+    keep = _scratch.take("keep", shape, like).bernoulli_(1.0 - p, generator=gen)
     return keep.div_(1.0 - p)
 
 
@@ -113,97 +175,106 @@ def _blocks(lq: int, lk: int, block: int):
         yield a0, a1, offset + a0
 
 
+def _accumulate(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc += a @ b through scratch memory (acc is a strided slice, fp32 under bf16 inputs)."""
+    prod = torch.bmm(a, b, out=_scratch.take("ab", (a.shape[0], a.shape[1], b.shape[2]), a))
+    if prod.dtype != acc.dtype:  # convert in scratch too: a fresh temporary would page-fault
+        prod = _scratch.take("ab_acc", prod.shape, acc).copy_(prod)
+    acc += prod
+
+
 class _RelativeAttention(torch.autograd.Function):
     """Flash-style attention with relative logits: saves inputs and output, recomputes blocks in backward."""
 
     @staticmethod
     def forward(ctx, q, k, v, rel, window, dropout_p, block, seed):
+        b, h, lq, d = q.shape
+        lk = k.shape[2]
         dtype = q.dtype
-        rel_c = rel.to(dtype) if rel is not None else None
-        qs = q * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, Lq, D)
-        out = torch.empty_like(q)
-        lq, lk = q.shape[2], k.shape[2]
+        table_t = _extended_table(rel.to(dtype), lk).transpose(1, 2).contiguous() if rel is not None else None
+        qs = _heads_first(q) * (1.0 / math.sqrt(d))  # (HB, Lq, D)
+        k_t = _heads_first(k).transpose(1, 2).contiguous()  # (HB, D, Lk)
+        v_h = _heads_first(v)  # (HB, Lk, D)
+        out = q.new_empty(h * b, lq, d)
         with torch.autocast(q.device.type, enabled=False):
             for n_blk, (a0, a1, i0) in enumerate(_blocks(lq, lk, block)):
-                s, ks, ke = _block_logits(qs[:, :, a0:a1], k, rel_c, i0, window)
-                p = torch.softmax(s, dim=-1)  # (B, H, Bq, n)
+                s, _, _, ks, ke = _block_logits(qs, k_t, table_t, h, a0, a1, i0, window)
+                p = torch._softmax(s, -1, False, out=s)  # (HB, Bq, n), in place
                 if dropout_p > 0:
-                    p = p * _dropout_mask(p.shape, dropout_p, seed + n_blk, q.device, dtype)
-                torch.matmul(p, v[:, :, ks:ke], out=out[:, :, a0:a1])
+                    p.mul_(_dropout_mask(p.shape, dropout_p, seed + n_blk, q))
+                torch.bmm(p, v_h[:, ks:ke], out=_scratch.take("o", (h * b, a1 - a0, d), q))
+                out[:, a0:a1] = _scratch.take("o", (h * b, a1 - a0, d), q)
         ctx.save_for_backward(q, k, v, rel, out)
         ctx.window, ctx.dropout_p, ctx.block, ctx.seed = window, dropout_p, block, seed
-        return out
+        return out.view(h, b, lq, d).transpose(0, 1)  # (B, H, Lq, D), stored heads-first
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, rel, out = ctx.saved_tensors
         window, dropout_p, block, seed = ctx.window, ctx.dropout_p, ctx.block, ctx.seed
+        b, h, lq, d = q.shape
+        lk = k.shape[2]
         dtype = q.dtype
-        scale = 1.0 / math.sqrt(q.shape[-1])
-        rel_c = rel.to(dtype) if rel is not None else None
-        qs = q * scale
-        do = grad_out.to(dtype)
-        lq, lk = q.shape[2], k.shape[2]
+        scale = 1.0 / math.sqrt(d)
+        table = _extended_table(rel.to(dtype), lk) if rel is not None else None  # (H, Lk+1, D)
+        table_t = table.transpose(1, 2).contiguous() if rel is not None else None
+        qs = _heads_first(q) * scale
+        k_h, v_h = _heads_first(k), _heads_first(v)
+        k_t, v_t = k_h.transpose(1, 2).contiguous(), v_h.transpose(1, 2).contiguous()  # (HB, D, Lk)
+        do = _heads_first(grad_out.to(dtype))  # (HB, Lq, D)
         acc = torch.promote_types(dtype, torch.float32)  # gradients summed over blocks: at least fp32
-        dq = torch.empty_like(q)
-        dk = torch.zeros(k.shape, dtype=acc, device=k.device)
-        dv = torch.zeros(v.shape, dtype=acc, device=v.device)
-        drel = torch.zeros(rel.shape, dtype=acc, device=rel.device) if rel is not None else None
+        dq = torch.empty_like(qs)
+        dk = torch.zeros(k_h.shape, dtype=acc, device=k.device)
+        dv = torch.zeros(v_h.shape, dtype=acc, device=v.device)
+        d_table = torch.zeros(table.shape, dtype=acc, device=q.device) if rel is not None else None
         if dropout_p == 0:
-            delta = (do.to(acc) * out.to(acc)).sum(-1, keepdim=True).to(dtype)  # (B, H, Lq, 1) = rowsum(dP ∘ P)
+            delta = (do.to(acc) * out.to(acc)).sum(-1, keepdim=True).to(dtype)  # (HB, Lq, 1) = rowsum(dP ∘ P)
         with torch.autocast(q.device.type, enabled=False):
             for n_blk, (a0, a1, i0) in enumerate(_blocks(lq, lk, block)):
-                qb, dob = qs[:, :, a0:a1], do[:, :, a0:a1]
-                s, ks, ke = _block_logits(qb, k, rel_c, i0, window)
-                p = torch.softmax(s, dim=-1)  # (B, H, Bq, n)
-                vb, kb = v[:, :, ks:ke], k[:, :, ks:ke]
-                dp = torch.matmul(dob, vb.transpose(-1, -2))  # (B, H, Bq, n)
+                s, m, q_rows, ks, ke = _block_logits(qs, k_t, table_t, h, a0, a1, i0, window)
+                p = torch._softmax(s, -1, False, out=s)  # (HB, Bq, n)
+                dob = do[:, a0:a1]
+                hb, bq, n = p.shape
+                ds = torch.bmm(dob, v_t[:, :, ks:ke], out=_scratch.take("ds", p.shape, q))  # dP, then d logits
                 if dropout_p > 0:
-                    keep = _dropout_mask(p.shape, dropout_p, seed + n_blk, q.device, dtype)
-                    dv[:, :, ks:ke] += torch.matmul((p * keep).transpose(-1, -2), dob)
-                    dp *= keep
-                    ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+                    keep = _dropout_mask(p.shape, dropout_p, seed + n_blk, q)
+                    ds.mul_(keep)
+                    keep.mul_(p)  # the dropped-out probabilities, for dV
+                    _accumulate(dv[:, ks:ke], keep.transpose(1, 2), dob)
+                    ds.sub_((ds * p).sum(-1, keepdim=True))
                 else:
-                    dv[:, :, ks:ke] += torch.matmul(p.transpose(-1, -2), dob)
-                    ds = dp.sub_(delta[:, :, a0:a1]).mul_(p)  # (B, H, Bq, n) d logits
-                dqb = torch.matmul(ds, kb)  # (B, H, Bq, D)
-                dk[:, :, ks:ke] += torch.matmul(ds.transpose(-1, -2), qb)
-                if rel is not None:
-                    g = _unskew(ds)  # (B, H, Bq, n) d relative scores, columns: distances n-1 … 0
-                    dqb += _relative_scores_backward(g, qb, rel_c, drel)
-                dq[:, :, a0:a1] = dqb * scale
-        return (dq, dk.to(k.dtype), dv.to(v.dtype), drel.to(rel.dtype) if rel is not None else None,
-                None, None, None, None)
+                    _accumulate(dv[:, ks:ke], p.transpose(1, 2), dob)
+                    ds.sub_(delta[:, a0:a1])
+                ds.mul_(p)  # d logits (HB, Bq, n)
+                dqb = torch.bmm(ds, k_h[:, ks:ke])  # (HB, Bq, D)
+                _accumulate(dk[:, ks:ke], ds.transpose(1, 2), qs[:, a0:a1])
+                if m is not None:  # m becomes d(relative scores): the adjoint of the skewed view
+                    skewed_view(m.view(hb, bq, n + 1), n).copy_(ds)
+                    flat = m.view(hb, -1)
+                    flat[:, : bq - 1] = 0  # entries that no logit covers
+                    flat[:, bq - 1 + bq * n :] = 0
+                    # m (H, B*Bq, n+1) pairs with table rows of distances n-1 … -1 (the last is zero)
+                    dqb.view(h, -1, d).baddbmm_(m, table[:, lk - n :])
+                    _accumulate(d_table[:, lk - n :], m.transpose(1, 2), q_rows)
+                dq[:, a0:a1] = dqb.mul_(scale)
+        grads = [x.view(h, b, *x.shape[1:]).transpose(0, 1) for x in (dq, dk, dv)]
+        drel = _fold_table_grad(d_table, rel.shape[1]).to(rel.dtype) if rel is not None else None
+        return grads[0], grads[1].to(k.dtype), grads[2].to(v.dtype), drel, None, None, None, None
 
 
-def _unskew(ds: Tensor) -> Tensor:
-    """The adjoint of `skewed_view`: g[b, c] = ds[b, c + b - (Bq-1)] (0 outside), (B, H, Bq, n)."""
-    b, h, bq, n = ds.shape
-    padded = ds.new_zeros(b, h, bq, n + bq - 1)  # Bq-1 zero columns on the left
-    padded[..., bq - 1 :] = ds
-    return padded.as_strided((b, h, bq, n), (h * bq * (n + bq - 1), bq * (n + bq - 1), n + bq, 1))
+class _NoCtx:
+    """Stands in for autograd's ctx when no gradient is needed."""
 
-
-def _relative_scores_backward(g: Tensor, qb: Tensor, rel: Tensor, drel: Tensor) -> Tensor:
-    """Gradient of `relative_scores` wrt qb (returned) and rel (accumulated into drel, fp32)."""
-    b, h, bq, n = g.shape
-    r = rel.shape[1]
-    near = min(n, r)
-    if near < n:  # the far columns all used the embedding of R-1
-        g_near = g[..., n - near :].clone()
-        g_near[..., 0] += g[..., : n - near].sum(-1)
-    else:
-        g_near = g
-    g_h = g_near.transpose(0, 1).reshape(h, b * bq, near)  # (H, B*Bq, near)
-    q_h = qb.transpose(0, 1).reshape(h, b * bq, -1)  # (H, B*Bq, D)
-    e = rel[:, r - near :]  # (H, near, D)
-    drel[:, r - near :] += torch.bmm(g_h.transpose(1, 2), q_h)
-    return torch.bmm(g_h, e).view(h, b, bq, -1).transpose(0, 1)  # (B, H, Bq, D)
+    def save_for_backward(self, *tensors):
+        pass
 
 
 def relative_attention(q: Tensor, k: Tensor, v: Tensor, rel_emb: Tensor | None, *, window: int | None = None,
                        dropout_p: float = 0.0, block: int = BLOCK) -> Tensor:
-    """Causal attention (B, H, Lq, D); q are the last Lq of the Lk positions of k, v; rel_emb (H, R, D) or None."""
+    """Causal attention (B, H, Lq, D); q are the last Lq of the Lk positions of k, v; rel_emb (H, R, D) or None.
+
+    Tensors stored heads-first ((H, B, L, D) memory seen through .transpose(0, 1)) avoid copies.
+    """
     if window is not None and window < 1:
         raise ValueError(f"attention window must be at least 1, got {window}")
     seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
@@ -215,20 +286,15 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, rel_emb: Tensor | None, 
         return _RelativeAttention.forward(_NoCtx(), q, k, v, rel_emb, window, dropout_p, block, seed)
 
 
-class _NoCtx:
-    """Stands in for autograd's ctx when no gradient is needed."""
-
-    def save_for_backward(self, *tensors):
-        pass
-
-
 def attention_probs(q: Tensor, k: Tensor, rel_emb: Tensor | None, *, window: int | None = None) -> Tensor:
-    """The full attention probabilities (B, H, Lq, Lk), materialized (for analysis and arcs)."""
-    qs = q * (1.0 / math.sqrt(q.shape[-1]))
-    rel = rel_emb.to(q.dtype) if rel_emb is not None else None
-    lq, lk = q.shape[2], k.shape[2]
-    s, ks, _ = _block_logits(qs, k, rel, lk - lq, window)
-    p = torch.softmax(s, dim=-1)  # (B, H, Lq, ke - ks)
-    if ks > 0:
-        p = torch.nn.functional.pad(p, (ks, 0))
-    return p
+    """The full attention probabilities (B, H, Lq, Lk), materialized and detached (for analysis and arcs)."""
+    b, h, lq, d = q.shape
+    lk = k.shape[2]
+    with torch.no_grad():
+        qs = _heads_first(q) * (1.0 / math.sqrt(d))
+        table_t = _extended_table(rel_emb.to(q.dtype), lk).transpose(1, 2) if rel_emb is not None else None
+        s, _, _, ks, _ = _block_logits(qs, _heads_first(k).transpose(1, 2), table_t, h, 0, lq, lk - lq, window)
+        p = torch.softmax(s, dim=-1)  # (HB, Lq, Lk - ks), a fresh tensor (s is scratch)
+        if ks > 0:
+            p = torch.nn.functional.pad(p, (ks, 0))
+    return p.view(h, b, lq, lk).transpose(0, 1)

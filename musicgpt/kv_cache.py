@@ -1,6 +1,7 @@
 """Keys and values of past tokens for incremental decoding, in preallocated buffers with a sliding window.
 
-The buffers hold every layer's keys and values in chronological order, (n_layer, B, H, capacity, D),
+The buffers hold every layer's keys and values in chronological order, heads first
+(n_layer, H, B, capacity, D) as the attention kernel wants them,
 with spare room past the window: a decode step writes one slot and attends to a view of the last
 `window` slots, so no step allocates. When the spare room runs out, the last window-1 slots move
 to the front in one copy (every capacity-window+1 steps). Relative attention depends on i - j only,
@@ -22,7 +23,7 @@ class KVCache:
         self.n_layer = n_layer
         self.window = window
         self.capacity = max(capacity or window + max(128, window // 8), window)
-        self.keys: Tensor | None = None  # (n_layer, B, H, capacity, D), allocated on first use
+        self.keys: Tensor | None = None  # (n_layer, H, B, capacity, D), allocated on first use
         self.values: Tensor | None = None
         self.end = 0  # slots filled in the buffers
         self.length = 0  # tokens seen so far: the position of the next token
@@ -56,16 +57,17 @@ class KVCache:
         """Store this layer's new keys/values (B, H, T, D); return the ones the new queries attend to."""
         if self.keys is None:
             b, h, _, d = k.shape
-            shape = (self.n_layer, b, h, self.capacity, d)
+            shape = (self.n_layer, h, b, self.capacity, d)
             self.keys = torch.empty(shape, dtype=k.dtype, device=k.device)
             self.values = torch.empty(shape, dtype=v.dtype, device=v.device)
         t = k.shape[2]
         if t != self._n_new:
             raise RuntimeError(f"cache.begin({self._n_new}) was called but layer {layer} got {t} tokens")
         start = self.end - self.n_past
-        self.keys[layer, :, :, self.end : self.end + t] = k
-        self.values[layer, :, :, self.end : self.end + t] = v
-        return self.keys[layer, :, :, start : self.end + t], self.values[layer, :, :, start : self.end + t]
+        self.keys[layer, :, :, self.end : self.end + t] = k.transpose(0, 1)
+        self.values[layer, :, :, self.end : self.end + t] = v.transpose(0, 1)
+        keys = self.keys[layer, :, :, start : self.end + t].transpose(0, 1)  # (B, H, n_past + T, D)
+        return keys, self.values[layer, :, :, start : self.end + t].transpose(0, 1)
 
     def advance(self) -> None:
         """Commit the tokens of this forward pass; call once after the last layer."""

@@ -125,7 +125,10 @@ class SelfAttention(nn.Module):
                 return_attention: bool) -> tuple[Tensor, Tensor | None]:
         b, t, c = x.shape
         qkv = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
+        if self.relative:  # stored heads-first, (3, H, B, T, D): the relative kernel's layout
+            q, k, v = (x.transpose(0, 1) for x in qkv.permute(2, 3, 0, 1, 4).contiguous())  # (B, H, T, D)
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, n_past + T, D)
             window = cache.window

@@ -36,7 +36,7 @@ def test_decode_steps_do_not_reallocate():
         ptr = cache.keys.data_ptr()
         for _ in range(50):
             model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
-    assert cache.keys.data_ptr() == ptr and cache.keys.shape == (2, 1, 2, 64, 16)
+    assert cache.keys.data_ptr() == ptr and cache.keys.shape == (2, 2, 1, 64, 16)  # (layer, H, B, slot, D)
     assert cache.length == 60 and cache.n_past == 15
 
 
