@@ -17,6 +17,7 @@ first, (H·B, L, D), so the relative GEMM of one head covers the whole batch.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -58,17 +59,23 @@ def relative_logits(q: Tensor, rel_emb: Tensor, n_keys: int) -> Tensor:
 def apply_mask_(s: Tensor, i0: int, ks: int, window: int | None) -> Tensor:
     """Mask in place the logits (…, Bq, n) of queries i0 … i0+Bq-1 over keys ks …: future keys and keys out of the window."""
     bq, n = s.shape[-2:]
-    rows = torch.arange(i0, i0 + bq, device=s.device)[:, None]  # (Bq, 1) query positions
     c0 = max(0, i0 + 1 - ks)  # first column that can hold a future key
     if c0 < n:
-        cols = torch.arange(ks + c0, ks + n, device=s.device)[None, :]
-        s[..., c0:].masked_fill_(cols > rows, float("-inf"))
+        s[..., c0:].masked_fill_(_band(bq, n - c0, i0 - ks - c0, None, s.device), float("-inf"))
     if window is not None:
         c1 = min(n, i0 + bq - window - ks)  # keys at or before i0+Bq-1-window can be too far
         if c1 > 0:
-            cols = torch.arange(ks, ks + c1, device=s.device)[None, :]
-            s[..., :c1].masked_fill_(rows - cols >= window, float("-inf"))
+            s[..., :c1].masked_fill_(_band(bq, c1, i0 - ks, window, s.device), float("-inf"))
     return s
+
+
+@functools.lru_cache(maxsize=64)
+def _band(rows: int, cols: int, shift: int, window: int | None, device: torch.device) -> Tensor:
+    """Bool mask (rows, cols): True where key column c is after query row r (c > r + shift), or, with a
+    window, at least `window` before it (r + shift - c >= window). Cached: blocks repeat the same few."""
+    r = torch.arange(rows, device=device)[:, None] + shift
+    c = torch.arange(cols, device=device)[None, :]
+    return c > r if window is None else r - c >= window
 
 
 def _key_range(i0: int, bq: int, window: int | None) -> tuple[int, int]:
