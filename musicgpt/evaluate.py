@@ -178,9 +178,12 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
                         device: str = "auto", precision: str = "fp32", progress: bool = True) -> EvalReport:
     """Load a checkpoint (default: the bundled model) and score it on a prepared split or MIDI files."""
     from musicgpt import checkpoint
-    from musicgpt.train import _pick_device, autocast_dtype
+    from musicgpt.train import autocast_dtype, pick_device
 
-    dev = _pick_device(device)
+    dev = pick_device(device)
+    if checkpoint_path is not None and not (Path(checkpoint_path) / "config.json").exists() \
+            and (Path(checkpoint_path) / "best" / "config.json").is_file():
+        checkpoint_path = Path(checkpoint_path) / "best"  # a training run directory: its best weights
     model, tokenizer = checkpoint.load(checkpoint_path, device=dev)
     if tokenizer is None:
         raise MusicGPTError(f"checkpoint {checkpoint.resolve(checkpoint_path)}: has no tokenizer.json")

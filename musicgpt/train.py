@@ -86,7 +86,7 @@ class Dist:
 def setup_distributed(device_name: str) -> Dist:
     """Join the process group when launched by torchrun (gloo on CPU, NCCL on CUDA); else one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = _pick_device(device_name)
+    device = pick_device(device_name)
     if world <= 1:
         return Dist(device=device)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -98,7 +98,8 @@ def setup_distributed(device_name: str) -> Dist:
     return Dist(rank=rank, world=world, device=device)
 
 
-def _pick_device(name: str) -> torch.device:
+def pick_device(name: str) -> torch.device:
+    """'auto' (CUDA when available, else CPU) or an explicit torch device name, checked."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -327,6 +328,8 @@ class StopFlag:
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
+        print(f"\n{self.signal_name}: stopping after this step and writing a checkpoint "
+              "(Ctrl-C again to abort without one)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -377,7 +380,7 @@ class Trainer:
         self.amp_dtype = autocast_dtype(tc.precision, self.d.device)
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
-        self.model = self._build_model()
+        self.model = self._build_model(resume)
         self.schedule, self.total_steps = schedule_for(config, finetune=self.init_from is not None)
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.model, config.optim.weight_decay), lr=self.schedule.lr(0),
@@ -433,8 +436,13 @@ class Trainer:
             print(f"note: resuming a run of {run.get('world_size')} processes on {self.d.world}: "
                   "the data streams will differ from the original run", file=sys.stderr)
 
-    def _build_model(self) -> MusicGPT:
-        if self.init_from is not None:
+    def _build_model(self, resume: bool) -> MusicGPT:
+        if resume:  # the shape comes from the run's own checkpoint (its weights are loaded later)
+            dirs = checkpoint_dirs(self.run_dir)
+            if not dirs:
+                raise CheckpointError(f"--resume {self.run_dir}: no complete checkpoint in {self.run_dir / CHECKPOINTS}")
+            model = MusicGPT(checkpoint.read_config(dirs[-1])[0])
+        elif self.init_from is not None:
             model, tokenizer = checkpoint.load(self.init_from)
             if tokenizer is not None and tokenizer.to_dict() != self.tokenizer.to_dict():
                 raise CheckpointError(f"--init-from {self.init_from}: its tokenizer differs from the one of "
