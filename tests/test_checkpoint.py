@@ -153,3 +153,32 @@ def test_training_state_round_trip_without_pickle(tmp_path):
         checkpoint.save_state(path, "trainer", {"f": object()})
     with pytest.raises(CheckpointError, match="config"):
         checkpoint.save_state(path, "config", {})
+
+
+def test_info_lists_modules_and_every_tensor_and_plots(tmp_path, capsys):
+    from musicgpt.cli import main
+
+    tokenizer_module = pytest.importorskip("musicgpt.tokenizer")
+    model = tiny_model(position="both")
+    path = model.save_pretrained(tmp_path / "c", tokenizer=tokenizer_module.PerformanceTokenizer())
+    assert main(["info", str(path), "--plot", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out
+    assert f"{model.num_parameters():,} parameters" in out
+    assert "rel_emb (parameter [2, 32, 16])" in out
+    for key, tensor in model.state_dict().items():
+        assert key in out
+    assert "[391, 32]" in out and "tied to tok_emb.weight" in out
+    pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert pngs == ["note_on_similarity.png", "position_embedding_similarity.png",
+                    "relative_embeddings_layer0.png", "relative_embeddings_layer1.png"]
+    assert all((tmp_path / "plots" / p).stat().st_size > 10_000 for p in pngs)
+
+
+def test_info_without_tokenizer_still_plots_what_it_can(tmp_path, capsys):
+    from musicgpt.cli import main
+
+    path = tiny_model().save_pretrained(tmp_path / "c")
+    assert main(["info", str(path), "--plot", str(tmp_path / "plots")]) == 0
+    assert "NOTE_ON similarity not drawn" in capsys.readouterr().err
+    assert len(list((tmp_path / "plots").glob("relative_embeddings_layer*.png"))) == 2
+    assert main(["info", str(tmp_path / "missing")]) == 1
