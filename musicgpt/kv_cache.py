@@ -61,6 +61,9 @@ class KVCache:
             self.keys = torch.empty(shape, dtype=k.dtype, device=k.device)
             self.values = torch.empty(shape, dtype=v.dtype, device=v.device)
         t = k.shape[2]
+        if k.shape[0] != self.keys.shape[2]:
+            raise ValueError(f"cache holds a batch of {self.keys.shape[2]} sequences, got {k.shape[0]}; "
+                             "start a new cache for a new batch")
         if t != self._n_new:
             raise RuntimeError(f"cache.begin({self._n_new}) was called but layer {layer} got {t} tokens")
         start = self.end - self.n_past

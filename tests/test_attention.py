@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from musicgpt import attention
 from musicgpt.attention import attention_probs, relative_attention, relative_logits
 
 
@@ -112,3 +113,34 @@ def test_bfloat16_autocast_close_to_float32():
 def test_absolute_kernel_without_relative_embeddings():
     q, k, v = (rand(1, 2, 12, 4, seed=s) for s in range(3))
     torch.testing.assert_close(relative_attention(q, k, v, None, block=5), naive_attention(q, k, v, None))
+
+
+@pytest.fixture
+def head_groups_on_threads(monkeypatch):
+    """Force the path that splits heads over worker threads, whatever the size."""
+    monkeypatch.setattr(attention, "PARALLEL_MIN_WORK", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("window,dropout_p", [(None, 0.0), (7, 0.0), (None, 0.4)])
+def test_heads_split_over_threads_give_the_same_result(head_groups_on_threads, window, dropout_p):
+    q, k, v = (rand(2, 3, 21, 4, seed=s).requires_grad_() for s in range(3))
+    rel = rand(3, 9, 4, seed=3).requires_grad_()
+
+    def f(*args):
+        torch.manual_seed(5)
+        return relative_attention(*args, window=window, dropout_p=dropout_p, block=8)
+
+    out = f(q, k, v, rel)
+    grads = torch.autograd.grad(out, (q, k, v, rel), rand(*out.shape, seed=4))
+    attention.PARALLEL_MIN_WORK = 1 << 60  # now the single-threaded path: identical masks and results
+    out1 = f(q, k, v, rel)
+    grads1 = torch.autograd.grad(out1, (q, k, v, rel), rand(*out.shape, seed=4))
+    torch.testing.assert_close(out, out1)
+    for g, g1 in zip(grads, grads1):
+        torch.testing.assert_close(g, g1)
+    if dropout_p == 0:
+        torch.testing.assert_close(out, naive_attention(q, k, v, rel, window))

@@ -55,3 +55,12 @@ def test_reset_and_bad_window():
     assert step(cache, 1, 0) == [0]
     with pytest.raises(ValueError):
         KVCache(n_layer=1, window=0)
+
+
+def test_a_cache_belongs_to_one_batch():
+    model = MusicGPT(GPTConfig.preset("tiny")).eval()
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.zeros(2, 3, dtype=torch.long), cache=cache)
+        with pytest.raises(ValueError, match="batch of 2"):
+            model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
