@@ -572,12 +572,12 @@ class Trainer:
                     self.tokens_seen += self.tokens_per_step
                     self.elapsed += time.perf_counter() - t0
                     window_tokens += self.tokens_per_step
-                    if not math.isfinite(loss):
-                        raise MusicGPTError(f"training diverged at step {self.step} (loss {loss}); "
-                                            "lower optim.lr or raise optim.warmup_steps")
                     last = self.step == self.total_steps
                     if self.step % tc.log_every == 0 or last:
-                        loss = self._mean_over_ranks(loss)
+                        loss = self._mean_over_ranks(loss)  # the same value on every rank: they stop together
+                        if not math.isfinite(loss):
+                            raise MusicGPTError(f"training diverged at step {self.step} (loss {loss}); "
+                                                "lower optim.lr or raise optim.warmup_steps")
                         rate = window_tokens / max(1e-9, time.perf_counter() - window_start)
                         window_start, window_tokens = time.perf_counter(), 0
                         if log is not None:

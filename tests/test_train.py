@@ -231,3 +231,26 @@ def test_plot_draws_a_png(reference, tmp_path, capsys):
     assert main(["plot", str(run_dir), "--out", str(tmp_path / "d.png")]) == 0
     assert (tmp_path / "d.png").stat().st_size > 1000
     assert main(["plot", str(tmp_path)]) == 1  # no metrics.csv: one-line error
+
+
+def test_metrics_go_to_tensorboard_when_installed(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    written = []
+
+    class FakeWriter:  # stands in for torch.utils.tensorboard.SummaryWriter (tensorboard is optional)
+        def __init__(self, log_dir):
+            written.append(("dir", log_dir))
+
+        def add_scalar(self, key, value, step):
+            written.append((key, value, step))
+
+        def close(self):
+            written.append(("closed",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    log = MetricsLog(tmp_path)
+    log.log(3, train_loss=2.5, tokens=100, valid_nll=None)
+    log.close()
+    assert written == [("dir", str(tmp_path / "tensorboard")), ("train_loss", 2.5, 3), ("closed",)]
