@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -203,16 +204,17 @@ def _accumulate(acc: Tensor, a: Tensor, b: Tensor) -> None:
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_pool_pid = 0  # a forked child inherits the pool object but not its threads
 _pool_lock = threading.Lock()
 PARALLEL_MIN_WORK = 1 << 20  # H·B·Lq·Lk below which one thread is faster (decode steps, tiny tests)
 
 
 def _workers(n: int) -> ThreadPoolExecutor:
     """n worker threads whose torch ops run single-threaded."""
-    global _pool, _pool_size
+    global _pool, _pool_size, _pool_pid
     with _pool_lock:
-        if _pool_size < n:
-            if _pool is not None:
+        if _pool_size < n or _pool_pid != os.getpid():
+            if _pool is not None and _pool_pid == os.getpid():
                 _pool.shutdown(wait=False)
             threads = torch.get_num_threads()
             _pool = ThreadPoolExecutor(n, thread_name_prefix="musicgpt-attention",
@@ -222,7 +224,7 @@ def _workers(n: int) -> ThreadPoolExecutor:
                 _pool.submit(started.wait)
             started.wait()
             torch.set_num_threads(threads)  # the initializer also reset torch's process-wide default
-            _pool_size = n
+            _pool_size, _pool_pid = n, os.getpid()
         return _pool
 
 
