@@ -8,7 +8,7 @@ import argparse
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `musicgpt evaluate`."""
     parser.add_argument("checkpoint", nargs="?", metavar="CKPT",
-                        help="checkpoint directory (default: the bundled model)")
+                        help="checkpoint directory, or a training run directory (its best/); default: the bundled model")
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR|FILE",
                         help="a `musicgpt prepare` output (uses --split), or MIDI folders/files (tokenized here)")
     parser.add_argument("--split", default="test", choices=("train", "valid", "test"),

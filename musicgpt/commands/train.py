@@ -20,7 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue a run from its last checkpoint (uses RUN_DIR/config.toml plus --set)")
     parser.add_argument("--init-from", metavar="CKPT",
-                        help="fine-tune: start from this checkpoint's weights with the [finetune] learning rate")
+                        help="fine-tune: start from this checkpoint's weights ('bundled': the bundled model) "
+                             "with the [finetune] learning rate and steps")
 
 
 def run(args: argparse.Namespace) -> int:
