@@ -524,7 +524,7 @@ class Trainer:
             dist.all_reduce(sums)
         return float(sums[0] / sums[1]) if sums[1] > 0 else None
 
-    def save(self, final: bool = False) -> Path:
+    def save(self) -> Path:
         """Write checkpoints/step-N atomically (rank 0), then prune to keep_last."""
         torch_rng = _gather_torch_rng(self.d)
         path = self.run_dir / CHECKPOINTS / f"{STEP_PREFIX}{self.step:07d}"
