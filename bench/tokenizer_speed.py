@@ -14,42 +14,31 @@ via make_augmenter) on 1024-token crops, single-threaded.
 
 Files: every `--every`-th file of ../shared/corpora/asap and ../shared/corpora/pop909 (default
 every 10th), or tests/fixtures when the shared corpora are absent. Writes bench/results/tokenize.json.
+
+    python bench/tokenizer_speed.py [--every N] [--rounds N] [--crops N]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
+import statistics
 import sys
+import time
+from pathlib import Path
 
-# This file's name shadows the standard library's `tokenize` (which numpy, inspect and linecache
-# import) whenever bench/ heads sys.path, as it does for every `python bench/<script>.py`.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-if __name__ == "tokenize":
-    # Imported as `tokenize` by mistake: put the real module in our place (the import system
-    # returns whatever sys.modules holds once this file has run), and define nothing else.
-    import importlib
+import numpy as np
 
-    del sys.modules[__name__]
-    sys.modules[__name__] = importlib.import_module(__name__)
-else:
-    import argparse
-    import json
-    import platform
-    import statistics
-    import time
-    from pathlib import Path
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-    import numpy as np
+from musicgpt.augment import make_augmenter  # noqa: E402
+from musicgpt.miditok_backend import MiditokTokenizer  # noqa: E402
+from musicgpt.tokenizer import PerformanceTokenizer  # noqa: E402
 
-    ROOT = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(ROOT))
-
-    from musicgpt.augment import make_augmenter
-    from musicgpt.miditok_backend import MiditokTokenizer
-    from musicgpt.tokenizer import PerformanceTokenizer
-
-    SHARED = ROOT.parent / "shared" / "corpora"
+SHARED = ROOT.parent / "shared" / "corpora"
 
 
 def pick_files(every: int) -> tuple[list[Path], str]:
