@@ -1,0 +1,179 @@
+"""The benchmark suite: which scripts run, at which size, then the report.
+
+`python -m bench` and `musicgpt bench` land here. Each benchmark is its own script, run in its
+own process (a crash or a leak in one does not touch the next), writing JSON to the results folder;
+the suite times each, records the machine before and after in suite.json, and renders
+docs/benchmarks.md from whatever JSON files are there (bench/report.py).
+
+Sizes: `default` fits a quiet 2-core CPU in under 20 minutes in total; `quick` is a smoke run of a few
+minutes; `full` runs each script at its own full size and trains the full length-generalization
+models (hours on a CPU). Without ../shared/corpora and data/asap, scripts fall back to the repo's
+fixtures and say so in their JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What this checkout has to measure with."""
+
+    root: Path
+    shared: bool  # ../shared/corpora/{asap,pop909} exist
+    asap_prepared: bool  # data/asap holds a prepared ASAP
+
+    @classmethod
+    def detect(cls, root: Path) -> "Context":
+        corpora = root.parent / "shared" / "corpora"
+        return cls(root, (corpora / "asap").is_dir() and (corpora / "pop909").is_dir(),
+                   (root / "data" / "asap" / "manifest.json").is_file())
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One script of bench/, the JSON it writes, and its arguments at each size."""
+
+    name: str
+    script: str
+    output: str
+    args: Callable[[str, Context], list[str]]
+
+    def command(self, size: str, ctx: Context, results: Path) -> list[str]:
+        """The argv that runs it at `size`, writing into `results`."""
+        output = self.output if size != "full" or self.name != "lengthgen" else "lengthgen-full.json"
+        return [sys.executable, f"bench/{self.script}", *self.args(size, ctx), "--out", str(results / output)]
+
+
+def _by_size(quick: list[str], default: list[str], full: list[str]) -> Callable[[str, Context], list[str]]:
+    return lambda size, ctx: {"quick": quick, "default": default, "full": full}[size]
+
+
+def _roundtrip(size: str, ctx: Context) -> list[str]:
+    corpora = [] if ctx.shared else ["tests/fixtures"]
+    limit = {"quick": ["--limit", "30"], "default": ["--limit", "300"], "full": []}[size]
+    return corpora + limit
+
+
+def _train(size: str, ctx: Context) -> list[str]:
+    data = ["--data", "data/asap"] if ctx.asap_prepared else ["--data", "tests/fixtures"] if size != "full" else []
+    return data + {"quick": ["--config", "configs/tiny.toml", "--rounds", "2", "--no-compile"],
+                   "default": ["--config", "configs/small-cpu.toml", "--rounds", "3", "--no-compile"],
+                   "full": []}[size]
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark("tokenize", "tokenizer_speed.py", "tokenize.json",
+              _by_size(["--every", "50", "--rounds", "2", "--crops", "500"],
+                       ["--every", "20", "--rounds", "3", "--crops", "2000"], [])),
+    Benchmark("roundtrip", "roundtrip.py", "roundtrip.json", _roundtrip),
+    Benchmark("attention", "attention.py", "attention.json",
+              _by_size(["--quick", "--rounds", "1", "--no-compile", "--no-naive"], ["--quick"], [])),
+    Benchmark("train", "train.py", "train.json", _train),
+    Benchmark("generate", "generate.py", "generate.json", _by_size(["--quick"], ["--quick"], [])),
+    Benchmark("metrics", "metrics.py", "metrics.json",
+              _by_size(["--files", "12", "--rounds", "2"], ["--files", "40", "--rounds", "3"],
+                       ["--files", "150", "--rounds", "3"])),
+    Benchmark("lengthgen", "length_generalization.py", "lengthgen.json",
+              _by_size(["--size", "quick", "--steps", "100"], ["--size", "quick"], ["--size", "full", "--reuse"])),
+)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`python -m bench`'s parser: the same options as `musicgpt bench`."""
+    from musicgpt.commands.bench import configure
+
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    configure(parser)
+    return parser
+
+
+def _record(results: Path, size: str, entries: dict, started: str, machine_start: dict, command: str) -> Path:
+    """Merge this invocation's runs into results/suite.json (runs of other benchmarks are kept)."""
+    from bench.machine import NO_GPU, machine_info
+
+    path = results / "suite.json"
+    previous = {}
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8")).get("benchmarks", {})
+        except (OSError, json.JSONDecodeError, AttributeError):
+            previous = {}
+    suite = {"command": command, "size": size, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "machine_start": machine_start, "machine_end": machine_info(), "gpu": NO_GPU,
+             "benchmarks": {**previous, **entries},
+             "note": "Each benchmark entry records its own date and size; entries from earlier invocations "
+                     "(python -m bench --only ...) are kept."}
+    results.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(suite, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def run_suite(args: argparse.Namespace, root: Path = ROOT) -> int:
+    """Run the chosen benchmarks at the chosen size, record suite.json, render the report; 1 if any failed."""
+    from bench.machine import machine_info
+    from bench.report import render
+    from musicgpt.commands.bench import parse_only
+
+    results = (args.results or root / "bench" / "results").resolve()
+    report = (args.report or root / "docs" / "benchmarks.md").resolve()
+    names = parse_only(args.only)
+    if args.report_only:
+        print(f"wrote {render(results, report)}")
+        return 0
+    ctx = Context.detect(root)
+    plan = [(name, BENCHMARKS[name].command(args.size, ctx, results)) for name in names]
+    if args.dry_run:
+        for name, cmd in plan:
+            print(f"{name}: {shlex.join(cmd)}")
+        return 0
+    started, machine_start = time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine_info()
+    invocation = "python -m bench" + (f" --{args.size}" if args.size != "default" else "") \
+        + (f" --only {','.join(names)}" if args.only else "")
+    entries, failed = {}, []
+    try:
+        for i, (name, cmd) in enumerate(plan, 1):
+            print(f"\n=== [{i}/{len(plan)}] {name}: {shlex.join(cmd)}", flush=True)
+            t0 = time.perf_counter()
+            code = subprocess.run(cmd, cwd=root).returncode
+            seconds = round(time.perf_counter() - t0, 1)
+            shown = shlex.join(["python", *cmd[1:-2]])  # without the interpreter's path and --out
+            entries[name] = {"size": args.size, "command": shown, "seconds": seconds, "exit_code": code,
+                             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "output": Path(cmd[-1]).name,
+                             "load_average_after": machine_info()["load_average"]}
+            print(f"=== {name}: {'ok' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s", flush=True)
+            if code != 0:
+                failed.append(name)
+    finally:
+        if entries:
+            _record(results, args.size, entries, started, machine_start, invocation)
+    total = sum(e["seconds"] for e in entries.values())
+    print(f"\nsuite: {len(entries)} benchmark(s) in {total:.0f} s ({total / 60:.1f} min)"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(f"wrote {render(results, report)}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m bench`."""
+    from musicgpt.errors import MusicGPTError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return run_suite(args, ROOT)
+    except MusicGPTError as exc:
+        print(f"python -m bench: error: {exc}", file=sys.stderr)
+        return 1
