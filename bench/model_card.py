@@ -1,0 +1,315 @@
+"""Render the bundled model's card (MODEL_CARD.md) from bench/results/bundled_model.json.
+
+    python bench/model_card.py                                   # bench/results/bundled_model.json -> musicgpt/pretrained/MODEL_CARD.md
+    python bench/model_card.py RESULTS.json --out DIR/MODEL_CARD.md
+
+Every figure in the card comes from the JSON that bench/bundled_model.py measured (which holds
+the run's config, its metrics.csv summary and the checkpoint's meta); nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "bundled_model.json"
+CARD = ROOT / "musicgpt" / "pretrained" / "MODEL_CARD.md"
+LICENSE_NAME = "CC BY-NC-SA 4.0"
+LICENSE_URL = "https://creativecommons.org/licenses/by-nc-sa/4.0/"
+NLL_TARGET = 2.2
+MEASURE_NAMES = {"repeated_4gram_share": "repeated 4-note pitch n-grams (share)",
+                 "longest_silence": "longest silence (s)",
+                 "notes_per_second": "notes per second",
+                 "longest_pitch_run": "longest repeated-pitch run (onsets)"}
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _n(value: Any) -> str:
+    return "n/a" if value is None else f"{int(value):,}"
+
+
+def _hours(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds / 3600:.2f} h"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *["| " + " | ".join(r) + " |" for r in rows]]
+
+
+def _eval_rows(evaluations: dict[str, dict]) -> list[list[str]]:
+    rows = []
+    for key, e in evaluations.items():
+        corpus, split, context = key.split("/")
+        if "not_applicable" in e:
+            rows.append([corpus, split, context, "-", "-", "n/a", "-", "-"])
+            continue
+        rows.append([corpus, split, context, _n(e["n_docs"]), _n(e["n_tokens"]), f"**{e['nll']:.4f}**",
+                     f"{e['perplexity']:.3f}", f"{e['accuracy']:.4f}"])
+    return rows
+
+
+def _nll(evaluations: dict | None, key: str) -> float | None:
+    e = (evaluations or {}).get(key)
+    return None if not e or "not_applicable" in e else e["nll"]
+
+
+def render(r: dict[str, Any]) -> str:
+    """The card as Markdown."""
+    ck, run, machine = r["checkpoint"], r["run"], r["machine"]
+    model, meta = ck["model"], ck["meta"]
+    evals = r.get("evaluations") or {}
+    n_ctx = model["n_ctx"]
+    test_key = f"asap/test/{n_ctx}"
+    final = r.get("label") == "final" and not r.get("subset")
+    lines = ["# musicgpt bundled piano model", ""]
+    if not final:
+        lines += [f"> **Not the final figures**: {r.get('label')}"
+                  + (f"; evaluated on a subset ({r['subset']})" if r.get("subset") else "") + ". "
+                  "Regenerate this card with `bench/bundled_model.py` on the shipped weights.", ""]
+    lines += [
+        f"A {model['n_layer']}-layer decoder-only transformer (GPT-2 style) with "
+        f"{'relative-position self-attention (Music Transformer, memory-efficient skewing)' if model['position'] == 'relative' else model['position'] + ' position embeddings'}, "
+        f"{ck['parameters']:,} parameters, trained on real piano performances (ASAP) in the performance-event "
+        f"encoding (NOTE_ON, NOTE_OFF, TIME_SHIFT, VELOCITY; {model['vocab_size']} tokens). It continues a primer "
+        "with expressive solo piano, and it is what `musicgpt generate`, `evaluate`, `attend`, `info` and "
+        "`MusicGPT.from_pretrained()` use when no checkpoint is given. Nothing is downloaded: the weights ship "
+        "inside the package.", ""]
+    summary_rows = [
+        ["weights", f"`model.safetensors`: {ck['weights_bytes']:,} bytes, {', '.join(ck['stored_dtypes'])}"
+         + (f", sha256 `{meta['weights_sha256'][:16]}…`" if meta.get("weights_sha256") else "")],
+        ["license", f"**{LICENSE_NAME}** ([terms]({LICENSE_URL})), inherited from the ASAP training data: "
+                    "non-commercial use, share alike, attribution. See `LICENSE` in this folder. (The musicgpt code is MIT.)"],
+        ["training", f"{_n(meta.get('step'))} steps, {_n(meta.get('tokens'))} tokens seen, "
+                     f"{_hours(run.get('seconds_at_checkpoint'))} on {machine['cores']} CPU cores "
+                     f"({'no GPU' if not machine.get('gpu') else machine['gpu']})"],
+    ]
+    if _nll(evals, test_key) is not None:
+        summary_rows.append(["ASAP test NLL", f"**{_nll(evals, test_key):.4f} nats/event** at context {n_ctx} "
+                                              f"(target ≤ {NLL_TARGET}: {'met' if _nll(evals, test_key) <= NLL_TARGET else 'NOT met'})"])
+    lines += _table(["", ""], summary_rows) + [""]
+
+    lines += _data_section(r) + _model_section(ck) + _training_section(r) + _evaluation_section(r)
+    if r.get("samples"):
+        lines += _samples_section(r["samples"])
+    lines += _limitations(r) + _reproduce(r)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _data_section(r: dict) -> list[str]:
+    asap = r["data"]["asap"]
+    splits = asap.get("splits") or {}
+    rows = [[name, _n(s.get("n_pieces")), _n(s.get("n_docs")), _n(s.get("n_tokens")), _n(s.get("n_notes"))]
+            for name, s in splits.items()]
+    lines = ["## Training data and license", "",
+             "[ASAP](https://github.com/fosfrancesco/asap-dataset) (F. Foscarin, A. McLeod, P. Rigaux, F. Jacquemard, "
+             "M. Sakai, *ASAP: a dataset of aligned scores and performances for piano transcription*, ISMIR 2020): "
+             f"{_n(asap.get('n_files'))} real performances of {_n(asap.get('n_pieces'))} classical pieces by "
+             f"{_n(asap.get('n_composers'))} composers, recorded on Yamaha Disklavier pianos at the "
+             "Piano-e-Competition, licensed **CC BY-NC-SA 4.0**. The weights are derived from it, so they carry the same "
+             "license: use them for non-commercial purposes, share what you make from them under the same terms, and "
+             "credit ASAP and its authors.", "",
+             f"Prepared with `musicgpt prepare` (recipe `{asap.get('recipe')}`, sustain pedal folded into note "
+             "lengths), split by piece (composer + title, hashed) so that no piece's performances straddle two splits; "
+             f"{asap.get('skipped', 0)} file(s) skipped (an exact duplicate):", ""]
+    lines += _table(["split", "pieces", "performances", "events (tokens)", "notes"], rows) + [""]
+    lines += ["Training augments on the fly: transposition by up to ±"
+              f"{r['run']['config'].get('data', {}).get('transpose', '?')} semitones and time stretch by up to ±"
+              f"{100 * r['run']['config'].get('data', {}).get('stretch', 0):.0f}%.", ""]
+    return lines
+
+
+def _model_section(ck: dict) -> list[str]:
+    m = ck["model"]
+    tok = ck.get("tokenizer") or {}
+    rows = [[k, f"`{v}`"] for k, v in m.items()]
+    return (["## Model", ""] + _table(["config.json `model`", "value"], rows) + [""]
+            + [f"Tokenizer (`tokenizer.json`): `{tok.get('type', '?')}`, {tok.get('vocab_size', '?')} tokens, "
+               f"time step {tok.get('time_step', '?')} s, TIME_SHIFT up to {tok.get('max_shift_steps', '?')} steps, "
+               f"{tok.get('velocity_bins', '?')} velocity bins.", ""])
+
+
+def _training_section(r: dict) -> list[str]:
+    run, ck, machine = r["run"], r["checkpoint"], r["machine"]
+    cfg = run["config"]
+    train, optim = cfg.get("train", {}), cfg.get("optim", {})
+    meta = ck["meta"]
+    step_tokens = train.get("batch_size", 0) * train.get("grad_accum", 1) * ck["model"]["n_ctx"]
+    hardware = (f"{machine['cpu']}, {machine['cores']} cores"
+                + (", bf16 autocast on AMX" if machine.get("amx_bf16") and train.get("precision") in ("auto", "bf16") else "")
+                + f"; {'GPU: ' + machine['gpu'] if machine.get('gpu') else 'no GPU was available for this model'}")
+    lines = ["## Training", "",
+             "```bash",
+             f"musicgpt prepare {(r['data']['asap'].get('source_dir') or '../shared/corpora/asap')} --out {run['data']}",
+             run["command"], "```", ""]
+    rows = [
+        ["config", f"`{run['config_file'] or run['dir'] + '/config.toml'}`"
+                   + ("" if run["config_file"] else " (the run's own copy)")],
+        ["steps", f"{_n(meta.get('step'))} ({_source(meta)}; the run logged {_n(run['steps_logged'])} of "
+                  f"{_n(run['steps_planned'])} planned steps)"],
+        ["tokens seen", f"{_n(meta.get('tokens'))} ({step_tokens:,} per step: batch {train.get('batch_size')} × "
+                        f"grad accumulation {train.get('grad_accum')} × context {ck['model']['n_ctx']})"],
+        ["optimizer", f"AdamW, lr {optim.get('lr')} → {optim.get('min_lr')} (warmup {optim.get('warmup_steps')}, cosine), "
+                      f"weight decay {optim.get('weight_decay')}, betas ({optim.get('beta1')}, {optim.get('beta2')}), "
+                      f"grad clip {optim.get('grad_clip')}"],
+        ["precision", f"`{train.get('precision')}`"],
+        ["hardware", hardware],
+        ["software", f"torch {machine['torch']}, Python {machine['python']}"],
+        ["started", run.get("started") or "n/a"],
+        ["last logged", run.get("last_logged") or "n/a"],
+        ["training time", f"{_hours(run.get('seconds_at_checkpoint'))} to these weights, {_hours(run.get('train_seconds'))} "
+                          f"for the whole run (metrics.csv `time_s`: training steps, evaluation pauses excluded); "
+                          f"median {_n(run.get('median_tokens_per_s'))} tokens/s on a machine shared with other work"],
+        ["final train loss", f"{_f(run.get('final_train_loss'))} (mean of the last 10 logged)"],
+        ["best validation NLL", f"{_f(run.get('best_valid_nll'), 4)} (the training loop's fixed validation windows)"],
+    ]
+    return lines + _table(["", ""], rows) + [""]
+
+
+def _source(meta: dict) -> str:
+    """Which checkpoint of the run the weights are."""
+    source = meta.get("source")
+    if not source:
+        return "checkpoint of the run"
+    name = Path(source).name
+    return "the run's best/: lowest validation NLL" if name == "best" else f"checkpoint `{name}`"
+
+
+def _evaluation_section(r: dict) -> list[str]:
+    ck = r["checkpoint"]
+    n_ctx = ck["model"]["n_ctx"]
+    evals = r.get("evaluations") or {}
+    lines = ["## Evaluation", "",
+             "Measured with `musicgpt evaluate` (`musicgpt.evaluate.evaluate_checkpoint`): every document is read as "
+             "[BOS] + events in non-overlapping windows of the given context, each event predicted once; NLL in nats "
+             f"per event. Precision: {r['precision']} autocast. For scale: Music Transformer reports 1.835 and "
+             "Performance RNN 1.969 on the Piano-e-Competition data, with far larger models and compute.", ""]
+    if r.get("subset"):
+        lines += [f"**Subset**: {r['subset']} (not the full splits).", ""]
+    if evals:
+        lines += _table(["corpus", "split", "context", "documents", "events", "NLL", "perplexity", "accuracy"],
+                        _eval_rows(evals)) + [""]
+        test = evals.get(f"asap/test/{n_ctx}")
+        if test and test.get("per_type"):
+            lines += [f"### Per event type (ASAP test, context {n_ctx})", ""]
+            lines += _table(["event type", "NLL", "perplexity", "accuracy", "share of events"],
+                            [[name, f"{t['nll']:.4f}", f"{t['perplexity']:.3f}", f"{t['accuracy']:.4f}",
+                              f"{t['share']:.3f}"] for name, t in test["per_type"].items()]) + [""]
+    pp = r.get("per_piece")
+    if pp:
+        largest = pp["largest_piece"]
+        lines += [f"### Per piece (ASAP test, context {pp['context']})", "",
+                  f"One piece dominates the test split ({largest['piece'].replace('|', ': ').replace('_', ' ')}: "
+                  f"{100 * largest['share_of_events']:.0f}% of its events), so the pooled figure is mostly that piece. "
+                  f"Macro average over the {len(pp['pieces'])} pieces: **{pp['macro_nll']:.4f}**; pooled "
+                  f"{pp['pooled_nll']:.4f}; pooled without the largest piece {_f(pp['pooled_nll_without_largest'], 4)}.", ""]
+        lines += _table(["composer", "piece", "performances", "events", "NLL", "accuracy"],
+                        [[p["composer"], p["title"], str(p["performances"]), f"{p['events']:,}", f"{p['nll']:.4f}",
+                          f"{p['accuracy']:.4f}"] for p in pp["pieces"]]) + [""]
+    twin = r.get("absolute_twin")
+    if twin:
+        lines += _twin_section(r, twin)
+    curve = r["run"].get("valid_curve") or []
+    if curve:
+        twin_curve = {v["step"]: v["valid_nll"] for v in (twin or {}).get("run", {}).get("valid_curve", [])}
+        every = max(1, len(curve) // 12)
+        shown = curve[::every] + ([curve[-1]] if (len(curve) - 1) % every else [])
+        lines += ["### Validation NLL during training", "",
+                  "The training loop's fixed sample of validation windows (metrics.csv), every "
+                  f"{shown[1]['step'] - shown[0]['step'] if len(shown) > 1 else '?'} steps:", ""]
+        header = ["step", "relative"] + (["absolute twin"] if twin_curve else [])
+        lines += _table(header, [[f"{v['step']:,}", f"{v['valid_nll']:.4f}"]
+                                 + ([_f(twin_curve.get(v["step"]), 4)] if twin_curve else []) for v in shown]) + [""]
+    return lines
+
+
+def _twin_section(r: dict, twin: dict) -> list[str]:
+    rel, ab = r.get("evaluations") or {}, twin.get("evaluations") or {}
+    tm = twin["checkpoint"]["meta"]
+    lines = ["### Relative attention vs the absolute-position twin (same budget)", "",
+             f"The twin (`{twin['run']['config_file'] or twin['run']['dir']}`) is the same model and recipe with learned "
+             f"absolute position embeddings instead of relative attention ({twin['checkpoint']['parameters']:,} "
+             f"parameters), trained with the same step budget (its best weights: step {_n(tm.get('step'))}, "
+             f"{_n(tm.get('tokens'))} tokens). Lower is better; an absolute model cannot read past its "
+             f"{twin['checkpoint']['model']['n_ctx']}-position table.", ""]
+    rows = []
+    for key in rel:
+        a, b = _nll(rel, key), _nll(ab, key)
+        diff = f"{b - a:+.4f}" if a is not None and b is not None else "-"
+        rows.append([key.replace("/", " "), _f(a, 4), _f(b, 4), diff])
+    lines += _table(["corpus split context", "relative", "absolute", "absolute − relative"], rows) + [""]
+    return lines
+
+
+def _samples_section(s: dict) -> list[str]:
+    primers = ", ".join(p["piece"].replace("|", ": ").replace("_", " ") for p in s["primers"])
+    lines = ["## Samples and degeneracy", "",
+             f"{s['n_generated']} continuations of {s['seconds']:.0f} s: {s['samples_per_primer']} per primer, from the "
+             f"first {s['primer_seconds']:.0f} s of one ASAP test performance of each of {len(s['primers'])} pieces "
+             f"({primers}); seeds {s['seed']}…{s['seed'] + len(s['primers']) - 1}, default sampling (temperature 1, no "
+             f"top-k/top-p). Stop reasons: {', '.join(f'{k} {v}' for k, v in s['stop_reasons'].items())}. The same "
+             f"measures on {s['n_real']} real excerpts of the same length (seconds {s['primer_seconds']:.0f}–"
+             f"{s['primer_seconds'] + s['seconds']:.0f} of up to 2 performances of every test piece), with "
+             "`musicgpt.metrics`:", ""]
+    rows = []
+    for name, m in s["degeneracy"].items():
+        g, real = m["generated"], m["real"]
+        rows.append([MEASURE_NAMES.get(name, name), f"{g['mean']:.3f} ± {g['std']:.3f} (max {g['max']:.3f})",
+                     f"{real['mean']:.3f} ± {real['std']:.3f} (max {real['max']:.3f})",
+                     f"{100 * m['outside_real_range']:.0f}%"])
+    lines += _table(["measure", "generated: mean ± std", "real: mean ± std", "generated outside the real range"], rows)
+    lines += ["", f"**Degenerate samples: {100 * s['degenerate_share']:.0f}%** ({s['degenerate_rule']}); "
+                  f"{s['empty_samples']} sample(s) without notes.", ""]
+    if s.get("set_comparison"):
+        lines += ["Set comparison (mgeval style, `musicgpt.metrics.compare_features`): overlap of the inter-set "
+                  "distance density with the real set's intra-set density (1 = generated pieces lie as close to the "
+                  "real ones as those lie to each other) and its KL divergence (0 = same):", ""]
+        lines += _table(["feature", "generated mean", "real mean", "overlap", "KL"],
+                        [[name, _f(c["generated_mean"]), _f(c["real_mean"]), f"{c['overlap']:.3f}", f"{c['kl']:.3f}"]
+                         for name, c in s["set_comparison"].items()]) + [""]
+    return lines
+
+
+def _limitations(r: dict) -> list[str]:
+    return ["## Limitations", "",
+            "- A small model trained for hours on one CPU: expect plausible piano texture and local continuity, "
+            "not long-range form. It knows solo classical piano; pop or other instruments are out of its domain "
+            "(see the POP909 row).",
+            f"- ASAP holds {_n(r['data']['asap'].get('n_pieces'))} pieces by {_n(r['data']['asap'].get('n_composers'))} "
+            f"composers, so the style range is narrow; the test split has "
+            f"{_n((r['data']['asap'].get('splits') or {}).get('test', {}).get('n_pieces'))} pieces.",
+            "- The weights are for non-commercial use only (CC BY-NC-SA 4.0).", ""]
+
+
+def _reproduce(r: dict) -> list[str]:
+    return ["## Reproduce these figures", "", "```bash", r["command"], "```", "",
+            f"Measured on {r['date']} ({r['caveat']})", ""]
+
+
+def write_card(results: dict[str, Any], path: str | Path = CARD) -> Path:
+    """Render the card and write it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(results), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render RESULTS.json into the card."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="?", type=Path, default=RESULTS, help="default: %(default)s")
+    parser.add_argument("--out", type=Path, default=CARD, help="default: %(default)s")
+    args = parser.parse_args(argv)
+    print(f"wrote {write_card(json.loads(args.results.read_text()), args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The bundled model: its files, its card and license, a few seeded tokens; and the wiring that makes every
+command use it when no checkpoint is given (tested with a tiny model standing in, so it runs without the weights)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import musicgpt
+from musicgpt import checkpoint
+from musicgpt.cli import main
+from musicgpt.errors import CheckpointError
+from musicgpt.model import MusicGPT
+from musicgpt.tokenizer import PerformanceTokenizer
+from tiny_models import PRIMER, tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = checkpoint.DEFAULT_DIR
+EXAMPLE = ROOT / "examples" / "bach_prelude_bwv846_shi.mid"
+MAX_BYTES = 25_000_000
+
+needs_weights = pytest.mark.skipif(
+    not (BUNDLED / checkpoint.WEIGHTS).is_file(),
+    reason=f"no bundled weights yet: {BUNDLED / checkpoint.WEIGHTS} is absent (install them with "
+           "tools/install_pretrained.py)")
+
+
+def _load_script(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+install_pretrained = _load_script("install_pretrained", ROOT / "tools" / "install_pretrained.py")
+
+
+# ---- the shipped model ----
+
+def test_license_note_names_the_inherited_license():
+    text = (BUNDLED / "LICENSE").read_text()
+    assert "CC BY-NC-SA 4.0" in text and "ASAP" in text
+
+
+@needs_weights
+def test_bundled_files_config_and_tokenizer_agree():
+    config, raw = checkpoint.read_config()
+    tokenizer = checkpoint.load_tokenizer()
+    assert raw["format"] == checkpoint.FORMAT
+    assert isinstance(tokenizer, PerformanceTokenizer)
+    assert tokenizer.vocab_size == config.vocab_size == 391  # the pinned default layout
+    assert tokenizer == PerformanceTokenizer()  # the codec users get by default encodes what the model learned
+    assert config.position == "relative"
+    assert (BUNDLED / checkpoint.WEIGHTS).stat().st_size <= MAX_BYTES
+    card = (BUNDLED / "MODEL_CARD.md").read_text()
+    assert "CC BY-NC-SA 4.0" in card and "ASAP" in card
+    assert "Not the final figures" not in card, "the card holds intermediate figures: regenerate it"
+
+
+@needs_weights
+def test_bundled_model_loads_and_generates_seeded_tokens():
+    model = MusicGPT.from_pretrained()
+    assert model.tok_emb.weight.shape[0] == checkpoint.load_tokenizer().vocab_size
+    runs = [musicgpt.generate(primer=EXAMPLE, primer_tokens=64, max_new_tokens=24, seed=7, stop_at_eos=False)[0]
+            for _ in range(2)]
+    assert runs[0].n_generated == 24
+    np.testing.assert_array_equal(runs[0].ids, runs[1].ids)
+    tokenizer = checkpoint.load_tokenizer()
+    assert tokenizer.grammar().accepts(runs[0].ids[1:])
+    assert len(runs[0].notes) > 0
+
+
+# ---- installing a checkpoint as the bundled model (tiny stand-in) ----
+
+def test_install_copies_verifies_and_keeps_other_files(tmp_path):
+    source = tiny_checkpoint(tmp_path / "run" / "best")
+    dest = tmp_path / "pretrained"
+    dest.mkdir()
+    (dest / "LICENSE").write_text("license note")
+    done = install_pretrained.install(tmp_path / "run", dest)  # a run directory means its best/
+    assert done["verified"] and done["max_logit_diff"] == 0.0 and done["stored_dtype"] == "float32"
+    assert (dest / "LICENSE").read_text() == "license note"
+    _, raw = checkpoint.read_config(dest)
+    assert raw["meta"]["source"] == str(source.resolve())
+    assert raw["meta"]["weights_sha256"] == install_pretrained.sha256(dest / checkpoint.WEIGHTS)
+    assert not [p for p in dest.iterdir() if p.name.startswith(".")]
+
+
+def test_install_stores_bfloat16_over_the_size_limit(tmp_path):
+    tiny_checkpoint(tmp_path / "ckpt")
+    fp32 = (tmp_path / "ckpt" / checkpoint.WEIGHTS).stat().st_size
+    done = install_pretrained.install(tmp_path / "ckpt", tmp_path / "small", max_bytes=fp32 - 1)
+    assert done["stored_dtype"] == "bfloat16" and done["bytes"] < fp32 * 0.6
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(str(tmp_path / "small" / checkpoint.WEIGHTS)).values()} == {torch.bfloat16}
+    with pytest.raises(CheckpointError, match="limit"):
+        install_pretrained.install(tmp_path / "ckpt", tmp_path / "tiny", max_bytes=fp32 // 4)
+
+
+# ---- every command uses the bundled model when none is given ----
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch):
+    """A tiny checkpoint installed as the bundled model."""
+    tiny_checkpoint(tmp_path / "src")
+    install_pretrained.install(tmp_path / "src", tmp_path / "pretrained")
+    monkeypatch.setattr(checkpoint, "DEFAULT_DIR", tmp_path / "pretrained")
+    return tmp_path / "pretrained"
+
+
+def test_python_api_defaults_to_the_bundled_model(stand_in):
+    reference = checkpoint.load_model(stand_in)
+    model = MusicGPT.from_pretrained()
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0)
+    (sample,) = musicgpt.generate(max_new_tokens=8, seed=1, stop_at_eos=False)
+    assert sample.n_generated == 8
+
+
+def test_commands_default_to_the_bundled_model(stand_in, tmp_path, capsys):
+    assert main(["info"]) == 0
+    assert f"checkpoint  {stand_in}" in capsys.readouterr().out
+    assert main(["evaluate", "--data", str(PRIMER), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint  {stand_in}" in out and "\nnll " in out
+    assert main(["generate", "--primer", str(PRIMER), "--primer-tokens", "32", "--max-new-tokens", "16",
+                 "--seed", "3", "--arcs", "--out", str(tmp_path / "gen"), "--quiet"]) == 0
+    assert (tmp_path / "gen" / "sample_00.mid").is_file() and (tmp_path / "gen" / "sample_00.html").is_file()
+    assert main(["attend", str(PRIMER), "--tokens", "48", "--out", str(tmp_path / "att")]) == 0
+    assert (tmp_path / "att" / f"{PRIMER.stem}.arcs.json").is_file()
+
+
+def test_missing_bundled_model_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(checkpoint, "DEFAULT_DIR", tmp_path / "pretrained")
+    assert main(["info"]) == 1
+    assert "bundled model" in capsys.readouterr().err
+
+
+# ---- the card renderer ----
+
+def test_card_renders_from_the_measured_results(tmp_path):
+    results = ROOT / "bench" / "results" / "bundled_model.json"
+    if not results.is_file():
+        pytest.skip(f"{results} not measured yet (python bench/bundled_model.py)")
+    card = _load_script("model_card", ROOT / "bench" / "model_card.py")
+    data = json.loads(results.read_text())
+    text = card.write_card(data, tmp_path / "MODEL_CARD.md").read_text()
+    assert "CC BY-NC-SA 4.0" in text
+    nll = data["evaluations"][f"asap/test/{data['checkpoint']['model']['n_ctx']}"]["nll"]
+    assert f"{nll:.4f}" in text
+    assert data["run"]["command"] in text

@@ -1,0 +1,136 @@
+"""Install a checkpoint as the bundled model: copy its config, weights and tokenizer into musicgpt/pretrained/.
+
+    python tools/install_pretrained.py runs/small-cpu            # the run's best/ checkpoint
+    python tools/install_pretrained.py runs/small-cpu/checkpoints/step-0006000
+    python tools/install_pretrained.py CKPT --dest /tmp/pretrained   # somewhere else (a dry run)
+
+The weights are re-saved from the loaded model (float32, or bfloat16 when float32 would exceed the
+size limit, 25 MB by default), with the source checkpoint's meta (step, tokens, valid NLL) plus
+where they came from, their dtype and their sha256 in config.json. The installed directory is then
+loaded back and checked: same config and tokenizer, and the same logits as the source on a
+stretch of tokens (exactly for float32, closely for bfloat16). Other files in the destination
+(MODEL_CARD.md, LICENSE) are left alone; the weights are written before config.json, so a
+half-finished install is never taken for a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from musicgpt import checkpoint  # noqa: E402
+from musicgpt.errors import CheckpointError  # noqa: E402
+
+MAX_BYTES = 25_000_000  # issue 6: the bundled weights may take at most 25 MB
+FILES = (checkpoint.WEIGHTS, checkpoint.TOKENIZER, checkpoint.CONFIG)  # config.json last: it marks a model
+
+
+def source_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a training run directory's best/ checkpoint."""
+    path = Path(path)
+    if not (path / checkpoint.CONFIG).is_file() and (path / "best" / checkpoint.CONFIG).is_file():
+        return path / "best"
+    return checkpoint.resolve(path)
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def install(source: str | Path, dest: str | Path = checkpoint.DEFAULT_DIR, *, max_bytes: int = MAX_BYTES) -> dict:
+    """Copy the checkpoint `source` into `dest` (float32, or bfloat16 above max_bytes), verify it; returns what was done."""
+    source, dest = source_checkpoint(source), Path(dest)
+    model, tokenizer = checkpoint.load(source)
+    if tokenizer is None:
+        raise CheckpointError(f"checkpoint {source}: has no {checkpoint.TOKENIZER}; the bundled model needs one")
+    _, raw = checkpoint.read_config(source)
+    meta = dict(raw.get("meta") or {})
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.install-", dir=dest.parent) as tmp:
+        staged = Path(tmp) / "ckpt"
+        dtype = None
+        checkpoint.save(model, staged, tokenizer, meta=meta)
+        fp32_bytes = (staged / checkpoint.WEIGHTS).stat().st_size
+        if fp32_bytes > max_bytes:
+            dtype = torch.bfloat16
+            checkpoint.save(model, staged, tokenizer, dtype=dtype, meta=meta)
+        size = (staged / checkpoint.WEIGHTS).stat().st_size
+        if size > max_bytes:
+            raise CheckpointError(f"checkpoint {source}: {size:,} bytes even as bfloat16, over the {max_bytes:,} limit")
+        meta.update({"source": str(source.resolve()), "stored_dtype": "bfloat16" if dtype else "float32",
+                     "weights_sha256": sha256(staged / checkpoint.WEIGHTS),
+                     "installed": datetime.datetime.now().isoformat(timespec="seconds")})
+        checkpoint.save(model, staged, tokenizer, dtype=dtype, meta=meta)
+        if sha256(staged / checkpoint.WEIGHTS) != meta["weights_sha256"]:  # same tensors, so the same bytes
+            raise CheckpointError(f"checkpoint {source}: re-saving the weights did not reproduce them byte for byte")
+        for name in FILES:
+            part = dest / f".{name}.installing"
+            shutil.copyfile(staged / name, part)
+            os.replace(part, dest / name)
+    check = verify(source, dest)
+    return {"source": str(source), "dest": str(dest), "bytes": size, "float32_bytes": fp32_bytes,
+            "stored_dtype": meta["stored_dtype"], "sha256": meta["weights_sha256"], "step": meta.get("step"),
+            "tokens": meta.get("tokens"), "valid_nll": meta.get("valid_nll"), **check}
+
+
+@torch.no_grad()
+def verify(source: str | Path, dest: str | Path, n_tokens: int = 256) -> dict:
+    """Load `dest` back and compare it with `source`: config, tokenizer, and logits on real-looking tokens."""
+    ref_model, ref_tok = checkpoint.load(source_checkpoint(source))
+    model, tok = checkpoint.load(dest)
+    if model.config != ref_model.config:
+        raise CheckpointError(f"installed model {dest}: config differs from {source}")
+    if tok is None or tok.to_dict() != ref_tok.to_dict():
+        raise CheckpointError(f"installed model {dest}: tokenizer differs from {source}")
+    if tok.vocab_size > model.config.vocab_size:
+        raise CheckpointError(f"installed model {dest}: tokenizer has {tok.vocab_size} tokens, model {model.config.vocab_size}")
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, tok.vocab_size, (1, min(n_tokens, model.config.n_ctx)), generator=generator)  # (1, L)
+    ids[0, 0] = tok.bos_id
+    ref = ref_model(ids).logits.float()  # (1, L, V)
+    got = model.float()(ids).logits.float()  # (1, L, V)
+    diff = float((ref - got).abs().max())
+    stored = {t.dtype for t in load_file(str(Path(dest) / checkpoint.WEIGHTS)).values()}
+    exact = stored == {torch.float32}
+    if (exact and diff != 0.0) or diff > 0.5:
+        raise CheckpointError(f"installed model {dest}: logits differ from {source} by up to {diff:.3g}")
+    return {"verified": True, "max_logit_diff": diff, "parameters": model.num_parameters()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Install and print what was installed."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="checkpoint directory, or a training run directory (its best/)")
+    parser.add_argument("--dest", default=str(checkpoint.DEFAULT_DIR), help="where to install (default: %(default)s)")
+    parser.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="size limit of model.safetensors (default 25 MB)")
+    args = parser.parse_args(argv)
+    try:
+        done = install(args.source, args.dest, max_bytes=args.max_bytes)
+    except CheckpointError as exc:
+        print(f"install_pretrained: {exc}", file=sys.stderr)
+        return 1
+    print(f"installed {done['source']} (step {done['step']}, {done['tokens']} tokens) into {done['dest']}: "
+          f"{done['bytes']:,} bytes {done['stored_dtype']}, {done['parameters']:,} parameters, "
+          f"sha256 {done['sha256'][:16]}…, loads back with max logit difference {done['max_logit_diff']:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
