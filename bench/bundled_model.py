@@ -10,7 +10,8 @@ tools/install_pretrained.py):
 
 - NLL per event (nats), perplexity, accuracy and NLL per event type with
   `musicgpt.evaluate.evaluate_checkpoint` (what `musicgpt evaluate` runs) on ASAP's test and valid
-  splits at the trained context and at longer ones (--contexts), and on POP909's test split;
+  splits at the trained context and at longer ones (--contexts), and on POP909's test split; the
+  ASAP test figure at the trained context once more in fp32, to show what bf16 autocast changes;
 - the NLL per piece (composer + title) of ASAP's test split with `musicgpt.evaluate.score` on each
   piece's performances, and their macro average: one piece (La Campanella) is half the split;
 - the absolute-position twin (--abs-run, its best/ checkpoint) on the same data, at the contexts
@@ -445,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-per-piece", type=int, default=2, help="real excerpts per test piece (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first primer's batch (then +1 each)")
     parser.add_argument("--samples-out", type=Path, help="also write the samples (MIDI) here")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: eval,pieces,abs,samples")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: eval,fp32,pieces,abs,samples")
     parser.add_argument("--label", default="final", help="'final', or e.g. 'intermediate (step 1500)' for dev runs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON output (default %(default)s)")
     parser.add_argument("--card", type=Path, help="card output (default: CHECKPOINT/MODEL_CARD.md)")
@@ -489,6 +490,13 @@ def main(argv: list[str] | None = None) -> int:
     if "eval" not in skip:
         print(f"evaluating {ckpt}", file=sys.stderr)
         result["evaluations"] = evaluate_all(ckpt, data, pop909, contexts, args)
+    if "fp32" not in skip and args.precision != "fp32" and "eval" not in skip:
+        print("fp32 check of the headline figure", file=sys.stderr)
+        key, n_ctx = f"asap/test/{info['model']['n_ctx']}", info["model"]["n_ctx"]
+        exact = evaluate(ckpt, data, "test", n_ctx, argparse.Namespace(**{**vars(args), "precision": "fp32"}))
+        fast = result["evaluations"][key]["nll"]
+        result["fp32_check"] = {"figure": key, "nll_fp32": exact["nll"], f"nll_{args.precision}": fast,
+                                "difference": fast - exact["nll"], "seconds": exact["seconds"]}
     if "pieces" not in skip:
         print("NLL per piece (ASAP test)", file=sys.stderr)
         result["per_piece"] = per_piece(ckpt, data, "test", info["model"]["n_ctx"], args)

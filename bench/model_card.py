@@ -1,6 +1,6 @@
 """Render the bundled model's card (MODEL_CARD.md) from bench/results/bundled_model.json.
 
-    python bench/model_card.py                                   # bench/results/bundled_model.json -> musicgpt/pretrained/MODEL_CARD.md
+    python bench/model_card.py            # bench/results/bundled_model.json -> musicgpt/pretrained/MODEL_CARD.md
     python bench/model_card.py RESULTS.json --out DIR/MODEL_CARD.md
 
 Every figure in the card comes from the JSON that bench/bundled_model.py measured (which holds
@@ -74,9 +74,10 @@ def render(r: dict[str, Any]) -> str:
         lines += [f"> **Not the final figures**: {r.get('label')}"
                   + (f"; evaluated on a subset ({r['subset']})" if r.get("subset") else "") + ". "
                   "Regenerate this card with `bench/bundled_model.py` on the shipped weights.", ""]
+    attention = ("relative-position self-attention (Music Transformer, memory-efficient skewing)"
+                 if model["position"] == "relative" else f"{model['position']} position embeddings")
     lines += [
-        f"A {model['n_layer']}-layer decoder-only transformer (GPT-2 style) with "
-        f"{'relative-position self-attention (Music Transformer, memory-efficient skewing)' if model['position'] == 'relative' else model['position'] + ' position embeddings'}, "
+        f"A {model['n_layer']}-layer decoder-only transformer (GPT-2 style) with {attention}, "
         f"{ck['parameters']:,} parameters, trained on real piano performances (ASAP) in the performance-event "
         f"encoding (NOTE_ON, NOTE_OFF, TIME_SHIFT, VELOCITY; {model['vocab_size']} tokens). It continues a primer "
         "with expressive solo piano, and it is what `musicgpt generate`, `evaluate`, `attend`, `info` and "
@@ -86,14 +87,17 @@ def render(r: dict[str, Any]) -> str:
         ["weights", f"`model.safetensors`: {ck['weights_bytes']:,} bytes, {', '.join(ck['stored_dtypes'])}"
          + (f", sha256 `{meta['weights_sha256'][:16]}…`" if meta.get("weights_sha256") else "")],
         ["license", f"**{LICENSE_NAME}** ([terms]({LICENSE_URL})), inherited from the ASAP training data: "
-                    "non-commercial use, share alike, attribution. See `LICENSE` in this folder. (The musicgpt code is MIT.)"],
+                    "non-commercial use, share alike, attribution. See `LICENSE` in this folder. "
+                    "(The musicgpt code is MIT.)"],
         ["training", f"{_n(meta.get('step'))} steps, {_n(meta.get('tokens'))} tokens seen, "
                      f"{_hours(run.get('seconds_at_checkpoint'))} on {machine['cores']} CPU cores "
                      f"({'no GPU' if not machine.get('gpu') else machine['gpu']})"],
     ]
-    if _nll(evals, test_key) is not None:
-        summary_rows.append(["ASAP test NLL", f"**{_nll(evals, test_key):.4f} nats/event** at context {n_ctx} "
-                                              f"(target ≤ {NLL_TARGET}: {'met' if _nll(evals, test_key) <= NLL_TARGET else 'NOT met'})"])
+    test_nll = _nll(evals, test_key)
+    if test_nll is not None:
+        verdict = "met" if test_nll <= NLL_TARGET else "NOT met"
+        summary_rows.append(["ASAP test NLL", f"**{test_nll:.4f} nats/event** at context {n_ctx} "
+                                              f"(target ≤ {NLL_TARGET}: {verdict})"])
     lines += _table(["", ""], summary_rows) + [""]
 
     lines += _data_section(r) + _model_section(ck) + _training_section(r) + _evaluation_section(r)
@@ -113,7 +117,8 @@ def _data_section(r: dict) -> list[str]:
              "M. Sakai, *ASAP: a dataset of aligned scores and performances for piano transcription*, ISMIR 2020): "
              f"{_n(asap.get('n_files'))} real performances of {_n(asap.get('n_pieces'))} classical pieces by "
              f"{_n(asap.get('n_composers'))} composers, recorded on Yamaha Disklavier pianos at the "
-             "Piano-e-Competition, licensed **CC BY-NC-SA 4.0**. The weights are derived from it, so they carry the same "
+             "Piano-e-Competition, licensed **CC BY-NC-SA 4.0**. The weights are derived from it, so they carry "
+             "the same "
              "license: use them for non-commercial purposes, share what you make from them under the same terms, and "
              "credit ASAP and its authors.", "",
              f"Prepared with `musicgpt prepare` (recipe `{asap.get('recipe')}`, sustain pedal folded into note "
@@ -142,8 +147,8 @@ def _training_section(r: dict) -> list[str]:
     train, optim = cfg.get("train", {}), cfg.get("optim", {})
     meta = ck["meta"]
     step_tokens = train.get("batch_size", 0) * train.get("grad_accum", 1) * ck["model"]["n_ctx"]
-    hardware = (f"{machine['cpu']}, {machine['cores']} cores"
-                + (", bf16 autocast on AMX" if machine.get("amx_bf16") and train.get("precision") in ("auto", "bf16") else "")
+    bf16 = machine.get("amx_bf16") and train.get("precision") in ("auto", "bf16")
+    hardware = (f"{machine['cpu']}, {machine['cores']} cores" + (", bf16 autocast on AMX" if bf16 else "")
                 + f"; {'GPU: ' + machine['gpu'] if machine.get('gpu') else 'no GPU was available for this model'}")
     lines = ["## Training", "",
              "```bash",
@@ -156,16 +161,18 @@ def _training_section(r: dict) -> list[str]:
                   f"{_n(run['steps_planned'])} planned steps)"],
         ["tokens seen", f"{_n(meta.get('tokens'))} ({step_tokens:,} per step: batch {train.get('batch_size')} × "
                         f"grad accumulation {train.get('grad_accum')} × context {ck['model']['n_ctx']})"],
-        ["optimizer", f"AdamW, lr {optim.get('lr')} → {optim.get('min_lr')} (warmup {optim.get('warmup_steps')}, cosine), "
-                      f"weight decay {optim.get('weight_decay')}, betas ({optim.get('beta1')}, {optim.get('beta2')}), "
+        ["optimizer", f"AdamW, lr {optim.get('lr')} → {optim.get('min_lr')} "
+                      f"(warmup {optim.get('warmup_steps')}, cosine), weight decay {optim.get('weight_decay')}, "
+                      f"betas ({optim.get('beta1')}, {optim.get('beta2')}), "
                       f"grad clip {optim.get('grad_clip')}"],
         ["precision", f"`{train.get('precision')}`"],
         ["hardware", hardware],
         ["software", f"torch {machine['torch']}, Python {machine['python']}"],
         ["started", run.get("started") or "n/a"],
         ["last logged", run.get("last_logged") or "n/a"],
-        ["training time", f"{_hours(run.get('seconds_at_checkpoint'))} to these weights, {_hours(run.get('train_seconds'))} "
-                          f"for the whole run (metrics.csv `time_s`: training steps, evaluation pauses excluded); "
+        ["training time", f"{_hours(run.get('seconds_at_checkpoint'))} to these weights, "
+                          f"{_hours(run.get('train_seconds'))} for the whole run "
+                          "(metrics.csv `time_s`: training steps, evaluation pauses excluded); "
                           f"median {_n(run.get('median_tokens_per_s'))} tokens/s on a machine shared with other work"],
         ["final train loss", f"{_f(run.get('final_train_loss'))} (mean of the last 10 logged)"],
         ["best validation NLL", f"{_f(run.get('best_valid_nll'), 4)} (the training loop's fixed validation windows)"],
@@ -196,6 +203,10 @@ def _evaluation_section(r: dict) -> list[str]:
     if evals:
         lines += _table(["corpus", "split", "context", "documents", "events", "NLL", "perplexity", "accuracy"],
                         _eval_rows(evals)) + [""]
+        check = r.get("fp32_check")
+        if check:
+            lines += [f"The same {check['figure'].replace('/', ' ')} figure in fp32: {check['nll_fp32']:.4f} "
+                      f"(bf16 autocast differs by {check['difference']:+.5f}).", ""]
         test = evals.get(f"asap/test/{n_ctx}")
         if test and test.get("per_type"):
             lines += [f"### Per event type (ASAP test, context {n_ctx})", ""]
@@ -209,7 +220,8 @@ def _evaluation_section(r: dict) -> list[str]:
                   f"One piece dominates the test split ({largest['piece'].replace('|', ': ').replace('_', ' ')}: "
                   f"{100 * largest['share_of_events']:.0f}% of its events), so the pooled figure is mostly that piece. "
                   f"Macro average over the {len(pp['pieces'])} pieces: **{pp['macro_nll']:.4f}**; pooled "
-                  f"{pp['pooled_nll']:.4f}; pooled without the largest piece {_f(pp['pooled_nll_without_largest'], 4)}.", ""]
+                  f"{pp['pooled_nll']:.4f}; pooled without the largest piece "
+                  f"{_f(pp['pooled_nll_without_largest'], 4)}.", ""]
         lines += _table(["composer", "piece", "performances", "events", "NLL", "accuracy"],
                         [[p["composer"], p["title"], str(p["performances"]), f"{p['events']:,}", f"{p['nll']:.4f}",
                           f"{p['accuracy']:.4f}"] for p in pp["pieces"]]) + [""]
@@ -234,7 +246,8 @@ def _twin_section(r: dict, twin: dict) -> list[str]:
     rel, ab = r.get("evaluations") or {}, twin.get("evaluations") or {}
     tm = twin["checkpoint"]["meta"]
     lines = ["### Relative attention vs the absolute-position twin (same budget)", "",
-             f"The twin (`{twin['run']['config_file'] or twin['run']['dir']}`) is the same model and recipe with learned "
+             f"The twin (`{twin['run']['config_file'] or twin['run']['dir']}`) is the same model and recipe with "
+             "learned "
              f"absolute position embeddings instead of relative attention ({twin['checkpoint']['parameters']:,} "
              f"parameters), trained with the same step budget (its best weights: step {_n(tm.get('step'))}, "
              f"{_n(tm.get('tokens'))} tokens). Lower is better; an absolute model cannot read past its "
@@ -253,7 +266,8 @@ def _samples_section(s: dict) -> list[str]:
     lines = ["## Samples and degeneracy", "",
              f"{s['n_generated']} continuations of {s['seconds']:.0f} s: {s['samples_per_primer']} per primer, from the "
              f"first {s['primer_seconds']:.0f} s of one ASAP test performance of each of {len(s['primers'])} pieces "
-             f"({primers}); seeds {s['seed']}…{s['seed'] + len(s['primers']) - 1}, default sampling (temperature 1, no "
+             f"({primers}); seeds {s['seed']}…{s['seed'] + len(s['primers']) - 1}, default sampling "
+             "(temperature 1, no "
              f"top-k/top-p). Stop reasons: {', '.join(f'{k} {v}' for k, v in s['stop_reasons'].items())}. The same "
              f"measures on {s['n_real']} real excerpts of the same length (seconds {s['primer_seconds']:.0f}–"
              f"{s['primer_seconds'] + s['seconds']:.0f} of up to 2 performances of every test piece), with "

@@ -55,7 +55,7 @@ def sha256(path: Path) -> str:
 
 
 def install(source: str | Path, dest: str | Path = checkpoint.DEFAULT_DIR, *, max_bytes: int = MAX_BYTES) -> dict:
-    """Copy the checkpoint `source` into `dest` (float32, or bfloat16 above max_bytes), verify it; returns what was done."""
+    """Copy checkpoint `source` into `dest` (float32, or bfloat16 above max_bytes) and verify it; returns a summary."""
     source, dest = source_checkpoint(source), Path(dest)
     model, tokenizer = checkpoint.load(source)
     if tokenizer is None:
@@ -100,7 +100,8 @@ def verify(source: str | Path, dest: str | Path, n_tokens: int = 256) -> dict:
     if tok is None or tok.to_dict() != ref_tok.to_dict():
         raise CheckpointError(f"installed model {dest}: tokenizer differs from {source}")
     if tok.vocab_size > model.config.vocab_size:
-        raise CheckpointError(f"installed model {dest}: tokenizer has {tok.vocab_size} tokens, model {model.config.vocab_size}")
+        raise CheckpointError(f"installed model {dest}: tokenizer has {tok.vocab_size} tokens, "
+                              f"model {model.config.vocab_size}")
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, tok.vocab_size, (1, min(n_tokens, model.config.n_ctx)), generator=generator)  # (1, L)
     ids[0, 0] = tok.bos_id
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="checkpoint directory, or a training run directory (its best/)")
     parser.add_argument("--dest", default=str(checkpoint.DEFAULT_DIR), help="where to install (default: %(default)s)")
-    parser.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="size limit of model.safetensors (default 25 MB)")
+    parser.add_argument("--max-bytes", type=int, default=MAX_BYTES,
+                        help="size limit of model.safetensors (default 25 MB)")
     args = parser.parse_args(argv)
     try:
         done = install(args.source, args.dest, max_bytes=args.max_bytes)
