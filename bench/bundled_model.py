@@ -1,7 +1,11 @@
 """Everything the bundled model's card reports, measured with the project's own functions, in one command.
 
-    python bench/bundled_model.py --run runs/small-cpu --abs-run runs/small-cpu-abs \\
-        --data data/asap --pop909 data/pop909 --threads 2
+    python bench/bundled_model.py --install runs/small-cpu --run runs/small-cpu \\
+        --abs-run runs/small-cpu-abs --data data/asap --pop909 data/pop909 --threads 2
+
+    # the twin later, keeping the rest of the results of the same weights:
+    python bench/bundled_model.py --run runs/small-cpu --abs-run runs/small-cpu-abs --data data/asap \\
+        --pop909 data/pop909 --threads 2 --update --skip eval,fp32,pieces,samples
 
 writes bench/results/bundled_model.json and renders musicgpt/pretrained/MODEL_CARD.md from it
 (bench/model_card.py). What it measures, on the weights installed in --checkpoint (default: the
@@ -35,6 +39,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -449,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="comma list of parts to skip: eval,fp32,pieces,abs,samples")
     parser.add_argument("--label", default="final", help="'final', or e.g. 'intermediate (step 1500)' for dev runs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON output (default %(default)s)")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the parts of an existing --out (same weights) that this call skips, e.g. "
+                             "--update --skip eval,fp32,pieces,samples --abs-run DIR adds the twin later")
     parser.add_argument("--card", type=Path, help="card output (default: CHECKPOINT/MODEL_CARD.md)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -478,15 +486,16 @@ def main(argv: list[str] | None = None) -> int:
         pop909 = make_subset_dir(args.pop909, Path(scratch.name) / "pop909", args.max_docs) if pop909 else None
 
     run = run_info(args.run, info["meta"].get("step"))
-    result: dict[str, Any] = {
+    command = "python bench/bundled_model.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    result: dict[str, Any] = previous_results(args.out, info) if args.update else {}
+    result.update({
         "label": args.label, "subset": f"at most {args.max_docs} documents per split" if args.max_docs else None,
         "caveat": CAVEAT, "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-        "command": "python bench/bundled_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command, "commands": result.get("commands", []) + [command],
         "precision": args.precision, "threads": args.threads, "contexts": contexts,
-        "checkpoint": info, "installed": installed,
-        "run": run, "data": {"asap": data_info(args.data),
-                                           "pop909": data_info(args.pop909) if args.pop909 else None},
-    }
+        "checkpoint": info, "installed": installed or result.get("installed"),
+        "run": run, "data": {"asap": data_info(args.data), "pop909": data_info(args.pop909) if args.pop909 else None},
+    })
     if "eval" not in skip:
         print(f"evaluating {ckpt}", file=sys.stderr)
         result["evaluations"] = evaluate_all(ckpt, data, pop909, contexts, args)
@@ -524,6 +533,17 @@ def main(argv: list[str] | None = None) -> int:
     card = write_card(json.loads(args.out.read_text()), args.card or ckpt / "MODEL_CARD.md")
     print(f"wrote {card}")
     return 0
+
+
+def previous_results(path: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """The results JSON at `path`, to be updated part by part; it must describe the same weights."""
+    if not path.is_file():
+        return {}
+    previous = json.loads(path.read_text())
+    before = previous.get("checkpoint", {}).get("meta", {}).get("weights_sha256")
+    if before != info["meta"].get("weights_sha256"):
+        raise SystemExit(f"--update: {path} describes other weights (sha256 {before}); run without --update")
+    return previous
 
 
 def _json_default(value):

@@ -303,7 +303,7 @@ def _limitations(r: dict) -> list[str]:
 
 
 def _reproduce(r: dict) -> list[str]:
-    return ["## Reproduce these figures", "", "```bash", r["command"], "```", "",
+    return ["## Reproduce these figures", "", "```bash", *(r.get("commands") or [r["command"]]), "```", "",
             f"Measured on {r['date']} ({r['caveat']})", ""]
 
 
