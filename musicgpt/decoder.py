@@ -1,15 +1,26 @@
 """One-token decoding steps of a MusicGPT over its KV cache: the fast path of generation.
 
-At batch 1 on a CPU a decode step is bound by per-op dispatch and by reading the weights, not by
-arithmetic. `MusicGPT.forward` serves training, prefill and analysis (blocked relative attention,
-masks, dropout modules, an output object); a step with one query needs none of that: it sees
-every key in the cache window, so there is no mask, and its relative logits are one GEMV per head
-against the contiguous slice of embeddings for distances n-1 … 0. `Decoder.step` runs the same
-arithmetic as `MusicGPT.forward(ids, cache=cache)` for one new token per sequence with plain
-functional calls on the model's own parameters (only the query projection is copied, with the
-1/sqrt(head_dim) scale folded in: one op less per layer), and hands back each layer's attention
-probabilities for free when asked. tests/test_generation.py pins it to the model's full forward
-pass (1e-4), so a change to the model that this file does not follow fails there.
+At batch 1 on a CPU a decode step is bound by reading memory (the weights, then the cached keys,
+values and relative embeddings: ~38 MB a step for the `small` preset once the window is full)
+and by per-op dispatch, not by arithmetic. `MusicGPT.forward` serves training, prefill and
+analysis (blocked relative attention, masks, dropout modules, an output object); a step with one
+query needs none of that: it sees every key in the cache window, so there is no mask, and its
+relative logits are one GEMV per head against the embeddings of distances n-1 … 0.
+
+`Decoder.step` runs the same arithmetic as `MusicGPT.forward(ids, cache=cache)` for one new token
+per sequence, with each operand laid out for the GEMV that reads it:
+
+- weights pre-transposed to (in, out) with the bias in an extra last row for the two residual
+  projections, so `x.addmm_(y1, W)` (y1 = [y, 1]) is projection, bias and residual in one op; the
+  query rows of the fused qkv projection carry the 1/sqrt(head_dim) scale;
+- keys transposed in the cache (`KVCache.keys_t`, (H, B, D, slots)), the relative embeddings
+  transposed and extended to the window once per decoder ((H, D, window), distance n-1 … 0 left to
+  right), so both logit terms are q (1, D) @ (D, n) on contiguous n-long rows;
+- the new key and value written straight into their cache slot, no per-step allocation of caches.
+
+It hands back each layer's attention probabilities for free when asked. tests/test_generation.py
+pins every step to the model's full forward pass (1e-4), so a change to the model that this file
+does not follow fails there.
 """
 
 from __future__ import annotations
@@ -26,95 +37,155 @@ from musicgpt.model import MusicGPT
 
 
 class Decoder:
-    """Decode steps of one model (eval semantics: no dropout); build one per generation, after any training."""
+    """Decode steps of one model (eval semantics: no dropout); build one per generation, after any training.
+
+    The decoder holds re-laid-out copies of the weights (about the model's size again), taken when
+    it is built: a model changed afterwards needs a new Decoder.
+    """
 
     def __init__(self, model: MusicGPT):
         cfg = model.config
         self.config = cfg
         self.n_head, self.head_dim, self.d_model = cfg.n_head, cfg.head_dim, cfg.d_model
-        self.scale = 1.0 / math.sqrt(cfg.head_dim)
         self.relative = cfg.position in ("relative", "both")
         self.absolute = cfg.position in ("absolute", "both")
-        self.tok_emb = model.tok_emb.weight
-        self.pos_emb = model.pos_emb.weight if self.absolute else None
-        self.lm_head = model.lm_head.weight
-        self.ln_f = (model.ln_f.weight, model.ln_f.bias, model.ln_f.eps)
-        self.layers = []
-        for block in model.blocks:
-            attn, mlp = block.attn, block.mlp
-            wqkv, bqkv = _scaled_queries(attn.qkv.weight, attn.qkv.bias, cfg.d_model, self.scale)
-            self.layers.append((
-                block.ln_1.weight, block.ln_1.bias, block.ln_1.eps,
-                wqkv, bqkv, attn.rel_emb if self.relative else None,
-                attn.proj.weight, attn.proj.bias,
-                block.ln_2.weight, block.ln_2.bias, block.ln_2.eps,
-                mlp.fc.weight, mlp.fc.bias, mlp.proj.weight, mlp.proj.bias,
-            ))
-        self._far: dict[tuple[int, int], Tensor] = {}  # (layer, window) -> distances window-1 … 0
+        scale = 1.0 / math.sqrt(cfg.head_dim)
+        with torch.no_grad():
+            self.tok_emb = model.tok_emb.weight.detach()
+            self.pos_emb = model.pos_emb.weight.detach() if self.absolute else None
+            self.lm_head = model.lm_head.weight.detach()
+            self.ln_f = (model.ln_f.weight, model.ln_f.bias, model.ln_f.eps)
+            self.layers = []
+            self._rel = []
+            for block in model.blocks:
+                attn, mlp = block.attn, block.mlp
+                wqkv = attn.qkv.weight.detach().t().contiguous()  # (C, 3C): queries first, scaled
+                wqkv[:, : cfg.d_model] *= scale
+                bqkv = _bias(attn.qkv.bias, 3 * cfg.d_model, wqkv)
+                bqkv[: cfg.d_model] *= scale
+                self.layers.append((
+                    block.ln_1.weight, block.ln_1.bias, block.ln_1.eps, wqkv, bqkv,
+                    _with_bias_row(attn.proj.weight, attn.proj.bias),  # (C + 1, C)
+                    block.ln_2.weight, block.ln_2.bias, block.ln_2.eps,
+                    mlp.fc.weight.detach().t().contiguous(), _bias(mlp.fc.bias, cfg.d_ff, wqkv),  # (C, F), (F,)
+                    _with_bias_row(mlp.proj.weight, mlp.proj.bias),  # (F + 1, C)
+                ))
+                self._rel.append(attn.rel_emb.detach() if self.relative else None)
+        self._tables: dict[int, list[Tensor | None]] = {}  # window -> per layer (H, D, window)
+        self._last: tuple[int, list[Tensor | None]] = (0, [])
+        self._work: dict[int, _Workspace] = {}  # per batch size
 
-    def _embeddings(self, layer: int, rel: Tensor, n: int, window: int) -> Tensor:
-        """Embeddings of distances n-1 … 0, (H, n, D); distances of R-1 and more share row 0."""
-        r = rel.shape[1]
-        if n <= r:
-            return rel[:, r - n :]
-        table = self._far.get((layer, window))
-        if table is None:  # built once per generation: the clipped row repeated up to the window
-            table = self._far[(layer, window)] = torch.cat([rel[:, :1].expand(-1, window - r, -1), rel], dim=1)
-        return table[:, table.shape[1] - n :]
+    def relative_tables(self, window: int) -> list[Tensor | None]:
+        """Per layer the transposed embeddings of distances window-1 … 0, (H, D, window); built once per window.
 
-    @torch.no_grad()  # not inference_mode: tensors made there cannot be updated in place outside it
+        Distances of R-1 and more share the embedding of R-1 (row 0 of the model's table).
+        """
+        if window == self._last[0]:
+            return self._last[1]
+        tables = self._tables.get(window)
+        if tables is None:
+            tables = self._tables[window] = [None if rel is None else _extend(rel, window).transpose(1, 2).contiguous()
+                                             for rel in self._rel]
+        self._last = (window, tables)
+        return tables
+
     def step(self, tokens: Tensor, cache: KVCache, need_attention: bool = False
              ) -> tuple[Tensor, list[Tensor] | None]:
         """Logits (B, vocab) after feeding one token per sequence, (B,); attention per layer (B, H, n) if asked.
 
         The cache advances by one; the last of the n attention columns is the new token itself.
         """
+        if torch.is_grad_enabled():  # a no_grad decorator would cost its enter/exit on every step
+            with torch.no_grad():  # not inference_mode: its tensors cannot be updated in place outside it
+                return self._step(tokens, cache, need_attention)
+        return self._step(tokens, cache, need_attention)
+
+    def _step(self, tokens: Tensor, cache: KVCache, need_attention: bool) -> tuple[Tensor, list[Tensor] | None]:
         b = tokens.shape[0]
         h, d, c = self.n_head, self.head_dim, self.d_model
         pos = cache.length
-        x = F.embedding(tokens, self.tok_emb)  # (B, C)
+        x = F.embedding(tokens, self.tok_emb)  # (B, C), a fresh tensor: updated in place below
         if self.absolute:
             if pos >= self.config.n_ctx:
                 raise ConfigError(f"position {pos} is past n_ctx={self.config.n_ctx} of a model with absolute "
                                   "positions; only position='relative' can slide its window")
-            x = x + self.pos_emb[pos]
+            x += self.pos_emb[pos]
+        if cache.values is None:
+            cache.allocate(h, b, d, x.dtype, x.device)
+        elif cache.batch != b:
+            raise ValueError(f"cache holds a batch of {cache.batch} sequences, got {b}; "
+                             "start a new cache for a new batch")
+        ws = self._work.get(b) or self._work.setdefault(b, _Workspace(self, b))
+        qkv, q, k_new, v_new, y1, y, h1, hid = ws.qkv, ws.q, ws.k, ws.v, ws.y1, ws.y, ws.h1, ws.hid
         cache.begin(1)
+        n = cache.n_past + 1
+        far = cache.window - n  # the tables' first column for distance n-1
+        tables = self.relative_tables(cache.window)
         attentions = [] if need_attention else None
-        for i, (w1, b1, e1, wqkv, bqkv, rel, wo, bo, w2, b2, e2, wfc, bfc, wpr, bpr) in enumerate(self.layers):
-            a = torch.layer_norm(x, (c,), w1, b1, e1)
-            q, k, v = F.linear(a, wqkv, bqkv).view(b, 3, h, 1, d).unbind(1)  # each (B, H, 1, D)
-            keys, values = cache.update(i, k, v)  # (B, H, n, D): the window, the new token last
-            n = keys.shape[2]
-            if b == 1:  # (H, 1, n): batched GEMVs over heads on views of the cache
-                s = torch.bmm(q[0], keys[0].transpose(1, 2))
-                if rel is not None:
-                    s.baddbmm_(q[0], self._embeddings(i, rel, n, cache.window).transpose(1, 2))
-                p = torch.softmax(s, dim=-1)
-                y = torch.bmm(p, values[0])  # (H, 1, D)
-                p = p.view(1, h, n)
+        slots, windows = cache.decode_views()
+        for (w1, b1, e1, wqkv, bqkv, wo, w2, b2, e2, wfc, bfc, wpr), (k_slot, v_slot), (keys, values), table in zip(
+                self.layers, slots, windows, tables):
+            torch.addmm(bqkv, torch.layer_norm(x, (c,), w1, b1, e1), wqkv, out=qkv)  # (B, 3C)
+            k_slot.copy_(k_new)  # (H, B, D) into the cache
+            v_slot.copy_(v_new)
+            if b > 1:
+                ws.q_heads.copy_(ws.q_src)
+            s = torch.bmm(q, keys)  # (HB, 1, n): q · k
+            if table is not None:  # + q · e(distance): one GEMM per head over the batch
+                s.view(h, b, n).baddbmm_(ws.q_hbd, table if far == 0 else table.narrow(2, far, n))
+            p = torch.softmax(s, dim=-1)
+            if b == 1:  # straight into the [y, 1] buffer
+                torch.bmm(p, values, out=ws.y_heads)
             else:
-                s = torch.matmul(q, keys.transpose(2, 3)).view(b, h, n)  # (B, H, n)
-                if rel is not None:  # one GEMM per head over the batch: (H, B, D) x (H, D, n)
-                    e = self._embeddings(i, rel, n, cache.window)
-                    s += torch.bmm(q.view(b, h, d).transpose(0, 1), e.transpose(1, 2)).transpose(0, 1)
-                p = torch.softmax(s, dim=-1)
-                y = torch.matmul(p.unsqueeze(2), values)  # (B, H, 1, D)
+                y.copy_(torch.bmm(p, values).view(h, b, d).transpose(0, 1).reshape(b, c))
             if need_attention:
-                attentions.append(p)
-            x = x + F.linear(y.reshape(b, c), wo, bo)
-            a = torch.layer_norm(x, (c,), w2, b2, e2)
-            x = x + F.linear(F.gelu(F.linear(a, wfc, bfc), approximate="tanh"), wpr, bpr)
+                attentions.append(p.view(h, b, n).transpose(0, 1))  # (B, H, n)
+            x.addmm_(y1, wo)  # x + y Wo + bo
+            torch.addmm(bfc, torch.layer_norm(x, (c,), w2, b2, e2), wfc, out=hid)
+            torch._C._nn.gelu_(hid, approximate="tanh")
+            x.addmm_(h1, wpr)  # x + gelu(.) Wpr + bpr
         cache.advance()
         w, bias, eps = self.ln_f
         return F.linear(torch.layer_norm(x, (c,), w, bias, eps), self.lm_head), attentions
 
 
-def _scaled_queries(weight: Tensor, bias: Tensor | None, d_model: int, scale: float) -> tuple[Tensor, Tensor | None]:
-    """A copy of the fused qkv projection whose query rows are multiplied by `scale`."""
-    with torch.no_grad():
-        weight = weight.detach().clone()
-        weight[:d_model] *= scale
-        if bias is not None:
-            bias = bias.detach().clone()
-            bias[:d_model] *= scale
-    return weight, bias
+class _Workspace:
+    """Buffers of one batch size reused by every layer and step, with their views made once."""
+
+    def __init__(self, dec: Decoder, b: int):
+        h, d, c = dec.n_head, dec.head_dim, dec.d_model
+        like = dec.tok_emb
+        self.qkv = like.new_empty(b, 3 * c)
+        heads = self.qkv.view(b, 3, h, d)
+        self.q_src, self.k, self.v = (heads[:, i].transpose(0, 1) for i in range(3))  # (H, B, D) views
+        self.q_heads = self.q_src if b == 1 else like.new_empty(h, b, d)  # contiguous for bmm over H*B
+        self.q = self.q_heads.reshape(h * b, 1, d)  # a view either way
+        self.q_hbd = self.q_heads  # (H, B, D) for the relative GEMM
+        self.y1 = like.new_ones(b, c + 1)  # [y, 1]: the bias row of the projection multiplies the 1
+        self.y = self.y1[:, :c]
+        self.y_heads = self.y.view(h, 1, d) if b == 1 else None
+        self.h1 = like.new_ones(b, dec.config.d_ff + 1)  # [gelu(fc), 1]
+        self.hid = self.h1[:, : dec.config.d_ff]
+
+
+def _bias(bias: Tensor | None, size: int, like: Tensor) -> Tensor:
+    """A copy of a Linear's bias, zeros when it has none."""
+    return like.new_zeros(size) if bias is None else bias.detach().clone()
+
+
+def _with_bias_row(weight: Tensor, bias: Tensor | None) -> Tensor:
+    """(in + 1, out): the transposed weight with the bias as its last row (zeros without one)."""
+    out_features, in_features = weight.shape
+    w = weight.new_zeros(in_features + 1, out_features)
+    w[:in_features] = weight.detach().t()
+    if bias is not None:
+        w[in_features] = bias.detach()
+    return w
+
+
+def _extend(rel: Tensor, n: int) -> Tensor:
+    """Embeddings of distances n-1 … 0, (H, n, D), from the model's (H, R, D) table (descending distance)."""
+    r = rel.shape[1]
+    if n <= r:
+        return rel[:, r - n :]
+    return torch.cat([rel[:, :1].expand(-1, n - r, -1), rel], dim=1)

@@ -37,7 +37,7 @@ from musicgpt.decoder import Decoder
 from musicgpt.errors import ConfigError, MidiError
 from musicgpt.notes import Notes
 from musicgpt.primer import primer_ids
-from musicgpt.sampling import GrammarMask, SamplingConfig, make_generator, sample
+from musicgpt.sampling import GrammarMask, GumbelNoise, SamplingConfig, make_generator, sample
 
 DEFAULT_NEW_TOKENS = 1024
 TOKENS_PER_SECOND_CAP = 200  # with `seconds` alone, stop after this many tokens per second asked (real piano: ~35)
@@ -210,7 +210,7 @@ def _run(model, tokenizer, prompt: np.ndarray, max_new: int, seconds: float | No
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_id, tokenizer.pad_id
     is_note_on = query_rows(tokenizer, np.arange(tokenizer.vocab_size))
-    grammar = GrammarMask(tokenizer, batch, allow_eos=stop_at_eos)
+    grammar = GrammarMask(tokenizer, batch, allow_eos=stop_at_eos, width=model.config.vocab_size)
     for b in range(batch):
         grammar.feed(b, prompt)
     recorders = [AttentionRecorder(arcs_config) for _ in range(batch)] if arcs_config else None
@@ -219,12 +219,14 @@ def _run(model, tokenizer, prompt: np.ndarray, max_new: int, seconds: float | No
     queries = np.broadcast_to(is_note_on[prompt], (batch, len(prompt)))
     logits = teacher_force(model, x, cache, recorders, queries, chunk=chunk)
     decoder = Decoder(model)
-    generator = make_generator(seed)
+    noise = GumbelNoise(make_generator(seed), batch, model.config.vocab_size)
     seqs = [prompt.tolist() for _ in range(batch)]
     clock = np.zeros(batch)  # seconds of new music per sample
     reasons: list[str | None] = [None] * batch
     kept_logits: list[list[torch.Tensor]] = [[] for _ in range(batch)]
-    generic = torch.from_numpy(grammar._generic)
+    feed = torch.zeros(batch, dtype=torch.long)  # the tokens fed each step, written through a numpy view
+    feed_np = feed.numpy()
+    on_cpu = device.type == "cpu"
     bar = _progress_bar(max_new, seconds, progress)
     shown = started = time.monotonic()
     n_steps = 0
@@ -233,32 +235,34 @@ def _run(model, tokenizer, prompt: np.ndarray, max_new: int, seconds: float | No
             active = [b for b in range(batch) if reasons[b] is None]
             if not active:
                 break
-            logits = logits.float().cpu()
+            if logits.dtype != torch.float32 or not on_cpu:
+                logits = logits.float().cpu()
             if return_logits:
                 for b in active:
                     kept_logits[b].append(logits[b].clone())
-            allowed = torch.stack([torch.from_numpy(grammar.allowed_row(b)) if reasons[b] is None else generic
-                                   for b in range(batch)])
-            tokens = sample(logits, sampling, generator, allowed).tolist()
+            tokens = sample(logits, sampling, None, blocked=grammar.blocked,
+                            noise=None if sampling.greedy else noise.next()).tolist()
             n_steps += 1
-            for b in range(batch):
+            for b in active:
                 t = tokens[b]
-                if reasons[b] is not None:
-                    tokens[b] = pad
-                elif t == eos:
-                    reasons[b], tokens[b] = "eos", pad
-                else:
-                    seqs[b].append(t)
-                    grammar.push(b, t)
-                    clock[b] += shift_seconds[t]
-                    if seconds is not None and clock[b] >= seconds - 1e-9:
-                        reasons[b] = "seconds"
+                if t == eos:
+                    reasons[b] = "eos"
+                    grammar.finish(b)
+                    continue
+                seqs[b].append(t)
+                grammar.push(b, t)
+                clock[b] += shift_seconds[t]
+                if seconds is not None and clock[b] >= seconds - 1e-9:
+                    reasons[b] = "seconds"
+                    grammar.finish(b)
+            for b in range(batch):
+                feed_np[b] = tokens[b] if b in active and tokens[b] != eos else pad
             capture = recorders is not None and [b for b in active if is_note_on[tokens[b]]]
             last = step == max_new - 1 or all(r is not None for r in reasons)
             if not last or capture:  # the last token is fed only when its attention row is wanted
                 key_start, position = cache.length - cache.n_past, cache.length
-                feed = torch.tensor(tokens, dtype=torch.long, device=device)
-                logits, attentions = decoder.step(feed, cache, need_attention=bool(capture))
+                logits, attentions = decoder.step(feed if on_cpu else feed.to(device), cache,
+                                                  need_attention=bool(capture))
                 if capture:
                     probs = torch.stack(attentions)  # (L, B, H, n)
                     for b in capture:

@@ -2,8 +2,11 @@
 
 Order of operations on one row of logits: tokens the grammar forbids get -inf; temperature
 divides; top-k keeps the k most likely; top-p keeps the smallest set whose probability reaches p;
-min-p drops tokens less likely than min_p times the most likely one; one token is drawn by
-inverse CDF with a uniform from a `torch.Generator` seeded by the caller (temperature 0: the argmax).
+min-p drops tokens less likely than min_p times the most likely one; one token is drawn by the
+Gumbel-max trick, argmax(logits + g) with g = -log(-log(u)), u uniform from a `torch.Generator`
+seeded by the caller (temperature 0: the argmax). That is an exact draw from softmax(logits) in
+two ops on the logits (an add and an argmax) instead of softmax, cumulative sum, search and clamp;
+`GumbelNoise` draws the noise of many steps in one call, so a generation step adds no RNG op.
 Every filter keeps the most likely allowed token, so a row never ends up empty.
 
 `GrammarMask` tracks one `GrammarState` per sequence (the tokenizer's rules: no NOTE_OFF for a
@@ -66,20 +69,47 @@ def filter_logits(logits: Tensor, config: SamplingConfig) -> Tensor:
     return logits
 
 
-def sample(logits: Tensor, config: SamplingConfig, generator: torch.Generator,
-           allowed: Tensor | None = None) -> Tensor:
-    """One token id per row of (B, V) logits, (B,) int64; `allowed` (B, V) bool masks the rest out."""
+def sample(logits: Tensor, config: SamplingConfig, generator: torch.Generator | None,
+           allowed: Tensor | None = None, *, blocked: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+    """One token id per row of (B, V) logits, (B,) int64; `allowed` (B, V) bool masks the rest out.
+
+    `blocked` (B, V) bool is the complement of `allowed` (as `GrammarMask.blocked` keeps it).
+    `noise` (B, V): standard Gumbel noise for this draw (a `GumbelNoise` row); drawn from
+    `generator` when None.
+    """
     logits = logits.float()
     if allowed is not None:
-        logits = logits.masked_fill(~allowed, float("-inf"))
+        blocked = ~allowed
+    if blocked is not None:
+        logits = logits.masked_fill(blocked, float("-inf"))
     if config.greedy:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits, config), dim=-1)
-    # Inverse CDF: the first token whose cumulative mass exceeds u. A token of zero probability adds
-    # nothing to the sum, so it is never chosen. One draw per row; 5x cheaper than torch.multinomial.
-    cdf = probs.cumsum(dim=-1)  # (B, V)
-    u = torch.rand((probs.shape[0], 1), generator=generator) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).view(-1).clamp_(max=probs.shape[-1] - 1)
+    filtered = filter_logits(logits, config)
+    if noise is None:
+        noise = gumbel(filtered.shape, generator)
+    if filtered is not logits or blocked is not None:  # a fresh tensor: add in place
+        return filtered.add_(noise).argmax(dim=-1)
+    return (filtered + noise).argmax(dim=-1)
+
+
+def gumbel(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """Standard Gumbel noise, float32: -log(-log(u)) with u uniform in (0, 1)."""
+    u = torch.rand(shape, generator=generator).clamp_(min=torch.finfo(torch.float32).tiny)
+    return u.log_().neg_().log_().neg_()
+
+
+class GumbelNoise:
+    """Gumbel noise rows (B, V) for successive sampling steps, drawn `chunk` steps at a time."""
+
+    def __init__(self, generator: torch.Generator, batch: int, vocab_size: int, chunk: int = 256):
+        self.generator, self.shape, self.chunk = generator, (chunk, batch, vocab_size), chunk
+        self._rows: list[Tensor] = []
+
+    def next(self) -> Tensor:
+        """The noise of the next step, (B, V)."""
+        if not self._rows:
+            self._rows = list(gumbel(self.shape, self.generator).unbind(0))[::-1]
+        return self._rows.pop()
 
 
 def make_generator(seed: int) -> torch.Generator:
@@ -92,11 +122,19 @@ def make_generator(seed: int) -> torch.Generator:
 class GrammarMask:
     """Per-sequence grammar states of a tokenizer and the (B, V) mask of tokens allowed next.
 
+    `allowed` is kept up to date by `push` in a few scalar writes for the PerformanceTokenizer's
+    grammar (a NOTE_ON closes its pitch to NOTE_ON, a NOTE_OFF reopens it, a TIME_SHIFT opens the
+    NOTE_OFFs of the notes begun in the step, a VELOCITY leaves only NOTE_ONs); anything else (a
+    token that was not allowed, EOS, a tokenizer with other rules) recomputes the row from the
+    GrammarState. `blocked` (B, V) torch bool shares memory with `~allowed`: the sampler masks with it
+    without building a tensor per step. tests/test_sampling.py checks the rows against the
+    GrammarState at every step.
+
     Tokenizers without a `grammar()` (the miditok ones) get the generic rule only: no PAD, no
     BOS after the start, EOS only when allowed.
     """
 
-    def __init__(self, tokenizer, batch: int, allow_eos: bool = True):
+    def __init__(self, tokenizer, batch: int, allow_eos: bool = True, width: int | None = None):
         self.tokenizer = tokenizer
         self.vocab_size = int(tokenizer.vocab_size)
         self.allow_eos = allow_eos
@@ -105,27 +143,109 @@ class GrammarMask:
         for special in (tokenizer.pad_id, tokenizer.bos_id):
             self._generic[special] = False
         self._generic[tokenizer.eos_id] = allow_eos
+        # (B, width): `width` is the model's vocabulary when it has ids the tokenizer never uses (always blocked)
+        full = np.ones((batch, max(width or 0, self.vocab_size)), bool)
+        self._blocked = full[:, : self.vocab_size]
+        self.blocked = torch.from_numpy(full)  # the same memory
+        self._fast = False
         if self.states is not None:
             first, count = tokenizer.ranges["NOTE_ON"]
             self._on = slice(first, first + count)
             first, count = tokenizer.ranges["VELOCITY"]
             self._vel = slice(first, first + count)
+            names = ("NOTE_ON", "NOTE_OFF", "TIME_SHIFT", "VELOCITY")
+            self._fast = (type(self.states[0]).__name__ == "GrammarState" and not self.states[0].canonical
+                          and tokenizer.ranges["NOTE_ON"][1] == tokenizer.ranges["NOTE_OFF"][1] == 128)
+            if self._fast:  # per id: 0 NOTE_ON, 1 NOTE_OFF, 2 TIME_SHIFT, 3 VELOCITY, -1 other; and the pitch
+                kinds = np.full(self.vocab_size, -1)
+                pitch = np.zeros(self.vocab_size, np.int64)
+                for k, name in enumerate(names):
+                    first, count = tokenizer.ranges[name]
+                    kinds[first : first + count] = k
+                    pitch[first : first + count] = np.arange(count)
+                self._kind, self._pitch = kinds.tolist(), pitch.tolist()
+                self._on0, self._off0 = tokenizer.ranges["NOTE_ON"][0], tokenizer.ranges["NOTE_OFF"][0]
+                self._saved = np.empty((batch, self.vocab_size), bool)  # the row before a VELOCITY
+                self._after_velocity = [False] * batch
+                self._opened: list[list[int]] = [[] for _ in range(batch)]  # NOTE_ONs of the current step
+                self._n_sounding = [0] * batch
+        for b in range(batch):
+            self._recompute(b)
 
     def feed(self, b: int, ids) -> None:
         """Push a prefix of sequence b (its BOS and primer)."""
         if self.states is not None:
             self.states[b].feed(ids)
+            self._recompute(b)
 
     def push(self, b: int, token: int) -> None:
-        """Advance sequence b by one token."""
-        if self.states is not None:
-            self.states[b].push(token)
+        """Advance sequence b by one token, and its row of the mask."""
+        if self.states is None:
+            return
+        token = int(token)
+        was_allowed = 0 <= token < self.vocab_size and not self._blocked[b, token]
+        self.states[b].push(token)
+        if not (self._fast and was_allowed):
+            self._recompute(b)
+            return
+        kind, pitch, row = self._kind[token], self._pitch[token], self._blocked[b]
+        if kind == 3:  # VELOCITY: keep the row, allow NOTE_ONs only
+            self._saved[b] = row
+            row[:] = True
+            row[self._on] = self._saved[b, self._on]
+            self._after_velocity[b] = True
+            return
+        if self._after_velocity[b]:
+            row[:] = self._saved[b]
+            self._after_velocity[b] = False
+        if kind == 0:  # NOTE_ON: no second NOTE_ON of the pitch; its NOTE_OFF waits for a TIME_SHIFT
+            row[self._on0 + pitch] = True
+            self._opened[b].append(pitch)
+            self._n_sounding[b] += 1
+            if self._n_sounding[b] == 128:  # every pitch sounds: no NOTE_ON, so no VELOCITY
+                row[self._vel] = True
+        elif kind == 1:  # NOTE_OFF
+            row[self._on0 + pitch] = False
+            row[self._off0 + pitch] = True
+            if self._n_sounding[b] == 128:
+                row[self._vel] = False
+            self._n_sounding[b] -= 1
+        elif kind == 2:  # TIME_SHIFT: the notes begun in the step may now end
+            for p in self._opened[b]:
+                row[self._off0 + p] = False
+            self._opened[b].clear()
+        else:
+            self._recompute(b)
 
-    def allowed_row(self, b: int) -> np.ndarray:
-        """Boolean mask over the vocabulary of the tokens sequence b may take next."""
+    def finish(self, b: int) -> None:
+        """Sequence b takes no more tokens: its row falls back to the generic rule (never empty)."""
+        self._blocked[b] = ~self._generic
+
+    def _recompute(self, b: int) -> None:
+        self._blocked[b] = ~self.allowed_row(b)
+        if self._fast:
+            state = self.states[b]
+            self._after_velocity[b] = bool(state.after_velocity)
+            self._saved[b] = ~self.allowed_row(b, after_velocity=False)
+            self._opened[b] = np.flatnonzero(state.opened_now).tolist()
+            self._n_sounding[b] = int(state.sounding.sum())
+
+    def allowed_row(self, b: int, after_velocity: bool | None = None) -> np.ndarray:
+        """Boolean mask over the vocabulary of the tokens sequence b may take next, from its GrammarState.
+
+        after_velocity=False gives the row as if the last token were not a VELOCITY.
+        """
         if self.states is None:
             return self._generic
-        mask = self.states[b].allowed()
+        state = self.states[b]
+        if after_velocity is not None and after_velocity != state.after_velocity:
+            flag, state.after_velocity = state.after_velocity, after_velocity
+            try:
+                mask = state.allowed()
+            finally:
+                state.after_velocity = flag
+        else:
+            mask = state.allowed()
         if not mask[self._on].any():  # a VELOCITY must be followed by a NOTE_ON
             mask[self._vel] = False
         mask[self.tokenizer.eos_id] &= self.allow_eos

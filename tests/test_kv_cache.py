@@ -64,3 +64,50 @@ def test_a_cache_belongs_to_one_batch():
         model(torch.zeros(2, 3, dtype=torch.long), cache=cache)
         with pytest.raises(ValueError, match="batch of 2"):
             model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_decoder_on_a_small_window_matches_the_full_forward_while_it_slides_many_times(batch):
+    """Window 24 in 30 slots: the last 23 move to the front every 7 steps, and the decoder's kept views
+    of slots and windows are reused after each move; every step's logits and attention must still equal
+    a full forward pass whose queries each see their last 24 tokens."""
+    from musicgpt.decoder import Decoder
+    from tiny_models import tiny_model
+
+    model = tiny_model()  # relative range R=32 > window: distances are not clipped here
+    window, length = 24, 150
+    x = torch.randint(0, 391, (batch, length), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out = model(x, window=window, return_attention=True)
+        cache = model.new_cache(window=window, capacity=30)
+        parts = [model(x[:, :5], cache=cache).logits]
+        decoder = Decoder(model)
+        ptr = cache.keys_t.data_ptr()
+        for t in range(5, length):
+            logits, att = decoder.step(x[:, t], cache, need_attention=True)
+            parts.append(logits[:, None])
+            n = min(t + 1, window)
+            expected = out.attentions[1][:, :, t, t + 1 - n : t + 1]  # (B, H, n): the last layer's row
+            assert (att[1] - expected).abs().max() <= 1e-5, t
+    assert (torch.cat(parts, 1) - out.logits).abs().max() <= 1e-4
+    assert cache.keys_t.data_ptr() == ptr and cache.capacity == 30  # moved in place, never reallocated
+    assert cache.length == length and len(cache._windows) == 30 - window + 1  # every window start kept once
+    cache.reset()  # the kept views stay valid, the short windows of a fresh start are not among them
+    with torch.no_grad():
+        again = torch.cat([decoder.step(x[:, t], cache)[0][:, None] for t in range(30)], 1)
+        assert (again - model(x[:, :30], window=window).logits).abs().max() <= 1e-4
+
+
+def test_decoder_clips_distances_past_the_relative_range():
+    """Window 60 > R=32: keys 32 or more tokens back share the embedding of distance 31."""
+    from musicgpt.decoder import Decoder
+    from tiny_models import tiny_model
+
+    model = tiny_model()
+    x = torch.randint(0, 391, (1, 140), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = model(x, window=60).logits
+        cache = model.new_cache(window=60, capacity=70)
+        decoder = Decoder(model)
+        parts = [decoder.step(x[:, t], cache)[0][:, None] for t in range(140)]  # no prefill: from an empty cache
+    assert (torch.cat(parts, 1) - full).abs().max() <= 1e-4

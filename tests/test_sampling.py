@@ -96,3 +96,33 @@ def test_tokenizer_without_grammar_gets_the_generic_rule():
     assert g.allowed([0, 1]).shape == (2, 10)
     assert g.allowed_row(0).tolist() == [False, False, False] + [True] * 7
     assert g.closing_tokens(0, [5]) == ([], 0)
+
+
+@pytest.mark.parametrize("allow_eos", [False, True])
+def test_incremental_mask_equals_the_grammar_state_at_every_step(allow_eos):
+    """GrammarMask.blocked is updated in a few writes per token; it must equal the GrammarState's rows."""
+    rng = np.random.default_rng(0)
+    g = GrammarMask(TOK, batch=2, allow_eos=allow_eos)
+    primer = [TOK.bos_id, TOK.velocity(3), TOK.note_on(60), TOK.note_on(62), TOK.velocity(9)]
+    g.feed(0, primer)  # ends after a VELOCITY
+    g.feed(1, [TOK.bos_id])
+    ons = TOK.note_on(np.arange(128))
+    full = 0
+    for step in range(3000):
+        for b in range(2):
+            assert np.array_equal(~g.blocked[b].numpy(), g.allowed_row(b)), (step, b)
+            row = g.allowed_row(b)
+            if b == 1 and 200 <= step < 400 and row[ons].any():  # every pitch at once: VELOCITY closes, then reopens
+                token = int(ons[row[ons]][0])
+            else:
+                token = int(rng.choice(np.flatnonzero(row)))
+            full += b == 1 and not row[ons].any()
+            if token == TOK.eos_id:
+                token = TOK.time_shift(1)
+            g.push(b, token)
+    assert np.array_equal(~g.blocked.numpy(), np.stack([g.allowed_row(0), g.allowed_row(1)]))
+    assert full > 0  # the all-pitches-sounding case happened
+    g.push(0, TOK.note_off(5) if g.blocked[0, TOK.note_off(5)] else TOK.bos_id)  # a token it forbade
+    assert np.array_equal(~g.blocked[0].numpy(), g.allowed_row(0))
+    g.finish(1)
+    assert not g.blocked[1, TOK.note_on(60)] and g.blocked[1, TOK.pad_id]
