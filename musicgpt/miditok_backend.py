@@ -16,15 +16,12 @@ a sequence miditok cannot decode gives no notes.
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 
 import numpy as np
 
 from musicgpt.errors import ConfigError
 from musicgpt.notes import Notes
-from musicgpt.tokenizer import Encoding, _load_json, _save_json
+from musicgpt.tokenizer import Encoding, SavedTokenizer
 
 SCHEMES = ("MIDILike", "REMI", "TSD")
 DEFAULT_BEAT_RES = ((0, 4, 8), (4, 12, 4))
@@ -32,7 +29,7 @@ ONSET_TYPES = ("NoteOn", "Pitch")
 ATTACHED_TYPES = ("Velocity", "Duration")
 
 
-class MiditokTokenizer:
+class MiditokTokenizer(SavedTokenizer):
     """A miditok tokenizer (MIDILike, REMI or TSD) fed notes re-timed in seconds."""
 
     type = "miditok"
@@ -178,46 +175,6 @@ class MiditokTokenizer:
         return {"scheme": self.scheme, "seconds_per_beat": self.seconds_per_beat,
                 "beat_res": [list(r) for r in self.beat_res], "num_velocities": self.num_velocities,
                 "pitch_range": list(self.pitch_range)}
-
-    def to_dict(self) -> dict:
-        """JSON-ready description: type, version, constructor arguments, vocab_size."""
-        return {"type": self.type, "version": 1, **self.params(), "vocab_size": self.vocab_size}
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "tokenizer") -> "MiditokTokenizer":
-        """Inverse of to_dict; unknown keys or a vocab_size that does not match raise ConfigError."""
-        known = {"type", "version", "vocab_size", "scheme", "seconds_per_beat", "beat_res", "num_velocities",
-                 "pitch_range"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
-        tokenizer = cls(**{k: data[k] for k in data if k not in {"type", "version", "vocab_size"}})
-        if "vocab_size" in data and data["vocab_size"] != tokenizer.vocab_size:
-            raise ConfigError(f"{source}: vocab_size {data['vocab_size']} does not match its parameters "
-                              f"({tokenizer.vocab_size})")
-        return tokenizer
-
-    def fingerprint(self) -> str:
-        """A short hash of to_dict()."""
-        import hashlib
-
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write tokenizer.json (path may be the file or a directory)."""
-        return _save_json(self.to_dict(), path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "MiditokTokenizer":
-        """Read a tokenizer.json written by save()."""
-        data, source = _load_json(path)
-        return cls.from_dict(data, source)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, MiditokTokenizer) and self.to_dict() == other.to_dict()
-
-    def __hash__(self) -> int:
-        return hash(self.fingerprint())
 
     def __repr__(self) -> str:
         return f"MiditokTokenizer({self.scheme}, seconds_per_beat={self.seconds_per_beat}; vocab_size={self.vocab_size})"

@@ -53,6 +53,8 @@ that may come next (for grammar-safe sampling). `load_tokenizer(path)` reads any
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import math
 import os
@@ -104,7 +106,61 @@ class Encoding:
         return len(self.ids)
 
 
-class PerformanceTokenizer:
+class SavedTokenizer:
+    """What every tokenizer shares: a JSON description of its parameters, tokenizer.json, equality.
+
+    Subclasses set `type` and define `params()` (their constructor arguments, JSON-ready) and
+    `vocab_size`; two tokenizers with equal parameters encode identically.
+    """
+
+    type = ""
+    version = FORMAT_VERSION
+
+    def params(self) -> dict:
+        """The constructor arguments (JSON-ready)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        """JSON-ready description: type, version, constructor arguments, vocab_size."""
+        return {"type": self.type, "version": self.version, **self.params(), "vocab_size": self.vocab_size}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "tokenizer"):
+        """Inverse of to_dict; a wrong type, unknown keys or a mismatched vocab_size raise ConfigError."""
+        if data.get("type", cls.type) != cls.type:
+            raise ConfigError(f"{source}: type is {data.get('type')!r}, not {cls.type!r}")
+        arguments = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(data) - arguments - {"type", "version", "vocab_size"})
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        tokenizer = cls(**{k: v for k, v in data.items() if k in arguments})
+        if "vocab_size" in data and data["vocab_size"] != tokenizer.vocab_size:
+            raise ConfigError(f"{source}: vocab_size {data['vocab_size']} does not match its parameters "
+                              f"({tokenizer.vocab_size})")
+        return tokenizer
+
+    def fingerprint(self) -> str:
+        """A short hash of to_dict(): equal fingerprints encode identically."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write tokenizer.json (path may be the file or a directory to put it in)."""
+        return _save_json(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """Read a tokenizer.json written by save()."""
+        data, source = _load_json(path)
+        return cls.from_dict(data, source)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint())
+
+
+class PerformanceTokenizer(SavedTokenizer):
     """Performance events: NOTE_ON/NOTE_OFF per pitch, TIME_SHIFT steps, VELOCITY bins."""
 
     type = "performance"
@@ -370,47 +426,6 @@ class PerformanceTokenizer:
         """The constructor arguments."""
         return {"time_step": self.time_step, "max_shift_steps": self.max_shift_steps,
                 "velocity_bins": self.velocity_bins, "max_unclosed_duration": self.max_unclosed_duration}
-
-    def to_dict(self) -> dict:
-        """JSON-ready description: type, version, constructor arguments, vocab_size."""
-        return {"type": self.type, "version": FORMAT_VERSION, **self.params(), "vocab_size": self.vocab_size}
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "tokenizer") -> "PerformanceTokenizer":
-        """Inverse of to_dict; unknown keys or a vocab_size that does not match raise ConfigError."""
-        if data.get("type", cls.type) != cls.type:
-            raise ConfigError(f"{source}: type is {data.get('type')!r}, not {cls.type!r}")
-        known = {"type", "version", "vocab_size", *cls().params()}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
-        tokenizer = cls(**{k: data[k] for k in data if k not in {"type", "version", "vocab_size"}})
-        if "vocab_size" in data and data["vocab_size"] != tokenizer.vocab_size:
-            raise ConfigError(f"{source}: vocab_size {data['vocab_size']} does not match its parameters "
-                              f"({tokenizer.vocab_size})")
-        return tokenizer
-
-    def fingerprint(self) -> str:
-        """A short hash of to_dict(): equal fingerprints encode identically."""
-        import hashlib
-
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write tokenizer.json (path may be the file or a directory to put it in)."""
-        return _save_json(self.to_dict(), path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "PerformanceTokenizer":
-        """Read a tokenizer.json written by save()."""
-        data, source = _load_json(path)
-        return cls.from_dict(data, source)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, PerformanceTokenizer) and self.to_dict() == other.to_dict()
-
-    def __hash__(self) -> int:
-        return hash(self.fingerprint())
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
