@@ -16,7 +16,6 @@ a sequence miditok cannot decode gives no notes.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from musicgpt.errors import ConfigError
