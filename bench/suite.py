@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shlex
 import subprocess
 import sys
@@ -79,7 +80,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
                        ["--every", "20", "--rounds", "3", "--crops", "2000"], [])),
     Benchmark("roundtrip", "roundtrip.py", "roundtrip.json", _roundtrip),
     Benchmark("attention", "attention.py", "attention.json",
-              _by_size(["--quick", "--rounds", "1", "--no-compile", "--no-naive"], ["--quick"], [])),
+              _by_size(["--quick", "--rounds", "1", "--no-compile", "--no-naive"], ["--quick", "--no-compile"], [])),
     Benchmark("train", "train.py", "train.json", _train),
     Benchmark("generate", "generate.py", "generate.json", _by_size(["--quick"], ["--quick"], [])),
     Benchmark("metrics", "metrics.py", "metrics.json",
@@ -99,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes so far (what the work costs, load aside)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def _record(results: Path, size: str, entries: dict, started: str, machine_start: dict, command: str) -> Path:
     """Merge this invocation's runs into results/suite.json (runs of other benchmarks are kept)."""
     from bench.machine import NO_GPU, machine_info
@@ -110,7 +122,7 @@ def _record(results: Path, size: str, entries: dict, started: str, machine_start
             previous = json.loads(path.read_text(encoding="utf-8")).get("benchmarks", {})
         except (OSError, json.JSONDecodeError, AttributeError):
             previous = {}
-    suite = {"command": command, "size": size, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    suite = {"command": command, "size": size, "results_dir": _shown(results), "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "machine_start": machine_start, "machine_end": machine_info(), "gpu": NO_GPU,
              "benchmarks": {**previous, **entries},
              "note": "Each benchmark entry records its own date and size; entries from earlier invocations "
@@ -147,11 +159,13 @@ def run_suite(args: argparse.Namespace, root: Path = ROOT) -> int:
     try:
         for i, (name, cmd) in enumerate(plan, 1):
             print(f"\n=== [{i}/{len(plan)}] {name}: {shlex.join(cmd)}", flush=True)
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), _children_cpu()
             code = subprocess.run(cmd, cwd=root).returncode
             seconds = round(time.perf_counter() - t0, 1)
+            cpu = round(_children_cpu() - cpu0, 1)
             shown = shlex.join(["python", *cmd[1:-2]])  # without the interpreter's path and --out
-            entries[name] = {"size": args.size, "command": shown, "seconds": seconds, "exit_code": code,
+            entries[name] = {"size": args.size, "command": shown, "seconds": seconds, "cpu_seconds": cpu,
+                             "exit_code": code,
                              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "output": Path(cmd[-1]).name,
                              "load_average_after": machine_info()["load_average"]}
             print(f"=== {name}: {'ok' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s", flush=True)

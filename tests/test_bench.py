@@ -155,12 +155,15 @@ def test_report_states_the_suite_run(tmp_path):
     results = tmp_path / "results"
     write_results(results)
     suite._record(results, "quick", {"metrics": {"size": "quick", "command": "python bench/metrics.py",
-                                                 "seconds": 90.0, "exit_code": 0}},
+                                                 "seconds": 90.0, "cpu_seconds": 120.0, "exit_code": 0}},
                   "2026-01-01T00:00:00", MACHINE, "python -m bench --quick")
     text = report.render(results, tmp_path / "b.md", plots=False).read_text(encoding="utf-8")
     assert "on Test CPU, 2 cores, torch 2.13.0+cpu" in text and "1.00/2.00/3.00 at the start" in text
-    assert "| metrics | quick | 90 | ok | `python bench/metrics.py` |" in text
-    assert "Total: 90 s (1.5 min)" in text
+    assert "| metrics | quick | 90 | 120 | ok | `python bench/metrics.py` |" in text
+    assert "Total: 90 s wall (1.5 min), 120 CPU seconds (2.0 CPU minutes)" in text
+    assert "not to the folder this report was rendered from" not in text
+    other = report.render(tmp_path / "elsewhere", tmp_path / "c.md", plots=False).read_text(encoding="utf-8")
+    assert "No suite run is recorded" in other
 
 
 # ---- the runner -------------------------------------------------------------------------------------
@@ -218,8 +221,10 @@ def test_runner_records_each_benchmark_and_failures(tmp_path, monkeypatch):
                                             "--report", str(tmp_path / "r.md")])
     assert suite.run_suite(args) == 1  # metrics "failed"
     assert [Path(c[1]).name for c in ran] == ["tokenizer_speed.py", "metrics.py"]
-    recorded = json.loads((tmp_path / "res" / "suite.json").read_text())["benchmarks"]
+    suite_json = json.loads((tmp_path / "res" / "suite.json").read_text())
+    recorded = suite_json["benchmarks"]
     assert recorded["tokenize"]["exit_code"] == 0 and recorded["metrics"]["exit_code"] == 3
+    assert recorded["tokenize"]["cpu_seconds"] >= 0 and suite_json["results_dir"] == str((tmp_path / "res").resolve())
     assert "failed (3)" in (tmp_path / "r.md").read_text(encoding="utf-8")
 
 
