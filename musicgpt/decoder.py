@@ -71,23 +71,26 @@ class Decoder:
                     _with_bias_row(mlp.proj.weight, mlp.proj.bias),  # (F + 1, C)
                 ))
                 self._rel.append(attn.rel_emb.detach() if self.relative else None)
-        self._tables: dict[int, list[Tensor | None]] = {}  # window -> per layer (H, D, window)
-        self._last: tuple[int, list[Tensor | None]] = (0, [])
+        self._tables: dict[int, Tensor] = {}  # window -> (n_layer, H, D, window)
+        self._last: tuple[int, Tensor | None, list[Tensor | None]] = (0, None, [])
         self._work: dict[int, _Workspace] = {}  # per batch size
 
-    def relative_tables(self, window: int) -> list[Tensor | None]:
-        """Per layer the transposed embeddings of distances window-1 … 0, (H, D, window); built once per window.
+    def relative_tables(self, window: int, n: int | None = None) -> list[Tensor | None]:
+        """Per layer the transposed embeddings of distances n-1 … 0, (H, D, n) (n defaults to the window).
 
+        Built once per window as one (n_layer, H, D, window) tensor, distances left to right from
+        window-1 down to 0, so the tables of n < window are views cut for every layer in one call.
         Distances of R-1 and more share the embedding of R-1 (row 0 of the model's table).
         """
-        if window == self._last[0]:
-            return self._last[1]
-        tables = self._tables.get(window)
-        if tables is None:
-            tables = self._tables[window] = [None if rel is None else _extend(rel, window).transpose(1, 2).contiguous()
-                                             for rel in self._rel]
-        self._last = (window, tables)
-        return tables
+        if window != self._last[0]:
+            stacked = self._tables.get(window)
+            if stacked is None and self.relative:
+                stacked = self._tables[window] = torch.stack([_extend(rel, window).transpose(1, 2) for rel in self._rel])
+            self._last = (window, stacked, list(stacked.unbind(0)) if self.relative else [None] * len(self._rel))
+        window, stacked, full = self._last
+        if n is None or n == window or stacked is None:
+            return full
+        return list(stacked.narrow(3, window - n, n).unbind(0))
 
     def step(self, tokens: Tensor, cache: KVCache, need_attention: bool = False
              ) -> tuple[Tensor, list[Tensor] | None]:
@@ -119,8 +122,7 @@ class Decoder:
         qkv, q, k_new, v_new, y1, y, h1, hid = ws.qkv, ws.q, ws.k, ws.v, ws.y1, ws.y, ws.h1, ws.hid
         cache.begin(1)
         n = cache.n_past + 1
-        far = cache.window - n  # the tables' first column for distance n-1
-        tables = self.relative_tables(cache.window)
+        tables = self.relative_tables(cache.window, n)
         attentions = [] if need_attention else None
         slots, windows = cache.decode_views()
         for (w1, b1, e1, wqkv, bqkv, wo, w2, b2, e2, wfc, bfc, wpr), (k_slot, v_slot), (keys, values), table in zip(
@@ -132,7 +134,7 @@ class Decoder:
                 ws.q_heads.copy_(ws.q_src)
             s = torch.bmm(q, keys)  # (HB, 1, n): q · k
             if table is not None:  # + q · e(distance): one GEMM per head over the batch
-                s.view(h, b, n).baddbmm_(ws.q_hbd, table if far == 0 else table.narrow(2, far, n))
+                s.view(h, b, n).baddbmm_(ws.q_hbd, table)
             p = torch.softmax(s, dim=-1)
             if b == 1:  # straight into the [y, 1] buffer
                 torch.bmm(p, values, out=ws.y_heads)

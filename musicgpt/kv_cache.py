@@ -39,7 +39,7 @@ class KVCache:
         self.end = 0  # slots filled in the buffers
         self.length = 0  # tokens seen so far: the position of the next token
         self._n_new = 0
-        self._layers: list[tuple[Tensor, Tensor, Tensor, Tensor]] | None = None  # per-layer views, made once
+        self._views: tuple[Tensor, Tensor] | None = None  # the buffers as (n_layer, H*B, ...), made once
         self._slots: dict[int, list[tuple[Tensor, Tensor]]] = {}  # views kept by decode_views
         self._windows: dict[int, list[tuple[Tensor, Tensor]]] = {}
 
@@ -102,34 +102,36 @@ class KVCache:
         """Views for one decode step, after `begin(1)`: per layer (key slot, value slot), each (H, B, D),
         and per layer (keys (H*B, D, n), values (H*B, n, D)) of the n tokens the new one attends to.
 
-        A view costs a framework call, about as much as a small op on a CPU, so the views of slots
-        and windows that recur (every slot past the window, every window once it is full: the
-        same ones again after each move to the front) are made once and kept.
+        A view costs a framework call, about as much as a small op on a CPU, so they are cut for
+        every layer at once (one narrow and one unbind), and those that recur (every slot past
+        the window, every window once it is full: the same ones again after each move to the
+        front) are made once and kept.
         """
         slot, start = self.end, self.end - self.n_past
         n = slot + 1 - start
         slots = self._slots.get(slot)
         if slots is None:
-            slots = [(kt.select(3, slot), v.select(2, slot)) for kt, v, _, _ in self._layer_views()]
+            slots = list(zip(self.keys_t.select(4, slot).unbind(0), self.values.select(3, slot).unbind(0)))
             if slot >= self.window - 1:
                 self._slots[slot] = slots
         windows = self._windows.get(start) if n == self.window else None
         if windows is None:
-            windows = [(kt.narrow(2, start, n), v.narrow(1, start, n)) for _, _, kt, v in self._layer_views()]
+            keys_t, values = self._flat()
+            windows = list(zip(keys_t.narrow(3, start, n).unbind(0), values.narrow(2, start, n).unbind(0)))
             if n == self.window:
                 self._windows[start] = windows
         return slots, windows
 
-    def _layer_views(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
-        """Per layer keys_t (H, B, D, cap), values (H, B, cap, D), and the same as (H*B, D, cap), (H*B, cap, D)."""
-        if self._layers is None:
-            h, b = self.values.shape[1:3]
-            self._layers = [(kt, v, kt.view(h * b, *kt.shape[2:]), v.view(h * b, *v.shape[2:]))
-                            for kt, v in zip(self.keys_t.unbind(0), self.values.unbind(0))]
-        return self._layers
+    def _flat(self) -> tuple[Tensor, Tensor]:
+        """The buffers with heads and batch merged: (n_layer, H*B, D, cap) and (n_layer, H*B, cap, D)."""
+        if self._views is None:
+            l, h, b = self.values.shape[:3]
+            self._views = (self.keys_t.view(l, h * b, *self.keys_t.shape[3:]),
+                           self.values.view(l, h * b, *self.values.shape[3:]))
+        return self._views
 
     def _forget_views(self) -> None:
-        self._layers = None
+        self._views = None
         self._slots.clear()
         self._windows.clear()
 
