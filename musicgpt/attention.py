@@ -9,10 +9,17 @@ distance -1). The table is stored in descending distance order, so that is a con
 Row b of Srel is row b of M shifted left by Bq-1-b columns: a strided *view* of M (row stride
 n), the pad-reshape-slice of the paper without the copies. No O(L²·D) tensor is ever formed.
 
-Training goes through `_RelativeAttention`, a flash-style autograd function: the forward keeps
-only its inputs and output; the backward recomputes each block's probabilities. Peak memory is
-one block of logits instead of every layer's (B, H, L, L) probabilities. Work is laid out heads
-first, (H·B, L, D), so the relative GEMM of one head covers the whole batch.
+Two implementations compute the same thing:
+- the fused CPU kernel (`musicgpt/csrc/relative_attention.cpp`, built once on first use by
+  `musicgpt._relative_kernel`): per (batch, head, block of queries) two GEMMs, then skew, mask and
+  softmax (and in backward its gradient and the skew's adjoint) in one pass over a block that stays
+  in cache; float32 and bfloat16, no attention dropout. Used whenever it builds;
+  MUSICGPT_ATTENTION_KERNEL=eager|native forces either choice.
+- the eager PyTorch path below (`_RelativeAttention`), for everything else: no compiler, float64,
+  attention dropout, other devices, torch.compile tracing. Its forward keeps only inputs and output;
+  its backward recomputes each block's probabilities. Work is laid out heads first, (H·B, L, D), so
+  the relative GEMM of one head covers the whole batch.
+Either way peak memory is one block of logits instead of every layer's (B, H, L, L) probabilities.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
+
+from musicgpt import _relative_kernel
 
 BLOCK = 64  # queries per block: GEMMs stay efficient, a block's logits stay a few MB
 
@@ -132,7 +141,11 @@ class _Scratch(threading.local):
         key = (name, like.dtype)
         buf = self.buffers.get(key)
         if buf is None or buf.numel() < numel:
-            buf = self.buffers[key] = torch.empty(numel, dtype=like.dtype)
+            # A normal tensor even under torch.inference_mode(): an inference tensor made there could not be
+            # written in place once a later call runs outside it (under no_grad, say); a normal one can be
+            # written either way.
+            with torch.inference_mode(False):
+                buf = self.buffers[key] = torch.empty(numel, dtype=like.dtype)
         return buf[:numel].view(shape)
 
 
@@ -349,6 +362,59 @@ class _RelativeAttention(torch.autograd.Function):
         return grads[0], grads[1].to(k.dtype), grads[2].to(v.dtype), drel, None, None, None, None
 
 
+class _FusedRelativeAttention(torch.autograd.Function):
+    """The fused CPU kernel: saves inputs, output and each row's log-sum-exp; the backward recomputes blocks.
+
+    The kernel computes in float32; bfloat16 inputs (autocast) are upcast on the way in, which measured
+    faster than bf16 GEMMs at head_dim 32, and saved as they came (no extra memory).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, rel, window, block):
+        out, lse = _relative_kernel.forward(*_float32_rows(q, k, v, rel), window, block)
+        out = out.to(q.dtype)  # (B, H, Lq, D), stored (B, Lq, H, D)
+        ctx.save_for_backward(q, k, v, rel, out, lse)
+        ctx.window, ctx.block = window, block
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, rel, out, lse = ctx.saved_tensors
+        q32, k32, v32, rel32, grad32, out32 = _float32_rows(q, k, v, rel, grad_out, out)
+        dq, dk, dv, drel = _relative_kernel.backward(grad32, q32, k32, v32, rel32, out32, lse, ctx.window, ctx.block)
+        drel = drel.to(rel.dtype) if rel is not None else None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), drel, None, None
+
+
+def _float32_rows(*tensors: Tensor | None) -> list[Tensor | None]:
+    """float32 versions the kernel can read (rows contiguous, embeddings contiguous), copying only when needed."""
+    out = []
+    for x in tensors:
+        if x is not None:
+            x = x.float()
+            x = x.contiguous() if x.dim() == 3 else _rows_contiguous(x)
+        out.append(x)
+    return out
+
+
+def _rows_contiguous(x: Tensor) -> Tensor:
+    """x itself when its last dim is contiguous and rows do not overlap (what the kernel reads), else a copy."""
+    if (x.stride(-1) == 1 or x.shape[-1] == 1) and (x.stride(-2) >= x.shape[-1] or x.shape[-2] == 1):
+        return x
+    return x.contiguous()
+
+
+def _use_kernel(q: Tensor, k: Tensor, v: Tensor, rel_emb: Tensor | None, dropout_p: float) -> bool:
+    """Whether the fused kernel covers this call (and builds/loads on this machine)."""
+    if dropout_p > 0 or q.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if q.dtype not in (torch.float32, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return False
+    if rel_emb is not None and (rel_emb.device.type != "cpu" or not rel_emb.dtype.is_floating_point):
+        return False
+    return _relative_kernel.load()
+
+
 class _NoCtx:
     """Stands in for autograd's ctx when no gradient is needed."""
 
@@ -364,9 +430,14 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, rel_emb: Tensor | None, 
     """
     if window is not None and window < 1:
         raise ValueError(f"attention window must be at least 1, got {window}")
-    seed = int(torch.randint(0, 2**61, (1,)).item()) if dropout_p > 0 else 0
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, rel_emb))
+    if _use_kernel(q, k, v, rel_emb, dropout_p):
+        if needs_grad:
+            return _FusedRelativeAttention.apply(q, k, v, rel_emb, window, block)
+        with torch.no_grad():
+            return _FusedRelativeAttention.forward(_NoCtx(), q, k, v, rel_emb, window, block)
+    seed = int(torch.randint(0, 2**61, (1,)).item()) if dropout_p > 0 else 0
     if needs_grad:
         return _RelativeAttention.apply(q, k, v, rel_emb, window, dropout_p, block, seed)
     with torch.no_grad():

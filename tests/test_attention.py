@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from musicgpt import attention
+from musicgpt import _relative_kernel, attention
 from musicgpt.attention import attention_probs, relative_attention, relative_logits
 
 
@@ -144,3 +144,174 @@ def test_heads_split_over_threads_give_the_same_result(head_groups_on_threads, w
         torch.testing.assert_close(g, g1)
     if dropout_p == 0:
         torch.testing.assert_close(out, naive_attention(q, k, v, rel, window))
+
+
+@pytest.fixture
+def eager_path(monkeypatch):
+    """Force the eager PyTorch path (no fused kernel) for this test."""
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "eager")
+
+
+@pytest.mark.parametrize("first", ["inference_mode", "no_grad"])
+def test_scratch_buffers_work_after_inference_mode(eager_path, first):
+    # Reported by generation: scratch buffers made under torch.inference_mode() are inference tensors,
+    # and writing them in place under no_grad afterwards raised "Inplace update to inference tensor".
+    q, k, v = (rand(1, 2, 9, 4, dtype=torch.float32, seed=s) for s in range(3))
+    rel = rand(2, 5, 4, dtype=torch.float32, seed=3)
+    attention.release_scratch()
+    modes = [torch.inference_mode, torch.no_grad]
+    if first == "no_grad":
+        modes.reverse()
+    outs = []
+    for mode in modes + modes:
+        with mode():
+            outs.append(relative_attention(q, k, v, rel, block=4))
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0])
+    torch.testing.assert_close(outs[0], naive_attention(q, k, v, rel).float())
+
+
+# ---- the fused CPU kernel (musicgpt/csrc/relative_attention.cpp) ----
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Skip without the fused kernel (no compiler); else count its forward and backward calls."""
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "auto")
+    if not _relative_kernel.load():
+        pytest.skip("the fused relative-attention kernel cannot be built here")
+    calls = {"forward": 0, "backward": 0}
+    for name in calls:
+        real = getattr(_relative_kernel, name)
+
+        def counted(*args, _real=real, _name=name):
+            calls[_name] += 1
+            return _real(*args)
+
+        monkeypatch.setattr(_relative_kernel, name, counted)
+    return calls
+
+
+KERNEL_CASES = [  # (Lq, Lk, R, window, block, relative): below and above R, windows, queries at the end of keys
+    (10, 10, 16, None, 4, True),
+    (37, 37, 8, None, 8, True),
+    (37, 37, 8, 5, 8, True),
+    (24, 24, 32, 11, 7, True),
+    (6, 29, 8, None, 4, True),
+    (6, 29, 8, 9, 4, True),
+    (1, 29, 40, 7, 64, True),
+    (70, 70, 100, None, 64, True),
+    (70, 70, 20, 33, 64, True),
+    (19, 19, 8, 6, 8, False),
+]
+
+
+@pytest.mark.parametrize("lq,lk,r,window,block,relative", KERNEL_CASES)
+def test_fused_kernel_matches_naive(kernel_calls, lq, lk, r, window, block, relative):
+    q, k, v = (rand(2, 3, n, 4, dtype=torch.float32, seed=s).requires_grad_() for s, n in ((0, lq), (1, lk), (2, lk)))
+    rel = rand(3, r, 4, dtype=torch.float32, seed=3).requires_grad_() if relative else None
+    inputs = [t for t in (q, k, v, rel) if t is not None]
+    got = relative_attention(q, k, v, rel, window=window, block=block)
+    grad = rand(*got.shape, dtype=torch.float32, seed=4)
+    got_grads = torch.autograd.grad(got, inputs, grad)
+    assert kernel_calls == {"forward": 1, "backward": 1}
+    ref = [t.detach().double().requires_grad_() for t in inputs]
+    want = naive_attention(*ref[:3], ref[3] if relative else None, window)
+    want_grads = torch.autograd.grad(want, ref, grad.double())
+    torch.testing.assert_close(got, want.float(), atol=2e-6, rtol=1e-5)
+    for name, g, w in zip("qkvr", got_grads, want_grads):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w.float(), atol=1e-5, rtol=1e-4, msg=f"gradient wrt {name}")
+
+
+def test_fused_kernel_reads_strided_views_and_no_grad(kernel_calls):
+    # the model hands over views of one (B, T, 3, H, D) projection, or heads-first storage
+    b, t, h, d = 2, 23, 3, 4
+    qkv = rand(b, t, 3, h, d, dtype=torch.float32)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, D), rows of stride 3·H·D
+    rel = rand(h, 9, d, dtype=torch.float32, seed=1)
+    with torch.no_grad():
+        got = relative_attention(q, k, v, rel, block=8)
+    assert kernel_calls["forward"] == 1
+    torch.testing.assert_close(got, naive_attention(q.double(), k.double(), v.double(), rel.double()).float(),
+                               atol=2e-6, rtol=1e-5)
+
+
+def test_fused_kernel_under_bfloat16_autocast(kernel_calls):
+    q, k, v = (rand(2, 4, 40, 16, dtype=torch.float32, seed=s).requires_grad_() for s in range(3))
+    rel = (0.3 * rand(4, 24, 16, dtype=torch.float32, seed=3)).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = relative_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), rel, window=30, block=16)
+    assert got.dtype == torch.bfloat16 and kernel_calls["forward"] == 1
+    grads = torch.autograd.grad(got.float().sum(), (q, k, v, rel))
+    assert kernel_calls["backward"] == 1
+    ref = [t.detach().double().requires_grad_() for t in (q, k, v, rel)]
+    want = naive_attention(*ref, window=30)
+    want_grads = torch.autograd.grad(want.sum(), ref)
+    torch.testing.assert_close(got.float(), want.float(), atol=0.03, rtol=0.03)
+    for name, g, w in zip("qkvr", grads, want_grads):
+        assert g.dtype == torch.float32 and torch.isfinite(g).all()
+        cos = torch.nn.functional.cosine_similarity(g.double().flatten(), w.flatten(), dim=0)
+        assert cos > 0.99, f"gradient wrt {name}: cosine {cos:.4f}"
+
+
+def test_fused_kernel_in_the_model_matches_the_eager_path(kernel_calls, monkeypatch):
+    from musicgpt.model import GPTConfig, MusicGPT
+
+    torch.manual_seed(0)
+    model = MusicGPT(GPTConfig.preset("tiny", dropout=0.0))
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.rel_emb.normal_(0, 1.0)
+    x = torch.randint(0, 391, (2, 80), generator=torch.Generator().manual_seed(1))
+
+    def run():
+        model.zero_grad()
+        out = model(x[:, :-1], targets=x[:, 1:])
+        out.loss.backward()
+        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    logits, grads = run()
+    assert kernel_calls == {"forward": 2, "backward": 2}  # one per layer
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "eager")
+    logits_eager, grads_eager = run()
+    assert kernel_calls == {"forward": 2, "backward": 2}
+    torch.testing.assert_close(logits, logits_eager, atol=1e-5, rtol=1e-5)
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_eager[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    # prefill in chunks through a sliding-window cache (queries at the end of the keys) vs one full pass
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "auto")
+    model.eval()
+    with torch.no_grad():
+        full = model(x, window=48).logits
+        cache = model.new_cache(window=48)
+        chunks = [model(x[:, a:a + 20], cache=cache).logits for a in range(0, x.shape[1], 20)]
+    torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_kernel_mode_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "eager")
+    assert _relative_kernel.mode() == "eager" and _relative_kernel.load() is False
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "fast")
+    with pytest.raises(ValueError, match="MUSICGPT_ATTENTION_KERNEL"):
+        _relative_kernel.mode()
+
+
+def test_failed_build_falls_back_to_the_eager_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("MUSICGPT_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "native")
+    _relative_kernel._load.cache_clear()
+    _relative_kernel._warn_once.cache_clear()
+    try:
+        with pytest.raises(_relative_kernel.KernelUnavailable, match="no C\\+\\+ compiler"):
+            _relative_kernel.load()
+        monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "auto")
+        q, k, v = (rand(1, 2, 9, 4, dtype=torch.float32, seed=s) for s in range(3))
+        rel = rand(2, 5, 4, dtype=torch.float32, seed=3)
+        with pytest.warns(RuntimeWarning, match="using the eager path"):
+            got = relative_attention(q, k, v, rel, block=4)
+        torch.testing.assert_close(got, naive_attention(q, k, v, rel))
+    finally:
+        _relative_kernel._load.cache_clear()  # later tests load the real kernel again
+        _relative_kernel._warn_once.cache_clear()
