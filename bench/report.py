@@ -293,17 +293,19 @@ def section_metrics(d: dict, img: Path) -> tuple[list[str], str]:
     for n in names:
         row = [n, within["features"][n]["overlap"], across["features"][n]["overlap"],
                rx(ratio(across["features"][n]["overlap"], within["features"][n]["overlap"])),
-               within["features"][n]["kl"], across["features"][n]["kl"]]
+               within["features"][n]["kl"], across["features"][n]["kl"],
+               rx(ratio(across["features"][n]["kl"], within["features"][n]["kl"]))]
         if pop:
             row.insert(2, pop["features"][n]["overlap"])
         rows.append(row)
     mean = ["**mean**", within["mean_overlap"], across["mean_overlap"],
-            rx(ratio(across["mean_overlap"], within["mean_overlap"])), within["mean_kl"], across["mean_kl"]]
+            rx(ratio(across["mean_overlap"], within["mean_overlap"])), within["mean_kl"], across["mean_kl"],
+            rx(ratio(across["mean_kl"], within["mean_kl"]))]
     if pop:
         mean.insert(2, pop["mean_overlap"])
     rows.append(mean)
-    header = ["feature", "overlap ASAP A vs ASAP B", "overlap POP909 A vs ASAP B", "cross / within",
-              "KL ASAP A vs B", "KL POP909 vs ASAP B"]
+    header = ["feature", "overlap ASAP A vs ASAP B", "overlap POP909 A vs ASAP B", "overlap cross / within",
+              "KL ASAP A vs B", "KL POP909 vs ASAP B", "KL cross / within"]
     if pop:
         header.insert(2, "overlap POP909 A vs POP909 B")
     lines += table(header, rows)

@@ -115,7 +115,7 @@ def test_report_renders_tables_ratios_and_plots(tmp_path):
     assert "| 256 | 200 | 5 | 2.00x |" in generate and "3.00x" in generate and "1.25x" in generate
     # metrics: features cost (4/1, 6/1 -> median 5); cross/within overlap 0.4/0.8
     metrics = section(text, "Music metrics")
-    assert "5.00x" in metrics and "| pitch_range | 0.8 | 0.4 | 0.50x |" in metrics
+    assert "5.00x" in metrics and "| pitch_range | 0.8 | 0.4 | 0.50x | 0.1 | 1 | 10.00x |" in metrics
     assert "lower than the within-corpus one on 1 of 2 features" in metrics
     full = section(text, "Length generalization (full run)")
     assert "| relative | 2.0000 (1.000x) | 1.9500 (0.975x) | 1.9000 (0.950x) |" in full
