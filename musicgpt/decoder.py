@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from musicgpt import hugepages
 from musicgpt.errors import ConfigError
 from musicgpt.kv_cache import KVCache
 from musicgpt.model import MusicGPT
@@ -53,24 +54,26 @@ class Decoder:
         with torch.no_grad():
             self.tok_emb = model.tok_emb.weight.detach()
             self.pos_emb = model.pos_emb.weight.detach() if self.absolute else None
-            self.lm_head = model.lm_head.weight.detach()
             self.ln_f = (model.ln_f.weight, model.ln_f.bias, model.ln_f.eps)
-            self.layers = []
-            self._rel = []
+            tensors = [model.lm_head.weight.detach()]
             for block in model.blocks:
                 attn, mlp = block.attn, block.mlp
                 wqkv = attn.qkv.weight.detach().t().contiguous()  # (C, 3C): queries first, scaled
                 wqkv[:, : cfg.d_model] *= scale
                 bqkv = _bias(attn.qkv.bias, 3 * cfg.d_model, wqkv)
                 bqkv[: cfg.d_model] *= scale
-                self.layers.append((
-                    block.ln_1.weight, block.ln_1.bias, block.ln_1.eps, wqkv, bqkv,
-                    _with_bias_row(attn.proj.weight, attn.proj.bias),  # (C + 1, C)
-                    block.ln_2.weight, block.ln_2.bias, block.ln_2.eps,
-                    mlp.fc.weight.detach().t().contiguous(), _bias(mlp.fc.bias, cfg.d_ff, wqkv),  # (C, F), (F,)
-                    _with_bias_row(mlp.proj.weight, mlp.proj.bias),  # (F + 1, C)
-                ))
-                self._rel.append(attn.rel_emb.detach() if self.relative else None)
+                tensors += [block.ln_1.weight, _bias(block.ln_1.bias, cfg.d_model, wqkv), wqkv, bqkv,
+                            _with_bias_row(attn.proj.weight, attn.proj.bias),  # (C + 1, C)
+                            block.ln_2.weight, _bias(block.ln_2.bias, cfg.d_model, wqkv),
+                            mlp.fc.weight.detach().t(), _bias(mlp.fc.bias, cfg.d_ff, wqkv),  # (C, F), (F,)
+                            _with_bias_row(mlp.proj.weight, mlp.proj.bias)]  # (F + 1, C)
+            tensors = hugepages.pack([t.detach() for t in tensors])  # everything a step reads, in one buffer
+            self.lm_head = tensors[0]
+            self.layers = []
+            for i, block in enumerate(model.blocks):
+                w1, b1, wqkv, bqkv, wo, w2, b2, wfc, bfc, wpr = tensors[1 + 10 * i : 11 + 10 * i]
+                self.layers.append((w1, b1, block.ln_1.eps, wqkv, bqkv, wo, w2, b2, block.ln_2.eps, wfc, bfc, wpr))
+            self._rel = [block.attn.rel_emb.detach() if self.relative else None for block in model.blocks]
         self._tables: dict[int, Tensor] = {}  # window -> (n_layer, H, D, window)
         self._last: tuple[int, Tensor | None, list[Tensor | None]] = (0, None, [])
         self._work: dict[int, _Workspace] = {}  # per batch size
@@ -85,7 +88,8 @@ class Decoder:
         if window != self._last[0]:
             stacked = self._tables.get(window)
             if stacked is None and self.relative:
-                stacked = self._tables[window] = torch.stack([_extend(rel, window).transpose(1, 2) for rel in self._rel])
+                stacked = torch.stack([_extend(rel, window).transpose(1, 2) for rel in self._rel])
+                stacked = self._tables[window] = hugepages.pack([stacked])[0]
             self._last = (window, stacked, list(stacked.unbind(0)) if self.relative else [None] * len(self._rel))
         window, stacked, full = self._last
         if n is None or n == window or stacked is None:

@@ -16,13 +16,16 @@ view of the last `window` slots, so no step allocates or copies more than its ow
 When the spare room runs out, the last window-1 slots move to the front in one pass (every
 capacity-window+1 steps; with the default capacity of 1.5 windows, once per half window: a few
 microseconds a step, amortized). Relative attention depends on i - j only, so the window slides
-freely; a model with absolute positions cannot go past its context.
+freely; a model with absolute positions cannot go past its context. On a CPU the buffers live on
+transparent huge pages where the OS allows (musicgpt.hugepages): fewer TLB misses per step.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from musicgpt import hugepages
 
 
 class KVCache:
@@ -64,8 +67,8 @@ class KVCache:
 
     def allocate(self, n_head: int, batch: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
         """Allocate the buffers for `batch` sequences (done by the first `update` or decode step)."""
-        self.keys_t = torch.empty((self.n_layer, n_head, batch, head_dim, self.capacity), dtype=dtype, device=device)
-        self.values = torch.empty((self.n_layer, n_head, batch, self.capacity, head_dim), dtype=dtype, device=device)
+        self.keys_t = hugepages.empty((self.n_layer, n_head, batch, head_dim, self.capacity), dtype, device)
+        self.values = hugepages.empty((self.n_layer, n_head, batch, self.capacity, head_dim), dtype, device)
         self._forget_views()
 
     def begin(self, n_new: int) -> None:
@@ -155,8 +158,9 @@ class KVCache:
 
     def _grow(self, capacity: int) -> None:
         keep = self.n_past
-        keys_t = self.keys_t.new_empty((*self.keys_t.shape[:4], capacity))
-        values = self.values.new_empty((*self.values.shape[:3], capacity, self.values.shape[-1]))
+        keys_t = hugepages.empty((*self.keys_t.shape[:4], capacity), self.keys_t.dtype, self.keys_t.device)
+        values = hugepages.empty((*self.values.shape[:3], capacity, self.values.shape[-1]), self.values.dtype,
+                                 self.values.device)
         keys_t[..., :keep] = self.keys_t[..., self.end - keep : self.end]
         values[:, :, :, :keep] = self.values[:, :, :, self.end - keep : self.end]
         self.keys_t, self.values, self.capacity = keys_t, values, capacity
