@@ -22,8 +22,9 @@ tools/install_pretrained.py):
   its position table allows;
 - samples: continuations of primers cut from ASAP test performances (fixed seeds, default
   sampling), and degeneracy measures from `musicgpt.metrics` (repeated 4-note pitch n-grams,
-  longest silence, notes per second, longest repeated-pitch run) next to the same measures on
-  real excerpts of the same length from the same split, plus the mgeval-style set comparison.
+  longest silence, notes per second, longest repeated-pitch run, polyphony for hanging notes) next
+  to the same measures on real excerpts of the same length from the same split, plus the
+  mgeval-style set comparison.
 
 --max-docs N evaluates a subset (N documents per split, spread over the pieces) for a quick
 check; the JSON then says "subset" and the card says it is not the final figure. Evaluations run
@@ -69,7 +70,8 @@ from musicgpt.train import autocast_dtype  # noqa: E402
 
 CAVEAT = ("CPU only: no GPU was lent to this task. Timings are wall-clock seconds on a shared 2-core machine whose "
           "speed drifts 2-4x within minutes; they are for orientation, not comparison.")
-DEGENERACY = ("repeated_4gram_share", "longest_silence", "notes_per_second", "longest_pitch_run")
+# Loops, stalls, stutters and hanging notes (a NOTE_ON never released sounds to the end of the sample).
+DEGENERACY = ("repeated_4gram_share", "longest_silence", "notes_per_second", "longest_pitch_run", "polyphony")
 RESULTS = ROOT / "bench" / "results" / "bundled_model.json"
 
 
@@ -415,8 +417,8 @@ def samples(ckpt: Path, data_dir: Path, args) -> dict[str, Any]:
         "degeneracy": measures,
         "degenerate_share": float(np.mean(degenerate)),
         "degenerate_rule": "a sample is counted degenerate when it has no notes, or its repeated-4-gram share, longest "
-                           "silence or longest repeated-pitch run exceeds the largest value among the real excerpts, "
-                           "or its notes per second lies outside their range",
+                           "silence, longest repeated-pitch run or polyphony exceeds the largest value among the real "
+                           "excerpts, or its notes per second lies outside their range",
         "set_comparison": sets, "samples": rows, "real": ref_rows, "generation_seconds": round(gen_seconds, 1),
     }
 

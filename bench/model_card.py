@@ -24,7 +24,8 @@ NLL_TARGET = 2.2
 MEASURE_NAMES = {"repeated_4gram_share": "repeated 4-note pitch n-grams (share)",
                  "longest_silence": "longest silence (s)",
                  "notes_per_second": "notes per second",
-                 "longest_pitch_run": "longest repeated-pitch run (onsets)"}
+                 "longest_pitch_run": "longest repeated-pitch run (onsets)",
+                 "polyphony": "polyphony (sounding notes, time average; hanging notes raise it)"}
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -180,6 +181,11 @@ def _training_section(r: dict) -> list[str]:
     return lines + _table(["", ""], rows) + [""]
 
 
+def _piece(group: str) -> str:
+    """'Composer|Title_words' -> 'Composer: Title words'."""
+    return group.replace("|", ": ").replace("_", " ")
+
+
 def _source(meta: dict) -> str:
     """Which checkpoint of the run the weights are."""
     source = meta.get("source")
@@ -217,9 +223,12 @@ def _evaluation_section(r: dict) -> list[str]:
     if pp:
         largest = pp["largest_piece"]
         lines += [f"### Per piece (ASAP test, context {pp['context']})", "",
-                  f"One piece dominates the test split ({largest['piece'].replace('|', ': ').replace('_', ' ')}: "
-                  f"{100 * largest['share_of_events']:.0f}% of its events), so the pooled figure is mostly that piece. "
-                  f"Macro average over the {len(pp['pieces'])} pieces: **{pp['macro_nll']:.4f}**; pooled "
+                  (f"One piece dominates the test split ({_piece(largest['piece'])}: "
+                   f"{100 * largest['share_of_events']:.0f}% of its events), so the pooled figure is mostly that piece. "
+                   if largest["share_of_events"] > 0.4 else
+                   f"The largest piece is {_piece(largest['piece'])} ({100 * largest['share_of_events']:.0f}% of the "
+                   "events). ")
+                  + f"Macro average over the {len(pp['pieces'])} pieces: **{pp['macro_nll']:.4f}**; pooled "
                   f"{pp['pooled_nll']:.4f}; pooled without the largest piece "
                   f"{_f(pp['pooled_nll_without_largest'], 4)}.", ""]
         lines += _table(["composer", "piece", "performances", "events", "NLL", "accuracy"],
@@ -262,7 +271,7 @@ def _twin_section(r: dict, twin: dict) -> list[str]:
 
 
 def _samples_section(s: dict) -> list[str]:
-    primers = ", ".join(p["piece"].replace("|", ": ").replace("_", " ") for p in s["primers"])
+    primers = ", ".join(_piece(p["piece"]) for p in s["primers"])
     lines = ["## Samples and degeneracy", "",
              f"{s['n_generated']} continuations of {s['seconds']:.0f} s: {s['samples_per_primer']} per primer, from the "
              f"first {s['primer_seconds']:.0f} s of one ASAP test performance of each of {len(s['primers'])} pieces "

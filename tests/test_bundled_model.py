@@ -60,6 +60,10 @@ def test_bundled_files_config_and_tokenizer_agree():
     card = (BUNDLED / "MODEL_CARD.md").read_text()
     assert "CC BY-NC-SA 4.0" in card and "ASAP" in card
     assert "Not the final figures" not in card, "the card holds intermediate figures: regenerate it"
+    # installed by tools/install_pretrained.py, and the card describes these very weights
+    sha = install_pretrained.sha256(BUNDLED / checkpoint.WEIGHTS)
+    assert raw["meta"]["weights_sha256"] == sha
+    assert sha[:16] in card, "MODEL_CARD.md was measured on other weights: rerun bench/bundled_model.py"
 
 
 @needs_weights
