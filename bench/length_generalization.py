@@ -141,19 +141,17 @@ def last_checkpoint(run_dir: Path, steps: int) -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-def final_train_loss(run_dir: Path) -> float | None:
-    """The last train_loss in the run's metrics.csv."""
+def last_logged(run_dir: Path) -> dict[str, float]:
+    """The last logged train_loss and time_s (training seconds, evaluations excluded) of a run's metrics.csv."""
     import csv
 
     path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return None
-    loss = None
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            if row.get("train_loss"):
-                loss = float(row["train_loss"])
-    return loss
+    found: dict[str, float] = {}
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                found.update({k: float(row[k]) for k in ("train_loss", "time_s") if row.get(k)})
+    return found
 
 
 def train_one(name: str, config: Config, run_dir: Path, data_dir: Path, reuse: bool) -> dict:
@@ -162,14 +160,12 @@ def train_one(name: str, config: Config, run_dir: Path, data_dir: Path, reuse: b
 
     steps = config.train.steps
     ckpt = last_checkpoint(run_dir, steps) if reuse else None
-    seconds = None
+    reused = ckpt is not None
     if ckpt is None:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         print(f"training {name}: {steps} steps at context {config.model.n_ctx}", flush=True)
-        t0 = time.perf_counter()
         result = train(config, run_dir, data=data_dir)
-        seconds = round(time.perf_counter() - t0, 1)
         ckpt = last_checkpoint(run_dir, steps)
         if ckpt is None or result.interrupted:
             raise MusicGPTError(f"training {name} stopped at step {result.step} of {steps}")
@@ -177,10 +173,11 @@ def train_one(name: str, config: Config, run_dir: Path, data_dir: Path, reuse: b
         print(f"reusing {ckpt}", flush=True)
     meta = json.loads((ckpt / "config.json").read_text(encoding="utf-8")).get("meta", {})
     model = checkpoint.load_model(ckpt)
+    logged = last_logged(run_dir)
     return {"checkpoint": str(ckpt), "parameters": model.num_parameters(), "steps": steps,
-            "tokens_seen": meta.get("tokens"), "train_seconds": seconds, "threads": config.train.threads,
-            "final_train_loss": final_train_loss(run_dir), "precision": config.train.precision,
-            "model": model.config.to_dict()}
+            "tokens_seen": meta.get("tokens"), "train_seconds": logged.get("time_s"), "threads": config.train.threads,
+            "final_train_loss": logged.get("train_loss"), "precision": config.train.precision,
+            "reused_finished_run": reused, "model": model.config.to_dict()}
 
 
 # ---- the clamped absolute model ---------------------------------------------------------------------
@@ -291,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="skip training a model whose run already finished")
     parser.add_argument("--batch-size", type=int, default=8, help="evaluation windows per batch at context 512")
     parser.add_argument("--out", type=Path, help="default: bench/results/lengthgen.json (quick) or lengthgen-full.json")
+    parser.add_argument("--note", help="a remark stored in the JSON and shown in the report (e.g. how a run was resumed)")
     args = parser.parse_args(argv)
     full = args.size == "full"
     out = args.out or ROOT / "bench" / "results" / ("lengthgen-full.json" if full else "lengthgen.json")
@@ -365,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "`context` (stride = context): every event scored once, each seeing 0 .. context-1 "
                                   "events before it within its window"),
             "models": models, "nll_by_position": by_position, "verdict": verdict(models, CONTEXTS),
+            "note": args.note,
             "wall_s": round(time.perf_counter() - t_start, 1),
         }
     finally:

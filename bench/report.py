@@ -368,6 +368,8 @@ def section_lengthgen(d: dict, img: Path, stem: str) -> tuple[list[str], str]:
                      f"{clamp['how']}. Within {base} tokens its logits differ from the original by at most "
                      f"{fmt(clamp.get('max_logit_diff_vs_absolute_within_trained_context'))}.")
     lines.append(f"Method: {d.get('evaluation_method', '')}.")
+    if d.get("note"):
+        lines += ["", f"Note: {d['note']}"]
     if training:
         lines += ["", "Training (same steps, batch, data and seed for both):", ""]
         lines += table(["model", "parameters", "steps", "tokens seen", "train minutes", "final train loss"],
