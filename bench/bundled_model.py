@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = checkpoint.resolve(args.checkpoint)
     info = checkpoint_info(ckpt)
     source = info["meta"].get("source")
-    if source and not Path(source).resolve().is_relative_to(args.run.resolve()):
+    if source and not (ROOT / source).resolve().is_relative_to(args.run.resolve()):
         print(f"warning: {ckpt} was installed from {source}, not from {args.run}", file=sys.stderr)
 
     data, pop909 = args.data, args.pop909

@@ -54,6 +54,12 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _shown(path: Path) -> str:
+    """The path relative to the repository when it lies inside (no local absolute paths in shipped files)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def install(source: str | Path, dest: str | Path = checkpoint.DEFAULT_DIR, *, max_bytes: int = MAX_BYTES) -> dict:
     """Copy checkpoint `source` into `dest` (float32, or bfloat16 above max_bytes) and verify it; returns a summary."""
     source, dest = source_checkpoint(source), Path(dest)
@@ -74,7 +80,7 @@ def install(source: str | Path, dest: str | Path = checkpoint.DEFAULT_DIR, *, ma
         size = (staged / checkpoint.WEIGHTS).stat().st_size
         if size > max_bytes:
             raise CheckpointError(f"checkpoint {source}: {size:,} bytes even as bfloat16, over the {max_bytes:,} limit")
-        meta.update({"source": str(source.resolve()), "stored_dtype": "bfloat16" if dtype else "float32",
+        meta.update({"source": _shown(source), "stored_dtype": "bfloat16" if dtype else "float32",
                      "weights_sha256": sha256(staged / checkpoint.WEIGHTS),
                      "installed": datetime.datetime.now().isoformat(timespec="seconds")})
         checkpoint.save(model, staged, tokenizer, dtype=dtype, meta=meta)
