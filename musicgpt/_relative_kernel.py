@@ -1,7 +1,7 @@
 """Build once, cache and load the fused relative-attention CPU kernel (`musicgpt/csrc/relative_attention.cpp`).
 
 The kernel is compiled on first use with the system's C++ compiler against the installed torch (one
-`c++` call, about half a minute; no ninja needed) into a cache directory keyed by the source, the
+`c++` call, about 20 s on 2 cores; no ninja needed) into a cache directory keyed by the source, the
 compiler command, torch's version and this CPU's instruction set, so later runs load it at once.
 When there is no compiler, the build fails, or the BLAS it needs is missing, `load()` returns False
 and musicgpt keeps its eager PyTorch path (`musicgpt.attention`), which computes the same thing.
@@ -129,12 +129,32 @@ def _load() -> str | None:
     try:
         torch.ops.load_library(str(build()))
         if not torch.ops.musicgpt_relattn.available():
-            return "torch's BLAS does not export sgemm_ / cblas_gemm_bf16bf16f32"
+            return "torch's BLAS does not export sgemm_"
+        _register_fakes()
     except Exception as exc:  # any failure means: keep the eager path
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def _register_fakes() -> None:
+    """Output shapes and strides of the ops without running them: torch.compile traces through them."""
+
+    @torch.library.register_fake("musicgpt_relattn::forward")
+    def _forward(q, k, v, rel, window, block):
+        b, h, lq, d = q.shape
+        return q.new_empty(b, lq, h, d).permute(0, 2, 1, 3), q.new_empty(b, h, lq)
+
+    @torch.library.register_fake("musicgpt_relattn::backward")
+    def _backward(grad_out, q, k, v, rel, out, lse, window, block):
+        b, h, lq, d = q.shape
+        lk = k.shape[2]
+        drel = q.new_empty(rel.shape) if rel is not None else q.new_empty(0, 1, d)
+        return (q.new_empty(b, lq, h, d).permute(0, 2, 1, 3), q.new_empty(b, lk, h, d).permute(0, 2, 1, 3),
+                q.new_empty(b, lk, h, d).permute(0, 2, 1, 3), drel)
+
+
+@torch.compiler.assume_constant_result  # torch.compile calls it while tracing and keeps the answer
 def load() -> bool:
     """True when the fused kernel is usable in this process (building it the first time)."""
     m = mode()

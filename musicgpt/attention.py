@@ -13,10 +13,11 @@ Two implementations compute the same thing:
 - the fused CPU kernel (`musicgpt/csrc/relative_attention.cpp`, built once on first use by
   `musicgpt._relative_kernel`): per (batch, head, block of queries) two GEMMs, then skew, mask and
   softmax (and in backward its gradient and the skew's adjoint) in one pass over a block that stays
-  in cache; float32 and bfloat16, no attention dropout. Used whenever it builds;
-  MUSICGPT_ATTENTION_KERNEL=eager|native forces either choice.
+  in cache; it computes in float32 (bfloat16 inputs are upcast: at head_dim 32, bf16 GEMMs measured
+  no faster), without attention dropout. Used whenever it builds; MUSICGPT_ATTENTION_KERNEL=eager
+  or =native forces either choice.
 - the eager PyTorch path below (`_RelativeAttention`), for everything else: no compiler, float64,
-  attention dropout, other devices, torch.compile tracing. Its forward keeps only inputs and output;
+  attention dropout, other devices. Its forward keeps only inputs and output;
   its backward recomputes each block's probabilities. Work is laid out heads first, (H·B, L, D), so
   the relative GEMM of one head covers the whole batch.
 Either way peak memory is one block of logits instead of every layer's (B, H, L, L) probabilities.
@@ -406,7 +407,7 @@ def _rows_contiguous(x: Tensor) -> Tensor:
 
 def _use_kernel(q: Tensor, k: Tensor, v: Tensor, rel_emb: Tensor | None, dropout_p: float) -> bool:
     """Whether the fused kernel covers this call (and builds/loads on this machine)."""
-    if dropout_p > 0 or q.device.type != "cpu" or torch.compiler.is_compiling():
+    if dropout_p > 0 or q.device.type != "cpu":
         return False
     if q.dtype not in (torch.float32, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
         return False

@@ -174,11 +174,16 @@ def test_scratch_buffers_work_after_inference_mode(eager_path, first):
 # ---- the fused CPU kernel (musicgpt/csrc/relative_attention.cpp) ----
 
 @pytest.fixture
-def kernel_calls(monkeypatch):
-    """Skip without the fused kernel (no compiler); else count its forward and backward calls."""
+def kernel(monkeypatch):
+    """Skip without the fused kernel (no compiler here)."""
     monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "auto")
     if not _relative_kernel.load():
         pytest.skip("the fused relative-attention kernel cannot be built here")
+
+
+@pytest.fixture
+def kernel_calls(kernel, monkeypatch):
+    """Count the fused kernel's forward and backward calls."""
     calls = {"forward": 0, "backward": 0}
     for name in calls:
         real = getattr(_relative_kernel, name)
@@ -315,3 +320,21 @@ def test_failed_build_falls_back_to_the_eager_path(monkeypatch, tmp_path):
     finally:
         _relative_kernel._load.cache_clear()  # later tests load the real kernel again
         _relative_kernel._warn_once.cache_clear()
+
+
+def test_fused_kernel_inside_torch_compile(kernel):
+    from torch.profiler import profile
+
+    q, k, v = (rand(2, 3, 20, 4, dtype=torch.float32, seed=s).requires_grad_() for s in range(3))
+    rel = rand(3, 8, 4, dtype=torch.float32, seed=3).requires_grad_()
+    compiled = torch.compile(lambda *t: relative_attention(*t, window=9, block=8), fullgraph=True)  # no graph break
+    compiled(q, k, v, rel)
+    with profile() as prof:
+        got = compiled(q, k, v, rel)
+        grads = torch.autograd.grad(got.sum(), (q, k, v, rel))
+    ops = {e.key for e in prof.key_averages()}
+    assert {"musicgpt_relattn::forward", "musicgpt_relattn::backward"} <= ops  # the kernel runs in the graph
+    want = relative_attention(q, k, v, rel, window=9, block=8)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(grads, torch.autograd.grad(want.sum(), (q, k, v, rel))):
+        torch.testing.assert_close(g, w)
