@@ -59,8 +59,10 @@ def ours(model, n: int, arcs: bool = False, batch: int = 1) -> None:
 
 def hf_model(cfg: GPTConfig):
     """GPT2LMHeadModel of the same size: layers, heads, width, MLP width, vocabulary, context."""
+    import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    transformers.logging.set_verbosity_error()  # its padding advice does not apply: one unpadded BOS per row
     hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_layer=cfg.n_layer,
                         n_head=cfg.n_head, n_inner=cfg.d_ff, activation_function="gelu_new", bos_token_id=1,
                         eos_token_id=2, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -223,10 +225,17 @@ def main() -> int:
     result["tokens_per_s_by_length"] = by_length
     per_round, per_round_cpu = ([times[lengths[-1]][r][i] / lengths[-1] / (times[lengths[0]][r][i] / lengths[0])
                                  for r in range(rounds)] for i in (0, 1))
+    full = [n for n in lengths if n >= cfg.n_ctx]  # from n_ctx tokens on, every step sees a full window
+    beyond = {}
+    if len(full) >= 3:  # tokens c-b against tokens b-a: both full-window stretches, so the ratio should be 1
+        a, b, c = full[-3:]
+        beyond = {f"ms_per_token_{b}_to_{c}_over_{a}_to_{b}{suffix}": round(statistics.median(
+            ((times[c][r][i] - times[b][r][i]) / (c - b)) / ((times[b][r][i] - times[a][r][i]) / (b - a))
+            for r in range(rounds)), 3) for i, suffix in ((0, ""), (1, "_cpu"))}
     result["flatness"] = {
         "ms_per_token_longest_over_shortest": round(statistics.median(per_round), 3),
         "cpu_ms_per_token_longest_over_shortest": round(statistics.median(per_round_cpu), 3),
-        "lengths": [lengths[0], lengths[-1]],
+        "lengths": [lengths[0], lengths[-1]], **beyond,
         "note": f"median of per-round ratios; window = n_ctx = {cfg.n_ctx}: attention reads grow until the window "
                 "is full, then every step costs the same (no step copies more than its own key and value; the "
                 "window moves to the front of the buffers once per half window)"}

@@ -2,25 +2,35 @@
 
 At batch 1 on a CPU a decode step is bound by reading memory (the weights, then the cached keys,
 values and relative embeddings: ~38 MB a step for the `small` preset once the window is full)
-and by per-op dispatch, not by arithmetic. `MusicGPT.forward` serves training, prefill and
-analysis (blocked relative attention, masks, dropout modules, an output object); a step with one
-query needs none of that: it sees every key in the cache window, so there is no mask, and its
-relative logits are one GEMV per head against the embeddings of distances n-1 … 0.
+and by per-op overhead, which is high: each step streams all that through the CPU caches, so
+every small op after a big one starts cold (~10 µs an op here, 4x what it costs in a loop).
+`MusicGPT.forward` serves training, prefill and analysis (blocked relative attention, masks,
+dropout modules, an output object); a step with one query needs none of that: it sees every key
+in the cache window, so there is no mask, and its relative logits are one GEMV per head against
+the embeddings of distances n-1 … 0.
 
 `Decoder.step` runs the same arithmetic as `MusicGPT.forward(ids, cache=cache)` for one new token
-per sequence, with each operand laid out for the GEMV that reads it:
+per sequence in 13 ops a layer, each operand laid out for the GEMV that reads it:
 
-- weights pre-transposed to (in, out) with the bias in an extra last row for the two residual
+- weights pre-transposed to (in, out), with the bias as an extra last row for the two residual
   projections, so `x.addmm_(y1, W)` (y1 = [y, 1]) is projection, bias and residual in one op; the
-  query rows of the fused qkv projection carry the 1/sqrt(head_dim) scale;
+  query rows of the fused qkv projection carry the 1/sqrt(head_dim) scale; all of them packed in
+  one buffer on huge pages (musicgpt.hugepages);
 - keys transposed in the cache (`KVCache.keys_t`, (H, B, D, slots)), the relative embeddings
   transposed and extended to the window once per decoder ((H, D, window), distance n-1 … 0 left to
-  right), so both logit terms are q (1, D) @ (D, n) on contiguous n-long rows;
-- the new key and value written straight into their cache slot, no per-step allocation of caches.
+  right), so both logit terms are q (1, D) @ (D, n) on contiguous n-long rows (1.5x faster than
+  q @ Kᵀ over (n, D) rows; bench/generate.py "attention_layouts");
+- the new key and value copied into their cache slot through views made once per slot and
+  window (KVCache.decode_views), no allocation or indexing of the caches per step.
+
+Weighed and left out (measured in bench/generate.py or while writing this): one matmul for both
+logit terms (the embeddings' alignment to the keys moves by one every step, so keys and embeddings
+cannot share a buffer without copying the table each step); SDPA with the relative logits as a
+float mask (fewer ops, slower kernel for one query); torch.compile of the step (slower on CPU here).
 
 It hands back each layer's attention probabilities for free when asked. tests/test_generation.py
-pins every step to the model's full forward pass (1e-4), so a change to the model that this file
-does not follow fails there.
+and tests/test_kv_cache.py pin every step to the model's full forward pass (1e-4), including
+while a small window slides and moves to the front many times.
 """
 
 from __future__ import annotations
@@ -138,7 +148,7 @@ class Decoder:
                 ws.q_heads.copy_(ws.q_src)
             s = torch.bmm(q, keys)  # (HB, 1, n): q · k
             if table is not None:  # + q · e(distance): one GEMM per head over the batch
-                s.view(h, b, n).baddbmm_(ws.q_hbd, table)
+                (s if b == 1 else s.view(h, b, n)).baddbmm_(ws.q_hbd, table)
             p = torch.softmax(s, dim=-1)
             if b == 1:  # straight into the [y, 1] buffer
                 torch.bmm(p, values, out=ws.y_heads)
