@@ -36,6 +36,7 @@ while a small window slides and moves to the front many times.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -48,11 +49,28 @@ from musicgpt.model import MusicGPT
 
 
 class Decoder:
-    """Decode steps of one model (eval semantics: no dropout); build one per generation, after any training.
+    """Decode steps of one model (eval semantics: no dropout).
 
-    The decoder holds re-laid-out copies of the weights (about the model's size again), taken when
-    it is built: a model changed afterwards needs a new Decoder.
+    The decoder holds re-laid-out copies of the weights (about the model's size again, ~35 ms to
+    make for `small`), taken when it is built: a model changed afterwards needs a new Decoder.
+    `Decoder.for_model` keeps one per model and rebuilds it when the parameters change.
     """
+
+    @classmethod
+    def for_model(cls, model: MusicGPT) -> "Decoder":
+        """The decoder of `model`, reused while its parameters are the same tensors, unmodified since.
+
+        "Unmodified" is judged by each parameter's storage and version counter, which every in-place
+        update through autograd-visible tensors bumps (optimizer steps, load_state_dict, `p.mul_()`
+        under no_grad); an edit through `p.data` is invisible to it: build a Decoder directly then.
+        """
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+        kept = _DECODERS.get(model)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        decoder = cls(model)
+        _DECODERS[model] = (key, decoder)
+        return decoder
 
     def __init__(self, model: MusicGPT):
         cfg = model.config
@@ -182,6 +200,9 @@ class _Workspace:
         self.y_heads = self.y.view(h, 1, d) if b == 1 else None
         self.h1 = like.new_ones(b, dec.config.d_ff + 1)  # [gelu(fc), 1]
         self.hid = self.h1[:, : dec.config.d_ff]
+
+
+_DECODERS: "weakref.WeakKeyDictionary[MusicGPT, tuple[tuple, Decoder]]" = weakref.WeakKeyDictionary()
 
 
 def _bias(bias: Tensor | None, size: int, like: Tensor) -> Tensor:

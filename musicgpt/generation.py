@@ -218,7 +218,7 @@ def _run(model, tokenizer, prompt: np.ndarray, max_new: int, seconds: float | No
     x = torch.from_numpy(prompt)[None].expand(batch, -1).contiguous().to(device)
     queries = np.broadcast_to(is_note_on[prompt], (batch, len(prompt)))
     logits = teacher_force(model, x, cache, recorders, queries, chunk=chunk)
-    decoder = Decoder(model)
+    decoder = Decoder.for_model(model)
     noise = GumbelNoise(make_generator(seed), batch, model.config.vocab_size)
     seqs = [prompt.tolist() for _ in range(batch)]
     clock = np.zeros(batch)  # seconds of new music per sample

@@ -191,3 +191,17 @@ def test_arcs_document_fields(checkpoint):
     assert json.loads(json.dumps(d)) == d
     assert d["model"]["n_ctx"] == 128 and d["tokenizer"]["type"] == "performance"
     assert [n["token"] for n in d["notes"]] == s.note_token.tolist()
+
+
+def test_the_decoder_is_kept_until_the_weights_change():
+    model = tiny_model()
+    first = Decoder.for_model(model)
+    assert Decoder.for_model(model) is first
+    (a,) = musicgpt.generate(model, max_new_tokens=40, seed=2, stop_at_eos=False, return_logits=True)
+    with torch.no_grad():
+        model.blocks[1].mlp.fc.weight.mul_(3.0)  # in place: the version counter moves
+    assert Decoder.for_model(model) is not first
+    (b,) = musicgpt.generate(model, max_new_tokens=40, seed=2, stop_at_eos=False, return_logits=True)
+    with torch.no_grad():
+        full = model(torch.from_numpy(b.ids[: b.primer_length + 39])[None]).logits[0, b.primer_length - 1 :]
+    assert (b.logits - full).abs().max() <= 1e-4 and (a.logits - b.logits).abs().max() > 1e-3
