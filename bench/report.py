@@ -524,7 +524,7 @@ def suite_lines(suite: dict | None, results: Path) -> list[str]:
         lines += [f"Total: {total:.0f} s wall ({total / 60:.1f} min)"
                   + (f", {cpu:.0f} CPU seconds ({cpu / 60:.1f} CPU minutes)" if cpu else "")
                   + " on this machine while other jobs shared it (see the load averages). CPU seconds are what "
-                  "the work itself costs; on an idle 2-core machine the wall time lies between half of them "
+                  "the work itself costs; on an idle 2-core machine the wall time is roughly between half of them "
                   "(both cores busy) and all of them (one core busy).", ""]
     return lines
 
