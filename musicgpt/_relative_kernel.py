@@ -15,7 +15,6 @@ Environment:
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import os
@@ -70,10 +69,12 @@ def compile_command(output: Path) -> list[str]:
     """The compiler call that builds the kernel into `output`."""
     from torch.utils import cpp_extension
 
-    cxx = os.environ.get("CXX", "c++")
-    abi = int(torch.compiled_with_cxx11_abi())
-    cmd = shlex.split(cxx) + ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-trapping-math", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", "-std=c++20",
-                              f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
+    cmd = shlex.split(os.environ.get("CXX", "c++"))
+    cmd += ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno",  # the last two let exp and max vectorize
+            "-fopenmp", "-fPIC", "-shared", "-std=c++20", "-w",
+            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        cmd.append("-mprefer-vector-width=512")  # full-width AVX-512 loops where the CPU has them
     cmd += [f"-I{p}" for p in cpp_extension.include_paths()]
     cmd += [str(SOURCE), "-o", str(output)]
     for lib_dir in cpp_extension.library_paths():
@@ -99,6 +100,8 @@ def build(verbose: bool = True) -> Path:
     if shutil.which(cxx) is None:
         raise KernelUnavailable(f"no C++ compiler ({cxx!r} is not on PATH)")
     lib.parent.mkdir(parents=True, exist_ok=True)
+    import fcntl  # POSIX only; elsewhere the build fails here and the eager path is used
+
     with open(lib.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same file
         if lib.exists():
