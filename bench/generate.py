@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import platform
 import statistics
 import sys
@@ -207,7 +208,7 @@ def main() -> int:
     result = {"caveat": CAVEAT, "device": "cpu", "gpu": "none lent to this task",
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "threads": 1,
               "model": {"preset": "small", **cfg.to_dict(), "parameters": model.num_parameters()},
-              "rounds": rounds}
+              "rounds": rounds, "load_average_1_5_15_min": {"start": [round(x, 2) for x in os.getloadavg()]}}
     ours(model, 64)  # warm-up
 
     # 1. tokens/s by length: time per token should stay flat once the window (n_ctx) is full.
@@ -327,6 +328,9 @@ def main() -> int:
     # 6. the decode-step attention layouts that were weighed against each other.
     result["attention_layouts"] = layouts(cfg, cfg.n_ctx, 3 if not args.quick else 2)
 
+    result["load_average_1_5_15_min"]["end"] = [round(x, 2) for x in os.getloadavg()]
+    result["load_average_1_5_15_min"]["note"] = (f"on {os.cpu_count()} CPUs: a load above that means other jobs "
+                                                 "took turns with this one, so wall-clock tokens/s understate it")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("flatness", "arcs_overhead", "attention_layouts")}, indent=1))
