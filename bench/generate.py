@@ -188,7 +188,8 @@ def layouts(cfg: GPTConfig, n: int, rounds: int) -> dict:
     ref = transposed(0).view(h, 1, d)
     return {"keys": n, "heads": h, "head_dim": d,
             "us_per_layer_cpu": {name: round(1e6 * min(v), 1) for name, v in best.items()},
-            "max_abs_difference": {name: float((fn(0).view(h, 1, d) - ref).abs().max()) for name, fn in variants.items()},
+            "max_abs_difference": {name: float((fn(0).view(h, 1, d) - ref).abs().max())
+                                   for name, fn in variants.items()},
             "note": "min over rounds of CPU time per layer (scores, relative term, softmax, values); not part "
                     "of the end-to-end numbers above"}
 
@@ -258,8 +259,9 @@ def main() -> int:
                 "ours_tokens_per_s": round(tokens / statistics.median(t[0] for t in res["a"]), 1),
                 "hf_tokens_per_s": round(tokens / statistics.median(t[0] for t in res["b"]), 1),
                 "speedup": round(res["ratio_wall"], 2), "speedup_cpu_time": round(res["ratio_cpu"], 2),
-                "per_round_wall_s": {"ours": [round(t[0], 3) for t in res["a"]], "hf": [round(t[0], 3) for t in res["b"]]},
-                "per_round_cpu_s": {"ours": [round(t[1], 3) for t in res["a"]], "hf": [round(t[1], 3) for t in res["b"]]}}
+                **{f"per_round_{kind}_s": {"ours": [round(t[i], 3) for t in res["a"]],
+                                           "hf": [round(t[i], 3) for t in res["b"]]}
+                   for i, kind in ((0, "wall"), (1, "cpu"))}}
             print(f"vs HF, batch {batch}: {res['ratio_wall']:.2f}x wall, {res['ratio_cpu']:.2f}x CPU", flush=True)
         result["vs_hf_transformers"] = {  # batch 1 (the target) at the top level, as bench/report.py reads it
             "transformers": transformers.__version__, "hf_parameters": sum(p.numel() for p in hf_m.parameters()),
