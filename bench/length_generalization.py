@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="skip training a model whose run already finished")
     parser.add_argument("--batch-size", type=int, default=8, help="evaluation windows per batch at context 512")
     parser.add_argument("--out", type=Path, help="default: bench/results/lengthgen.json (quick) or lengthgen-full.json")
-    parser.add_argument("--note", help="a remark stored in the JSON and shown in the report (e.g. how a run was resumed)")
+    parser.add_argument("--note", help="a remark stored in the JSON and shown in the report "
+                                       "(e.g. how a run was resumed)")
     args = parser.parse_args(argv)
     full = args.size == "full"
     out = args.out or ROOT / "bench" / "results" / ("lengthgen-full.json" if full else "lengthgen.json")
@@ -331,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             models[name] = train_one(name, config, work / name, data_dir, args.reuse)
         trained_ctx = configs["absolute"].model.n_ctx
         if trained_ctx != CONTEXTS[0]:
-            raise ConfigError(f"the configs train at context {trained_ctx}; this experiment is set up for {CONTEXTS[0]}")
+            raise ConfigError(f"the configs train at context {trained_ctx}; "
+                              f"this experiment is set up for {CONTEXTS[0]}")
         clamped, diff = clamped_copy(Path(models["absolute"]["checkpoint"]), work / "absolute-clamped", CONTEXTS[-1])
         models["absolute_clamped"] = {
             "checkpoint": str(clamped), "derived_from": "absolute",

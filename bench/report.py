@@ -107,6 +107,7 @@ def machine_line(d: dict) -> str:
 
 
 def section_tokenize(d: dict, img: Path) -> tuple[list[str], str]:
+    """ours vs miditok: notes/s per contender, ratios per round."""
     rounds = d["rounds"]
     names = list(rounds[0])
     base = "ours"
@@ -133,6 +134,7 @@ def section_tokenize(d: dict, img: Path) -> tuple[list[str], str]:
 
 
 def section_roundtrip(d: dict, img: Path) -> tuple[list[str], str]:
+    """Codec exactness per corpus (no baseline: counts and errors)."""
     rows, exact_all = [], True
     for c in d["corpora"]:
         files = c.get("files", 0)
@@ -151,6 +153,7 @@ def section_roundtrip(d: dict, img: Path) -> tuple[list[str], str]:
 
 
 def _contender_table(section: dict) -> list[str]:
+    """Median seconds of each contender and its ratio to the first one."""
     seconds = section["seconds"]
     names = list(seconds)
     base = names[0]
@@ -160,6 +163,7 @@ def _contender_table(section: dict) -> list[str]:
 
 
 def section_attention(d: dict, img: Path) -> tuple[list[str], str]:
+    """Every timed section of attention.json (contenders vs the first) and every peak-memory section."""
     lines = []
     headline = "-"
     for key, sec in d.items():
@@ -174,7 +178,8 @@ def section_attention(d: dict, img: Path) -> tuple[list[str], str]:
                 lines += ["Ratios recorded by the script: " + "; ".join(derived) + ".", ""]
             if key == "train_step":
                 s = sec["seconds"]
-                headline = f"train step relative/absolute {rx(ratio(s['relative']['median_s'], s['absolute']['median_s']))}"
+                rel_abs = ratio(s["relative"]["median_s"], s["absolute"]["median_s"])
+                headline = f"train step relative/absolute {rx(rel_abs)}"
         elif any(isinstance(v, dict) and "peak_mb" in v for v in sec.values()):
             names = [k for k, v in sec.items() if isinstance(v, dict) and "peak_mb" in v]
             base = names[0]
@@ -188,6 +193,7 @@ def section_attention(d: dict, img: Path) -> tuple[list[str], str]:
 
 
 def section_train(d: dict, img: Path) -> tuple[list[str], str]:
+    """Training tokens/s and peak memory per variant, against fp32 eager."""
     variants = d["variants"]
     base_name = "fp32-eager" if "fp32-eager" in variants else next(iter(variants))
     base = variants[base_name]["tokens_per_s_best"]
@@ -218,6 +224,7 @@ def section_train(d: dict, img: Path) -> tuple[list[str], str]:
 
 
 def section_generate(d: dict, img: Path) -> tuple[list[str], str]:
+    """Generation tokens/s by length and the comparisons against HF, full recompute and arcs off."""
     lines = [f"Batch 1, {d.get('threads')} thread(s), model {d.get('model', {}).get('preset', '?')} "
              f"({fmt(d.get('model', {}).get('parameters'))} parameters, n_ctx {d.get('model', {}).get('n_ctx')}), "
              f"{d.get('rounds')} rounds.", ""]
@@ -267,6 +274,7 @@ def section_generate(d: dict, img: Path) -> tuple[list[str], str]:
 
 
 def section_metrics(d: dict, img: Path) -> tuple[list[str], str]:
+    """Feature cost against MIDI reading, and within- vs cross-corpus overlap and KL per feature."""
     s = d["speed"]
     lines = [f"Files: {d.get('files')}; per set: "
              + ", ".join(f"{k} {v}" for k, v in d.get("files_per_set", {}).items()) + ".", ""]
@@ -320,6 +328,7 @@ def section_metrics(d: dict, img: Path) -> tuple[list[str], str]:
 
 
 def section_lengthgen(d: dict, img: Path, stem: str) -> tuple[list[str], str]:
+    """NLL per evaluation context against the training context, training budget, NLL by position."""
     models = d["models"]
     contexts = [str(c) for c in d["contexts"]]
     base = contexts[0]
@@ -390,7 +399,7 @@ def section_lengthgen(d: dict, img: Path, stem: str) -> tuple[list[str], str]:
         lines += [f"NLL by position inside the first {any_pos['window']}-token window of each long enough "
                   "evaluation document (positions past the training context are the extrapolation):", ""]
         lines += table(["model", "documents", *[f"positions {b}" for b in buckets],
-                        f"last / first bucket"], rows)
+                        "last / first bucket"], rows)
         bin_ = any_pos["bin"]
         curves = {labels.get(k, k): ([(i + 0.5) * bin_ for i in range(len(v["curve"]))], v["curve"])
                   for k, v in pos.items()}
@@ -406,6 +415,7 @@ def section_lengthgen(d: dict, img: Path, stem: str) -> tuple[list[str], str]:
 
 
 def _pyplot():
+    """matplotlib.pyplot with the non-interactive backend."""
     import matplotlib
 
     matplotlib.use("Agg")

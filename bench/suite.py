@@ -122,7 +122,8 @@ def _record(results: Path, size: str, entries: dict, started: str, machine_start
             previous = json.loads(path.read_text(encoding="utf-8")).get("benchmarks", {})
         except (OSError, json.JSONDecodeError, AttributeError):
             previous = {}
-    suite = {"command": command, "size": size, "results_dir": _shown(results), "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    suite = {"command": command, "size": size, "results_dir": _shown(results), "started": started,
+             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "machine_start": machine_start, "machine_end": machine_info(), "gpu": NO_GPU,
              "benchmarks": {**previous, **entries},
              "note": "Each benchmark entry records its own date and size; entries from earlier invocations "
