@@ -156,16 +156,20 @@ def last_logged(run_dir: Path) -> dict[str, float]:
 
 def train_one(name: str, config: Config, run_dir: Path, data_dir: Path, reuse: bool) -> dict:
     """Train one model (or reuse its finished run) and describe what was trained."""
-    from musicgpt.train import train
+    from musicgpt.train import resume_config, train
 
     steps = config.train.steps
     ckpt = last_checkpoint(run_dir, steps) if reuse else None
     reused = ckpt is not None
     if ckpt is None:
-        if run_dir.exists():
+        # an interrupted run of the same config continues where its last checkpoint left it
+        resumable = reuse and any((run_dir / "checkpoints").glob("step-*/config.json")) and \
+            resume_config(run_dir) == config
+        if run_dir.exists() and not resumable:
             shutil.rmtree(run_dir)
-        print(f"training {name}: {steps} steps at context {config.model.n_ctx}", flush=True)
-        result = train(config, run_dir, data=data_dir)
+        print(f"{'resuming' if resumable else 'training'} {name}: {steps} steps at context {config.model.n_ctx}",
+              flush=True)
+        result = train(config, run_dir, data=data_dir, resume=resumable)
         ckpt = last_checkpoint(run_dir, steps)
         if ckpt is None or result.interrupted:
             raise MusicGPTError(f"training {name} stopped at step {result.step} of {steps}")
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps of each model (default: the size's)")
     parser.add_argument("--threads", type=int, help="torch threads (default: the config's train.threads)")
     parser.add_argument("--work", type=Path, help="run directories (default: runs/lengthgen-full, or a temp dir)")
-    parser.add_argument("--reuse", action="store_true", help="skip training a model whose run already finished")
+    parser.add_argument("--reuse", action="store_true", help="skip training a model whose run already finished; resume one that was interrupted")
     parser.add_argument("--batch-size", type=int, default=8, help="evaluation windows per batch at context 512")
     parser.add_argument("--out", type=Path, help="default: bench/results/lengthgen.json (quick) or lengthgen-full.json")
     parser.add_argument("--note", help="a remark stored in the JSON and shown in the report "

@@ -27,14 +27,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from musicgpt.arcs import ArcsConfig, AttentionRecorder, arcs_document, query_rows, teacher_force, token_owners
 from musicgpt.decoder import Decoder
-from musicgpt.errors import ConfigError, MidiError
+from musicgpt.errors import ConfigError
+from musicgpt.midi import write_tracks
 from musicgpt.notes import Notes
 from musicgpt.primer import primer_ids
 from musicgpt.sampling import GrammarMask, GumbelNoise, SamplingConfig, make_generator, sample
@@ -93,32 +94,6 @@ class Sample:
 
             written.append(render_wav(written[0], out_dir / f"{name}.wav", soundfont=soundfont))
         return written
-
-
-def write_tracks(tracks: Sequence[tuple[str, Notes]], path: str | os.PathLike) -> None:
-    """Write named piano tracks to one MIDI file (120 qpm, 1000 ticks per quarter), atomically."""
-    from symusic import Score, Tempo, Track
-
-    from musicgpt.midi import WRITE_MSPQ, WRITE_TPQ
-
-    path = Path(path)
-    ticks_per_second = 1e6 * WRITE_TPQ / WRITE_MSPQ
-    score = Score(WRITE_TPQ)
-    score.tempos.append(Tempo(0, qpm=60e6 / WRITE_MSPQ))
-    for name, notes in tracks:
-        start = np.round(notes.start * ticks_per_second).astype(np.int64)
-        end = np.maximum(np.round(notes.end * ticks_per_second).astype(np.int64), start + 1)
-        track = Track(name=name, program=0, is_drum=False)
-        track.notes = track.notes.from_numpy(start.astype(np.int32), (end - start).astype(np.int32),
-                                             notes.pitch.astype(np.int8), np.clip(notes.velocity, 1, 127).astype(np.int8))
-        score.tracks.append(track)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        score.dump_midi(str(tmp))
-        os.replace(tmp, path)
-    except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        raise MidiError(f"{path}: cannot write ({exc})") from None
 
 
 def load_model_and_tokenizer(model=None, tokenizer=None, device: str | torch.device | None = None):

@@ -248,25 +248,33 @@ def read_midi(
 
 def write_midi(notes: Notes, path: str | os.PathLike, *, program: int = 0, name: str = "Piano") -> None:
     """Write notes as one piano track (120 qpm, 1000 ticks per quarter: 0.5 ms per tick)."""
+    write_tracks([(name, notes)], path, program=program)
+
+
+def write_tracks(tracks: Sequence[tuple[str, Notes]], path: str | os.PathLike, *, program: int = 0) -> None:
+    """Write named tracks of notes to one MIDI file (120 qpm, 0.5 ms per tick), atomically."""
     from symusic import Score, Tempo, Track
 
     ticks_per_second = 1e6 * WRITE_TPQ / WRITE_MSPQ
-    start = np.round(np.asarray(notes.start) * ticks_per_second).astype(np.int64)
-    end = np.round(np.asarray(notes.end) * ticks_per_second).astype(np.int64)
-    if len(start) and (start.min() < 0 or end.max() >= 2**31):
-        raise MidiError(f"{path}: notes must start at >= 0 s and end within {2**31 / ticks_per_second / 3600:.0f} h")
-    if len(notes) and ((notes.pitch < 0) | (notes.pitch > 127)).any():
-        raise MidiError(f"{path}: pitches must lie in 0..127")
-    track = Track(name=name, program=program, is_drum=False)
-    track.notes = track.notes.from_numpy(
-        start.astype(np.int32),
-        np.maximum(end - start, 0).astype(np.int32),
-        np.asarray(notes.pitch, np.int8),
-        np.clip(notes.velocity, 1, 127).astype(np.int8),
-    )
     score = Score(WRITE_TPQ)
     score.tempos.append(Tempo(0, qpm=60e6 / WRITE_MSPQ))
-    score.tracks.append(track)
+    for name, notes in tracks:
+        start = np.round(np.asarray(notes.start) * ticks_per_second).astype(np.int64)
+        end = np.round(np.asarray(notes.end) * ticks_per_second).astype(np.int64)
+        if len(start) and (start.min() < 0 or end.max() >= 2**31):
+            raise MidiError(f"{path}: notes must start at >= 0 s and end within "
+                            f"{2**31 / ticks_per_second / 3600:.0f} h")
+        if len(notes) and ((notes.pitch < 0) | (notes.pitch > 127)).any():
+            raise MidiError(f"{path}: pitches must lie in 0..127")
+        track = Track(name=name, program=program, is_drum=False)
+        # a zero-length note is a note-on cancelled by its own note-off, which players drop: keep one tick
+        track.notes = track.notes.from_numpy(
+            start.astype(np.int32),
+            np.maximum(end - start, 1).astype(np.int32),
+            np.asarray(notes.pitch, np.int8),
+            np.clip(notes.velocity, 1, 127).astype(np.int8),
+        )
+        score.tracks.append(track)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
