@@ -254,6 +254,16 @@ def nll_by_position(ckpt: Path, eval_dir: Path, split: str, window: int, max_doc
             "buckets": {f"{a}-{b - 1}": round(float(nll[a:b].mean()), 4) for a, b in zip(edges, edges[1:])}}
 
 
+def relative_lower_everywhere(models: dict, contexts: tuple[int, ...]) -> bool:
+    """Whether the relative model's NLL is below the absolute one's (clamped past its table) at every context."""
+    def nll(name: str, c: int) -> float | None:
+        v = models.get(name, {}).get("nll", {}).get(str(c), {})
+        return v.get("nll") if v.get("status") == "ok" else None
+
+    pairs = [(nll("relative", c), nll("absolute", c) or nll("absolute_clamped", c)) for c in contexts]
+    return all(r is not None and a is not None and r < a for r, a in pairs)
+
+
 def verdict(models: dict, contexts: tuple[int, ...]) -> dict:
     """Ratios of NLL at each context to NLL at the training context, and what they say about the claim."""
     base, longest = str(contexts[0]), str(contexts[-1])
@@ -268,14 +278,25 @@ def verdict(models: dict, contexts: tuple[int, ...]) -> dict:
     figures["relative_stays_close"] = rel is not None and rel <= 1 + STRICT
     figures["absolute_degrades"] = clamp is not None and clamp > 1 + STRICT
     figures["claim_reproduced"] = figures["relative_stays_close"] and figures["absolute_degrades"]
+    figures["relative_degrades_less"] = rel is not None and clamp is not None and rel < clamp
+    figures["relative_lower_at_every_context"] = relative_lower_everywhere(models, contexts)
     parts = []
     if rel is not None:
         parts.append(f"relative: NLL at {longest} is {rel:.3f}x its NLL at {base}")
     if clamp is not None:
         parts.append(f"absolute (positions clamped past {base}): {clamp:.3f}x")
     parts.append("absolute as trained: not evaluable past its position table")
-    figures["summary"] = "; ".join(parts) + (" -> claim reproduced" if figures["claim_reproduced"]
-                                             else " -> claim NOT reproduced at this size")
+    if figures["claim_reproduced"]:
+        outcome = " -> claim reproduced"
+    elif figures["relative_stays_close"]:
+        outcome = " -> no contrast at this size: relative stays close, but absolute does not degrade either"
+    elif figures["relative_degrades_less"]:
+        outcome = (f" -> claim reproduced in part: relative degrades less than absolute"
+                   + (" and is lower at every context" if figures["relative_lower_at_every_context"] else "")
+                   + f", but does not stay within {STRICT:.0%} of its NLL at {base}")
+    else:
+        outcome = " -> claim NOT reproduced at this size"
+    figures["summary"] = "; ".join(parts) + outcome
     return {"ratios_to_training_context": ratios, "stays_close_threshold": 1 + STRICT, **figures}
 
 

@@ -278,7 +278,11 @@ def test_lengthgen_verdict_and_sample(tmp_path):
     assert v["ratios_to_training_context"]["absolute_clamped"]["2048"] == 1.4
     assert v["claim_reproduced"] and "claim reproduced" in v["summary"]
     models["relative"]["nll"]["2048"]["nll"] = 2.2  # relative degrades 10%: the claim fails
-    assert not lg.verdict(models, lg.CONTEXTS)["claim_reproduced"]
+    v = lg.verdict(models, lg.CONTEXTS)
+    assert not v["claim_reproduced"] and v["relative_degrades_less"] and "in part" in v["summary"]
+    models["relative"]["nll"]["2048"]["nll"] = 4.0  # worse than clamped absolute: not even in part
+    v = lg.verdict(models, lg.CONTEXTS)
+    assert not v["relative_degrades_less"] and "NOT reproduced" in v["summary"]
 
     src = tmp_path / "prepared"
     src.mkdir()
