@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from musicgpt import checkpoint
-from musicgpt.config import Config, dump_toml, load_config
+from musicgpt.config import Config, config_to_dict, dump_toml, load_config
 from musicgpt.data import BatchStream, CropSampler, Specials, Split, open_split, valid_windows
 from musicgpt.errors import CheckpointError, ConfigError, MusicGPTError
 from musicgpt.evaluate import score
@@ -434,6 +434,12 @@ class Trainer:
         self.init_from = run.get("init_from")
         if init_from is not None:
             raise ConfigError("--init-from cannot be combined with --resume (the run's weights come from its checkpoint)")
+        changed = config_changes(resume_config(self.run_dir), self.config)
+        if changed and self.d.main:  # overrides at resume (a shortened schedule, say) stay on the record
+            dirs = checkpoint_dirs(self.run_dir)
+            run.setdefault("resumes", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                  "from": dirs[-1].name if dirs else None, "changed": changed})
+            path.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
         if run.get("world_size", 1) != self.d.world and self.d.main:
             print(f"note: resuming a run of {run.get('world_size')} processes on {self.d.world}: "
                   "the data streams will differ from the original run", file=sys.stderr)
@@ -661,6 +667,13 @@ def train(config: Config, run_dir: str | Path, *, data: str | Path | None = None
           init_from: str | Path | None = None, resume: bool = False) -> TrainResult:
     """Train (or fine-tune with init_from, or continue with resume) and return what the run left behind."""
     return Trainer(config, run_dir, data=data, init_from=init_from, resume=resume).run()
+
+
+def config_changes(before: Config, after: Config) -> dict[str, list]:
+    """The dotted keys whose values differ between two configs, as {key: [before, after]}."""
+    a, b = config_to_dict(before), config_to_dict(after)
+    return {f"{section}.{key}": [a[section].get(key), value]
+            for section, values in b.items() for key, value in values.items() if a[section].get(key) != value}
 
 
 def resume_config(run_dir: str | Path, overrides=()) -> Config:

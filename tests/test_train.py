@@ -1,5 +1,6 @@
 """The training loop on a micro model: checkpoints, exact resume, SIGTERM and kill -9, fine-tuning, logs, plots."""
 
+import json
 import math
 import shutil
 import signal
@@ -78,6 +79,17 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, reference
     assert losses(run_dir) == losses(ref_dir)  # steps 1-3 kept, 4-6 recomputed: equal floats
     assert weights_fingerprint(checkpoint.load_model(result.last_checkpoint)) == \
         weights_fingerprint(checkpoint.load_model(ref_dir / "checkpoints" / "step-0000006"))
+
+
+def test_resume_with_overrides_records_them_in_run_json(tmp_path, reference, data_dir):
+    ref_dir, _ = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(ref_dir, run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / "step-0000006")
+    result = train(resume_config(run_dir, ["train.steps=8"]), run_dir, resume=True)
+    assert result.step == 8
+    resumes = json.loads((run_dir / "run.json").read_text())["resumes"]
+    assert resumes[0]["from"] == "step-0000003" and resumes[0]["changed"] == {"train.steps": [6, 8]}
 
 
 def _wait_for_step(run_dir: Path, proc, step: int, timeout: float = 60.0) -> None:
