@@ -133,12 +133,16 @@ def run_info(run_dir: Path, step: int | None = None) -> dict[str, Any]:
     valid = [{"step": int(r["step"]), "valid_nll": r["valid_nll"]} for r in rows if "valid_nll" in r]
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     finished = datetime.datetime.fromtimestamp((run_dir / "metrics.csv").stat().st_mtime) if rows else None
+    resumes = run_json.get("resumes") or []  # `--resume RUN --set ...`: what changed, from which checkpoint
+    planned = config.get("train", {}).get("steps")
+    for resume in resumes:
+        planned = resume.get("changed", {}).get("train.steps", [None, planned])[1]
     return {
         "dir": _rel(run_dir), "config": config, "config_file": _rel(config_file) if config_file else None,
         "command": command, "data": data, "started": run_json.get("started"),
         "last_logged": finished.isoformat(timespec="seconds") if finished else None,
         "world_size": run_json.get("world_size"), "init_from": run_json.get("init_from"),
-        "steps_logged": int(last.get("step", 0)), "steps_planned": config.get("train", {}).get("steps"),
+        "steps_logged": int(last.get("step", 0)), "steps_planned": planned, "resumes": resumes,
         "tokens_logged": int(last.get("tokens", 0)), "train_seconds": last.get("time_s"),
         "final_train_loss": float(np.mean([r["train_loss"] for r in train_rows[-10:]])) if train_rows else None,
         "median_tokens_per_s": float(np.median(speeds)) if speeds else None,

@@ -175,6 +175,9 @@ def _training_section(r: dict) -> list[str]:
                           f"{_hours(run.get('train_seconds'))} for the whole run "
                           "(metrics.csv `time_s`: training steps, evaluation pauses excluded); "
                           f"median {_n(run.get('median_tokens_per_s'))} tokens/s on a machine shared with other work"],
+        *([["resumed with changes", "; ".join(
+            f"from {r.get('from')}: " + ", ".join(f"`{k}` {v[0]} → {v[1]}" for k, v in r.get("changed", {}).items())
+            for r in run["resumes"])]] if run.get("resumes") else []),
         ["final train loss", f"{_f(run.get('final_train_loss'))} (mean of the last 10 logged)"],
         ["best validation NLL", f"{_f(run.get('best_valid_nll'), 4)} (the training loop's fixed validation windows)"],
     ]
