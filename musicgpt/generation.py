@@ -38,9 +38,10 @@ from musicgpt.errors import ConfigError
 from musicgpt.midi import write_tracks
 from musicgpt.notes import Notes
 from musicgpt.primer import primer_ids
-from musicgpt.sampling import GrammarMask, GumbelNoise, SamplingConfig, make_generator, sample
+from musicgpt.sampling import GrammarMask, GumbelNoise, LongNoteLimit, SamplingConfig, make_generator, sample
 
 DEFAULT_NEW_TOKENS = 1024
+DEFAULT_MAX_NOTE_SECONDS = 10.0  # real piano holds 0.08% of its notes longer (ASAP, pedal folded)
 TOKENS_PER_SECOND_CAP = 200  # with `seconds` alone, stop after this many tokens per second asked (real piano: ~35)
 
 
@@ -138,13 +139,15 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
              arcs_config: ArcsConfig | None = None, primer_seconds: float | None = None,
              primer_tokens: int | None = None, stop_at_eos: bool = True, return_logits: bool = False,
              progress: bool = False, threads: int | None = 1, chunk: int = 256,
-             device: str | torch.device | None = None) -> list[Sample]:
+             device: str | torch.device | None = None,
+             max_note_seconds: float | None = DEFAULT_MAX_NOTE_SECONDS) -> list[Sample]:
     """Continue `primer` (a MIDI/MusicXML/ABC path, Notes, token ids or None) and return `num_samples` Samples.
 
     model: a MusicGPT, or a checkpoint directory, or None for the bundled model. Length: `max_new_tokens`
     and/or `seconds` of new music (default 1024 tokens). Sampling: temperature (0 = greedy), top_k,
-    top_p, min_p. seed: None draws one (kept in `Sample.seed`). arcs: capture attention and attach
-    the arcs.json dict. threads: CPU threads while generating (1 is fastest for one sequence; None
+    top_p, min_p. seed: None draws one (kept in `Sample.seed`). max_note_seconds: a note that has
+    sounded this long is ended at the next step (None or 0: never; see `LongNoteLimit`). arcs:
+    capture attention and attach the arcs.json dict. threads: CPU threads while generating (1 is fastest for one sequence; None
     leaves torch's setting).
     """
     model, tokenizer = load_model_and_tokenizer(model, tokenizer, device)
@@ -153,6 +156,8 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
         raise ConfigError(f"num_samples: must be a positive integer, got {num_samples!r}")
     if seconds is not None and not seconds > 0:
         raise ConfigError(f"seconds: must be positive, got {seconds!r}")
+    if max_note_seconds is not None and not max_note_seconds >= 0:
+        raise ConfigError(f"max_note_seconds: must be >= 0 (0 = no limit), got {max_note_seconds!r}")
     if max_new_tokens is None:
         max_new_tokens = DEFAULT_NEW_TOKENS if seconds is None else max(256, int(seconds * TOKENS_PER_SECOND_CAP))
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
@@ -164,7 +169,7 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
     with _eval_threads(model, threads if next(model.parameters()).device.type == "cpu" else None):
         return _run(model, tokenizer, prompt.astype(np.int64), int(max_new_tokens), seconds, sampling, int(seed),
                     int(num_samples), (arcs_config or ArcsConfig()) if arcs else None, stop_at_eos, return_logits,
-                    progress, chunk, shift_seconds)
+                    progress, chunk, shift_seconds, max_note_seconds or 0.0)
 
 
 def _shift_seconds(tokenizer, needed: bool) -> np.ndarray:
@@ -181,13 +186,15 @@ def _shift_seconds(tokenizer, needed: bool) -> np.ndarray:
 @torch.no_grad()
 def _run(model, tokenizer, prompt: np.ndarray, max_new: int, seconds: float | None, sampling: SamplingConfig,
          seed: int, batch: int, arcs_config: ArcsConfig | None, stop_at_eos: bool, return_logits: bool,
-         progress: bool, chunk: int, shift_seconds: np.ndarray) -> list[Sample]:
+         progress: bool, chunk: int, shift_seconds: np.ndarray, max_note_seconds: float) -> list[Sample]:
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_id, tokenizer.pad_id
     is_note_on = query_rows(tokenizer, np.arange(tokenizer.vocab_size))
     grammar = GrammarMask(tokenizer, batch, allow_eos=stop_at_eos, width=model.config.vocab_size)
+    long_notes = LongNoteLimit(tokenizer, batch, max_note_seconds)
     for b in range(batch):
         grammar.feed(b, prompt)
+        long_notes.feed(b, prompt)
     recorders = [AttentionRecorder(arcs_config) for _ in range(batch)] if arcs_config else None
     cache = model.new_cache()
     x = torch.from_numpy(prompt)[None].expand(batch, -1).contiguous().to(device)
@@ -215,7 +222,7 @@ def _run(model, tokenizer, prompt: np.ndarray, max_new: int, seconds: float | No
             if return_logits:
                 for b in active:
                     kept_logits[b].append(logits[b].clone())
-            tokens = sample(logits, sampling, None, blocked=grammar.blocked,
+            tokens = sample(logits, sampling, None, blocked=long_notes.apply(grammar.blocked, active),
                             noise=None if sampling.greedy else noise.next()).tolist()
             n_steps += 1
             for b in active:
@@ -226,6 +233,7 @@ def _run(model, tokenizer, prompt: np.ndarray, max_new: int, seconds: float | No
                     continue
                 seqs[b].append(t)
                 grammar.push(b, t)
+                long_notes.push(b, t)
                 clock[b] += shift_seconds[t]
                 if seconds is not None and clock[b] >= seconds - 1e-9:
                     reasons[b] = "seconds"

@@ -277,3 +277,63 @@ class GrammarMask:
         tokens = [int(tok.time_shift(1))] if state.opened_now.any() else []
         tokens += [int(t) for t in tok.note_off(sounding)]
         return tokens, drop
+
+
+class LongNoteLimit:
+    """Ends notes that have sounded `seconds`: the next token of that sequence must be one of their NOTE_OFFs.
+
+    An undertrained model tends to forget NOTE_OFFs (notes hang for the rest of the piece). Real piano
+    performances rarely hold a note that long (ASAP, pedal folded: 0.08% of notes last over 10 s), so
+    the limit changes almost nothing a model that does close its notes would write; Magenta's
+    `max_note_duration` truncates such notes when decoding instead. Time moves only with TIME_SHIFT
+    tokens, so a note ends at the first token boundary at or after its limit (at most one shift late).
+    Only for tokenizers with NOTE_ON/NOTE_OFF/TIME_SHIFT/VELOCITY tokens; others are left alone.
+    """
+
+    def __init__(self, tokenizer, batch: int, seconds: float):
+        ranges = getattr(tokenizer, "ranges", {})
+        self.enabled = seconds > 0 and all(k in ranges for k in ("NOTE_ON", "NOTE_OFF", "TIME_SHIFT", "VELOCITY"))
+        self.seconds = float(seconds)
+        if not self.enabled:
+            return
+        ids = np.arange(tokenizer.vocab_size)
+        kind, value = tokenizer.token_type(ids), tokenizer.token_value(ids)
+        names = tokenizer.type_names
+        self._on = np.where(kind == names.index("NOTE_ON"), value, -1)  # pitch per id, -1 elsewhere
+        self._off = np.where(kind == names.index("NOTE_OFF"), value, -1)
+        self._velocity = kind == names.index("VELOCITY")
+        self._shift = np.where(kind == names.index("TIME_SHIFT"), value * tokenizer.time_step, 0.0)
+        self._off_id = np.asarray(tokenizer.note_off(np.arange(ranges["NOTE_OFF"][1])), np.int64)
+        self.now = np.zeros(batch)  # seconds since the start of each sequence
+        self.onset = np.full((batch, ranges["NOTE_ON"][1]), np.nan)  # (B, pitches): when each sounding note began
+        self._after_velocity = [False] * batch
+
+    def feed(self, b: int, ids) -> None:
+        """Replay a prefix (BOS and primer) of sequence b."""
+        for t in ids:
+            self.push(b, int(t))
+
+    def push(self, b: int, token: int) -> None:
+        """Advance sequence b by one token."""
+        if not self.enabled or not 0 <= token < len(self._shift):
+            return
+        if self._on[token] >= 0:
+            self.onset[b, self._on[token]] = self.now[b]
+        elif self._off[token] >= 0:
+            self.onset[b, self._off[token]] = np.nan
+        self.now[b] += self._shift[token]
+        self._after_velocity[b] = bool(self._velocity[token])
+
+    def apply(self, blocked: Tensor, active: list[int]) -> Tensor:
+        """`blocked` (B, V), or a copy in which overdue sequences may only close their overdue notes."""
+        if not self.enabled:
+            return blocked
+        overdue = self.now[:, None] - self.onset >= self.seconds - 1e-9  # (B, pitches); NaN compares False
+        rows = [b for b in active if not self._after_velocity[b] and overdue[b].any()]
+        if not rows:
+            return blocked
+        blocked = blocked.clone()
+        for b in rows:
+            blocked[b] = True
+            blocked[b, torch.from_numpy(self._off_id[np.flatnonzero(overdue[b])])] = False
+        return blocked

@@ -110,6 +110,20 @@ def test_seconds_of_new_music():
     assert s.stop_reason == "seconds" and 2.0 <= new_time < 2.0 + 1.0 + 0.011  # the last shift may overshoot
 
 
+def test_max_note_seconds_bounds_every_new_note():
+    model = tiny_model()
+    kw = dict(primer_seconds=3.0, seconds=6.0, seed=5, stop_at_eos=False, num_samples=2, temperature=1.5)
+    free = musicgpt.generate(model, PRIMER, max_note_seconds=0, **kw)
+    capped = musicgpt.generate(model, PRIMER, max_note_seconds=0.5, **kw)
+    for s in capped:
+        new = s.notes[~s.primer_notes]
+        assert len(new) and (new.end - new.start).max() <= 0.5 + 1.0 + 1e-6  # one TIME_SHIFT (<= 1 s) late at most
+    longest = max(float((s.notes.end - s.notes.start)[~s.primer_notes].max()) for s in free)
+    assert longest > 1.5  # the random tiny model does hold notes longer when nothing stops it
+    with pytest.raises(ConfigError, match="max_note_seconds"):
+        musicgpt.generate(model, max_new_tokens=4, max_note_seconds=-1)
+
+
 def test_primer_sources_and_cuts(tmp_path):
     notes = read_midi(PRIMER)
     ids = TOK.encode(notes).ids

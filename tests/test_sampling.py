@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from musicgpt.errors import ConfigError
-from musicgpt.sampling import GrammarMask, SamplingConfig, filter_logits, make_generator, sample
+from musicgpt.sampling import GrammarMask, LongNoteLimit, SamplingConfig, filter_logits, make_generator, sample
 from musicgpt.tokenizer import PerformanceTokenizer
 
 TOK = PerformanceTokenizer()
@@ -126,3 +126,26 @@ def test_incremental_mask_equals_the_grammar_state_at_every_step(allow_eos):
     assert np.array_equal(~g.blocked[0].numpy(), g.allowed_row(0))
     g.finish(1)
     assert not g.blocked[1, TOK.note_on(60)] and g.blocked[1, TOK.pad_id]
+
+
+def test_long_note_limit_forces_the_overdue_note_off():
+    limit = LongNoteLimit(TOK, batch=2, seconds=1.5)
+    blocked = torch.zeros(2, TOK.vocab_size, dtype=torch.bool)
+    for b in range(2):
+        limit.feed(b, [TOK.bos_id, int(TOK.velocity(20)), int(TOK.note_on(60)), int(TOK.time_shift(100))])
+    assert limit.apply(blocked, [0, 1]) is blocked  # 1 s: not yet
+    limit.push(0, int(TOK.note_on(64)))
+    limit.push(0, int(TOK.time_shift(50)))  # pitch 60 has sounded 1.5 s, pitch 64 0.5 s
+    limit.push(1, int(TOK.note_off(60)))  # sequence 1 closed its note itself
+    limit.push(1, int(TOK.time_shift(50)))
+    forced = limit.apply(blocked, [0, 1])
+    assert forced is not blocked and not blocked.any()  # the grammar's own mask is left alone
+    assert torch.equal(torch.nonzero(~forced[0]).flatten(), torch.tensor([int(TOK.note_off(60))]))
+    assert not forced[1].any()
+    assert limit.apply(blocked, [1]) is blocked  # only active sequences are forced
+    limit.push(0, int(TOK.velocity(20)))  # after a VELOCITY only a NOTE_ON may follow: wait a token
+    assert limit.apply(blocked, [0]) is blocked
+    limit.push(0, int(TOK.note_on(67)))
+    limit.push(0, int(TOK.note_off(60)))
+    assert limit.apply(blocked, [0]) is blocked
+    assert LongNoteLimit(TOK, batch=1, seconds=0).apply(blocked, [0]) is blocked  # 0 = no limit

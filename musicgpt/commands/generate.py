@@ -28,6 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("generated"), metavar="DIR",
                         help="output folder for sample_00.mid … (default: ./generated)")
     parser.add_argument("--ignore-eos", action="store_true", help="never let the model end a piece early (mask EOS)")
+    parser.add_argument("--max-note-seconds", type=float, metavar="S",
+                        help="end a note that has sounded S seconds at the next step (default 10; 0 = never)")
     arcs = parser.add_argument_group("attention arcs")
     arcs.add_argument("--arcs", action="store_true", help="also write sample_NN.arcs.json and the viewer sample_NN.html")
     arcs.add_argument("--arcs-top-n", type=int, default=6, metavar="N",
@@ -47,7 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate, write the files, print one line per sample."""
     from musicgpt.arcs import ArcsConfig
-    from musicgpt.generation import generate, load_model_and_tokenizer
+    from musicgpt.generation import DEFAULT_MAX_NOTE_SECONDS, generate, load_model_and_tokenizer
 
     arcs_config = ArcsConfig(row_top_k=args.arcs_row_top_k, top_n=args.arcs_top_n,
                              min_weight=args.arcs_min_weight) if args.arcs else None
@@ -61,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
                        seconds=args.seconds, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                        min_p=args.min_p, seed=args.seed, num_samples=args.num_samples, arcs=args.arcs,
                        arcs_config=arcs_config, primer_seconds=args.primer_seconds, primer_tokens=args.primer_tokens,
-                       stop_at_eos=not args.ignore_eos, progress=not args.quiet, threads=args.threads)
+                       stop_at_eos=not args.ignore_eos, progress=not args.quiet, threads=args.threads,
+                       max_note_seconds=DEFAULT_MAX_NOTE_SECONDS if args.max_note_seconds is None
+                       else args.max_note_seconds)
     for i, s in enumerate(samples):
         written = s.save(args.out, f"sample_{i:02d}", wav=args.wav, soundfont=args.soundfont)
         n_primer = int(s.primer_notes.sum())
