@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import musicgpt  # noqa: E402
+from musicgpt.generation import DEFAULT_MAX_NOTE_SECONDS  # noqa: E402
 from musicgpt import checkpoint  # noqa: E402
 from musicgpt.config import load_config  # noqa: E402
 from musicgpt.data import Specials, Split, open_split, windows  # noqa: E402
@@ -344,7 +345,7 @@ def summary(values: list[float]) -> dict[str, float]:
             "min": float(v.min()), "max": float(v.max())}
 
 
-def samples(ckpt: Path, data_dir: Path, args) -> dict[str, Any]:
+def samples(ckpt: Path, data_dir: Path, args, max_note_seconds: float | None = None) -> dict[str, Any]:
     """Continuations of ASAP test primers and their degeneracy measures next to real excerpts of the same length."""
     model, tokenizer = checkpoint.load(ckpt)
     docs = open_split(data_dir, "test")
@@ -369,7 +370,7 @@ def samples(ckpt: Path, data_dir: Path, args) -> dict[str, Any]:
         out = musicgpt.generate(model, np.asarray(docs.doc(doc), np.int64), tokenizer=tokenizer,
                                 primer_seconds=args.primer_seconds, seconds=args.seconds,
                                 num_samples=args.samples_per_primer, seed=seed, threads=args.threads,
-                                progress=not args.quiet)
+                                progress=not args.quiet, max_note_seconds=max_note_seconds)
         for k, s in enumerate(out):
             clock0 = clock_at(tokenizer, s.ids[: s.primer_length])  # where the primer ends and new music begins
             continuation = excerpt(s.notes[~s.primer_notes], clock0, clock0 + args.seconds)
@@ -415,7 +416,8 @@ def samples(ckpt: Path, data_dir: Path, args) -> dict[str, Any]:
     return {
         "primers": [{"piece": g, "doc": pieces[g][0]} for g in picks], "primer_seconds": args.primer_seconds,
         "seconds": args.seconds, "samples_per_primer": args.samples_per_primer, "seed": args.seed,
-        "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0},
+        "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
+                     "max_note_seconds": max_note_seconds or 0.0},
         "n_generated": len(generated), "n_real": len(reference), "empty_samples": sum(f is None for f in gen_features),
         "stop_reasons": {r: sum(x["stop_reason"] == r for x in rows) for r in sorted({x["stop_reason"] for x in rows})},
         "degeneracy": measures,
@@ -524,7 +526,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "evaluations": evaluate_all(twin, data, pop909, contexts, args)}
     if "samples" not in skip:
         print("samples", file=sys.stderr)
-        result["samples"] = samples(ckpt, args.data, args)
+        result["samples"] = samples(ckpt, args.data, args, DEFAULT_MAX_NOTE_SECONDS)
+        print("samples without the long-note limit", file=sys.stderr)
+        result["samples_uncapped"] = samples(ckpt, args.data, args, 0.0)
     result["seconds"] = round(time.perf_counter() - started, 1)
     if scratch is not None:
         scratch.cleanup()

@@ -103,7 +103,7 @@ def render(r: dict[str, Any]) -> str:
 
     lines += _data_section(r) + _model_section(ck) + _training_section(r) + _evaluation_section(r)
     if r.get("samples"):
-        lines += _samples_section(r["samples"])
+        lines += _samples_section(r["samples"], r.get("samples_uncapped"))
     lines += _limitations(r) + _reproduce(r)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -273,14 +273,16 @@ def _twin_section(r: dict, twin: dict) -> list[str]:
     return lines
 
 
-def _samples_section(s: dict) -> list[str]:
+def _samples_section(s: dict, uncapped: dict | None = None) -> list[str]:
     primers = ", ".join(_piece(p["piece"]) for p in s["primers"])
     lines = ["## Samples and degeneracy", "",
              f"{s['n_generated']} continuations of {s['seconds']:.0f} s: {s['samples_per_primer']} per primer, from the "
              f"first {s['primer_seconds']:.0f} s of one ASAP test performance of each of {len(s['primers'])} pieces "
              f"({primers}); seeds {s['seed']}…{s['seed'] + len(s['primers']) - 1}, default sampling "
-             "(temperature 1, no "
-             f"top-k/top-p). Stop reasons: {', '.join(f'{k} {v}' for k, v in s['stop_reasons'].items())}. The same "
+             "(temperature 1, no top-k/top-p"
+             + (f", notes ended after {s['sampling']['max_note_seconds']:g} s" if s.get("sampling", {}).get(
+                 "max_note_seconds") else "")
+             + f"). Stop reasons: {', '.join(f'{k} {v}' for k, v in s['stop_reasons'].items())}. The same "
              f"measures on {s['n_real']} real excerpts of the same length (seconds {s['primer_seconds']:.0f}–"
              f"{s['primer_seconds'] + s['seconds']:.0f} of up to 2 performances of every test piece), with "
              "`musicgpt.metrics`:", ""]
@@ -293,6 +295,14 @@ def _samples_section(s: dict) -> list[str]:
     lines += _table(["measure", "generated: mean ± std", "real: mean ± std", "generated outside the real range"], rows)
     lines += ["", f"**Degenerate samples: {100 * s['degenerate_share']:.0f}%** ({s['degenerate_rule']}); "
                   f"{s['empty_samples']} sample(s) without notes.", ""]
+    if uncapped:
+        u = uncapped["degeneracy"]
+        lines += [f"Without the long-note limit (`--max-note-seconds 0`, same primers and seeds): "
+                  f"{100 * uncapped['degenerate_share']:.0f}% degenerate; polyphony "
+                  f"{u['polyphony']['generated']['mean']:.1f} ± {u['polyphony']['generated']['std']:.1f} "
+                  f"(real {u['polyphony']['real']['mean']:.1f}), notes per second "
+                  f"{u['notes_per_second']['generated']['mean']:.1f}: how often the model itself forgets to end "
+                  "a note.", ""]
     if s.get("set_comparison"):
         lines += ["Set comparison (mgeval style, `musicgpt.metrics.compare_features`): overlap of the inter-set "
                   "distance density with the real set's intra-set density (1 = generated pieces lie as close to the "
