@@ -178,7 +178,9 @@ def section_attention(d: dict, img: Path) -> tuple[list[str], str]:
                 lines += ["Ratios recorded by the script: " + "; ".join(derived) + ".", ""]
             if key == "train_step":
                 s = sec["seconds"]
-                rel_abs = ratio(s["relative"]["median_s"], s["absolute"]["median_s"])
+                # the script's own figure (a median of per-round ratios of interleaved runs) when it has one
+                rel_abs = sec.get("relative_over_absolute") or ratio(s["relative"]["median_s"],
+                                                                     s["absolute"]["median_s"])
                 headline = f"train step relative/absolute {rx(rel_abs)}"
         elif any(isinstance(v, dict) and "peak_mb" in v for v in sec.values()):
             names = [k for k, v in sec.items() if isinstance(v, dict) and "peak_mb" in v]
