@@ -140,18 +140,20 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
              primer_tokens: int | None = None, stop_at_eos: bool = True, return_logits: bool = False,
              progress: bool = False, threads: int | None = 1, chunk: int = 256,
              device: str | torch.device | None = None,
-             max_note_seconds: float | None = DEFAULT_MAX_NOTE_SECONDS) -> list[Sample]:
+             max_note_seconds: float | None = DEFAULT_MAX_NOTE_SECONDS, keep_type_mass: bool = True) -> list[Sample]:
     """Continue `primer` (a MIDI/MusicXML/ABC path, Notes, token ids or None) and return `num_samples` Samples.
 
     model: a MusicGPT, or a checkpoint directory, or None for the bundled model. Length: `max_new_tokens`
     and/or `seconds` of new music (default 1024 tokens). Sampling: temperature (0 = greedy), top_k,
     top_p, min_p. seed: None draws one (kept in `Sample.seed`). max_note_seconds: a note that has
-    sounded this long is ended at the next step (None or 0: never; see `LongNoteLimit`). arcs:
+    sounded this long is ended at the next step (None or 0: never; see `LongNoteLimit`).
+    keep_type_mass: the grammar mask hands the mass it removes to the allowed tokens of the same
+    event type (see `musicgpt.sampling.sample`); False masks plainly. arcs:
     capture attention and attach the arcs.json dict. threads: CPU threads while generating (1 is fastest for one sequence; None
     leaves torch's setting).
     """
     model, tokenizer = load_model_and_tokenizer(model, tokenizer, device)
-    sampling = SamplingConfig(temperature, top_k, top_p, min_p)
+    sampling = SamplingConfig(temperature, top_k, top_p, min_p, keep_type_mass)
     if int(num_samples) != num_samples or num_samples < 1:
         raise ConfigError(f"num_samples: must be a positive integer, got {num_samples!r}")
     if seconds is not None and not seconds > 0:
@@ -223,7 +225,7 @@ def _run(model, tokenizer, prompt: np.ndarray, max_new: int, seconds: float | No
                 for b in active:
                     kept_logits[b].append(logits[b].clone())
             tokens = sample(logits, sampling, None, blocked=long_notes.apply(grammar.blocked, active),
-                            noise=None if sampling.greedy else noise.next()).tolist()
+                            noise=None if sampling.greedy else noise.next(), types=grammar.types).tolist()
             n_steps += 1
             for b in active:
                 t = tokens[b]

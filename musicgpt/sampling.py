@@ -34,6 +34,7 @@ class SamplingConfig:
     top_k: int = 0  # keep the k most likely tokens (0 = off)
     top_p: float = 1.0  # nucleus: the smallest set with this much probability (1 = off)
     min_p: float = 0.0  # drop tokens below min_p * p(most likely) (0 = off)
+    keep_type_mass: bool = True  # masked mass goes to the allowed tokens of the same event type (see `sample`)
 
     def __post_init__(self):
         if not (self.temperature >= 0 and np.isfinite(self.temperature)):
@@ -70,17 +71,24 @@ def filter_logits(logits: Tensor, config: SamplingConfig) -> Tensor:
 
 
 def sample(logits: Tensor, config: SamplingConfig, generator: torch.Generator | None,
-           allowed: Tensor | None = None, *, blocked: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+           allowed: Tensor | None = None, *, blocked: Tensor | None = None, noise: Tensor | None = None,
+           types: Tensor | None = None) -> Tensor:
     """One token id per row of (B, V) logits, (B,) int64; `allowed` (B, V) bool masks the rest out.
 
     `blocked` (B, V) bool is the complement of `allowed` (as `GrammarMask.blocked` keeps it).
     `noise` (B, V): standard Gumbel noise for this draw (a `GumbelNoise` row); drawn from
-    `generator` when None.
+    `generator` when None. `types` (V, T) float one-hot of each token's event type: with
+    `config.keep_type_mass`, the probability the mask takes from a type (a NOTE_OFF for a pitch
+    that is not sounding) goes to that type's allowed tokens, so masking keeps the model's odds
+    of each kind of event. Without it a model that is unsure of the pitch to release loses those
+    NOTE_OFFs to the other types, emits fewer NOTE_OFFs than NOTE_ONs, and notes pile up.
     """
     logits = logits.float()
     if allowed is not None:
         blocked = ~allowed
     if blocked is not None:
+        if types is not None and config.keep_type_mass:
+            logits = keep_type_mass(logits, blocked, types)
         logits = logits.masked_fill(blocked, float("-inf"))
     if config.greedy:
         return logits.argmax(dim=-1)
@@ -90,6 +98,15 @@ def sample(logits: Tensor, config: SamplingConfig, generator: torch.Generator | 
     if filtered is not logits or blocked is not None:  # a fresh tensor: add in place
         return filtered.add_(noise).argmax(dim=-1)
     return (filtered + noise).argmax(dim=-1)
+
+
+def keep_type_mass(logits: Tensor, blocked: Tensor, types: Tensor) -> Tensor:
+    """(B, V) logits whose allowed tokens carry their type's whole probability (before the mask is applied)."""
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    total = probs @ types  # (B, T): probability of each event type
+    kept = probs.masked_fill(blocked, 0.0) @ types  # (B, T): of it, on allowed tokens
+    gain = torch.where(kept > 0, total / kept.clamp_min(1e-30), torch.ones_like(kept)).log_()  # (B, T)
+    return logits + gain @ types.T  # (B, V): each token gets its type's gain
 
 
 def gumbel(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
@@ -148,6 +165,13 @@ class GrammarMask:
         self._blocked = full[:, : self.vocab_size]
         self.blocked = torch.from_numpy(full)  # the same memory
         self._fast = False
+        self.types: Tensor | None = None  # (width, T) one-hot event types, for `sample(types=...)`
+        if hasattr(tokenizer, "token_type"):
+            kind = tokenizer.token_type(np.arange(self.vocab_size))  # -1 for ids outside the vocabulary
+            onehot = np.zeros((full.shape[1], int(kind.max()) + 2), np.float32)
+            onehot[np.arange(self.vocab_size), kind] = 1.0
+            onehot[self.vocab_size:, -1] = 1.0  # ids the tokenizer never uses: a type of their own (always blocked)
+            self.types = torch.from_numpy(onehot)
         if self.states is not None:
             first, count = tokenizer.ranges["NOTE_ON"]
             self._on = slice(first, first + count)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from musicgpt.errors import ConfigError
-from musicgpt.sampling import GrammarMask, LongNoteLimit, SamplingConfig, filter_logits, make_generator, sample
+from musicgpt.sampling import (GrammarMask, LongNoteLimit, SamplingConfig, filter_logits, keep_type_mass,
+                               make_generator, sample)
 from musicgpt.tokenizer import PerformanceTokenizer
 
 TOK = PerformanceTokenizer()
@@ -149,3 +150,26 @@ def test_long_note_limit_forces_the_overdue_note_off():
     limit.push(0, int(TOK.note_off(60)))
     assert limit.apply(blocked, [0]) is blocked
     assert LongNoteLimit(TOK, batch=1, seconds=0).apply(blocked, [0]) is blocked  # 0 = no limit
+
+
+def test_masking_keeps_each_event_types_probability():
+    mask = GrammarMask(TOK, batch=1)
+    mask.feed(0, [TOK.bos_id, int(TOK.velocity(10)), int(TOK.note_on(60)), int(TOK.velocity(10)),
+                  int(TOK.note_on(64)), int(TOK.time_shift(5))])
+    logits = torch.randn(1, TOK.vocab_size, generator=torch.Generator().manual_seed(0)) * 2
+    before = torch.softmax(logits, -1) @ mask.types  # (1, T) probability of each event type
+    adjusted = keep_type_mass(logits, mask.blocked, mask.types).masked_fill(mask.blocked, float("-inf"))
+    after = torch.softmax(adjusted, -1) @ mask.types
+    off = TOK.type_names.index("NOTE_OFF")
+    allowed_types = (((~mask.blocked).float() @ mask.types) > 0)[0]
+    torch.testing.assert_close(after[0, allowed_types], before[0, allowed_types] / before[0, allowed_types].sum())
+    assert allowed_types[off] and after[0, off] > torch.softmax(logits.masked_fill(mask.blocked, float("-inf")),
+                                                                -1)[0, TOK.note_off([60, 64])].sum() * 1.5
+    # within a type the allowed tokens keep their odds; the plain mask is still available
+    p = torch.softmax(adjusted, -1)[0]
+    q = torch.softmax(logits, -1)[0]
+    a, b = (int(t) for t in TOK.note_off([60, 64]))
+    torch.testing.assert_close(p[a] / p[b], q[a] / q[b])
+    plain = sample(logits, SamplingConfig(temperature=0, keep_type_mass=False), None, blocked=mask.blocked,
+                   types=mask.types)
+    assert plain == logits.masked_fill(mask.blocked, float("-inf")).argmax(-1)

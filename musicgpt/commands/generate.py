@@ -28,6 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("generated"), metavar="DIR",
                         help="output folder for sample_00.mid … (default: ./generated)")
     parser.add_argument("--ignore-eos", action="store_true", help="never let the model end a piece early (mask EOS)")
+    parser.add_argument("--plain-mask", action="store_true",
+                        help="mask invalid tokens without handing their probability to valid ones of the same type")
     parser.add_argument("--max-note-seconds", type=float, metavar="S",
                         help="end a note that has sounded S seconds at the next step (default 10; 0 = never)")
     arcs = parser.add_argument_group("attention arcs")
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                        arcs_config=arcs_config, primer_seconds=args.primer_seconds, primer_tokens=args.primer_tokens,
                        stop_at_eos=not args.ignore_eos, progress=not args.quiet, threads=args.threads,
                        max_note_seconds=DEFAULT_MAX_NOTE_SECONDS if args.max_note_seconds is None
-                       else args.max_note_seconds)
+                       else args.max_note_seconds, keep_type_mass=not args.plain_mask)
     for i, s in enumerate(samples):
         written = s.save(args.out, f"sample_{i:02d}", wav=args.wav, soundfont=args.soundfont)
         n_primer = int(s.primer_notes.sum())
