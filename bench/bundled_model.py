@@ -417,7 +417,7 @@ def samples(ckpt: Path, data_dir: Path, args, max_note_seconds: float | None = N
         "primers": [{"piece": g, "doc": pieces[g][0]} for g in picks], "primer_seconds": args.primer_seconds,
         "seconds": args.seconds, "samples_per_primer": args.samples_per_primer, "seed": args.seed,
         "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
-                     "max_note_seconds": max_note_seconds or 0.0},
+                     "max_note_seconds": max_note_seconds or 0.0, "keep_type_mass": True},
         "n_generated": len(generated), "n_real": len(reference), "empty_samples": sum(f is None for f in gen_features),
         "stop_reasons": {r: sum(x["stop_reason"] == r for x in rows) for r in sorted({x["stop_reason"] for x in rows})},
         "degeneracy": measures,

@@ -280,6 +280,7 @@ def _samples_section(s: dict, uncapped: dict | None = None) -> list[str]:
              f"first {s['primer_seconds']:.0f} s of one ASAP test performance of each of {len(s['primers'])} pieces "
              f"({primers}); seeds {s['seed']}…{s['seed'] + len(s['primers']) - 1}, default sampling "
              "(temperature 1, no top-k/top-p"
+             + (", type-preserving grammar mask" if s.get("sampling", {}).get("keep_type_mass") else "")
              + (f", notes ended after {s['sampling']['max_note_seconds']:g} s" if s.get("sampling", {}).get(
                  "max_note_seconds") else "")
              + f"). Stop reasons: {', '.join(f'{k} {v}' for k, v in s['stop_reasons'].items())}. The same "
