@@ -263,7 +263,10 @@ def _twin_section(r: dict, twin: dict) -> list[str]:
              f"absolute position embeddings instead of relative attention ({twin['checkpoint']['parameters']:,} "
              f"parameters), trained with the same step budget (its best weights: step {_n(tm.get('step'))}, "
              f"{_n(tm.get('tokens'))} tokens). Lower is better; an absolute model cannot read past its "
-             f"{twin['checkpoint']['model']['n_ctx']}-position table.", ""]
+             f"{twin['checkpoint']['model']['n_ctx']}-position table."
+             + ("".join(f" Resumed from {x.get('from')} with "
+                        + ", ".join(f"`{k}` {v[0]} → {v[1]}" for k, v in x.get("changed", {}).items()) + "."
+                        for x in twin["run"].get("resumes") or [])), ""]
     rows = []
     for key in rel:
         a, b = _nll(rel, key), _nll(ab, key)
