@@ -175,9 +175,8 @@ def _training_section(r: dict) -> list[str]:
                           f"{_hours(run.get('train_seconds'))} for the whole run "
                           "(metrics.csv `time_s`: training steps, evaluation pauses excluded); "
                           f"median {_n(run.get('median_tokens_per_s'))} tokens/s on a machine shared with other work"],
-        *([["resumed with changes", "; ".join(
-            f"from {r.get('from')}: " + ", ".join(f"`{k}` {v[0]} → {v[1]}" for k, v in r.get("changed", {}).items())
-            for r in run["resumes"])]] if run.get("resumes") else []),
+        *([["resumed with changes", "; ".join(f"from {x.get('from')}: {_changes(x)}" for x in run["resumes"])]]
+          if run.get("resumes") else []),
         ["final train loss", f"{_f(run.get('final_train_loss'))} (mean of the last 10 logged)"],
         ["best validation NLL", f"{_f(run.get('best_valid_nll'), 4)} (the training loop's fixed validation windows)"],
     ]
@@ -254,6 +253,11 @@ def _evaluation_section(r: dict) -> list[str]:
     return lines
 
 
+def _changes(resume: dict) -> str:
+    """A run.json `resumes` entry's config changes: "`key` before → after, ..."."""
+    return ", ".join(f"`{k}` {v[0]} → {v[1]}" for k, v in resume.get("changed", {}).items())
+
+
 def _twin_section(r: dict, twin: dict) -> list[str]:
     rel, ab = r.get("evaluations") or {}, twin.get("evaluations") or {}
     tm = twin["checkpoint"]["meta"]
@@ -264,9 +268,8 @@ def _twin_section(r: dict, twin: dict) -> list[str]:
              f"parameters), trained with the same step budget (its best weights: step {_n(tm.get('step'))}, "
              f"{_n(tm.get('tokens'))} tokens). Lower is better; an absolute model cannot read past its "
              f"{twin['checkpoint']['model']['n_ctx']}-position table."
-             + ("".join(f" Resumed from {x.get('from')} with "
-                        + ", ".join(f"`{k}` {v[0]} → {v[1]}" for k, v in x.get("changed", {}).items()) + "."
-                        for x in twin["run"].get("resumes") or [])), ""]
+             + "".join(f" Resumed from {x.get('from')} with {_changes(x)}." for x in twin["run"].get("resumes") or []),
+             ""]
     rows = []
     for key in rel:
         a, b = _nll(rel, key), _nll(ab, key)

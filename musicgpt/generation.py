@@ -38,7 +38,8 @@ from musicgpt.errors import ConfigError
 from musicgpt.midi import write_tracks
 from musicgpt.notes import Notes
 from musicgpt.primer import primer_ids
-from musicgpt.sampling import GrammarMask, GumbelNoise, LongNoteLimit, SamplingConfig, make_generator, sample
+from musicgpt.sampling import (GrammarMask, GumbelNoise, LongNoteLimit, SamplingConfig, make_generator, sample,
+                               shift_seconds_per_id)
 
 DEFAULT_NEW_TOKENS = 1024
 DEFAULT_MAX_NOTE_SECONDS = 10.0  # real piano holds 0.08% of its notes longer (ASAP, pedal folded)
@@ -175,14 +176,10 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
 
 
 def _shift_seconds(tokenizer, needed: bool) -> np.ndarray:
-    """Seconds each token moves the clock (TIME_SHIFTs), per id; zeros for tokenizers without them."""
-    ids = np.arange(tokenizer.vocab_size)
-    if "TIME_SHIFT" not in getattr(tokenizer, "ranges", {}):
-        if needed:
-            raise ConfigError("seconds: this tokenizer has no TIME_SHIFT tokens; give max_new_tokens instead")
-        return np.zeros(len(ids))
-    shift = tokenizer.token_type(ids) == tokenizer.type_names.index("TIME_SHIFT")
-    return np.where(shift, tokenizer.token_value(ids) * tokenizer.time_step, 0.0)
+    """`shift_seconds_per_id`, or a ConfigError when a length in seconds is asked of a tokenizer without TIME_SHIFTs."""
+    if needed and "TIME_SHIFT" not in getattr(tokenizer, "ranges", {}):
+        raise ConfigError("seconds: this tokenizer has no TIME_SHIFT tokens; give max_new_tokens instead")
+    return shift_seconds_per_id(tokenizer)
 
 
 @torch.no_grad()

@@ -303,6 +303,15 @@ class GrammarMask:
         return tokens, drop
 
 
+def shift_seconds_per_id(tokenizer) -> np.ndarray:
+    """Seconds each token id moves the clock (its TIME_SHIFT), per id; zeros for tokenizers without TIME_SHIFTs."""
+    ids = np.arange(tokenizer.vocab_size)
+    if "TIME_SHIFT" not in getattr(tokenizer, "ranges", {}):
+        return np.zeros(len(ids))
+    shift = tokenizer.token_type(ids) == tokenizer.type_names.index("TIME_SHIFT")
+    return np.where(shift, tokenizer.token_value(ids) * tokenizer.time_step, 0.0)
+
+
 class LongNoteLimit:
     """Ends notes that have sounded `seconds`: the next token of that sequence must be one of their NOTE_OFFs.
 
@@ -326,7 +335,7 @@ class LongNoteLimit:
         self._on = np.where(kind == names.index("NOTE_ON"), value, -1)  # pitch per id, -1 elsewhere
         self._off = np.where(kind == names.index("NOTE_OFF"), value, -1)
         self._velocity = kind == names.index("VELOCITY")
-        self._shift = np.where(kind == names.index("TIME_SHIFT"), value * tokenizer.time_step, 0.0)
+        self._shift = shift_seconds_per_id(tokenizer)
         self._off_id = np.asarray(tokenizer.note_off(np.arange(ranges["NOTE_OFF"][1])), np.int64)
         self.now = np.zeros(batch)  # seconds since the start of each sequence
         self.onset = np.full((batch, ranges["NOTE_ON"][1]), np.nan)  # (B, pitches): when each sounding note began
