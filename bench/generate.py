@@ -41,7 +41,7 @@ from musicgpt.tokenizer import PerformanceTokenizer  # noqa: E402
 
 CAVEAT = ("CPU only: no GPU was lent to this task. The machine's speed drifts 2-4x within minutes (other jobs "
           "share its 2 cores and its memory bandwidth): compare ratios of runs interleaved in this process, not "
-          "absolute numbers across runs or machines. Absolute tokens/s here are from a loaded machine.")
+          "absolute numbers across runs or machines (the load averages at start and end say how busy it was).")
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, float]:
