@@ -8,7 +8,8 @@ and musicgpt keeps its eager PyTorch path (`musicgpt.attention`), which computes
 
 Environment:
     MUSICGPT_ATTENTION_KERNEL   auto (default): use the kernel when it builds; native: require it
-                                (an error if it cannot be built); eager: never build or use it
+                                (an error if it cannot be built); eager: never build or use it;
+                                sdpa: the SDPA-with-bias path (CUDA's default) on any device
     MUSICGPT_KERNEL_CACHE       where built kernels are kept (default ~/.cache/musicgpt/kernels)
     CXX                         the compiler (default c++)
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "relative_attention.cpp"
-MODES = ("auto", "native", "eager")
+MODES = ("auto", "native", "eager", "sdpa")
 
 
 class KernelUnavailable(RuntimeError):
@@ -39,7 +40,7 @@ class KernelUnavailable(RuntimeError):
 
 
 def mode() -> str:
-    """MUSICGPT_ATTENTION_KERNEL: 'auto', 'native' or 'eager'."""
+    """MUSICGPT_ATTENTION_KERNEL: 'auto', 'native', 'eager' or 'sdpa'."""
     value = os.environ.get("MUSICGPT_ATTENTION_KERNEL", "auto").strip().lower() or "auto"
     if value not in MODES:
         raise ValueError(f"MUSICGPT_ATTENTION_KERNEL: {value!r} is not one of {', '.join(MODES)}")

@@ -16,6 +16,10 @@ Two implementations compute the same thing:
   in cache; it computes in float32 (bfloat16 inputs are upcast: at head_dim 32, bf16 GEMMs measured
   no faster), without attention dropout. Used whenever it builds; MUSICGPT_ATTENTION_KERNEL=eager
   or =native forces either choice.
+- on CUDA, `biased_sdpa`: Srel of the whole window as an additive bias (B, H, Lq, Lk) into PyTorch's
+  fused scaled_dot_product_attention (its memory-efficient kernel takes a bias and its gradient).
+  GPUs have the memory for one layer's bias and gain more from one fused launch than from blocks.
+  MUSICGPT_ATTENTION_KERNEL=sdpa forces it on any device (tests run it on the CPU).
 - the eager PyTorch path below (`_RelativeAttention`), for everything else: no compiler, float64,
   attention dropout, other devices. Its forward keeps only inputs and output;
   its backward recomputes each block's probabilities. Work is laid out heads first, (H·B, L, D), so
@@ -32,6 +36,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from musicgpt import _relative_kernel
@@ -416,6 +421,34 @@ def _use_kernel(q: Tensor, k: Tensor, v: Tensor, rel_emb: Tensor | None, dropout
     return _relative_kernel.load()
 
 
+def _use_biased_sdpa(q: Tensor) -> bool:
+    """Whether the SDPA-with-bias path takes this call: by default on CUDA, anywhere when forced."""
+    m = _relative_kernel.mode()
+    return m == "sdpa" or (q.device.type == "cuda" and m == "auto")
+
+
+@functools.lru_cache(maxsize=16)
+def _blocked(lq: int, lk: int, window: int | None, device: torch.device) -> Tensor:
+    """Bool (Lq, Lk): True where query i (at key position Lk-Lq+i) may not see key j."""
+    future = _band(lq, lk, lk - lq, None, device)
+    return future if window is None else future | _band(lq, lk, lk - lq, window, device)
+
+
+def biased_sdpa(q: Tensor, k: Tensor, v: Tensor, rel_emb: Tensor | None, *, window: int | None = None,
+                dropout_p: float = 0.0) -> Tensor:
+    """Causal relative attention (B, H, Lq, D) as fused SDPA over an additive bias Srel/√D (B, H, Lq, Lk)."""
+    b, h, lq, d = q.shape
+    lk = k.shape[2]
+    blocked = _blocked(lq, lk, window, q.device)  # (Lq, Lk)
+    if rel_emb is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked, dropout_p=dropout_p)
+    table = _extended_table(rel_emb.to(q.dtype), lk)  # (H, Lk+1, D): distances Lk-1 ... -1
+    m = torch.matmul(q * (1.0 / math.sqrt(d)), table.unsqueeze(0).transpose(-1, -2))  # (B, H, Lq, Lk+1)
+    bias = skewed_view(m.view(b * h, lq, lk + 1), lk).view(b, h, lq, lk)  # (B, H, Lq, Lk), a view of m
+    bias = bias.masked_fill(blocked, float("-inf"))  # (B, H, Lq, Lk)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+
+
 class _NoCtx:
     """Stands in for autograd's ctx when no gradient is needed."""
 
@@ -433,6 +466,8 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, rel_emb: Tensor | None, 
         raise ValueError(f"attention window must be at least 1, got {window}")
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, rel_emb))
+    if _use_biased_sdpa(q):
+        return biased_sdpa(q, k, v, rel_emb, window=window, dropout_p=dropout_p)
     if _use_kernel(q, k, v, rel_emb, dropout_p):
         if needs_grad:
             return _FusedRelativeAttention.apply(q, k, v, rel_emb, window, block)

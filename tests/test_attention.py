@@ -338,3 +338,34 @@ def test_fused_kernel_inside_torch_compile(kernel):
     torch.testing.assert_close(got, want)
     for g, w in zip(grads, torch.autograd.grad(want.sum(), (q, k, v, rel))):
         torch.testing.assert_close(g, w)
+
+
+# ---- the SDPA-with-bias path (CUDA's default; forced here on the CPU) ----
+
+@pytest.mark.parametrize("lq,lk,r,window,block", CASES)
+def test_biased_sdpa_matches_naive_forward_and_backward(lq, lk, r, window, block, monkeypatch):
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "sdpa")
+    q, k, v = (rand(2, 3, n, 4, seed=s).requires_grad_() for s, n in ((0, lq), (1, lk), (2, lk)))
+    rel = rand(3, r, 4, seed=3).requires_grad_()
+    got = relative_attention(q, k, v, rel, window=window)
+    want = naive_attention(q, k, v, rel, window)
+    torch.testing.assert_close(got, want)
+    grad = rand(*got.shape, seed=4)
+    got_grads = torch.autograd.grad(got, (q, k, v, rel), grad)
+    want_grads = torch.autograd.grad(want, (q, k, v, rel), grad)
+    for name, g, w in zip("qkvr", got_grads, want_grads):
+        torch.testing.assert_close(g, w, msg=f"gradient wrt {name}")
+    no_rel = attention.biased_sdpa(q, k, v, None, window=window)
+    torch.testing.assert_close(no_rel, naive_attention(q, k, v, None, window))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_biased_sdpa_on_cuda_matches_naive_under_bfloat16():
+    q, k, v = (rand(2, 4, 300, 32, seed=s).float().cuda().requires_grad_() for s in range(3))
+    rel = rand(4, 128, 32, seed=3).float().cuda().requires_grad_()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = relative_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), rel)
+    want = naive_attention(*(t.detach().double().cpu() for t in (q, k, v, rel)))
+    assert ((got.detach().double().cpu() - want).norm() / want.norm()).item() < 1e-2
+    got.float().sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v, rel))
