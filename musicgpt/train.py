@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import random
 import shutil
 import signal
@@ -96,6 +97,18 @@ def setup_distributed(device_name: str) -> Dist:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Dist(rank=rank, world=world, device=device)
+
+
+def hardware(device: torch.device) -> dict[str, Any]:
+    """What a run trains on, for its run.json (model cards cite it): device, GPU, CPU, torch."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
+                    if line.startswith("model name")), cpu)
+    return {"device": device.type, "gpu": gpu, "cpu": cpu,
+            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
 
 
 def pick_device(name: str) -> torch.device:
@@ -422,7 +435,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.toml").write_text(dump_toml(self.config), encoding="utf-8")
         run = {"data": self.data_arg, "init_from": self.init_from, "world_size": self.d.world,
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "hardware": hardware(self.d.device)}
         (self.run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
 
     def _read_run_json(self, data, init_from) -> None:

@@ -4,11 +4,11 @@
     python tools/install_pretrained.py runs/small-cpu/checkpoints/step-0006000
     python tools/install_pretrained.py CKPT --dest /tmp/pretrained   # somewhere else (a dry run)
 
-The weights are re-saved from the loaded model (float32, or bfloat16 when float32 would exceed the
-size limit, 25 MB by default), with the source checkpoint's meta (step, tokens, valid NLL) plus
+The weights are re-saved from the loaded model (float32, or float16 when float32 would exceed the
+size limit, 25 MB by default; bfloat16 only for weights outside float16's range), with the source checkpoint's meta (step, tokens, valid NLL) plus
 where they came from, their dtype and their sha256 in config.json. The installed directory is then
 loaded back and checked: same config and tokenizer, and the same logits as the source on a
-stretch of tokens (exactly for float32, closely for bfloat16). Other files in the destination
+stretch of tokens (exactly when stored as the source stores them, closely otherwise). Other files in the destination
 (MODEL_CARD.md, LICENSE) are left alone; the weights are written before config.json, so a
 half-finished install is never taken for a model.
 """
@@ -61,7 +61,7 @@ def _shown(path: Path) -> str:
 
 
 def install(source: str | Path, dest: str | Path = checkpoint.DEFAULT_DIR, *, max_bytes: int = MAX_BYTES) -> dict:
-    """Copy checkpoint `source` into `dest` (float32, or bfloat16 above max_bytes) and verify it; returns a summary."""
+    """Copy checkpoint `source` into `dest` (float32, or float16 above max_bytes) and verify it; returns a summary."""
     source, dest = source_checkpoint(source), Path(dest)
     model, tokenizer = checkpoint.load(source)
     if tokenizer is None:
@@ -74,13 +74,14 @@ def install(source: str | Path, dest: str | Path = checkpoint.DEFAULT_DIR, *, ma
         dtype = None
         checkpoint.save(model, staged, tokenizer, meta=meta)
         fp32_bytes = (staged / checkpoint.WEIGHTS).stat().st_size
-        if fp32_bytes > max_bytes:
-            dtype = torch.bfloat16
+        if fp32_bytes > max_bytes:  # float16 keeps 3 more mantissa bits than bfloat16; weights fit its range
+            fits = all(float(t.abs().max()) < 60000.0 for t in model.state_dict().values() if t.is_floating_point())
+            dtype = torch.float16 if fits else torch.bfloat16
             checkpoint.save(model, staged, tokenizer, dtype=dtype, meta=meta)
         size = (staged / checkpoint.WEIGHTS).stat().st_size
         if size > max_bytes:
-            raise CheckpointError(f"checkpoint {source}: {size:,} bytes even as bfloat16, over the {max_bytes:,} limit")
-        meta.update({"source": _shown(source), "stored_dtype": "bfloat16" if dtype else "float32",
+            raise CheckpointError(f"checkpoint {source}: {size:,} bytes even as {dtype}, over the {max_bytes:,} limit")
+        meta.update({"source": _shown(source), "stored_dtype": str(dtype or torch.float32).removeprefix("torch."),
                      "weights_sha256": sha256(staged / checkpoint.WEIGHTS),
                      "installed": datetime.datetime.now().isoformat(timespec="seconds")})
         checkpoint.save(model, staged, tokenizer, dtype=dtype, meta=meta)
@@ -115,7 +116,8 @@ def verify(source: str | Path, dest: str | Path, n_tokens: int = 256) -> dict:
     got = model.float()(ids).logits.float()  # (1, L, V)
     diff = float((ref - got).abs().max())
     stored = {t.dtype for t in load_file(str(Path(dest) / checkpoint.WEIGHTS)).values()}
-    exact = stored == {torch.float32}
+    source_stored = {t.dtype for t in load_file(str(source_checkpoint(source) / checkpoint.WEIGHTS)).values()}
+    exact = stored == {torch.float32} or stored == source_stored
     if (exact and diff != 0.0) or diff > 0.5:
         raise CheckpointError(f"installed model {dest}: logits differ from {source} by up to {diff:.3g}")
     return {"verified": True, "max_logit_diff": diff, "parameters": model.num_parameters()}
