@@ -28,7 +28,8 @@ CAVEAT = ("**Read the ratios, not the seconds.** The machine's speed drifts 2-4x
           "is reported as a ratio against its baseline from that same run. Absolute seconds and tokens/s are "
           "listed for completeness; they do not compare across runs or machines.")
 _DRAW = [True]  # render(plots=False) turns plotting off (tests that check the text only)
-GPU_NOTE = "No GPU was lent to this task: every figure is a CPU figure; there are no GPU measurements."
+GPU_NOTE = ("Every figure is a CPU figure except the GPU section (`bench/gpu.py`, run on a lent H100 and kept in "
+            "bench/results/gpu.json; the CPU suite does not re-run it).")
 
 
 # ---- formatting -------------------------------------------------------------------------------------
@@ -489,6 +490,37 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def section_gpu(d: dict, img: Path) -> tuple[list[str], str]:
+    """Train step on the GPU per contender against absolute SDPA; peak memory; generation against HF."""
+    lines = [f"Device **{d.get('device')}**, torch {d.get('torch')}, the bundled model's shape {d.get('shape')}, "
+             f"{d.get('precision')}. Contenders interleaved round by round; medians and the median of per-round "
+             "ratios (see bench/gpu.py's docstring).", ""]
+    rows = []
+    for t in d["train"]:
+        for name, sec in t["median_seconds"].items():
+            mem = t.get("peak_bytes", {}).get(name)
+            rows.append([t["length"], t["batch"], name, fmt(1000 * sec), t["tokens_per_s"][name],
+                         rx(t["ratio_to_absolute"].get(name)), fmt(mem / 2**30) if mem else "-",
+                         rx((t.get("peak_ratio_to_absolute") or {}).get(name))])
+        for name, err in (t.get("errors") or {}).items():
+            rows.append([t["length"], t["batch"], name, f"failed: {err}", "-", "-", "-", "-"])
+    lines += table(["context", "batch", "train step", "ms", "tokens/s", "time vs absolute", "peak GiB",
+                    "memory vs absolute"], rows) + [""]
+    g = d.get("generation") or {}
+    grows = [[b, r["ours_tokens_per_s"], r["hf_tokens_per_s"], rx(r["speedup_vs_hf"])]
+             for b, r in (g.get("batches") or {}).items()]
+    if grows:
+        lines += [f"Generation of {g.get('tokens')} tokens ({g.get('model')}) against HF transformers "
+                  "GPT2LMHeadModel.generate of the same size (KV cache, sampling):", ""]
+        lines += table(["batch", "musicgpt tokens/s", "HF tokens/s", "speedup"], grows) + [""]
+    first = d["train"][0]
+    head = (f"relative train step {rx(first['ratio_to_absolute'].get('relative'))} of absolute flash SDPA at "
+            f"L={first['length']} (naive port {rx(first['ratio_to_absolute'].get('naive'))})")
+    if grows:
+        head += f"; generation {grows[0][3]} HF at batch {grows[0][0]}"
+    return lines, head
+
+
 # ---- the document -----------------------------------------------------------------------------------
 
 # name -> (results file, title, renderer, how to run it alone)
@@ -500,6 +532,7 @@ SECTIONS: dict[str, tuple[str, str, Callable[..., tuple[list[str], str]], str]] 
     "train": ("train.json", "Training throughput", section_train, "python bench/train.py"),
     "generate": ("generate.json", "Generation speed", section_generate, "python bench/generate.py"),
     "metrics": ("metrics.json", "Music metrics", section_metrics, "python bench/metrics.py"),
+    "gpu": ("gpu.json", "GPU: relative attention and generation", section_gpu, "python bench/gpu.py (needs CUDA)"),
     "lengthgen-full": ("lengthgen-full.json", "Length generalization (full run)",
                        lambda d, img: section_lengthgen(d, img, "lengthgen-full"),
                        "python bench/length_generalization.py --size full"),

@@ -81,6 +81,17 @@ def write_results(directory: Path, skip: tuple[str, ...] = ()) -> None:
                                                               "mean_kl": 0.525}}},
         "lengthgen.json": lengthgen_result("quick"),
         "lengthgen-full.json": lengthgen_result("full"),
+        "gpu.json": {"device": "Test GPU", "torch": "2.11.0+cu130", "date": "2026-01-01T00:00:00",
+                     "shape": {"n_layer": 1}, "precision": "bf16",
+                     "train": [{"length": 64, "batch": 2, "errors": {},
+                                "median_seconds": {"absolute": 0.01, "relative": 0.03},
+                                "tokens_per_s": {"absolute": 12800, "relative": 4267},
+                                "ratio_to_absolute": {"absolute": 1.0, "relative": 3.0},
+                                "peak_bytes": {"absolute": 2**30, "relative": 2**31},
+                                "peak_ratio_to_absolute": {"absolute": 1.0, "relative": 2.0}}],
+                     "generation": {"tokens": 10, "model": "tiny",
+                                    "batches": {"1": {"ours_tokens_per_s": 300, "hf_tokens_per_s": 100,
+                                                      "speedup_vs_hf": 3.0}}}},
     }
     directory.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
@@ -103,7 +114,9 @@ def test_report_renders_tables_ratios_and_plots(tmp_path):
     write_results(results)
     report.render(results, out)
     text = out.read_text(encoding="utf-8")
-    assert "No GPU was lent" in text and "ratios" in text.lower()
+    assert "except the GPU section" in text and "ratios" in text.lower()
+    gpu = section(text, "GPU: relative attention and generation")
+    assert "| 64 | 2 | relative | 30 | 4,267 | 3.00x | 2 | 2.00x |" in gpu and "| 1 | 300 | 100 | 3.00x |" in gpu
     assert "not measured" not in text.lower() and "could not render" not in text.lower()
     # tokenize: per-round ratios 10, 12, 8 -> median 10
     assert "**ours vs miditok MIDILike: 10.0x**" in section(text, "Tokenizer speed")
