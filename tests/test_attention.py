@@ -369,3 +369,34 @@ def test_biased_sdpa_on_cuda_matches_naive_under_bfloat16():
     assert ((got.detach().double().cpu() - want).norm() / want.norm()).item() < 1e-2
     got.float().sum().backward()
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v, rel))
+
+
+def test_biased_sdpa_in_the_model_matches_the_eager_path(monkeypatch):
+    from musicgpt.model import GPTConfig, MusicGPT
+
+    torch.manual_seed(0)
+    model = MusicGPT(GPTConfig.preset("tiny", dropout=0.0))
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.rel_emb.normal_(0, 1.0)
+    x = torch.randint(0, 391, (2, 80), generator=torch.Generator().manual_seed(1))
+
+    def run(mode):
+        monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", mode)
+        model.zero_grad()
+        out = model(x[:, :-1], targets=x[:, 1:])
+        out.loss.backward()
+        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    logits, grads = run("sdpa")
+    logits_eager, grads_eager = run("eager")
+    torch.testing.assert_close(logits, logits_eager, atol=1e-5, rtol=1e-5)
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_eager[name], atol=1e-5, rtol=1e-4, msg=name)
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "sdpa")  # chunked prefill through a sliding window
+    model.eval()
+    with torch.no_grad():
+        full = model(x, window=48).logits
+        cache = model.new_cache(window=48)
+        chunks = [model(x[:, a:a + 20], cache=cache).logits for a in range(0, x.shape[1], 20)]
+    torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-4, rtol=1e-4)
