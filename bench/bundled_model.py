@@ -69,8 +69,9 @@ from musicgpt.notes import Notes  # noqa: E402
 from musicgpt.prepare import read_manifest  # noqa: E402
 from musicgpt.train import autocast_dtype  # noqa: E402
 
-CAVEAT = ("CPU only: no GPU was lent to this task. Timings are wall-clock seconds on a shared 2-core machine whose "
-          "speed drifts 2-4x within minutes; they are for orientation, not comparison.")
+CAVEAT = ("evaluation and samples on this machine's CPU; its timings are wall-clock seconds on a shared machine whose "
+          "speed drifts 2-4x within minutes, for orientation, not comparison. Where and how the model was trained: "
+          "the run's hardware record (run.json).")
 # Loops, stalls, stutters and hanging notes (a NOTE_ON never released sounds to the end of the sample).
 DEGENERACY = ("repeated_4gram_share", "longest_silence", "notes_per_second", "longest_pitch_run", "polyphony")
 RESULTS = ROOT / "bench" / "results" / "bundled_model.json"
@@ -143,6 +144,7 @@ def run_info(run_dir: Path, step: int | None = None) -> dict[str, Any]:
         "command": command, "data": data, "started": run_json.get("started"),
         "last_logged": finished.isoformat(timespec="seconds") if finished else None,
         "world_size": run_json.get("world_size"), "init_from": run_json.get("init_from"),
+        "hardware": run_json.get("hardware"),  # what it trained on (runs before that field: the card says so)
         "steps_logged": int(last.get("step", 0)), "steps_planned": planned, "resumes": resumes,
         "tokens_logged": int(last.get("tokens", 0)), "train_seconds": last.get("time_s"),
         "final_train_loss": float(np.mean([r["train_loss"] for r in train_rows[-10:]])) if train_rows else None,

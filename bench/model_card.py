@@ -37,7 +37,33 @@ def _n(value: Any) -> str:
 
 
 def _hours(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{seconds / 3600:.2f} h"
+    if seconds is None:
+        return "n/a"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+
+
+def _trained_on(run: dict, machine: dict) -> str:
+    """Where the run trained: its run.json hardware record, else (older runs) the machine that measured the card."""
+    hw = run.get("hardware")
+    if hw and hw.get("gpu"):
+        return f"one {hw['gpu']} GPU"
+    hw = hw or machine
+    return f"{hw.get('cores')} CPU cores (no GPU)"
+
+
+def _hardware_row(run: dict, machine: dict, bf16: bool) -> str:
+    """The card's hardware line for training."""
+    hw = run.get("hardware")
+    if hw and hw.get("gpu"):
+        text = f"one {hw['gpu']} GPU ({hw.get('cores')} CPU cores), bf16 autocast" if bf16 else f"one {hw['gpu']} GPU"
+        text += f", torch {hw['torch']}" if hw.get("torch") else ""
+        if hw.get("shared_with"):
+            text += f"; shared with {hw['shared_with']}"
+        return text + (f"; recorded {hw['recorded']}" if hw.get("recorded") else "")
+    hw = hw or machine
+    amx = bf16 and machine.get("amx_bf16")
+    return (f"{hw.get('cpu')}, {hw.get('cores')} cores" + (", bf16 autocast on AMX" if amx else "")
+            + "; no GPU was available for this model")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -91,8 +117,7 @@ def render(r: dict[str, Any]) -> str:
                     "non-commercial use, share alike, attribution. See `LICENSE` in this folder. "
                     "(The musicgpt code is MIT.)"],
         ["training", f"{_n(meta.get('step'))} steps, {_n(meta.get('tokens'))} tokens seen, "
-                     f"{_hours(run.get('seconds_at_checkpoint'))} on {machine['cores']} CPU cores "
-                     f"({'no GPU' if not machine.get('gpu') else machine['gpu']})"],
+                     f"{_hours(run.get('seconds_at_checkpoint'))} on {_trained_on(run, machine)}"],
     ]
     test_nll = _nll(evals, test_key)
     if test_nll is not None:
@@ -148,9 +173,7 @@ def _training_section(r: dict) -> list[str]:
     train, optim = cfg.get("train", {}), cfg.get("optim", {})
     meta = ck["meta"]
     step_tokens = train.get("batch_size", 0) * train.get("grad_accum", 1) * ck["model"]["n_ctx"]
-    bf16 = machine.get("amx_bf16") and train.get("precision") in ("auto", "bf16")
-    hardware = (f"{machine['cpu']}, {machine['cores']} cores" + (", bf16 autocast on AMX" if bf16 else "")
-                + f"; {'GPU: ' + machine['gpu'] if machine.get('gpu') else 'no GPU was available for this model'}")
+    hardware = _hardware_row(run, machine, train.get("precision") in ("auto", "bf16"))
     lines = ["## Training", "",
              "```bash",
              f"musicgpt prepare {(r['data']['asap'].get('source_dir') or '../shared/corpora/asap')} --out {run['data']}",
@@ -168,13 +191,15 @@ def _training_section(r: dict) -> list[str]:
                       f"grad clip {optim.get('grad_clip')}"],
         ["precision", f"`{train.get('precision')}`"],
         ["hardware", hardware],
-        ["software", f"torch {machine['torch']}, Python {machine['python']}"],
+        ["software (evaluation)", f"torch {machine['torch']}, Python {machine['python']}"],
         ["started", run.get("started") or "n/a"],
         ["last logged", run.get("last_logged") or "n/a"],
         ["training time", f"{_hours(run.get('seconds_at_checkpoint'))} to these weights, "
                           f"{_hours(run.get('train_seconds'))} for the whole run "
                           "(metrics.csv `time_s`: training steps, evaluation pauses excluded); "
-                          f"median {_n(run.get('median_tokens_per_s'))} tokens/s on a machine shared with other work"],
+                          f"median {_n(run.get('median_tokens_per_s'))} tokens/s"
+                          + (" with the twin training beside it" if (run.get("hardware") or {}).get("shared_with")
+                             else " on a machine shared with other work")],
         *([["resumed with changes", "; ".join(f"from {x.get('from')}: {_changes(x)}" for x in run["resumes"])]]
           if run.get("resumes") else []),
         ["final train loss", f"{_f(run.get('final_train_loss'))} (mean of the last 10 logged)"],
@@ -322,7 +347,9 @@ def _samples_section(s: dict, uncapped: dict | None = None) -> list[str]:
 
 def _limitations(r: dict) -> list[str]:
     return ["## Limitations", "",
-            "- A small model trained for hours on one CPU: expect plausible piano texture and local continuity, "
+            f"- A small model ({_n(r['checkpoint']['parameters'])} parameters) trained for "
+            f"{_hours(r['run'].get('train_seconds'))} on {_trained_on(r['run'], r['machine'])}: expect plausible "
+            "piano texture and local continuity, "
             "not long-range form. It knows solo classical piano; pop or other instruments are out of its domain "
             "(see the POP909 row).",
             f"- ASAP holds {_n(r['data']['asap'].get('n_pieces'))} pieces by {_n(r['data']['asap'].get('n_composers'))} "

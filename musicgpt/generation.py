@@ -276,8 +276,11 @@ def _progress_bar(max_new: int, seconds: float | None, enabled: bool):
     """A bar over seconds of music when a length in seconds is asked (its rate is then the real-time factor), else over tokens."""
     from tqdm.auto import tqdm
 
-    total, unit = (seconds, "s") if seconds else (max_new, "tok")
-    return tqdm(total=total, unit=unit, desc="generating", disable=not enabled, leave=False, dynamic_ncols=True)
+    if seconds:  # fractional seconds of music: show them with one decimal, not as raw floats
+        fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+        return tqdm(total=seconds, unit="s", desc="generating", disable=not enabled, leave=False,
+                    dynamic_ncols=True, bar_format=fmt)
+    return tqdm(total=max_new, unit="tok", desc="generating", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
 def _show_progress(bar, n_tokens: int, clock: np.ndarray, seconds: float | None, started: float) -> float:

@@ -95,16 +95,30 @@ def test_install_copies_verifies_and_keeps_other_files(tmp_path):
     assert not [p for p in dest.iterdir() if p.name.startswith(".")]
 
 
-def test_install_stores_bfloat16_over_the_size_limit(tmp_path):
+def test_install_stores_float16_over_the_size_limit(tmp_path):
     tiny_checkpoint(tmp_path / "ckpt")
     fp32 = (tmp_path / "ckpt" / checkpoint.WEIGHTS).stat().st_size
     done = install_pretrained.install(tmp_path / "ckpt", tmp_path / "small", max_bytes=fp32 - 1)
-    assert done["stored_dtype"] == "bfloat16" and done["bytes"] < fp32 * 0.6
+    assert done["stored_dtype"] == "float16" and done["bytes"] < fp32 * 0.6 and done["max_logit_diff"] > 0
     from safetensors.torch import load_file
 
-    assert {t.dtype for t in load_file(str(tmp_path / "small" / checkpoint.WEIGHTS)).values()} == {torch.bfloat16}
+    assert {t.dtype for t in load_file(str(tmp_path / "small" / checkpoint.WEIGHTS)).values()} == {torch.float16}
+    again = install_pretrained.install(tmp_path / "small", tmp_path / "again", max_bytes=fp32 - 1)
+    assert again["stored_dtype"] == "float16" and again["max_logit_diff"] == 0.0  # float16 -> float16: exact
+    assert again["sha256"] == done["sha256"]
     with pytest.raises(CheckpointError, match="limit"):
         install_pretrained.install(tmp_path / "ckpt", tmp_path / "tiny", max_bytes=fp32 // 4)
+
+
+def test_install_falls_back_to_bfloat16_for_weights_outside_float16(tmp_path):
+    tiny_checkpoint(tmp_path / "ckpt")
+    model, tokenizer = checkpoint.load(tmp_path / "ckpt")
+    with torch.no_grad():
+        model.blocks[0].mlp.fc.bias[0] = 1e5  # past float16's largest finite value
+    checkpoint.save(model, tmp_path / "big", tokenizer)
+    fp32 = (tmp_path / "big" / checkpoint.WEIGHTS).stat().st_size
+    done = install_pretrained.install(tmp_path / "big", tmp_path / "small", max_bytes=fp32 - 1)
+    assert done["stored_dtype"] == "bfloat16"
 
 
 # ---- every command uses the bundled model when none is given ----
