@@ -1,10 +1,10 @@
 """Everything the bundled model's card reports, measured with the project's own functions, in one command.
 
-    python bench/bundled_model.py --install runs/small-cpu --run runs/small-cpu \\
-        --abs-run runs/small-cpu-abs --data data/asap --pop909 data/pop909 --threads 2
+    python bench/bundled_model.py --install runs/medium --run runs/medium \\
+        --abs-run runs/medium-abs --data data/asap --pop909 data/pop909 --threads 2
 
     # the twin later, keeping the rest of the results of the same weights:
-    python bench/bundled_model.py --run runs/small-cpu --abs-run runs/small-cpu-abs --data data/asap \\
+    python bench/bundled_model.py --run runs/medium --abs-run runs/medium-abs --data data/asap \\
         --pop909 data/pop909 --threads 2 --update --skip eval,fp32,pieces,samples
 
 writes bench/results/bundled_model.json and renders musicgpt/pretrained/MODEL_CARD.md from it
