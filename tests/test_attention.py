@@ -400,3 +400,20 @@ def test_biased_sdpa_in_the_model_matches_the_eager_path(monkeypatch):
         cache = model.new_cache(window=48)
         chunks = [model(x[:, a:a + 20], cache=cache).logits for a in range(0, x.shape[1], 20)]
     torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_biased_sdpa_trains_after_a_call_under_inference_mode(monkeypatch, window):
+    # Found in review: masks cached while generating (inference mode) could not be saved for backward.
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "sdpa")
+    attention._blocked.cache_clear()
+    q, k, v = (rand(1, 2, 9, 4, dtype=torch.float32, seed=s) for s in range(3))
+    rel = rand(2, 5, 4, dtype=torch.float32, seed=3)
+    with torch.inference_mode():
+        relative_attention(q, k, v, rel, window=window)
+    q.requires_grad_()
+    out = relative_attention(q, k, v, rel, window=window)
+    out.sum().backward()
+    torch.testing.assert_close(out, naive_attention(q, k, v, rel, window).float())
+    with pytest.raises(ValueError, match="queries"):
+        attention.biased_sdpa(q, k[:, :, :5], v[:, :, :5], rel)
