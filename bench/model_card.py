@@ -47,23 +47,39 @@ def _trained_on(run: dict, machine: dict) -> str:
     hw = run.get("hardware")
     if hw and hw.get("gpu"):
         return f"one {hw['gpu']} GPU"
+    if hw and hw.get("device") not in (None, "cpu"):
+        return f"a `{hw['device']}` device"
     hw = hw or machine
     return f"{hw.get('cores')} CPU cores (no GPU)"
 
 
-def _hardware_row(run: dict, machine: dict, bf16: bool) -> str:
+def _autocast(run: dict, machine: dict, precision: str | None) -> str | None:
+    """The run's autocast dtype: recorded in run.json, else what `precision` chose on its device."""
+    hw = run.get("hardware")
+    if hw and "autocast" in hw:
+        return hw["autocast"]
+    if precision == "bf16":
+        return "bfloat16"
+    if precision != "auto":
+        return None
+    if hw and hw.get("device") == "cuda":  # recorded before the field: auto is bf16 on GPUs that support it
+        return "bfloat16"
+    return "bfloat16" if not hw and machine.get("amx_bf16") else None
+
+
+def _hardware_row(run: dict, machine: dict, precision: str | None) -> str:
     """The card's hardware line for training."""
     hw = run.get("hardware")
-    if hw and hw.get("gpu"):
-        text = f"one {hw['gpu']} GPU ({hw.get('cores')} CPU cores), bf16 autocast" if bf16 else f"one {hw['gpu']} GPU"
+    amp = _autocast(run, machine, precision)
+    amp_text = f", {amp} autocast" if amp else ", float32"
+    if hw and hw.get("device") not in (None, "cpu"):
+        text = _trained_on(run, machine) + (f" ({hw['cores']} CPU cores)" if hw.get("cores") else "") + amp_text
         text += f", torch {hw['torch']}" if hw.get("torch") else ""
         if hw.get("shared_with"):
             text += f"; shared with {hw['shared_with']}"
         return text + (f"; recorded {hw['recorded']}" if hw.get("recorded") else "")
     hw = hw or machine
-    amx = bf16 and machine.get("amx_bf16")
-    return (f"{hw.get('cpu')}, {hw.get('cores')} cores" + (", bf16 autocast on AMX" if amx else "")
-            + "; no GPU was available for this model")
+    return f"{hw.get('cpu')}, {hw.get('cores')} cores{amp_text}; no GPU was available for this model"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -173,7 +189,7 @@ def _training_section(r: dict) -> list[str]:
     train, optim = cfg.get("train", {}), cfg.get("optim", {})
     meta = ck["meta"]
     step_tokens = train.get("batch_size", 0) * train.get("grad_accum", 1) * ck["model"]["n_ctx"]
-    hardware = _hardware_row(run, machine, train.get("precision") in ("auto", "bf16"))
+    hardware = _hardware_row(run, machine, train.get("precision"))
     lines = ["## Training", "",
              "```bash",
              f"musicgpt prepare {(r['data']['asap'].get('source_dir') or '../shared/corpora/asap')} --out {run['data']}",

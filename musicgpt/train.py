@@ -99,14 +99,15 @@ def setup_distributed(device_name: str) -> Dist:
     return Dist(rank=rank, world=world, device=device)
 
 
-def hardware(device: torch.device) -> dict[str, Any]:
-    """What a run trains on, for its run.json (model cards cite it): device, GPU, CPU, torch."""
+def hardware(device: torch.device, precision: str = "auto") -> dict[str, Any]:
+    """What a run trains on, for its run.json (model cards cite it): device, GPU, CPU, autocast, torch."""
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
-                    if line.startswith("model name")), cpu)
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    amp = autocast_dtype(precision, device)
     return {"device": device.type, "gpu": gpu, "cpu": cpu,
+            "autocast": str(amp).removeprefix("torch.") if amp is not None else None,
             "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version()}
 
@@ -435,7 +436,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.toml").write_text(dump_toml(self.config), encoding="utf-8")
         run = {"data": self.data_arg, "init_from": self.init_from, "world_size": self.d.world,
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "hardware": hardware(self.d.device)}
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "hardware": hardware(self.d.device, self.config.train.precision)}
         (self.run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
 
     def _read_run_json(self, data, init_from) -> None:

@@ -88,8 +88,11 @@ def test_resume_with_overrides_records_them_in_run_json(tmp_path, reference, dat
     shutil.rmtree(run_dir / "checkpoints" / "step-0000006")
     result = train(resume_config(run_dir, ["train.steps=8"]), run_dir, resume=True)
     assert result.step == 8
-    resumes = json.loads((run_dir / "run.json").read_text())["resumes"]
+    run = json.loads((run_dir / "run.json").read_text())
+    resumes = run["resumes"]
     assert resumes[0]["from"] == "step-0000003" and resumes[0]["changed"] == {"train.steps": [6, 8]}
+    hw = run["hardware"]  # what the run trained on, for model cards
+    assert hw["device"] == "cpu" and hw["gpu"] is None and hw["cores"] >= 1 and hw["torch"] == torch.__version__
 
 
 def _wait_for_step(run_dir: Path, proc, step: int, timeout: float = 60.0) -> None:
