@@ -128,7 +128,10 @@ def train_section(length: int, batch: int, rounds: int, naive: bool, compiled: b
     out["peak_bytes"] = {}
     for s in steps:
         if not s.name.endswith("_compiled"):
-            out["peak_bytes"][s.name] = s.peak_bytes()
+            try:
+                out["peak_bytes"][s.name] = s.peak_bytes()
+            except Exception as exc:  # noqa: BLE001 (recorded, e.g. out of memory)
+                out["errors"][f"{s.name}_peak"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     if out["peak_bytes"].get("absolute"):
         out["peak_ratio_to_absolute"] = {k: round(v / out["peak_bytes"]["absolute"], 3)
                                          for k, v in out["peak_bytes"].items()}

@@ -513,6 +513,8 @@ def section_gpu(d: dict, img: Path) -> tuple[list[str], str]:
         lines += [f"Generation of {g.get('tokens')} tokens ({g.get('model')}) against HF transformers "
                   "GPT2LMHeadModel.generate of the same size (KV cache, sampling):", ""]
         lines += table(["batch", "musicgpt tokens/s", "HF tokens/s", "speedup"], grows) + [""]
+    if not d["train"]:
+        return lines, "no train-step figures" + (f"; generation {grows[0][3]} HF at batch {grows[0][0]}" if grows else "")
     first = d["train"][0]
     head = (f"relative train step {rx(first['ratio_to_absolute'].get('relative'))} of absolute flash SDPA at "
             f"L={first['length']} (naive port {rx(first['ratio_to_absolute'].get('naive'))})")
