@@ -91,10 +91,14 @@ def apply_mask_(s: Tensor, i0: int, ks: int, window: int | None) -> Tensor:
 @functools.lru_cache(maxsize=64)
 def _band(rows: int, cols: int, shift: int, window: int | None, device: torch.device) -> Tensor:
     """Bool mask (rows, cols): True where key column c is after query row r (c > r + shift), or, with a
-    window, at least `window` before it (r + shift - c >= window). Cached: blocks repeat the same few."""
-    r = torch.arange(rows, device=device)[:, None] + shift
-    c = torch.arange(cols, device=device)[None, :]
-    return c > r if window is None else r - c >= window
+    window, at least `window` before it (r + shift - c >= window). Cached: blocks repeat the same few.
+
+    Built outside inference mode even when first asked for inside it (generating): a cached inference
+    tensor could not be saved for a later backward (biased_sdpa's masked_fill keeps its mask)."""
+    with torch.inference_mode(False):
+        r = torch.arange(rows, device=device)[:, None] + shift
+        c = torch.arange(cols, device=device)[None, :]
+        return c > r if window is None else r - c >= window
 
 
 def _key_range(i0: int, bq: int, window: int | None) -> tuple[int, int]:
@@ -431,16 +435,12 @@ def _use_biased_sdpa(q: Tensor) -> bool:
 
 @functools.lru_cache(maxsize=16)
 def _blocked(lq: int, lk: int, window: int | None, device: torch.device) -> Tensor:
-    """Bool (Lq, Lk): True where query i (at key position Lk-Lq+i) may not see key j.
-
-    Built outside inference mode even when first asked for inside it: a cached inference tensor could
-    not be saved for a later backward (masked_fill keeps its mask).
-    """
+    """Bool (Lq, Lk): True where query i (at key position Lk-Lq+i) may not see key j (outside inference mode, as _band)."""
+    future = _band(lq, lk, lk - lq, None, device)
+    if window is None:
+        return future
     with torch.inference_mode(False):
-        i = torch.arange(lk - lq, lk, device=device)[:, None]  # (Lq, 1) key position of each query
-        j = torch.arange(lk, device=device)[None, :]  # (1, Lk)
-        blocked = j > i
-        return blocked if window is None else blocked | (i - j >= window)
+        return future | _band(lq, lk, lk - lq, window, device)
 
 
 def biased_sdpa(q: Tensor, k: Tensor, v: Tensor, rel_emb: Tensor | None, *, window: int | None = None,
