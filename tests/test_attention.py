@@ -61,8 +61,10 @@ CASES = [  # (Lq, Lk, R, window, block): below and above R, several blocks, wind
 ]
 
 
+@pytest.mark.parametrize("path", ["eager", "sdpa"])  # the blocked eager path; SDPA with a bias (CUDA's default)
 @pytest.mark.parametrize("lq,lk,r,window,block", CASES)
-def test_blocked_kernel_matches_naive_forward_and_backward(lq, lk, r, window, block):
+def test_relative_attention_matches_naive_forward_and_backward(lq, lk, r, window, block, path, monkeypatch):
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", path)
     q, k, v = (rand(2, 3, n, 4, seed=s).requires_grad_() for s, n in ((0, lq), (1, lk), (2, lk)))
     rel = rand(3, r, 4, seed=3).requires_grad_()
     got = relative_attention(q, k, v, rel, window=window, block=block)
@@ -73,6 +75,8 @@ def test_blocked_kernel_matches_naive_forward_and_backward(lq, lk, r, window, bl
     want_grads = torch.autograd.grad(want, (q, k, v, rel), grad)
     for name, g, w in zip("qkvr", got_grads, want_grads):
         torch.testing.assert_close(g, w, msg=f"gradient wrt {name}")
+    no_rel = relative_attention(q, k, v, None, window=window, block=block)
+    torch.testing.assert_close(no_rel, naive_attention(q, k, v, None, window))
 
 
 def test_gradcheck_with_dropout():
@@ -259,7 +263,8 @@ def test_fused_kernel_under_bfloat16_autocast(kernel_calls):
         assert cos > 0.99, f"gradient wrt {name}: cosine {cos:.4f}"
 
 
-def test_fused_kernel_in_the_model_matches_the_eager_path(kernel_calls, monkeypatch):
+def tiny_relative_model():
+    """The tiny preset with strong relative embeddings (so a wrong skew shows), and a (2, 80) batch of ids."""
     from musicgpt.model import GPTConfig, MusicGPT
 
     torch.manual_seed(0)
@@ -267,31 +272,43 @@ def test_fused_kernel_in_the_model_matches_the_eager_path(kernel_calls, monkeypa
     with torch.no_grad():
         for block in model.blocks:
             block.attn.rel_emb.normal_(0, 1.0)
-    x = torch.randint(0, 391, (2, 80), generator=torch.Generator().manual_seed(1))
+    return model, torch.randint(0, 391, (2, 80), generator=torch.Generator().manual_seed(1))
 
-    def run():
-        model.zero_grad()
-        out = model(x[:, :-1], targets=x[:, 1:])
-        out.loss.backward()
-        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    logits, grads = run()
-    assert kernel_calls == {"forward": 2, "backward": 2}  # one per layer
-    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "eager")
-    logits_eager, grads_eager = run()
-    assert kernel_calls == {"forward": 2, "backward": 2}
-    torch.testing.assert_close(logits, logits_eager, atol=1e-5, rtol=1e-5)
-    for name in grads:
-        torch.testing.assert_close(grads[name], grads_eager[name], atol=1e-5, rtol=1e-4, msg=name)
+def logits_and_grads(model, x):
+    """Training-mode logits and every parameter's gradient of the loss on ids x."""
+    model.zero_grad()
+    out = model(x[:, :-1], targets=x[:, 1:])
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    # prefill in chunks through a sliding-window cache (queries at the end of the keys) vs one full pass
-    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "auto")
+
+def assert_same_logits_and_grads(a, b):
+    torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
+    for name in a[1]:
+        torch.testing.assert_close(a[1][name], b[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def assert_chunked_prefill_matches_full_pass(model, x):
+    """Prefill in chunks through a sliding-window cache (queries at the end of the keys) vs one full pass."""
     model.eval()
     with torch.no_grad():
         full = model(x, window=48).logits
         cache = model.new_cache(window=48)
         chunks = [model(x[:, a:a + 20], cache=cache).logits for a in range(0, x.shape[1], 20)]
     torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_kernel_in_the_model_matches_the_eager_path(kernel_calls, monkeypatch):
+    model, x = tiny_relative_model()
+    fused = logits_and_grads(model, x)
+    assert kernel_calls == {"forward": 2, "backward": 2}  # one per layer
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "eager")
+    eager = logits_and_grads(model, x)
+    assert kernel_calls == {"forward": 2, "backward": 2}
+    assert_same_logits_and_grads(fused, eager)
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "auto")
+    assert_chunked_prefill_matches_full_pass(model, x)
 
 
 def test_kernel_mode_from_the_environment(monkeypatch):
@@ -342,23 +359,6 @@ def test_fused_kernel_inside_torch_compile(kernel):
 
 # ---- the SDPA-with-bias path (CUDA's default; forced here on the CPU) ----
 
-@pytest.mark.parametrize("lq,lk,r,window,block", CASES)
-def test_biased_sdpa_matches_naive_forward_and_backward(lq, lk, r, window, block, monkeypatch):
-    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "sdpa")
-    q, k, v = (rand(2, 3, n, 4, seed=s).requires_grad_() for s, n in ((0, lq), (1, lk), (2, lk)))
-    rel = rand(3, r, 4, seed=3).requires_grad_()
-    got = relative_attention(q, k, v, rel, window=window)
-    want = naive_attention(q, k, v, rel, window)
-    torch.testing.assert_close(got, want)
-    grad = rand(*got.shape, seed=4)
-    got_grads = torch.autograd.grad(got, (q, k, v, rel), grad)
-    want_grads = torch.autograd.grad(want, (q, k, v, rel), grad)
-    for name, g, w in zip("qkvr", got_grads, want_grads):
-        torch.testing.assert_close(g, w, msg=f"gradient wrt {name}")
-    no_rel = attention.biased_sdpa(q, k, v, None, window=window)
-    torch.testing.assert_close(no_rel, naive_attention(q, k, v, None, window))
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_biased_sdpa_on_cuda_matches_naive_under_bfloat16():
     q, k, v = (rand(2, 4, 300, 32, seed=s).float().cuda().requires_grad_() for s in range(3))
@@ -372,34 +372,14 @@ def test_biased_sdpa_on_cuda_matches_naive_under_bfloat16():
 
 
 def test_biased_sdpa_in_the_model_matches_the_eager_path(monkeypatch):
-    from musicgpt.model import GPTConfig, MusicGPT
-
-    torch.manual_seed(0)
-    model = MusicGPT(GPTConfig.preset("tiny", dropout=0.0))
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.rel_emb.normal_(0, 1.0)
-    x = torch.randint(0, 391, (2, 80), generator=torch.Generator().manual_seed(1))
-
-    def run(mode):
-        monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", mode)
-        model.zero_grad()
-        out = model(x[:, :-1], targets=x[:, 1:])
-        out.loss.backward()
-        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    logits, grads = run("sdpa")
-    logits_eager, grads_eager = run("eager")
-    torch.testing.assert_close(logits, logits_eager, atol=1e-5, rtol=1e-5)
-    for name in grads:
-        torch.testing.assert_close(grads[name], grads_eager[name], atol=1e-5, rtol=1e-4, msg=name)
-    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "sdpa")  # chunked prefill through a sliding window
-    model.eval()
-    with torch.no_grad():
-        full = model(x, window=48).logits
-        cache = model.new_cache(window=48)
-        chunks = [model(x[:, a:a + 20], cache=cache).logits for a in range(0, x.shape[1], 20)]
-    torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-4, rtol=1e-4)
+    model, x = tiny_relative_model()
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "sdpa")
+    sdpa = logits_and_grads(model, x)
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "eager")
+    eager = logits_and_grads(model, x)
+    assert_same_logits_and_grads(sdpa, eager)
+    monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "sdpa")
+    assert_chunked_prefill_matches_full_pass(model, x)
 
 
 @pytest.mark.parametrize("window", [None, 4])
@@ -407,6 +387,7 @@ def test_biased_sdpa_trains_after_a_call_under_inference_mode(monkeypatch, windo
     # Found in review: masks cached while generating (inference mode) could not be saved for backward.
     monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "sdpa")
     attention._blocked.cache_clear()
+    attention._band.cache_clear()
     q, k, v = (rand(1, 2, 9, 4, dtype=torch.float32, seed=s) for s in range(3))
     rel = rand(2, 5, 4, dtype=torch.float32, seed=3)
     with torch.inference_mode():
