@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import musicgpt  # noqa: E402
 from musicgpt.generation import DEFAULT_MAX_NOTE_SECONDS  # noqa: E402
+from musicgpt.host import cpu_flags, cpu_model  # noqa: E402
 from musicgpt import checkpoint  # noqa: E402
 from musicgpt.config import load_config  # noqa: E402
 from musicgpt.data import Specials, Split, open_split, windows  # noqa: E402
@@ -81,16 +82,7 @@ RESULTS = ROOT / "bench" / "results" / "bundled_model.json"
 
 def machine() -> dict[str, Any]:
     """The CPU, its core count and AMX support, torch, and whether a GPU is present."""
-    model_name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                model_name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and ":" in line:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model_name, "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in flags,
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in cpu_flags().split(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
 

@@ -7,22 +7,12 @@ import platform
 import time
 from importlib import metadata
 
+from musicgpt.host import cpu_model  # noqa: F401  (part of this module's interface)
+
 CAVEAT = ("The machine's speed drifts 2-4x within minutes (other jobs share its cores; load averages are "
           "recorded): compare ratios of runs interleaved in one process, not absolute numbers across runs "
           "or machines.")
 NO_GPU = "no GPU was lent to this task: CPU figures only"
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else what platform reports."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def torch_version() -> str | None:

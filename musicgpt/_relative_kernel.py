@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from musicgpt.host import cpu_flags
+
 SOURCE = Path(__file__).resolve().parent / "csrc" / "relative_attention.cpp"
 MODES = ("auto", "native", "eager", "sdpa")
 
@@ -57,13 +59,7 @@ def cache_dir() -> Path:
 
 def _cpu_flags() -> str:
     """This CPU's feature flags: the build targets them (-march=native)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_flags() or platform.processor() or platform.machine()
 
 
 def compile_command(output: Path) -> list[str]:

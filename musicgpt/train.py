@@ -43,6 +43,7 @@ from musicgpt.config import Config, config_to_dict, dump_toml, load_config
 from musicgpt.data import BatchStream, CropSampler, Specials, Split, open_split, valid_windows
 from musicgpt.errors import CheckpointError, ConfigError, MusicGPTError
 from musicgpt.evaluate import score
+from musicgpt.host import cpu_model
 from musicgpt.model import MusicGPT
 from musicgpt.trainlog import MetricsLog
 
@@ -102,11 +103,8 @@ def setup_distributed(device_name: str) -> Dist:
 def hardware(device: torch.device, precision: str = "auto") -> dict[str, Any]:
     """What a run trains on, for its run.json (model cards cite it): device, GPU, CPU, autocast, torch."""
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     amp = autocast_dtype(precision, device)
-    return {"device": device.type, "gpu": gpu, "cpu": cpu,
+    return {"device": device.type, "gpu": gpu, "cpu": cpu_model(),
             "autocast": str(amp).removeprefix("torch.") if amp is not None else None,
             "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version()}
@@ -436,7 +434,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.toml").write_text(dump_toml(self.config), encoding="utf-8")
         run = {"data": self.data_arg, "init_from": self.init_from, "world_size": self.d.world,
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "hardware": hardware(self.d.device, self.config.train.precision)}
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+               "hardware": hardware(self.d.device, self.config.train.precision)}
         (self.run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
 
     def _read_run_json(self, data, init_from) -> None:
