@@ -8,7 +8,7 @@
 # SECONDS (default 590) bounds the whole script: it checks the GPU attention path against the naive
 # reference, probes both runs' speed for 60 steps side by side, sets train.steps so the slower one's
 # cosine schedule ends with time to spare, trains, evaluates both best checkpoints on the test and
-# valid splits, and packs float16 copies of the weights, the run logs and the figures into
+# valid splits, and packs the weights as they would be bundled (float16 above 25 MB), the run logs and the figures into
 # OUT_DIR/pack.tar.part-* (pieces of at most 15 MiB: `cat OUT_DIR/pack.tar.part-* | tar x`).
 set -uo pipefail
 out=${1:?usage: tools/gpu_train.sh OUT_DIR [SECONDS] [DATA_DIR]}
@@ -102,20 +102,17 @@ for r in "${runs[@]}"; do
     done
 done
 
-# 5. pack: float16 weights (the bundled format; bfloat16 if a weight is past float16's range), logs, metrics
+# 5. pack: the best weights as tools/install_pretrained.py would bundle them (float16 above 25 MB, reloaded and
+#    checked against the source), logs, metrics
 $py - "$work/pack" "$runs_dir" "${runs[@]}" <<'EOF' || fail "packing failed"
-import sys, shutil, torch
+import sys, shutil
 from pathlib import Path
-from musicgpt import checkpoint
+sys.path.insert(0, "tools")
+from install_pretrained import install
 pack, runs_dir = Path(sys.argv[1]), Path(sys.argv[2])
 for r in sys.argv[3:]:
-    src = runs_dir / r / "best"
-    model, tokenizer = checkpoint.load(src)
-    _, raw = checkpoint.read_config(src)
-    fits = all(float(t.abs().max()) < 60000.0 for t in model.state_dict().values() if t.is_floating_point())
-    dtype = torch.float16 if fits else torch.bfloat16
-    checkpoint.save(model, pack / r / "best", tokenizer, dtype=dtype, meta=raw.get("meta"))
-    print(f"packed {src} as {dtype}")
+    done = install(runs_dir / r / "best", pack / r / "best")
+    print(f"packed {done['source']} as {done['stored_dtype']} (max logit difference {done['max_logit_diff']:.3g})")
     for name in ("metrics.csv", "run.json", "config.toml"):
         shutil.copy(runs_dir / r / name, pack / r / name)
 EOF
