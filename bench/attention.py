@@ -49,7 +49,7 @@ import musicgpt.model as model_module  # noqa: E402
 from musicgpt import _relative_kernel  # noqa: E402
 from musicgpt.model import GPTConfig, MusicGPT  # noqa: E402
 
-CAVEAT = ("CPU only: no GPU was lent to this task, so there are no GPU figures. The machine's speed drifts 2-4x "
+CAVEAT = ("CPU only (GPU figures: bench/gpu.py). The machine's speed drifts 2-4x "
           "within minutes (other jobs share its 2 cores; load averages are recorded): compare the ratios of "
           "runs interleaved in this process, not absolute seconds across runs or machines.")
 BATCH = 4
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     length, mem_length = (256, 512) if args.quick else (1024, 2048)
     result = {"benchmark": "attention", "caveat": CAVEAT, "machine_start": machine(),
               "gpu": {"available": torch.cuda.is_available(),
-                      "note": "no GPU was lent to this task: no GPU figures" if not torch.cuda.is_available() else ""},
+                      "note": "this script measures the CPU; GPU figures: bench/gpu.py"},
               "targets": {"train_step_relative_over_absolute": 1.25, "peak_memory_relative_over_absolute_at_2048": 1.3}}
     t0 = time.perf_counter()
     print("fused kernel", flush=True)

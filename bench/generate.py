@@ -39,7 +39,7 @@ from musicgpt.model import GPTConfig, MusicGPT  # noqa: E402
 from musicgpt.sampling import SamplingConfig, make_generator, sample  # noqa: E402
 from musicgpt.tokenizer import PerformanceTokenizer  # noqa: E402
 
-CAVEAT = ("CPU only: no GPU was lent to this task. The machine's speed drifts 2-4x within minutes (other jobs "
+CAVEAT = ("CPU only (GPU figures: bench/gpu.py). The machine's speed drifts 2-4x within minutes (other jobs "
           "share its 2 cores and its memory bandwidth): compare ratios of runs interleaved in this process, not "
           "absolute numbers across runs or machines (the load averages at start and end say how busy it was).")
 
@@ -206,7 +206,7 @@ def main() -> int:
     cfg = GPTConfig.preset("small", dropout=0.0)
     torch.manual_seed(0)
     model = MusicGPT(cfg).eval()
-    result = {"caveat": CAVEAT, "device": "cpu", "gpu": "none lent to this task",
+    result = {"caveat": CAVEAT, "device": "cpu", "gpu": "not used (GPU figures: bench/gpu.py)",
               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "threads": 1,
               "model": {"preset": "small", **cfg.to_dict(), "parameters": model.num_parameters()},
               "rounds": rounds, "load_average_1_5_15_min": {"start": [round(x, 2) for x in os.getloadavg()]}}

@@ -12,7 +12,7 @@ from musicgpt.host import cpu_model  # noqa: F401  (part of this module's interf
 CAVEAT = ("The machine's speed drifts 2-4x within minutes (other jobs share its cores; load averages are "
           "recorded): compare ratios of runs interleaved in one process, not absolute numbers across runs "
           "or machines.")
-NO_GPU = "no GPU was lent to this task: CPU figures only"
+NO_GPU = "CPU figures only (GPU figures: bench/gpu.py)"
 
 
 def torch_version() -> str | None:

@@ -208,7 +208,7 @@ def main() -> int:
         "device": str(device),
         "device_kind": "GPU" if device.type == "cuda" else "CPU",
         "gpu": (torch.cuda.get_device_name(device) if device.type == "cuda" else
-                "none: no GPU was lent to this task, so no GPU figures were measured"),
+                "none: this run measured the CPU"),
         "cpu": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "cpu_amx": _cpu_has_amx(),
