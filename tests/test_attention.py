@@ -245,6 +245,25 @@ def test_fused_kernel_reads_strided_views_and_no_grad(kernel_calls):
                                atol=2e-6, rtol=1e-5)
 
 
+def test_fused_kernel_gradients_are_the_same_bits_on_any_thread_count(kernel):
+    # Resuming a run reproduces it bit for bit only if a backward does. The relative gradient once summed
+    # per-thread parts, so its bits depended on which thread took which (batch, head): 1 thread and 2
+    # threads differed, and so did two calls under load.
+    q, k, v, do = (rand(4, 3, 48, 8, dtype=torch.float32, seed=s) for s in range(4))
+    rel = rand(3, 16, 8, dtype=torch.float32, seed=4)
+    threads = torch.get_num_threads()
+    seen = set()
+    try:
+        for n in (1, 2, 3, 2, 1, 3):
+            torch.set_num_threads(n)
+            out, lse = _relative_kernel.forward(q, k, v, rel, None, 8)
+            grads = _relative_kernel.backward(do, q, k, v, rel, out, lse, None, 8)
+            seen.add(b"".join(t.contiguous().numpy().tobytes() for t in (out, *grads)))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(seen) == 1
+
+
 def test_fused_kernel_under_bfloat16_autocast(kernel_calls):
     q, k, v = (rand(2, 4, 40, 16, dtype=torch.float32, seed=s).requires_grad_() for s in range(3))
     rel = (0.3 * rand(4, 24, 16, dtype=torch.float32, seed=3)).requires_grad_()

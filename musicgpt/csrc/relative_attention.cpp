@@ -15,7 +15,9 @@
 // have K = 32 and gain little from bf16 (AMX tiles stay mostly idle), so bf16 callers upcast
 // (measured: faster than MKL's bf16 GEMMs here, and every accumulation stays float32).
 // Threads: one OpenMP region per call; blocks (forward) or (batch, head) pairs (backward) are handed
-// out dynamically, so a thread that the OS deschedules does not hold the others back.
+// out dynamically, so a thread that the OS deschedules does not hold the others back. Which thread runs
+// a unit never changes a result: every unit writes its own outputs (dE too: one part per (batch, head),
+// summed over the batch in a fixed order), so a backward is bit-for-bit repeatable, as resuming needs.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -113,9 +115,9 @@ void fill_zero(float* p, int64_t n) {
 }
 
 // Per-thread scratch that lives across calls: fresh multi-MB buffers would page-fault every time.
-float* scratch(int slot, int64_t n) {
+float* scratch(int which, int64_t n) {
   thread_local std::vector<float> buffers[4];
-  auto& b = buffers[slot];
+  auto& b = buffers[which];
   if (static_cast<int64_t>(b.size()) < n) b.resize(n);
   return b.data();
 }
@@ -212,28 +214,24 @@ Problem make_problem(const Tensor& q, const Tensor& k, const std::optional<Tenso
   return p;
 }
 
-// Runs fn(unit, slot) for units 0 .. n-1 on the intra-op threads, handing units out one at a time.
+// Runs fn(unit) for units 0 .. n-1 on the intra-op threads, handing units out one at a time.
 template <typename F>
 void parallel_units(int64_t n, const F& fn) {
   const int64_t threads = at::in_parallel_region() ? 1 : std::min<int64_t>(at::get_num_threads(), n);
   std::atomic<int64_t> next{0};
-  std::atomic<int> slots{0};
   at::parallel_for(0, std::max<int64_t>(threads, 1), 1, [&](int64_t, int64_t) {
-    const int slot = slots++;
     const int previous = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
-    for (int64_t u; (u = next++) < n;) fn(u, slot);
+    for (int64_t u; (u = next++) < n;) fn(u);
     if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
   });
 }
-
-int64_t num_slots() { return at::in_parallel_region() ? 1 : std::max(at::get_num_threads(), 1); }
 
 // ---- forward ----
 
 void forward_impl(const Problem& p, const float* q, Strides sq, const float* k, Strides sk, const float* v,
                   Strides sv, const float* rel, float* out, float* lse) {
   const int64_t D = p.D, ldo = p.H * D;  // out is stored (B, Lq, H, D)
-  parallel_units(p.B * p.H * p.nblk, [&](int64_t u, int) {
+  parallel_units(p.B * p.H * p.nblk, [&](int64_t u) {
     const int64_t blk = p.nblk - 1 - u / (p.B * p.H);  // the longest blocks first: better balance
     const int64_t bh = u % (p.B * p.H), b = bh / p.H, h = bh % p.H;
     const BlockGeom g = geometry(p, blk);
@@ -339,10 +337,9 @@ void backward_impl(const Problem& p, const float* dout, Strides sdo, const float
                    Strides sk, const float* v, Strides sv, const float* rel, const float* out, Strides so,
                    const float* lse, float* dq, float* dk, float* dv, float* drel_parts) {
   const int64_t D = p.D, ldg = p.H * D;  // gradients are stored (B, L, H, D)
-  const int64_t rel_numel = p.H * p.R * D;
-  parallel_units(p.B * p.H, [&](int64_t bh, int slot) {
+  parallel_units(p.B * p.H, [&](int64_t bh) {
     const int64_t b = bh / p.H, h = bh % p.H;
-    float* drel = p.rel ? drel_parts + slot * rel_numel + h * p.R * D : nullptr;
+    float* drel = p.rel ? drel_parts + bh * p.R * D : nullptr;  // this (batch, head)'s own part
     float* delta = scratch(3, p.block);
     for (int64_t blk = 0; blk < p.nblk; ++blk) {
       const BlockGeom g = geometry(p, blk);
@@ -401,8 +398,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> relative_attention_backward(
   Tensor dq = at::empty({p.B, p.Lq, p.H, p.D}, q.options());  // every row is written by exactly one block
   Tensor dk = at::zeros({p.B, p.Lk, p.H, p.D}, q.options());
   Tensor dv = at::zeros({p.B, p.Lk, p.H, p.D}, q.options());
-  const int64_t slots = num_slots();
-  Tensor parts = at::zeros({p.rel ? slots : 0, p.H, p.R, p.D}, q.options());  // dE per thread, summed below
+  // dE per (batch, head), summed below: a part per thread would make the sum's order depend on which
+  // thread happened to take which unit (measured: 55 different dE bit patterns in 300 calls).
+  Tensor parts = at::zeros({p.rel ? p.B : 0, p.H, p.R, p.D}, q.options());
   if (q.numel() > 0) {
     backward_impl(p, grad_out.const_data_ptr<float>(), strides_of(grad_out), q.const_data_ptr<float>(), strides_of(q),
                   k.const_data_ptr<float>(), strides_of(k), v.const_data_ptr<float>(), strides_of(v),
@@ -415,9 +413,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> relative_attention_backward(
     float* acc = drel.mutable_data_ptr<float>();
     const float* src = parts.const_data_ptr<float>();
     const int64_t n = drel.numel();
-    for (int64_t t = 0; t < slots; ++t)
+    at::parallel_for(0, n, 1 << 14, [&](int64_t i0, int64_t i1) {
+      for (int64_t b = 0; b < p.B; ++b)  // always in batch order
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) acc[i] += src[t * n + i];
+        for (int64_t i = i0; i < i1; ++i) acc[i] += src[b * n + i];
+    });
   }
   auto heads_view = [](const Tensor& t) { return t.permute({0, 2, 1, 3}); };
   return {heads_view(dq), heads_view(dk), heads_view(dv), drel};
