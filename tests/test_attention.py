@@ -283,15 +283,10 @@ def test_fused_kernel_under_bfloat16_autocast(kernel_calls):
 
 
 def tiny_relative_model():
-    """The tiny preset with strong relative embeddings (so a wrong skew shows), and a (2, 80) batch of ids."""
-    from musicgpt.model import GPTConfig, MusicGPT
+    """The peaky tiny model (strong relative embeddings: a wrong skew shows), training mode, and a (2, 80) batch of ids."""
+    from tiny_models import tiny_model
 
-    torch.manual_seed(0)
-    model = MusicGPT(GPTConfig.preset("tiny", dropout=0.0))
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.rel_emb.normal_(0, 1.0)
-    return model, torch.randint(0, 391, (2, 80), generator=torch.Generator().manual_seed(1))
+    return tiny_model().train(), torch.randint(0, 391, (2, 80), generator=torch.Generator().manual_seed(1))
 
 
 def logits_and_grads(model, x):
