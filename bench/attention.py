@@ -8,9 +8,9 @@ Train step = forward, backward and AdamW on a batch of 4, `small` preset shape (
 256, 8 heads, d_ff 1024), fp32 unless marked, dropout 0 unless marked. Contenders:
   absolute       GPTConfig(position="absolute"): GPT-2 learned positions, F.scaled_dot_product_attention
                  (is_causal, its fused flash kernel on CPU)
-  relative       position="relative": musicgpt.attention through its fused C++ kernel
+  relative       position="relative": musicgpt.model.attention through its fused C++ kernel
                  (musicgpt/csrc/relative_attention.cpp, built once and cached; bf16 is upcast inside)
-  relative_eager the same model on musicgpt.attention's eager PyTorch path (MUSICGPT_ATTENTION_KERNEL=eager:
+  relative_eager the same model on musicgpt.model.attention's eager PyTorch path (MUSICGPT_ATTENTION_KERNEL=eager:
                  what runs where the kernel cannot be built)
   naive          the same model with gwinndr/MusicTransformer-Pytorch-style attention patched in:
                  Q·Erᵀ materialized (B, H, L, L), skewed by pad+reshape, everything through autograd
@@ -45,9 +45,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import musicgpt.model as model_module  # noqa: E402
-from musicgpt import _relative_kernel  # noqa: E402
-from musicgpt.model import GPTConfig, MusicGPT  # noqa: E402
+import musicgpt.model.gpt as model_module  # noqa: E402
+from musicgpt.model import _relative_kernel  # noqa: E402
+from musicgpt.model.gpt import GPTConfig, MusicGPT  # noqa: E402
 
 CAVEAT = ("CPU only (GPU figures: bench/gpu.py). The machine's speed drifts 2-4x "
           "within minutes (other jobs share its 2 cores; load averages are recorded): compare the ratios of "
@@ -277,7 +277,7 @@ def kernel_section() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, MUSICGPT_KERNEL_CACHE=tmp)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", "from musicgpt import _relative_kernel as k; k.build(verbose=False)"],
+        proc = subprocess.run([sys.executable, "-c", "from musicgpt.model import _relative_kernel as k; k.build(verbose=False)"],
                               env=env, capture_output=True, text=True, cwd=ROOT)
         out["one_time_build_s"] = round(time.perf_counter() - t0, 1) if proc.returncode == 0 else None
         if proc.returncode:

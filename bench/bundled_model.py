@@ -13,10 +13,10 @@ bundled model, musicgpt/pretrained/; `--install CKPT` first installs a checkpoin
 tools/install_pretrained.py):
 
 - NLL per event (nats), perplexity, accuracy and NLL per event type with
-  `musicgpt.evaluate.evaluate_checkpoint` (what `musicgpt evaluate` runs) on ASAP's test and valid
+  `musicgpt.training.evaluate.evaluate_checkpoint` (what `musicgpt evaluate` runs) on ASAP's test and valid
   splits at the trained context and at longer ones (--contexts), and on POP909's test split; the
   ASAP test figure at the trained context once more in fp32, to show what bf16 autocast changes;
-- the NLL per piece (composer + title) of ASAP's test split with `musicgpt.evaluate.score` on each
+- the NLL per piece (composer + title) of ASAP's test split with `musicgpt.training.evaluate.score` on each
   piece's performances, and their macro average: one piece (La Campanella) is half the split;
 - the absolute-position twin (--abs-run, its best/ checkpoint) on the same data, at the contexts
   its position table allows;
@@ -58,17 +58,17 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import musicgpt  # noqa: E402
-from musicgpt.generation import DEFAULT_MAX_NOTE_SECONDS  # noqa: E402
-from musicgpt.host import cpu_flags, cpu_model  # noqa: E402
+from musicgpt.generation.generate import DEFAULT_MAX_NOTE_SECONDS  # noqa: E402
+from musicgpt._cpuinfo import cpu_flags, cpu_model  # noqa: E402
 from musicgpt import checkpoint  # noqa: E402
-from musicgpt.config import load_config  # noqa: E402
-from musicgpt.data import Specials, Split, open_split, windows  # noqa: E402
+from musicgpt.training.config import load_config  # noqa: E402
+from musicgpt.training.data import Specials, Split, open_split, windows  # noqa: E402
 from musicgpt.errors import ConfigError, MusicGPTError  # noqa: E402
-from musicgpt.evaluate import evaluate_checkpoint, report, score  # noqa: E402
+from musicgpt.training.evaluate import evaluate_checkpoint, report, score  # noqa: E402
 from musicgpt.metrics import EmptyPieceError, compare_features, piece_features  # noqa: E402
-from musicgpt.notes import Notes  # noqa: E402
-from musicgpt.prepare import read_manifest  # noqa: E402
-from musicgpt.train import autocast_dtype  # noqa: E402
+from musicgpt.music.notes import Notes  # noqa: E402
+from musicgpt.corpus.prepare import read_manifest  # noqa: E402
+from musicgpt.training.loop import autocast_dtype  # noqa: E402
 
 CAVEAT = ("evaluation and samples on this machine's CPU; its timings are wall-clock seconds on a shared machine whose "
           "speed drifts 2-4x within minutes, for orientation, not comparison. Where and how the model was trained: "
@@ -255,7 +255,7 @@ def evaluate(ckpt: Path, data_dir: Path, split: str, context: int, args) -> dict
 
 
 def per_piece(ckpt: Path, data_dir: Path, split: str, context: int, args) -> dict[str, Any]:
-    """NLL per piece (composer + title) with `musicgpt.evaluate.score`, the macro average, and the pooled figure."""
+    """NLL per piece (composer + title) with `musicgpt.training.evaluate.score`, the macro average, and the pooled figure."""
     model, tokenizer = checkpoint.load(ckpt)
     docs = open_split(data_dir, split)
     specials = Specials(tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)

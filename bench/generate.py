@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import musicgpt  # noqa: E402
-from musicgpt.model import GPTConfig, MusicGPT  # noqa: E402
-from musicgpt.sampling import SamplingConfig, make_generator, sample  # noqa: E402
-from musicgpt.tokenizer import PerformanceTokenizer  # noqa: E402
+from musicgpt.model.gpt import GPTConfig, MusicGPT  # noqa: E402
+from musicgpt.generation.sampling import SamplingConfig, make_generator, sample  # noqa: E402
+from musicgpt.tokens.performance import PerformanceTokenizer  # noqa: E402
 
 CAVEAT = ("CPU only (GPU figures: bench/gpu.py). The machine's speed drifts 2-4x within minutes (other jobs "
           "share its 2 cores and its memory bandwidth): compare ratios of runs interleaved in this process, not "
@@ -107,7 +107,7 @@ def full_recompute_step(model, ids: torch.Tensor, gen: torch.Generator) -> float
 
 def cached_steps(model, ids: torch.Tensor, steps: int) -> float:
     """Seconds per step of our decoder after prefilling `ids` (same contexts as the full recompute)."""
-    from musicgpt.decoder import Decoder
+    from musicgpt.model.decode_step import Decoder
 
     with torch.no_grad():
         cache = model.new_cache()

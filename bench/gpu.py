@@ -10,7 +10,7 @@ randomly initialised (speed does not depend on the weights' values), dropout 0, 
 over the whole context (R = L, as in Music Transformer). Train step = forward, backward and AdamW
 under bf16 autocast, the way `musicgpt train` runs on a GPU. Contenders:
   absolute   position="absolute": learned positions, F.scaled_dot_product_attention(is_causal) (flash)
-  relative   position="relative": musicgpt.attention.biased_sdpa, Srel skewed from one (B, H, L, L+1)
+  relative   position="relative": musicgpt.model.attention.biased_sdpa, Srel skewed from one (B, H, L, L+1)
              product and added as the bias of fused SDPA (memory-efficient kernel)
   naive      the same relative model with the gwinndr/MusicTransformer-Pytorch-style attention of
              bench/attention.py patched in: logits, Srel and probabilities materialized through autograd
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import musicgpt  # noqa: E402
-from musicgpt.model import GPTConfig, MusicGPT  # noqa: E402
+from musicgpt.model.gpt import GPTConfig, MusicGPT  # noqa: E402
 from attention import attention_impl  # noqa: E402  (bench/attention.py: the naive port)
 from generate import hf_model  # noqa: E402  (bench/generate.py: GPT2LMHeadModel of the same size)
 

@@ -5,7 +5,7 @@ when it reads longer windows than it was trained on; one with absolute positions
 
 Both models come from configs/lengthgen-rel.toml and configs/lengthgen-abs.toml, which differ in
 `model.position` alone (checked below): same data, steps, batch, schedule and seed. Each is trained
-with musicgpt.train and scored with musicgpt.evaluate.evaluate_checkpoint (NLL per event in nats,
+with musicgpt.training.loop and scored with musicgpt.training.evaluate.evaluate_checkpoint (NLL per event in nats,
 windows of `context` tokens moved by `context`, every token scored once).
 
 Absolute beyond its training length: GPT-2's learned position table has n_ctx = 512 rows and
@@ -49,11 +49,11 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench.machine import CAVEAT, NO_GPU, machine_info  # noqa: E402
 from musicgpt import checkpoint  # noqa: E402
-from musicgpt.config import Config, config_to_dict, load_config  # noqa: E402
-from musicgpt.data import Specials, open_split  # noqa: E402
+from musicgpt.training.config import Config, config_to_dict, load_config  # noqa: E402
+from musicgpt.training.data import Specials, open_split  # noqa: E402
 from musicgpt.errors import ConfigError, MusicGPTError  # noqa: E402
-from musicgpt.evaluate import evaluate_checkpoint  # noqa: E402
-from musicgpt.model import MusicGPT  # noqa: E402
+from musicgpt.training.evaluate import evaluate_checkpoint  # noqa: E402
+from musicgpt.model.gpt import MusicGPT  # noqa: E402
 
 CONFIGS = {"relative": ROOT / "configs" / "lengthgen-rel.toml", "absolute": ROOT / "configs" / "lengthgen-abs.toml"}
 CONTEXTS = (512, 1024, 2048)
@@ -73,7 +73,7 @@ STRICT = 0.02  # NLL ratios within 2% of 1 count as "stays close"
 
 def resolve_data(arg: str | None, size: str, work: Path) -> tuple[Path, str]:
     """A prepared corpus: --data, else data/asap when prepared, else the fixtures prepared into `work`."""
-    from musicgpt.prepare import prepare
+    from musicgpt.corpus.prepare import prepare
 
     if arg:
         path = Path(arg)
@@ -156,7 +156,7 @@ def last_logged(run_dir: Path) -> dict[str, float]:
 
 def train_one(name: str, config: Config, run_dir: Path, data_dir: Path, reuse: bool) -> dict:
     """Train one model (or reuse its finished run) and describe what was trained."""
-    from musicgpt.train import resume_config, train
+    from musicgpt.training.loop import resume_config, train
 
     steps = config.train.steps
     ckpt = last_checkpoint(run_dir, steps) if reuse else None
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                             "context": trained_ctx, "seed": configs["relative"].train.seed,
                             "differs_only_in": "model.position (checked)"},
             "training_data": data_label, "evaluation": eval_info, "contexts": list(CONTEXTS),
-            "evaluation_method": ("musicgpt.evaluate.evaluate_checkpoint, fp32, windows of `context` tokens moved by "
+            "evaluation_method": ("musicgpt.training.evaluate.evaluate_checkpoint, fp32, windows of `context` tokens moved by "
                                   "`context` (stride = context): every event scored once, each seeing 0 .. context-1 "
                                   "events before it within its window"),
             "models": models, "nll_by_position": by_position, "verdict": verdict(models, CONTEXTS),

@@ -1,6 +1,6 @@
 """Music metrics: speed of `musicgpt metrics`, and reference figures that show the metrics discriminate.
 
-- speed: reading N MIDI files (musicgpt.midi.read_midi) against reading them and computing every
+- speed: reading N MIDI files (musicgpt.music.midi.read_midi) against reading them and computing every
   feature (musicgpt.metrics.piece_features), interleaved round by round in this process; the ratio
   is the cost of the features over the parse they start from. Also the set comparison alone, and
   `musicgpt metrics A B` end to end (one run, process start included).
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import CAVEAT, machine_info  # noqa: E402
 from musicgpt.metrics import compare_features, piece_features  # noqa: E402
-from musicgpt.midi import read_midi  # noqa: E402
+from musicgpt.music.midi import read_midi  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "corpora"
 

@@ -243,7 +243,7 @@ def _evaluation_section(r: dict) -> list[str]:
     n_ctx = ck["model"]["n_ctx"]
     evals = r.get("evaluations") or {}
     lines = ["## Evaluation", "",
-             "Measured with `musicgpt evaluate` (`musicgpt.evaluate.evaluate_checkpoint`): every document is read as "
+             "Measured with `musicgpt evaluate` (`musicgpt.training.evaluate.evaluate_checkpoint`): every document is read as "
              "[BOS] + events in non-overlapping windows of the given context, each event predicted once; NLL in nats "
              f"per event. Precision: {r['precision']} autocast. For scale: Music Transformer reports 1.835 and "
              "Performance RNN 1.969 on the Piano-e-Competition data, with far larger models and compute.", ""]

@@ -1,7 +1,7 @@
 """Round trip of every file of the shared corpora: MIDI -> Notes -> tokens -> Notes -> MIDI -> tokens.
 
 For each corpus (default: ../shared/corpora/asap and ../shared/corpora/pop909), every MIDI file is
-read with musicgpt.midi.read_midi (pedal folded), encoded, decoded, and compared with the notes
+read with musicgpt.music.midi.read_midi (pedal folded), encoded, decoded, and compared with the notes
 it came from:
 
 - notes kept: decoded notes / notes read (the only losses are same-pitch onsets that fall into one
@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from musicgpt.errors import MusicGPTError  # noqa: E402
-from musicgpt.midi import read_midi, write_midi  # noqa: E402
-from musicgpt.tokenizer import PerformanceTokenizer  # noqa: E402
+from musicgpt.music.midi import read_midi, write_midi  # noqa: E402
+from musicgpt.tokens.performance import PerformanceTokenizer  # noqa: E402
 
 DEFAULT_CORPORA = [ROOT.parent / "shared" / "corpora" / "asap", ROOT.parent / "shared" / "corpora" / "pop909"]
 

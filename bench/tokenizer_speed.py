@@ -34,9 +34,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from musicgpt.augment import make_augmenter  # noqa: E402
-from musicgpt.miditok_backend import MiditokTokenizer  # noqa: E402
-from musicgpt.tokenizer import PerformanceTokenizer  # noqa: E402
+from musicgpt.tokens.augment import make_augmenter  # noqa: E402
+from musicgpt.tokens.miditok import MiditokTokenizer  # noqa: E402
+from musicgpt.tokens.performance import PerformanceTokenizer  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "corpora"
 

@@ -36,16 +36,16 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from musicgpt.config import load_config  # noqa: E402
-from musicgpt.data import BatchStream  # noqa: E402
-from musicgpt.train import Trainer, _cpu_has_amx  # noqa: E402
+from musicgpt.training.config import load_config  # noqa: E402
+from musicgpt.training.data import BatchStream  # noqa: E402
+from musicgpt.training.loop import Trainer, _cpu_has_amx  # noqa: E402
 
 ASAP = ROOT.parent / "shared" / "corpora" / "asap"
 
 
 def prepared_data(arg: str | None, scratch: Path) -> tuple[Path, str]:
     """A prepared corpus: --data, else ASAP prepared into scratch, else the test fixtures."""
-    from musicgpt.prepare import prepare
+    from musicgpt.corpus.prepare import prepare
 
     if arg:
         path = Path(arg)

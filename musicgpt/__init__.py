@@ -2,15 +2,15 @@
 
 __version__ = "0.1.0"
 
-# Heavy names (torch) load on first use, so `import musicgpt.midi` stays torch-free.
+# Heavy names (torch) load on first use, so `import musicgpt.music.midi` stays torch-free.
 _LAZY = {
-    "generate": ("musicgpt.generation", "generate"),
-    "GPTConfig": ("musicgpt.model", "GPTConfig"),
-    "MusicGPT": ("musicgpt.model", "MusicGPT"),
-    "PerformanceTokenizer": ("musicgpt.tokenizer", "PerformanceTokenizer"),
-    "Notes": ("musicgpt.midi", "Notes"),
-    "read_midi": ("musicgpt.midi", "read_midi"),
-    "write_midi": ("musicgpt.midi", "write_midi"),
+    "generate": ("musicgpt.generation.generate", "generate"),
+    "GPTConfig": ("musicgpt.model.gpt", "GPTConfig"),
+    "MusicGPT": ("musicgpt.model.gpt", "MusicGPT"),
+    "PerformanceTokenizer": ("musicgpt.tokens.performance", "PerformanceTokenizer"),
+    "Notes": ("musicgpt.music.midi", "Notes"),
+    "read_midi": ("musicgpt.music.midi", "read_midi"),
+    "write_midi": ("musicgpt.music.midi", "write_midi"),
 }
 
 

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from musicgpt.errors import CheckpointError, ConfigError
-from musicgpt.model import GPTConfig, MusicGPT
+from musicgpt.model.gpt import GPTConfig, MusicGPT
 
 FORMAT = "musicgpt-checkpoint"
 VERSION = 1
@@ -120,7 +120,7 @@ def load_tokenizer(path: str | Path | None = None) -> Any:
     if not (path / TOKENIZER).is_file():
         return None
     try:
-        from musicgpt.tokenizer import load_tokenizer as _load  # no torch there; imported on use
+        from musicgpt.tokens.performance import load_tokenizer as _load  # no torch there; imported on use
     except ImportError as exc:
         raise CheckpointError(f"checkpoint {path}: cannot load {TOKENIZER}: {exc}") from None
     return _load(path / TOKENIZER)

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import musicgpt
-from musicgpt.arcs import (ArcsConfig, AttentionRecorder, aggregate, attend, note_arcs, query_rows,
+from musicgpt.arcs.capture import (ArcsConfig, AttentionRecorder, aggregate, attend, note_arcs, query_rows,
                            teacher_force, token_owners)
-from musicgpt.arcs_format import validate_arcs
+from musicgpt.arcs.format import validate_arcs
 from musicgpt.errors import ConfigError
-from musicgpt.tokenizer import PerformanceTokenizer
+from musicgpt.tokens.performance import PerformanceTokenizer
 from tiny_models import PRIMER, tiny_model
 
 TOK = PerformanceTokenizer()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from musicgpt.arcs_format import (
+from musicgpt.arcs.format import (
     ARCS_VERSION,
     ArcsFormatError,
     build_arcs,
@@ -153,5 +153,5 @@ def test_select_arcs_filters_and_ranks(small):
 
 
 def test_no_torch():
-    code = "import musicgpt.arcs_format, sys; assert 'torch' not in sys.modules"
+    code = "import musicgpt.arcs.format, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from musicgpt import _relative_kernel, attention
-from musicgpt.attention import attention_probs, relative_attention, relative_logits
+from musicgpt.model import _relative_kernel, attention
+from musicgpt.model.attention import attention_probs, relative_attention, relative_logits
 
 
 def naive_srel(q, rel_emb, n_keys):

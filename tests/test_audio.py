@@ -5,9 +5,9 @@ import wave
 import numpy as np
 import pytest
 
-from musicgpt import audio
-from musicgpt.audio import AudioError, available_renderers, render_wav
-from musicgpt.midi import read_midi
+from musicgpt.music import audio
+from musicgpt.music.audio import AudioError, available_renderers, render_wav
+from musicgpt.music.midi import read_midi
 from tiny_models import FIXTURES
 
 MIDI = FIXTURES / "pop909_806.mid"

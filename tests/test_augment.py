@@ -1,13 +1,13 @@
-"""musicgpt.augment: transposition and time stretch on token ids."""
+"""musicgpt.tokens.augment: transposition and time stretch on token ids."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from musicgpt.augment import allowed_shifts, make_augmenter, pitch_bounds, stretch, transpose
-from musicgpt.notes import Notes
-from musicgpt.tokenizer import PerformanceTokenizer
+from musicgpt.tokens.augment import allowed_shifts, make_augmenter, pitch_bounds, stretch, transpose
+from musicgpt.music.notes import Notes
+from musicgpt.tokens.performance import PerformanceTokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOK = PerformanceTokenizer()

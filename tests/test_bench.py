@@ -263,8 +263,8 @@ def test_lengthgen_configs_differ_in_position_only_and_clamped_copy_is_exact(tmp
 
     from bench import length_generalization as lg
     from musicgpt import checkpoint
-    from musicgpt.model import GPTConfig, MusicGPT
-    from musicgpt.tokenizer import PerformanceTokenizer
+    from musicgpt.model.gpt import GPTConfig, MusicGPT
+    from musicgpt.tokens.performance import PerformanceTokenizer
 
     configs = lg.load_pair(lg.QUICK)
     assert configs["relative"].model.position == "relative" and configs["absolute"].model.position == "absolute"
@@ -303,7 +303,7 @@ def test_lengthgen_verdict_and_sample(tmp_path):
     np.arange(10, dtype="<u2").tofile(src / "test.tokens.bin")
     np.save(src / "test.offsets.npy", np.array([0, 6, 10], dtype=np.int64))
     out, info = lg.write_sample(src, tmp_path / "sample", ["test"], max_docs=5, max_tokens=4)
-    from musicgpt.prepare import load_split
+    from musicgpt.corpus.prepare import load_split
 
     tokens, offsets = load_split(out, "test")
     assert info == {"docs": 2, "tokens": 8} and list(offsets) == [0, 4, 8]

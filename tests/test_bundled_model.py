@@ -15,8 +15,8 @@ import musicgpt
 from musicgpt import checkpoint
 from musicgpt.cli import main
 from musicgpt.errors import CheckpointError
-from musicgpt.model import MusicGPT
-from musicgpt.tokenizer import PerformanceTokenizer
+from musicgpt.model.gpt import MusicGPT
+from musicgpt.tokens.performance import PerformanceTokenizer
 from tiny_models import PRIMER, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import torch
 
 from musicgpt import checkpoint
 from musicgpt.errors import CheckpointError
-from musicgpt.model import GPTConfig, MusicGPT
+from musicgpt.model.gpt import GPTConfig, MusicGPT
 
 
 def tiny_model(**kw):
@@ -110,7 +110,7 @@ def test_bundled_default_is_named_when_missing(monkeypatch, tmp_path):
 
 
 def test_tokenizer_travels_with_the_model(tmp_path):
-    tokenizer_module = pytest.importorskip("musicgpt.tokenizer")
+    tokenizer_module = pytest.importorskip("musicgpt.tokens.performance")
     tokenizer = tokenizer_module.PerformanceTokenizer()
     path = tiny_model().save_pretrained(tmp_path / "c", tokenizer=tokenizer)
     model, loaded = checkpoint.load(path)
@@ -158,7 +158,7 @@ def test_training_state_round_trip_without_pickle(tmp_path):
 def test_info_lists_modules_and_every_tensor_and_plots(tmp_path, capsys):
     from musicgpt.cli import main
 
-    tokenizer_module = pytest.importorskip("musicgpt.tokenizer")
+    tokenizer_module = pytest.importorskip("musicgpt.tokens.performance")
     model = tiny_model(position="both")
     path = model.save_pretrained(tmp_path / "c", tokenizer=tokenizer_module.PerformanceTokenizer())
     assert main(["info", str(path), "--plot", str(tmp_path / "plots")]) == 0

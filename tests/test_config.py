@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from musicgpt.config import Config, apply_override, config_from_dict, dump_toml, load_config, parse_value
+from musicgpt.training.config import Config, apply_override, config_from_dict, dump_toml, load_config, parse_value
 from musicgpt.errors import ConfigError
-from musicgpt.model import MusicGPT
+from musicgpt.model.gpt import MusicGPT
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

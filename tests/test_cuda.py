@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from musicgpt.model import GPTConfig, MusicGPT
+from musicgpt.model.gpt import GPTConfig, MusicGPT
 from tiny_models import tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -25,7 +25,7 @@ def test_train_step_on_cuda_matches_the_cpu():
 
 
 def test_decoder_on_cuda_matches_the_full_forward_while_the_window_slides():
-    from musicgpt.decoder import Decoder
+    from musicgpt.model.decode_step import Decoder
 
     torch.manual_seed(0)
     model = MusicGPT(GPTConfig.preset("tiny", dropout=0.0)).cuda().eval()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from musicgpt.data import (
+from musicgpt.training.data import (
     IGNORE_INDEX,
     BatchStream,
     CropSampler,

@@ -9,8 +9,8 @@ import pytest
 import torch.distributed as dist
 
 from musicgpt import checkpoint
-from musicgpt.train import weights_fingerprint
-from musicgpt.trainlog import read_metrics
+from musicgpt.training.loop import weights_fingerprint
+from musicgpt.training.log import read_metrics
 from training_fixtures import ROOT, micro_config, prepare_fixtures, write_config
 
 

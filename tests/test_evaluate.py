@@ -10,11 +10,11 @@ import torch
 
 from musicgpt import checkpoint
 from musicgpt.cli import main
-from musicgpt.data import Specials, Split, windows
+from musicgpt.training.data import Specials, Split, windows
 from musicgpt.errors import ConfigError, DatasetError
-from musicgpt.evaluate import EVENT_TYPES, evaluate_checkpoint, score
-from musicgpt.model import GPTConfig, MusicGPT
-from musicgpt.tokenizer import PerformanceTokenizer
+from musicgpt.training.evaluate import EVENT_TYPES, evaluate_checkpoint, score
+from musicgpt.model.gpt import GPTConfig, MusicGPT
+from musicgpt.tokens.performance import PerformanceTokenizer
 from training_fixtures import FIXTURES, prepare_fixtures
 
 

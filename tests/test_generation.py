@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import musicgpt
-from musicgpt.arcs_format import read_arcs
+from musicgpt.arcs.format import read_arcs
 from musicgpt.cli import main
-from musicgpt.decoder import Decoder
+from musicgpt.model.decode_step import Decoder
 from musicgpt.errors import ConfigError
-from musicgpt.midi import read_midi
-from musicgpt.primer import primer_ids
-from musicgpt.tokenizer import PerformanceTokenizer
+from musicgpt.music.midi import read_midi
+from musicgpt.generation.primer import primer_ids
+from musicgpt.tokens.performance import PerformanceTokenizer
 from tiny_models import PRIMER, tiny_checkpoint, tiny_model
 
 TOK = PerformanceTokenizer()

@@ -5,7 +5,7 @@ import mmap
 import pytest
 import torch
 
-from musicgpt import hugepages
+from musicgpt.model import _hugepages as hugepages
 
 
 def test_pack_copies_side_by_side():

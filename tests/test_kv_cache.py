@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from musicgpt.kv_cache import KVCache
-from musicgpt.model import GPTConfig, MusicGPT
+from musicgpt.model.kv_cache import KVCache
+from musicgpt.model.gpt import GPTConfig, MusicGPT
 
 
 def step(cache, n, value):
@@ -71,7 +71,7 @@ def test_decoder_on_a_small_window_matches_the_full_forward_while_it_slides_many
     """Window 24 in 30 slots: the last 23 move to the front every 7 steps, and the decoder's kept views
     of slots and windows are reused after each move; every step's logits and attention must still equal
     a full forward pass whose queries each see their last 24 tokens."""
-    from musicgpt.decoder import Decoder
+    from musicgpt.model.decode_step import Decoder
     from tiny_models import tiny_model
 
     model = tiny_model()  # relative range R=32 > window: distances are not clipped here
@@ -100,7 +100,7 @@ def test_decoder_on_a_small_window_matches_the_full_forward_while_it_slides_many
 
 def test_decoder_clips_distances_past_the_relative_range():
     """Window 60 > R=32: keys 32 or more tokens back share the embedding of distance 31."""
-    from musicgpt.decoder import Decoder
+    from musicgpt.model.decode_step import Decoder
     from tiny_models import tiny_model
 
     model = tiny_model()

@@ -19,7 +19,7 @@ from musicgpt.metrics import (
 )
 from musicgpt.metrics.key import key_profiles
 from musicgpt.metrics.sets import gaussian_kde, kl_divergence, overlap_area
-from musicgpt.notes import Notes
+from musicgpt.music.notes import Notes
 
 C_MAJOR_SCALE = [60, 62, 64, 65, 67, 69, 71, 72]
 
@@ -220,7 +220,7 @@ def test_comparison_is_deterministic_and_needs_two_pieces():
 
 
 def test_cli_end_to_end_skips_a_corrupt_file(tmp_path, capsys):
-    from musicgpt.midi import write_midi
+    from musicgpt.music.midi import write_midi
 
     generated, reference, out = tmp_path / "gen", tmp_path / "ref", tmp_path / "out"
     (generated / "nested").mkdir(parents=True)
@@ -253,7 +253,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "no .mid or .midi files" in capsys.readouterr().err
     one = tmp_path / "one"
     one.mkdir()
-    from musicgpt.midi import write_midi
+    from musicgpt.music.midi import write_midi
 
     write_midi(random_piece(0), one / "a.mid")
     assert main(["metrics", str(one), str(one), "--quiet"]) == 1

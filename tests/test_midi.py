@@ -1,4 +1,4 @@
-"""musicgpt.midi: parsing, tempo maps, pedal folding, the same-pitch rule, bad files, writing."""
+"""musicgpt.music.midi: parsing, tempo maps, pedal folding, the same-pitch rule, bad files, writing."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import pytest
 
 from midi_factory import make_midi, note
 from musicgpt.errors import MidiError
-from musicgpt.midi import Notes, read_midi, write_midi
+from musicgpt.music.midi import Notes, read_midi, write_midi
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = sorted(FIXTURES.glob("*.mid"))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from musicgpt.errors import ConfigError
-from musicgpt.model import GPTConfig, MusicGPT
+from musicgpt.model.gpt import GPTConfig, MusicGPT
 
 
 def tiny(position="relative", **kw):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from musicgpt.notes import Notes
+from musicgpt.music.notes import Notes
 
 
 def test_from_unsorted_sorts_by_start_then_pitch():

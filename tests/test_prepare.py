@@ -12,9 +12,9 @@ import pytest
 from midi_factory import make_midi, note
 from musicgpt.cli import main
 from musicgpt.errors import ConfigError, DatasetError
-from musicgpt.prepare import load_split, prepare, read_manifest
-from musicgpt.recipes import collect, detect_recipe, hashed_splits, split_fraction
-from musicgpt.tokenizer import PerformanceTokenizer, load_tokenizer
+from musicgpt.corpus.prepare import load_split, prepare, read_manifest
+from musicgpt.corpus.recipes import collect, detect_recipe, hashed_splits, split_fraction
+from musicgpt.tokens.performance import PerformanceTokenizer, load_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = sorted(FIXTURES.glob("*.mid"))
@@ -211,6 +211,6 @@ def test_shared_corpora_are_detected():
 
 
 def test_codec_modules_do_not_import_torch():
-    code = ("import sys, musicgpt.midi, musicgpt.tokenizer, musicgpt.augment, musicgpt.recipes, musicgpt.prepare, "
+    code = ("import sys, musicgpt.music.midi, musicgpt.tokens.performance, musicgpt.tokens.augment, musicgpt.corpus.recipes, musicgpt.corpus.prepare, "
             "musicgpt.commands.prepare; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from musicgpt.errors import ConfigError
-from musicgpt.sampling import (GrammarMask, LongNoteLimit, SamplingConfig, filter_logits, keep_type_mass,
+from musicgpt.generation.sampling import (GrammarMask, LongNoteLimit, SamplingConfig, filter_logits, keep_type_mass,
                                make_generator, sample)
-from musicgpt.tokenizer import PerformanceTokenizer
+from musicgpt.tokens.performance import PerformanceTokenizer
 
 TOK = PerformanceTokenizer()
 

@@ -1,4 +1,4 @@
-"""musicgpt.tokenizer: pinned vocabulary, exact encodings, round trips, total decoding, grammar, files."""
+"""musicgpt.tokens.performance: pinned vocabulary, exact encodings, round trips, total decoding, grammar, files."""
 
 import json
 import subprocess
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from musicgpt.errors import ConfigError
-from musicgpt.midi import Notes, read_midi, write_midi
-from musicgpt.tokenizer import Encoding, PerformanceTokenizer, load_tokenizer
+from musicgpt.music.midi import Notes, read_midi, write_midi
+from musicgpt.tokens.performance import Encoding, PerformanceTokenizer, load_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = sorted(FIXTURES.glob("*.mid"))
@@ -233,11 +233,11 @@ def test_empty_notes_encode_to_nothing():
 
 
 def test_module_prints_layout_and_fails_in_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "musicgpt.tokenizer"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "musicgpt.tokens.performance"], capture_output=True, text=True, check=True)
     assert "NOTE_ON" in out.stdout and "3..130" in out.stdout and "391" in out.stdout
     bad = tmp_path / "bad.mid"
     bad.write_bytes(b"")
-    out = subprocess.run([sys.executable, "-m", "musicgpt.tokenizer", str(bad)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "musicgpt.tokens.performance", str(bad)], capture_output=True, text=True)
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "bad.mid: empty file" in out.stderr and "Traceback" not in out.stderr
 
@@ -245,7 +245,7 @@ def test_module_prints_layout_and_fails_in_one_line(tmp_path):
 # ---- miditok backend ---------------------------------------------------------------------------
 @pytest.mark.parametrize("scheme", ["MIDILike", "REMI", "TSD"])
 def test_miditok_backend_round_trip_and_save(scheme, tmp_path):
-    from musicgpt.miditok_backend import MiditokTokenizer
+    from musicgpt.tokens.miditok import MiditokTokenizer
 
     tok = MiditokTokenizer(scheme)
     notes = read_midi(REAL[0])
@@ -267,7 +267,7 @@ def test_miditok_backend_honours_tempo(tmp_path):
     import miditok
 
     from midi_factory import make_midi, note
-    from musicgpt.miditok_backend import MiditokTokenizer
+    from musicgpt.tokens.miditok import MiditokTokenizer
 
     events = []
     for i in range(120):  # 120 beats at 100 qpm, then faster: 60 s and more
@@ -286,7 +286,7 @@ def test_miditok_backend_honours_tempo(tmp_path):
 
 
 def test_miditok_unknown_scheme():
-    from musicgpt.miditok_backend import MiditokTokenizer
+    from musicgpt.tokens.miditok import MiditokTokenizer
 
     with pytest.raises(ConfigError, match="unknown"):
         MiditokTokenizer("Octuple")

@@ -13,8 +13,8 @@ import torch
 from musicgpt import checkpoint
 from musicgpt.cli import main
 from musicgpt.errors import CheckpointError, ConfigError, MusicGPTError
-from musicgpt.model import GPTConfig, MusicGPT
-from musicgpt.train import (
+from musicgpt.model.gpt import GPTConfig, MusicGPT
+from musicgpt.training.loop import (
     Schedule,
     autocast_dtype,
     checkpoint_dirs,
@@ -23,7 +23,7 @@ from musicgpt.train import (
     train,
     weights_fingerprint,
 )
-from musicgpt.trainlog import MetricsLog, plot_curves, read_metrics
+from musicgpt.training.log import MetricsLog, plot_curves, read_metrics
 from training_fixtures import cli, losses, micro_config, prepare_fixtures, write_config
 
 
@@ -164,7 +164,7 @@ def test_fine_tuning_starts_from_the_checkpoint_with_its_own_lr(tmp_path, refere
 
 
 def test_fine_tuning_rejects_a_different_tokenizer(tmp_path, reference, data_dir):
-    from musicgpt.tokenizer import PerformanceTokenizer
+    from musicgpt.tokens.performance import PerformanceTokenizer
 
     other = tmp_path / "ckpt"
     checkpoint.save(MusicGPT(GPTConfig.preset("tiny", vocab_size=500)), other, PerformanceTokenizer(velocity_bins=16))

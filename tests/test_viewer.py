@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicgpt.arcs_format import read_arcs, select_arcs, write_arcs
+from musicgpt.arcs.format import read_arcs, select_arcs, write_arcs
 from musicgpt.cli import main
 from musicgpt.errors import MusicGPTError
 from musicgpt.viz.viewer import render_html, script_json, viewer_payload
@@ -181,6 +181,6 @@ def test_png_default_note_and_head_colours(small, tmp_path):
 
 
 def test_viz_never_imports_torch():
-    code = ("import musicgpt.viz, musicgpt.viz.png, musicgpt.commands.view, musicgpt.arcs_format, sys; "
+    code = ("import musicgpt.viz, musicgpt.viz.png, musicgpt.commands.view, musicgpt.arcs.format, sys; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

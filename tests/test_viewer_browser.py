@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from musicgpt.arcs_format import read_arcs, select_arcs
+from musicgpt.arcs.format import read_arcs, select_arcs
 from musicgpt.viz.viewer import write_html
 
 FIXTURES = Path(__file__).parent / "fixtures"

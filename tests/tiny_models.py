@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from musicgpt.model import GPTConfig, MusicGPT
-from musicgpt.tokenizer import PerformanceTokenizer
+from musicgpt.model.gpt import GPTConfig, MusicGPT
+from musicgpt.tokens.performance import PerformanceTokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PRIMER = FIXTURES / "pop909_331.mid"

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from musicgpt.config import Config, config_from_dict, dump_toml
-from musicgpt.trainlog import read_metrics
+from musicgpt.training.config import Config, config_from_dict, dump_toml
+from musicgpt.training.log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -16,7 +16,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 
 def prepare_fixtures(out: Path) -> Path:
     """The four fixture MIDI files prepared into `out` (train 2 docs, valid 1, test 1)."""
-    from musicgpt.prepare import prepare
+    from musicgpt.corpus.prepare import prepare
 
     prepare(FIXTURES, out, jobs=1, progress=False)
     return out

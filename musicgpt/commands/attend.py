@@ -33,7 +33,7 @@ def primer_track_notes(path: Path):
     """Notes of the track named "primer" (as `musicgpt generate` writes), or None."""
     if path.suffix.lower() not in (".mid", ".midi"):
         return None
-    from musicgpt.midi import read_midi
+    from musicgpt.music.midi import read_midi
 
     try:
         from symusic import Score
@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     """Teacher-force the piece, write arcs.json and the HTML viewer."""
     import torch
 
-    from musicgpt.arcs import ArcsConfig, attend
-    from musicgpt.arcs_format import write_arcs
-    from musicgpt.generation import load_model_and_tokenizer
-    from musicgpt.primer import primer_ids, read_notes
+    from musicgpt.arcs.capture import ArcsConfig, attend
+    from musicgpt.arcs.format import write_arcs
+    from musicgpt.generation.generate import load_model_and_tokenizer
+    from musicgpt.generation.primer import primer_ids, read_notes
     from musicgpt.viz import write_html
 
     source = args.file

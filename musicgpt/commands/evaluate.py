@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the figures (one of them the line `nll <number>`)."""
     from musicgpt.errors import ConfigError
-    from musicgpt.evaluate import evaluate_checkpoint, write_json
+    from musicgpt.training.evaluate import evaluate_checkpoint, write_json
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")

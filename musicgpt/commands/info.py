@@ -108,7 +108,7 @@ def plot(model, tokenizer, out_dir: Path) -> list[Path]:
     """Write the embedding PNGs; returns their paths."""
     import numpy as np
 
-    from musicgpt.embedding_plots import note_on_similarity_png, position_similarity_png, relative_embeddings_png
+    from musicgpt.viz.embeddings import note_on_similarity_png, position_similarity_png, relative_embeddings_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -7,7 +7,7 @@ import argparse
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `musicgpt prepare`."""
-    from musicgpt.recipes import RECIPES
+    from musicgpt.corpus.recipes import RECIPES
 
     parser.add_argument("source", metavar="SOURCE_DIR", help="folder holding the corpus")
     parser.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (created; re-runs are incremental)")
@@ -24,8 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Prepare the corpus and print a summary; skipped files do not make the run fail."""
     from musicgpt.errors import ConfigError
-    from musicgpt.prepare import prepare
-    from musicgpt.tokenizer import load_tokenizer
+    from musicgpt.corpus.prepare import prepare
+    from musicgpt.tokens.performance import load_tokenizer
 
     try:
         ratios = [float(x) for x in args.ratios.split(",")]

@@ -26,9 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train and print where the checkpoints went; 130/143 when stopped by SIGINT/SIGTERM (resumable)."""
-    from musicgpt.config import load_config
+    from musicgpt.training.config import load_config
     from musicgpt.errors import ConfigError
-    from musicgpt.train import resume_config, teardown, train
+    from musicgpt.training.loop import resume_config, teardown, train
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.resume:

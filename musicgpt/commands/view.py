@@ -48,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read and validate ARCS.json, then write the HTML viewer and/or the PNG."""
-    from musicgpt.arcs_format import read_arcs
+    from musicgpt.arcs.format import read_arcs
     from musicgpt.viz.viewer import write_html
 
     if args.top < 1:

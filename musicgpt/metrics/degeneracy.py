@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from musicgpt.metrics.timing import silent_gaps
-from musicgpt.notes import Notes
+from musicgpt.music.notes import Notes
 
 
 def repeated_ngram_share(pitch: np.ndarray, n: int = 4) -> float:

@@ -9,7 +9,7 @@ import numpy as np
 from musicgpt.errors import MusicGPTError
 from musicgpt.metrics import degeneracy, pitch, timing
 from musicgpt.metrics.key import analyze_key
-from musicgpt.notes import Notes
+from musicgpt.music.notes import Notes
 
 
 class EmptyPieceError(MusicGPTError):

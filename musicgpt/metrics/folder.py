@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from musicgpt.errors import MusicGPTError
 from musicgpt.metrics.features import piece_features
-from musicgpt.midi import read_midi
+from musicgpt.music.midi import read_midi
 
 MIDI_SUFFIXES = (".mid", ".midi")
 
@@ -44,7 +44,7 @@ def find_midi_files(directory: str | Path, limit: int | None = None) -> list[Pat
 def folder_features(
     directory: str | Path, limit: int | None = None, progress: bool = True, sustain: bool = True
 ) -> FolderFeatures:
-    """Read every MIDI file under `directory` with musicgpt.midi.read_midi and compute its features.
+    """Read every MIDI file under `directory` with musicgpt.music.midi.read_midi and compute its features.
 
     `sustain=False` ignores the sustain pedal (CC64): for files whose pedal is pressed and never lifted.
     """

@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from musicgpt.metrics.pitch import PITCH_CLASS_NAMES
-from musicgpt.notes import Notes
+from musicgpt.music.notes import Notes
 
 KEY_WINDOW = 8.0
 KEY_HOP = 4.0

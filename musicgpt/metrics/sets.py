@@ -16,7 +16,7 @@ import numpy as np
 
 from musicgpt.errors import MusicGPTError
 from musicgpt.metrics.features import FEATURES, piece_features
-from musicgpt.notes import Notes
+from musicgpt.music.notes import Notes
 
 N_GRID = 1024
 MAX_KDE_SAMPLES = 4000  # larger samples are thinned to evenly spaced quantiles: same shape, bounded cost

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from musicgpt.notes import Notes
+from musicgpt.music.notes import Notes
 
 # Onsets within this many seconds of a group's first onset form one chord: performed chords are spread.
 ONSET_TOLERANCE = 0.025

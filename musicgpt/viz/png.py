@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
 
-from musicgpt.arcs_format import arcs_by_query, filter_arcs
+from musicgpt.arcs.format import arcs_by_query, filter_arcs
 from musicgpt.errors import MusicGPTError
 
 # The HTML viewer's light-theme palette, so a PNG and a screenshot of the page agree.

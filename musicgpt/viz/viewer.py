@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from musicgpt import __version__
-from musicgpt.arcs_format import NOTE_KEYS, validate_arcs
+from musicgpt.arcs.format import NOTE_KEYS, validate_arcs
 
 _CORE_KEYS = {"version", "n_layer", "n_head", "model", "tokenizer", "notes", "arcs"}
 # Inside <script>, "</script" or "<!--" would end or confuse the block; JSON may spell any

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from musicgpt.attention import attention_probs, relative_attention
+from musicgpt.model.attention import attention_probs, relative_attention
 from musicgpt.errors import ConfigError
-from musicgpt.kv_cache import KVCache
+from musicgpt.model.kv_cache import KVCache
 
 POSITIONS = ("relative", "absolute", "both")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from musicgpt.errors import ConfigError
-from musicgpt.model import GPTConfig
+from musicgpt.model.gpt import GPTConfig
 
 
 def _require(checks: dict[str, tuple[bool, str]]) -> None:
@@ -204,7 +204,7 @@ def _toml_value(value: Any) -> str:
 
 
 def _expand_preset(model: dict[str, Any]) -> dict[str, Any]:
-    from musicgpt.model import PRESETS
+    from musicgpt.model.gpt import PRESETS
 
     name = model.pop("preset")
     if name not in PRESETS:

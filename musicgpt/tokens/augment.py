@@ -15,7 +15,7 @@ data loader can call them on every crop:
   can get a few tokens shorter or longer. Event order, velocities and pitches are unchanged, and a
   canonical crop stays canonical.
 - `make_augmenter(tokenizer, transpose=3, stretch=0.05)`: the `(ids, rng) -> ids` function that
-  `musicgpt.data.CropSampler` calls: a uniform allowed shift in -3..+3 and a factor uniform in
+  `musicgpt.training.data.CropSampler` calls: a uniform allowed shift in -3..+3 and a factor uniform in
   [0.95, 1.05].
 """
 
@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from musicgpt.errors import ConfigError
-from musicgpt.tokenizer import PerformanceTokenizer
+from musicgpt.tokens.performance import PerformanceTokenizer
 
 PIANO_RANGE = (21, 108)
 

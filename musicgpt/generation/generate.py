@@ -7,15 +7,15 @@ What the model reads is [BOS] + primer + continuation. The primer is fed in chun
 then one token per step through `Decoder` on a KV cache whose window is the model's context
 (n_ctx): past it the window slides, so generation runs on for as long as asked and every step
 sees the last n_ctx tokens, exactly like `model(ids, window=n_ctx)`. All samples of one call run
-as one batch. Each step masks tokens the grammar forbids (see `musicgpt.sampling`), samples
+as one batch. Each step masks tokens the grammar forbids (see `musicgpt.generation.sampling`), samples
 with one seeded generator (same seed, same settings, same model: the same samples), and stops a
 sample at EOS (unless `stop_at_eos=False`, which masks EOS), at `seconds` of new music, or
 after `max_new_tokens`. At the end, notes still sounding are closed with NOTE_OFFs; EOS is not
 kept in `ids`.
 
 MIDI output (`Sample.to_midi`): format 1, 120 qpm, 1000 ticks per quarter (0.5 ms per tick, as
-`musicgpt.midi.write_midi`), two piano tracks: track "primer" with the notes whose NOTE_ON lies in
-the primer, track "continuation" with the generated notes. `musicgpt.midi.read_midi` merges
+`musicgpt.music.midi.write_midi`), two piano tracks: track "primer" with the notes whose NOTE_ON lies in
+the primer, track "continuation" with the generated notes. `musicgpt.music.midi.read_midi` merges
 them back into one table.
 """
 
@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from musicgpt.arcs import ArcsConfig, AttentionRecorder, arcs_document, query_rows, teacher_force, token_owners
-from musicgpt.decoder import Decoder
+from musicgpt.arcs.capture import ArcsConfig, AttentionRecorder, arcs_document, query_rows, teacher_force, token_owners
+from musicgpt.model.decode_step import Decoder
 from musicgpt.errors import ConfigError
-from musicgpt.midi import write_tracks
-from musicgpt.notes import Notes
-from musicgpt.primer import primer_ids
-from musicgpt.sampling import (GrammarMask, GumbelNoise, LongNoteLimit, SamplingConfig, make_generator, sample,
+from musicgpt.music.midi import write_tracks
+from musicgpt.music.notes import Notes
+from musicgpt.generation.primer import primer_ids
+from musicgpt.generation.sampling import (GrammarMask, GumbelNoise, LongNoteLimit, SamplingConfig, make_generator, sample,
                                shift_seconds_per_id)
 
 DEFAULT_NEW_TOKENS = 1024
@@ -85,14 +85,14 @@ class Sample:
         out_dir.mkdir(parents=True, exist_ok=True)
         written = [self.to_midi(out_dir / f"{name}.mid")]
         if self.arcs is not None:
-            from musicgpt.arcs_format import write_arcs
+            from musicgpt.arcs.format import write_arcs
             from musicgpt.viz import write_html
 
             write_arcs(self.arcs, out_dir / f"{name}.arcs.json")
             written.append(out_dir / f"{name}.arcs.json")
             written.append(write_html(self.arcs, out_dir / f"{name}.html", title=name))
         if wav:
-            from musicgpt.audio import render_wav
+            from musicgpt.music.audio import render_wav
 
             written.append(render_wav(written[0], out_dir / f"{name}.wav", soundfont=soundfont))
         return written
@@ -100,7 +100,7 @@ class Sample:
 
 def load_model_and_tokenizer(model=None, tokenizer=None, device: str | torch.device | None = None):
     """(model, tokenizer): a MusicGPT as given, or a checkpoint directory (None: the bundled model)."""
-    from musicgpt.model import MusicGPT
+    from musicgpt.model.gpt import MusicGPT
 
     if model is None or isinstance(model, (str, os.PathLike)):
         from musicgpt import checkpoint
@@ -112,7 +112,7 @@ def load_model_and_tokenizer(model=None, tokenizer=None, device: str | torch.dev
     elif device is not None:
         model = model.to(device)
     if tokenizer is None:
-        from musicgpt.tokenizer import PerformanceTokenizer
+        from musicgpt.tokens.performance import PerformanceTokenizer
 
         tokenizer = PerformanceTokenizer()
     if tokenizer.vocab_size > model.config.vocab_size:
@@ -149,7 +149,7 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
     top_p, min_p. seed: None draws one (kept in `Sample.seed`). max_note_seconds: a note that has
     sounded this long is ended at the next step (None or 0: never; see `LongNoteLimit`).
     keep_type_mass: the grammar mask hands the mass it removes to the allowed tokens of the same
-    event type (see `musicgpt.sampling.sample`); False masks plainly. arcs:
+    event type (see `musicgpt.generation.sampling.sample`); False masks plainly. arcs:
     capture attention and attach the arcs.json dict. threads: CPU threads while generating (1 is fastest for one sequence; None
     leaves torch's setting).
     """

@@ -122,7 +122,7 @@ def _fluidsynth(midi: Path, wav: Path, soundfont: Path, sample_rate: int) -> Non
 
 def _note_events(midi: Path) -> list[tuple[float, int, int, int]]:
     """(seconds, 0 = off / 1 = on, pitch, velocity) of every note, sorted (offs before ons at one time)."""
-    from musicgpt.midi import read_midi
+    from musicgpt.music.midi import read_midi
 
     notes = read_midi(midi, allow_empty=True)
     events = [(float(s), 1, int(p), int(v)) for s, p, v in zip(notes.start, notes.pitch, notes.velocity)]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from musicgpt.errors import ConfigError
-from musicgpt.notes import Notes
-from musicgpt.tokenizer import Encoding, SavedTokenizer
+from musicgpt.music.notes import Notes
+from musicgpt.tokens.performance import Encoding, SavedTokenizer
 
 SCHEMES = ("MIDILike", "REMI", "TSD")
 DEFAULT_BEAT_RES = ((0, 4, 8), (4, 12, 4))
@@ -94,9 +94,9 @@ class MiditokTokenizer(SavedTokenizer):
         return score
 
     def encode(self, source, **read_kwargs) -> Encoding:
-        """Notes, or a MIDI path/bytes (read with musicgpt.midi.read_midi), -> Encoding."""
+        """Notes, or a MIDI path/bytes (read with musicgpt.music.midi.read_midi), -> Encoding."""
         if not isinstance(source, Notes):
-            from musicgpt.midi import read_midi
+            from musicgpt.music.midi import read_midi
 
             source = read_midi(source, **read_kwargs)
         low, high = self.pitch_range

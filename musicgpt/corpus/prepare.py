@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from musicgpt.errors import DatasetError, MidiError, MusicGPTError
-from musicgpt.recipes import DEFAULT_RATIOS, SPLITS, Source, check_ratios, collect
-from musicgpt.tokenizer import PerformanceTokenizer, tokenizer_from_dict
+from musicgpt.corpus.recipes import DEFAULT_RATIOS, SPLITS, Source, check_ratios, collect
+from musicgpt.tokens.performance import PerformanceTokenizer, tokenizer_from_dict
 
 FORMAT = "musicgpt-prepared"
 VERSION = 1

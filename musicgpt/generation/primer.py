@@ -1,6 +1,6 @@
 """Primers: the music a generation continues, from MIDI, MusicXML, ABC, notes or token ids, cut to length.
 
-MIDI files are read by `musicgpt.midi.read_midi`; MusicXML (.xml, .musicxml, .mxl) and ABC (.abc)
+MIDI files are read by `musicgpt.music.midi.read_midi`; MusicXML (.xml, .musicxml, .mxl) and ABC (.abc)
 go through music21, which writes them to MIDI in memory first. A primer is cut either to its first
 S seconds (the token sequence up to the first event at or after S seconds: notes still sounding
 there stay open and the model decides when they end) or to its first N tokens. A trailing VELOCITY
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from musicgpt.errors import ConfigError, MidiError
-from musicgpt.notes import Notes
+from musicgpt.music.notes import Notes
 
 MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
 SCORE_SUFFIXES = (".xml", ".musicxml", ".mxl", ".abc")
@@ -36,7 +36,7 @@ def read_score(path: str | os.PathLike) -> Notes:
         data = streamToMidiFile(score).writestr()
     except Exception as exc:  # music21 raises many types for bad files
         raise MidiError(f"{path}: music21 cannot read it ({type(exc).__name__}: {exc})") from None
-    from musicgpt.midi import read_midi
+    from musicgpt.music.midi import read_midi
 
     return read_midi(data, name=str(path))
 
@@ -46,7 +46,7 @@ def read_notes(path: str | os.PathLike) -> Notes:
     suffix = Path(path).suffix.lower()
     if suffix in SCORE_SUFFIXES:
         return read_score(path)
-    from musicgpt.midi import read_midi
+    from musicgpt.music.midi import read_midi
 
     return read_midi(path)
 

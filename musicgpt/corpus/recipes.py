@@ -17,7 +17,7 @@ stable: adding files never moves another file to a different split. One exceptio
 corpora usable: when a split with a positive ratio is empty but train has two or more groups,
 the train group(s) with the highest u move into it.
 
-Exact duplicates (same content) are removed by `musicgpt.prepare`, which hashes every file.
+Exact duplicates (same content) are removed by `musicgpt.corpus.prepare`, which hashes every file.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """PerformanceTokenizer: notes <-> performance-event token ids (Oore et al. 2018), vectorized numpy.
 
 Vocabulary: specials first, then one contiguous range per event type, all derived from `ranges`
-(name -> (first id, count)). With the defaults (pinned by tests, `python -m musicgpt.tokenizer`):
+(name -> (first id, count)). With the defaults (pinned by tests, `python -m musicgpt.tokens.performance`):
 
     PAD 0, BOS 1, EOS 2
     NOTE_ON    pitch 0..127          ids   3 .. 130
@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from musicgpt.errors import ConfigError
-from musicgpt.notes import Notes
+from musicgpt.music.notes import Notes
 
 __all__ = ["PerformanceTokenizer", "Encoding", "GrammarState", "load_tokenizer", "TOKENIZER_FILE"]
 
@@ -291,15 +291,15 @@ class PerformanceTokenizer(SavedTokenizer):
 
     # ---- encoding -----------------------------------------------------------------------------
     def encode(self, source, **read_kwargs) -> Encoding:
-        """Notes, or a MIDI path/bytes (read with musicgpt.midi.read_midi), -> Encoding."""
+        """Notes, or a MIDI path/bytes (read with musicgpt.music.midi.read_midi), -> Encoding."""
         if not isinstance(source, Notes):
-            from musicgpt.midi import read_midi
+            from musicgpt.music.midi import read_midi
 
             source = read_midi(source, **read_kwargs)
         return self._encode(source)
 
     def _encode(self, notes: Notes) -> Encoding:
-        from musicgpt.midi import resolve_same_pitch, sort_by_onset
+        from musicgpt.music.midi import resolve_same_pitch, sort_by_onset
 
         if len(notes) == 0:
             empty = np.zeros(0, np.int64)
@@ -579,7 +579,7 @@ def tokenizer_from_dict(data: dict, source: str = "tokenizer"):
     if kind == PerformanceTokenizer.type:
         return PerformanceTokenizer.from_dict(data, source)
     if kind == "miditok":
-        from musicgpt.miditok_backend import MiditokTokenizer
+        from musicgpt.tokens.miditok import MiditokTokenizer
 
         return MiditokTokenizer.from_dict(data, source)
     raise ConfigError(f"{source}: unknown tokenizer type {kind!r} (known: performance, miditok)")
@@ -592,13 +592,13 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m musicgpt.tokenizer [FILE.mid ...]`: the layout, or each file's tokens in brief."""
+    """`python -m musicgpt.tokens.performance [FILE.mid ...]`: the layout, or each file's tokens in brief."""
     import argparse
     import sys
 
     from musicgpt.errors import MusicGPTError
 
-    parser = argparse.ArgumentParser(prog="python -m musicgpt.tokenizer",
+    parser = argparse.ArgumentParser(prog="python -m musicgpt.tokens.performance",
                                      description="Print the vocabulary layout, or tokenize MIDI files.")
     parser.add_argument("files", nargs="*", help="MIDI files to tokenize (prints counts and the first tokens)")
     parser.add_argument("--show", type=int, default=24, help="how many leading tokens to print per file")
@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: {len(enc.notes)} notes, {len(enc.ids)} tokens, {enc.notes.end_time:.2f} s")
             print(f"  {head}{' ...' if len(enc.ids) > args.show else ''}")
     except MusicGPTError as exc:
-        print(f"python -m musicgpt.tokenizer: error: {exc}", file=sys.stderr)
+        print(f"python -m musicgpt.tokens.performance: error: {exc}", file=sys.stderr)
         return 1
     return 0
 

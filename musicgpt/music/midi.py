@@ -40,7 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from musicgpt.errors import MidiError
-from musicgpt.notes import Notes
+from musicgpt.music.notes import Notes
 
 __all__ = ["Notes", "read_midi", "write_midi", "MAX_SECONDS", "SUSTAIN_CC", "SUSTAIN_THRESHOLD"]
 

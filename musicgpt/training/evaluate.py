@@ -1,7 +1,7 @@
 """Evaluation of a checkpoint: NLL per event (nats), perplexity, token accuracy, and NLL per event type.
 
 Every document is read as [BOS] + tokens and scored in windows of `context` tokens moved by
-`stride` (musicgpt.data.windows): each token is predicted exactly once, and with a stride S below
+`stride` (musicgpt.training.data.windows): each token is predicted exactly once, and with a stride S below
 the context every token after the first window sees at least context - S tokens before it.
 `context` may exceed the length the model was trained on when it uses relative attention (that is
 the point of it); a model with absolute position embeddings cannot look past its table.
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from musicgpt.data import IGNORE_INDEX, Specials, Split, batch_windows, open_split, windows
+from musicgpt.training.data import IGNORE_INDEX, Specials, Split, batch_windows, open_split, windows
 from musicgpt.errors import ConfigError, DatasetError, MidiError, MusicGPTError
 
 EVENT_TYPES = ("NOTE_ON", "NOTE_OFF", "TIME_SHIFT", "VELOCITY")
@@ -178,7 +178,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
                         device: str = "auto", precision: str = "fp32", progress: bool = True) -> EvalReport:
     """Load a checkpoint (default: the bundled model) and score it on a prepared split or MIDI files."""
     from musicgpt import checkpoint
-    from musicgpt.train import autocast_dtype, pick_device
+    from musicgpt.training.loop import autocast_dtype, pick_device
 
     dev = pick_device(device)
     if checkpoint_path is not None and not (Path(checkpoint_path) / "config.json").exists() \
@@ -192,7 +192,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
         raise DatasetError("--data: give a prepared directory, a MIDI folder or MIDI files")
     skipped: list[str] = []
     if len(paths) == 1 and (paths[0] / "manifest.json").is_file():
-        from musicgpt.tokenizer import load_tokenizer
+        from musicgpt.tokens.performance import load_tokenizer
 
         made_with = load_tokenizer(paths[0] / "tokenizer.json")
         if made_with.to_dict() != tokenizer.to_dict():

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from musicgpt.arcs_format import build_arcs
+from musicgpt.arcs.format import build_arcs
 from musicgpt.errors import ConfigError
 
 

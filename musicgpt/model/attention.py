@@ -11,7 +11,7 @@ n), the pad-reshape-slice of the paper without the copies. No O(L²·D) tensor i
 
 Three implementations compute the same thing:
 - the fused CPU kernel (`musicgpt/csrc/relative_attention.cpp`, built once on first use by
-  `musicgpt._relative_kernel`): per (batch, head, block of queries) two GEMMs, then skew, mask and
+  `musicgpt.model._relative_kernel`): per (batch, head, block of queries) two GEMMs, then skew, mask and
   softmax (and in backward its gradient and the skew's adjoint) in one pass over a block that stays
   in cache; it computes in float32 (bfloat16 inputs are upcast: at head_dim 32, bf16 GEMMs measured
   no faster), without attention dropout. Used whenever it builds; MUSICGPT_ATTENTION_KERNEL=eager
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from musicgpt import _relative_kernel
+from musicgpt.model import _relative_kernel
 
 BLOCK = 64  # queries per block: GEMMs stay efficient, a block's logits stay a few MB
 

@@ -4,7 +4,7 @@ The kernel is compiled on first use with the system's C++ compiler against the i
 `c++` call, about 20 s on 2 cores; no ninja needed) into a cache directory keyed by the source, the
 compiler command, torch's version and this CPU's instruction set, so later runs load it at once.
 When there is no compiler, the build fails, or the BLAS it needs is missing, `load()` returns False
-and musicgpt keeps its eager PyTorch path (`musicgpt.attention`), which computes the same thing.
+and musicgpt keeps its eager PyTorch path (`musicgpt.model.attention`), which computes the same thing.
 
 Environment:
     MUSICGPT_ATTENTION_KERNEL   auto (default): use the kernel when it builds; native: require it
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from musicgpt.host import cpu_flags
+from musicgpt._cpuinfo import cpu_flags
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "relative_attention.cpp"
 MODES = ("auto", "native", "eager", "sdpa")

@@ -4,7 +4,7 @@ A run directory holds everything about one run:
 
     RUN_DIR/config.toml               the full config after overrides (what --resume reads back)
     RUN_DIR/run.json                  data directory, --init-from, tokenizer, world size
-    RUN_DIR/metrics.csv               train loss, lr, tokens/s, valid NLL (see musicgpt.trainlog)
+    RUN_DIR/metrics.csv               train loss, lr, tokens/s, valid NLL (see musicgpt.training.log)
     RUN_DIR/checkpoints/step-NNNNNNN/ the last `keep_last` checkpoints, each loadable by generate/evaluate,
                                       plus optimizer.* (AdamW state), trainer.* (step, schedule, data
                                       position, RNG states): safetensors + json, no pickle
@@ -12,7 +12,7 @@ A run directory holds everything about one run:
     RUN_DIR/data/                     the prepared corpus when --data was a MIDI folder
 
 Resuming restores weights, optimizer moments, the step (the schedule is a function of it), the data
-position (batches are a function of the step, see musicgpt.data) and every RNG, so the continued
+position (batches are a function of the step, see musicgpt.training.data) and every RNG, so the continued
 loss trajectory is that of an uninterrupted run, bit for bit in fp32 on CPU.
 """
 
@@ -39,13 +39,13 @@ import torch.distributed as dist
 from torch import nn
 
 from musicgpt import checkpoint
-from musicgpt.config import Config, config_to_dict, dump_toml, load_config
-from musicgpt.data import BatchStream, CropSampler, Specials, Split, open_split, valid_windows
+from musicgpt.training.config import Config, config_to_dict, dump_toml, load_config
+from musicgpt.training.data import BatchStream, CropSampler, Specials, Split, open_split, valid_windows
 from musicgpt.errors import CheckpointError, ConfigError, MusicGPTError
-from musicgpt.evaluate import score
-from musicgpt.host import cpu_model
-from musicgpt.model import MusicGPT
-from musicgpt.trainlog import MetricsLog
+from musicgpt.training.evaluate import score
+from musicgpt._cpuinfo import cpu_model
+from musicgpt.model.gpt import MusicGPT
+from musicgpt.training.log import MetricsLog
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -207,7 +207,7 @@ def resolve_data(path: str | Path, run_dir: Path, workers: int, is_main: bool, d
         raise MusicGPTError(f"--data {path}: no such directory (want a `musicgpt prepare` output or a MIDI folder)")
     out = run_dir / "data"
     if is_main and not (out / "manifest.json").is_file():
-        from musicgpt.prepare import prepare
+        from musicgpt.corpus.prepare import prepare
 
         print(f"preparing {path} into {out}", file=sys.stderr)
         print(prepare(path, out, jobs=workers).summary(), file=sys.stderr)
@@ -218,7 +218,7 @@ def resolve_data(path: str | Path, run_dir: Path, workers: int, is_main: bool, d
 
 def load_data_tokenizer(data_dir: Path):
     """The tokenizer a prepared corpus was made with."""
-    from musicgpt.tokenizer import load_tokenizer
+    from musicgpt.tokens.performance import load_tokenizer
 
     path = data_dir / "tokenizer.json"
     if not path.is_file():
@@ -238,7 +238,7 @@ def make_augment(tokenizer, transpose: int, stretch: float):
     if getattr(tokenizer, "type", None) != "performance":
         print(f"note: no augmentation for {tokenizer.type!r} tokens (performance tokens only)", file=sys.stderr)
         return None
-    from musicgpt.augment import make_augmenter
+    from musicgpt.tokens.augment import make_augmenter
 
     return make_augmenter(tokenizer, transpose=transpose, stretch=stretch)
 

@@ -15,7 +15,7 @@ per sequence in 13 ops a layer, each operand laid out for the GEMV that reads it
 - weights pre-transposed to (in, out), with the bias as an extra last row for the two residual
   projections, so `x.addmm_(y1, W)` (y1 = [y, 1]) is projection, bias and residual in one op; the
   query rows of the fused qkv projection carry the 1/sqrt(head_dim) scale; all of them packed in
-  one buffer on huge pages (musicgpt.hugepages);
+  one buffer on huge pages (musicgpt.model._hugepages);
 - keys transposed in the cache (`KVCache.keys_t`, (H, B, D, slots)), the relative embeddings
   transposed and extended to the window once per decoder ((H, D, window), distance n-1 … 0 left to
   right), so both logit terms are q (1, D) @ (D, n) on contiguous n-long rows (1.5x faster than
@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from musicgpt import hugepages
+from musicgpt.model import _hugepages as hugepages
 from musicgpt.errors import ConfigError
-from musicgpt.kv_cache import KVCache
-from musicgpt.model import MusicGPT
+from musicgpt.model.kv_cache import KVCache
+from musicgpt.model.gpt import MusicGPT
 
 
 class Decoder:

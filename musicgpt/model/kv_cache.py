@@ -1,6 +1,6 @@
 """Keys and values of past tokens for incremental decoding, in preallocated buffers with a sliding window.
 
-Layout, heads first, chosen for the one-token decode step (musicgpt.decoder), whose cost at batch 1
+Layout, heads first, chosen for the one-token decode step (musicgpt.model.decode_step), whose cost at batch 1
 is reading these buffers once per step:
 
     keys_t  (n_layer, H, B, D, capacity)   keys transposed: slot t of head h is the column [l, h, b, :, t]
@@ -8,7 +8,7 @@ is reading these buffers once per step:
 
 A step's query times the keys is then q (1, D) @ K (D, n): a GEMV that streams n-long rows, about
 1.5x faster on a CPU than q @ Kᵀ over (n, D) rows with D = 32, and the same form as the relative
-term against the transposed embeddings (musicgpt.decoder). Values stay (n, D): p (1, n) @ V (n, D)
+term against the transposed embeddings (musicgpt.model.decode_step). Values stay (n, D): p (1, n) @ V (n, D)
 is the fast form for that product. `keys` is a (n_layer, H, B, capacity, D) view for readers.
 
 Slots are chronological, with spare room past the window: a step writes one slot and attends to a
@@ -17,7 +17,7 @@ When the spare room runs out, the last window-1 slots move to the front in one p
 capacity-window+1 steps; with the default capacity of 1.5 windows, once per half window: a few
 microseconds a step, amortized). Relative attention depends on i - j only, so the window slides
 freely; a model with absolute positions cannot go past its context. On a CPU the buffers live on
-transparent huge pages where the OS allows (musicgpt.hugepages): fewer TLB misses per step.
+transparent huge pages where the OS allows (musicgpt.model._hugepages): fewer TLB misses per step.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from musicgpt import hugepages
+from musicgpt.model import _hugepages as hugepages
 
 
 class KVCache:

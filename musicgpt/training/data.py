@@ -51,7 +51,7 @@ class Split:
 
 def open_split(data_dir: str | Path, split: str) -> Split:
     """The memory-mapped split of a `musicgpt prepare` directory."""
-    from musicgpt.prepare import load_split
+    from musicgpt.corpus.prepare import load_split
 
     tokens, offsets = load_split(data_dir, split)
     return Split(tokens, np.asarray(offsets, dtype=np.int64))

@@ -1,0 +1,1 @@
+"""Generation (torch): continue a primer under the token grammar with a KV-cached sampler."""

@@ -1,0 +1,1 @@
+"""Music in and out (no torch): MIDI, MusicXML and ABC files <-> `Notes` in seconds, and audio rendering."""
