@@ -61,14 +61,16 @@ import musicgpt  # noqa: E402
 from musicgpt.generation.generate import DEFAULT_MAX_NOTE_SECONDS  # noqa: E402
 from musicgpt._cpuinfo import cpu_flags, cpu_model  # noqa: E402
 from musicgpt import checkpoint  # noqa: E402
+from musicgpt.model import GPTConfig, load_checkpoint, load_model  # noqa: E402
 from musicgpt.training.config import load_config  # noqa: E402
-from musicgpt.training.data import Specials, Split, open_split, windows  # noqa: E402
+from musicgpt.corpus.shards import Split, open_split  # noqa: E402
+from musicgpt.training.data import Specials, windows  # noqa: E402
 from musicgpt.errors import ConfigError, MusicGPTError  # noqa: E402
 from musicgpt.training.evaluate import evaluate_checkpoint, report, score  # noqa: E402
 from musicgpt.metrics import EmptyPieceError, compare_features, piece_features  # noqa: E402
 from musicgpt.music.notes import Notes  # noqa: E402
-from musicgpt.corpus.prepare import read_manifest  # noqa: E402
-from musicgpt.training.loop import autocast_dtype  # noqa: E402
+from musicgpt.corpus.shards import read_manifest  # noqa: E402
+from musicgpt.device import autocast_dtype  # noqa: E402
 
 CAVEAT = ("evaluation and samples on this machine's CPU; its timings are wall-clock seconds on a shared machine whose "
           "speed drifts 2-4x within minutes, for orientation, not comparison. Where and how the model was trained: "
@@ -151,13 +153,13 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
     """Config, meta, size, stored dtypes and parameter count of a checkpoint directory."""
     from safetensors import safe_open
 
-    config, raw = checkpoint.read_config(path)
+    config, raw = GPTConfig.from_checkpoint(path), checkpoint.read_config(path)
     with safe_open(str(path / checkpoint.WEIGHTS), framework="pt") as f:
         dtypes = sorted({f.get_slice(k).get_dtype() for k in f.keys()})
     tokenizer = checkpoint.load_tokenizer(path)
     return {"path": _rel(path), "model": config.to_dict(), "meta": raw.get("meta") or {},
             "weights_bytes": (path / checkpoint.WEIGHTS).stat().st_size, "stored_dtypes": dtypes,
-            "parameters": checkpoint.load_model(path).num_parameters(),
+            "parameters": load_model(path).num_parameters(),
             "tokenizer": tokenizer.to_dict() if tokenizer is not None else None}
 
 
@@ -256,7 +258,7 @@ def evaluate(ckpt: Path, data_dir: Path, split: str, context: int, args) -> dict
 
 def per_piece(ckpt: Path, data_dir: Path, split: str, context: int, args) -> dict[str, Any]:
     """NLL per piece (composer + title) with `musicgpt.training.evaluate.score`, the macro average, and the pooled figure."""
-    model, tokenizer = checkpoint.load(ckpt)
+    model, tokenizer = load_checkpoint(ckpt)
     docs = open_split(data_dir, split)
     specials = Specials(tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
     type_of = np.maximum(tokenizer.token_type(np.arange(model.config.vocab_size)), 0)
@@ -341,7 +343,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def samples(ckpt: Path, data_dir: Path, args, max_note_seconds: float | None = None) -> dict[str, Any]:
     """Continuations of ASAP test primers and their degeneracy measures next to real excerpts of the same length."""
-    model, tokenizer = checkpoint.load(ckpt)
+    model, tokenizer = load_checkpoint(ckpt)
     docs = open_split(data_dir, "test")
     span = args.primer_seconds + args.seconds
     decoded = {}

@@ -50,10 +50,11 @@ import torch.nn.functional as F  # noqa: E402
 from bench.machine import CAVEAT, NO_GPU, machine_info  # noqa: E402
 from musicgpt import checkpoint  # noqa: E402
 from musicgpt.training.config import Config, config_to_dict, load_config  # noqa: E402
-from musicgpt.training.data import Specials, open_split  # noqa: E402
+from musicgpt.corpus.shards import open_split  # noqa: E402
+from musicgpt.training.data import Specials  # noqa: E402
 from musicgpt.errors import ConfigError, MusicGPTError  # noqa: E402
 from musicgpt.training.evaluate import evaluate_checkpoint  # noqa: E402
-from musicgpt.model.gpt import MusicGPT  # noqa: E402
+from musicgpt.model import MusicGPT, load_checkpoint, load_model, save_model  # noqa: E402
 
 CONFIGS = {"relative": ROOT / "configs" / "lengthgen-rel.toml", "absolute": ROOT / "configs" / "lengthgen-abs.toml"}
 CONTEXTS = (512, 1024, 2048)
@@ -156,7 +157,8 @@ def last_logged(run_dir: Path) -> dict[str, float]:
 
 def train_one(name: str, config: Config, run_dir: Path, data_dir: Path, reuse: bool) -> dict:
     """Train one model (or reuse its finished run) and describe what was trained."""
-    from musicgpt.training.loop import resume_config, train
+    from musicgpt.training.loop import train
+    from musicgpt.training.rundir import resume_config
 
     steps = config.train.steps
     ckpt = last_checkpoint(run_dir, steps) if reuse else None
@@ -176,7 +178,7 @@ def train_one(name: str, config: Config, run_dir: Path, data_dir: Path, reuse: b
     else:
         print(f"reusing {ckpt}", flush=True)
     meta = json.loads((ckpt / "config.json").read_text(encoding="utf-8")).get("meta", {})
-    model = checkpoint.load_model(ckpt)
+    model = load_model(ckpt)
     logged = last_logged(run_dir)
     return {"checkpoint": str(ckpt), "parameters": model.num_parameters(), "steps": steps,
             "tokens_seen": meta.get("tokens"), "train_seconds": logged.get("time_s"), "threads": config.train.threads,
@@ -193,13 +195,13 @@ def clamped_copy(src: Path, dst: Path, n_ctx: int) -> tuple[Path, float]:
     Returns the path and the largest logit difference to the original on a full training-length batch
     (0.0: within the original n_ctx the copy is the same model).
     """
-    model, tokenizer = checkpoint.load(src)
+    model, tokenizer = load_checkpoint(src)
     table = model.pos_emb.weight.detach()  # (n_ctx_trained, C)
     longer = MusicGPT(replace(model.config, n_ctx=n_ctx)).eval()
     state = model.state_dict()
     state["pos_emb.weight"] = torch.cat([table, table[-1:].expand(n_ctx - len(table), -1)])  # (n_ctx, C)
     longer.load_state_dict(state)
-    checkpoint.save(longer, dst, tokenizer, meta={"derived_from": str(src),
+    save_model(longer, dst, tokenizer, meta={"derived_from": str(src),
                                                   "position_rows": f"0..{len(table) - 1} learned, "
                                                                    f"{len(table)}..{n_ctx - 1} = row {len(table) - 1}"})
     ids = torch.randint(3, model.config.vocab_size, (2, len(table)), generator=torch.Generator().manual_seed(0))
@@ -234,7 +236,7 @@ def score_contexts(ckpt: Path, eval_dir: Path, split: str, contexts: tuple[int, 
 @torch.no_grad()
 def nll_by_position(ckpt: Path, eval_dir: Path, split: str, window: int, max_docs: int = 64) -> dict | None:
     """Mean NLL at each position of the first full `window`-token window of every long enough document."""
-    model, tokenizer = checkpoint.load(ckpt)
+    model, tokenizer = load_checkpoint(ckpt)
     specials = Specials(tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
     docs = open_split(eval_dir, split)
     rows = []

@@ -38,7 +38,8 @@ import torch  # noqa: E402
 
 from musicgpt.training.config import load_config  # noqa: E402
 from musicgpt.training.data import BatchStream  # noqa: E402
-from musicgpt.training.loop import Trainer, _cpu_has_amx  # noqa: E402
+from musicgpt.device import cpu_has_amx  # noqa: E402
+from musicgpt.training.loop import Trainer  # noqa: E402
 
 ASAP = ROOT.parent / "shared" / "corpora" / "asap"
 
@@ -211,7 +212,7 @@ def main() -> int:
                 "none: this run measured the CPU"),
         "cpu": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
-        "cpu_amx": _cpu_has_amx(),
+        "cpu_amx": cpu_has_amx(),
         "torch": torch.__version__,
         "rounds": args.rounds, "steps_per_round": args.steps,
         "variants": results,

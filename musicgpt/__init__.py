@@ -1,6 +1,6 @@
 """musicgpt: piano performances as event tokens, a GPT-2 with relative attention, and attention arcs."""
 
-__version__ = "0.1.0"
+from musicgpt._version import __version__
 
 # Heavy names (torch) load on first use, so `import musicgpt.music.midi` stays torch-free.
 _LAZY = {

@@ -1,12 +1,15 @@
-"""Checkpoint directories: written atomically, read with safetensors and json only (never pickle).
+"""Checkpoint directories: the files, written atomically, read with safetensors and json only (never pickle).
 
     CKPT/config.json        {"format": "musicgpt-checkpoint", "version": 1, "model": {GPTConfig}, "meta": {...}}
-    CKPT/model.safetensors  the state dict (float32 or bfloat16); a tied lm_head.weight is stored once
+    CKPT/model.safetensors  the state dict (float32, bfloat16 or float16); a tied lm_head.weight is stored once
     CKPT/tokenizer.json     tokenizer.save() output, when a tokenizer was given
     CKPT/NAME.safetensors + CKPT/NAME.json   optional extra states (optimizer, scheduler, RNG, step …)
 
-A checkpoint is written into a temporary sibling directory and renamed into place, so a reader
-never sees half a checkpoint. Extra states hold any nest of dicts, lists, tuples, numbers,
+This module knows the directory format, not the model: it writes a config dict and a dict of
+tensors, and reads them back. `MusicGPT.from_pretrained` / `save_pretrained` (musicgpt.model)
+build on it, so the model imports this module and never the other way round. A checkpoint is
+written into a hidden temporary sibling directory and renamed into place (musicgpt._atomic), so a
+reader never sees half a checkpoint. Extra states hold any nest of dicts, lists, tuples, numbers,
 strings and tensors (an optimizer's state_dict, say): tensors go to the .safetensors file, the
 structure to the .json file, so loading runs no code.
 """
@@ -14,21 +17,20 @@ structure to the .json file, so loading runs no code.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from musicgpt.errors import CheckpointError, ConfigError
-from musicgpt.model.gpt import GPTConfig, MusicGPT
+from musicgpt._atomic import atomic_directory, atomic_write, atomic_write_text
+from musicgpt.errors import CheckpointError
+from musicgpt.tokens.base import Tokenizer
+
+__all__ = ["resolve", "write", "read_config", "read_weights", "load_tokenizer", "save_state", "load_state",
+           "has_state", "FORMAT", "VERSION", "CONFIG", "WEIGHTS", "TOKENIZER", "DEFAULT_DIR"]
 
 FORMAT = "musicgpt-checkpoint"
 VERSION = 1
@@ -50,21 +52,19 @@ def resolve(path: str | Path | None) -> Path:
     return path
 
 
-def save(model: MusicGPT, path: str | Path, tokenizer: Any = None, *, dtype: torch.dtype | None = None,
-         meta: dict[str, Any] | None = None, states: dict[str, Any] | None = None) -> Path:
-    """Write model (+ tokenizer, + extra states such as {'trainer': {...}}) to the directory `path` atomically."""
+def write(path: str | Path, *, model_config: dict[str, Any], tensors: dict[str, torch.Tensor],
+          tokenizer: Tokenizer | None = None, dtype: torch.dtype | None = None, meta: dict[str, Any] | None = None,
+          states: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory atomically: config, weights (floats cast to `dtype` if given), tokenizer, states."""
     path = Path(path)
-    vocab = getattr(tokenizer, "vocab_size", None)
-    if isinstance(vocab, int) and vocab > model.config.vocab_size:
-        raise CheckpointError(f"checkpoint {path}: tokenizer has {vocab} tokens, model only {model.config.vocab_size}")
-    with _atomic_directory(path) as tmp:
-        config = {"format": FORMAT, "version": VERSION, "model": model.config.to_dict(), "meta": meta or {}}
-        _write_json(tmp / CONFIG, config)
-        tensors = {k: _for_saving(t, dtype) for k, t in model.state_dict().items()}
-        if model.config.tie_weights:
-            tensors.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        _fsync(tmp / WEIGHTS)
+    check_vocab(path, model_config, tokenizer)
+    if path.exists() and not (path / CONFIG).is_file() and (not path.is_dir() or any(path.iterdir())):
+        raise CheckpointError(f"checkpoint {path}: exists and is not a checkpoint directory; refusing to overwrite")
+    with atomic_directory(path, durable=True) as tmp:
+        config = {"format": FORMAT, "version": VERSION, "model": model_config, "meta": meta or {}}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        save_file({k: _for_saving(t, dtype) for k, t in tensors.items()}, str(tmp / WEIGHTS),
+                  metadata={"format": FORMAT})
         if tokenizer is not None:
             tokenizer.save(tmp / TOKENIZER)
         for name, state in (states or {}).items():
@@ -72,70 +72,43 @@ def save(model: MusicGPT, path: str | Path, tokenizer: Any = None, *, dtype: tor
     return path
 
 
-def read_config(path: str | Path | None = None) -> tuple[GPTConfig, dict[str, Any]]:
-    """The model config of a checkpoint and the whole parsed config.json."""
+def check_vocab(path: Path, model_config: dict[str, Any], tokenizer: Tokenizer | None) -> None:
+    """A tokenizer may not have more ids than the model has embeddings (CheckpointError naming both)."""
+    vocab = model_config.get("vocab_size")
+    if tokenizer is not None and isinstance(vocab, int) and tokenizer.vocab_size > vocab:
+        raise CheckpointError(f"checkpoint {path}: tokenizer has {tokenizer.vocab_size} tokens, model only {vocab}")
+
+
+def read_config(path: str | Path | None = None) -> dict[str, Any]:
+    """The parsed config.json of a checkpoint (format and version checked; its "model" holds the GPTConfig)."""
     path = resolve(path)
     raw = _read_json(path / CONFIG, what=f"checkpoint {path}")
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: {CONFIG} is not a {FORMAT} file")
     if raw.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {path}: format version {raw.get('version')!r} is not supported (want {VERSION})")
-    try:
-        return GPTConfig.from_dict(raw.get("model") or {}), raw
-    except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path}: bad model config in {CONFIG}: {exc}") from None
+    return raw
 
 
-def load_model(path: str | Path | None = None, *, device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None) -> MusicGPT:
-    """The model of a checkpoint directory, in eval mode (default: the bundled model)."""
+def read_weights(path: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's model.safetensors, on the CPU as stored."""
     path = resolve(path)
-    config, _ = read_config(path)
     if not (path / WEIGHTS).is_file():
         raise CheckpointError(f"checkpoint {path}: {WEIGHTS} is missing")
     try:
-        tensors = load_file(str(path / WEIGHTS), device="cpu")
+        return load_file(str(path / WEIGHTS), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path}: cannot read {WEIGHTS}: {exc}") from None
-    model = MusicGPT(config)
-    expected = model.state_dict()
-    if config.tie_weights:
-        expected.pop("lm_head.weight", None)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} does not match its config: "
-                              f"missing {missing or 'nothing'}, unexpected {unexpected or 'nothing'}")
-    for name, t in tensors.items():
-        if t.shape != expected[name].shape:
-            raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(t.shape)}, "
-                                  f"config wants {tuple(expected[name].shape)}")
-    model.load_state_dict(tensors, strict=False)
-    return model.to(device=device, dtype=dtype).eval()
 
 
-def load_tokenizer(path: str | Path | None = None) -> Any:
+def load_tokenizer(path: str | Path | None = None) -> Tokenizer | None:
     """The tokenizer saved in a checkpoint directory, or None if it has none."""
     path = resolve(path)
     if not (path / TOKENIZER).is_file():
         return None
-    try:
-        from musicgpt.tokens.performance import load_tokenizer as _load  # no torch there; imported on use
-    except ImportError as exc:
-        raise CheckpointError(f"checkpoint {path}: cannot load {TOKENIZER}: {exc}") from None
+    from musicgpt.tokens.registry import load_tokenizer as _load  # loads miditok only for a miditok tokenizer
+
     return _load(path / TOKENIZER)
-
-
-def load(path: str | Path | None = None, *, device: str | torch.device = "cpu",
-         dtype: torch.dtype | None = None) -> tuple[MusicGPT, Any]:
-    """(model, tokenizer or None) from a checkpoint directory (default: the bundled model)."""
-    path = resolve(path)
-    model = load_model(path, device=device, dtype=dtype)
-    tokenizer = load_tokenizer(path)
-    vocab = getattr(tokenizer, "vocab_size", None)
-    if isinstance(vocab, int) and vocab > model.config.vocab_size:
-        raise CheckpointError(f"checkpoint {path}: tokenizer has {vocab} tokens, model only {model.config.vocab_size}")
-    return model, tokenizer
 
 
 # ---- extra states (optimizer, scheduler, RNG, counters) beside the model ----
@@ -145,17 +118,13 @@ def save_state(path: str | Path, name: str, state: Any) -> None:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path}: no such directory to save state {name!r} into")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=path))
-    try:
-        _write_state(tmp, name, state)
-        for suffix in (".safetensors", ".json"):
-            os.replace(tmp / f"{name}{suffix}", path / f"{name}{suffix}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    tensors, text = _state_files(name, state)
+    atomic_write(path / f"{name}.safetensors", lambda tmp: save_file(tensors, str(tmp)), durable=True)
+    atomic_write_text(path / f"{name}.json", text, durable=True)
 
 
 def load_state(path: str | Path, name: str, *, device: str | torch.device = "cpu") -> Any:
-    """Read back what `save_state` / `save(states=...)` wrote under `name`."""
+    """Read back what `save_state` / `write(states=...)` wrote under `name`."""
     path = Path(path)
     structure = _read_json(path / f"{name}.json", what=f"checkpoint {path}: state {name!r}")
     try:
@@ -172,13 +141,19 @@ def has_state(path: str | Path, name: str) -> bool:
 
 
 def _write_state(directory: Path, name: str, state: Any) -> None:
+    """NAME.safetensors and NAME.json in a directory being built (it is renamed into place as a whole)."""
+    tensors, text = _state_files(name, state)
+    save_file(tensors, str(directory / f"{name}.safetensors"))
+    (directory / f"{name}.json").write_text(text, encoding="utf-8")
+
+
+def _state_files(name: str, state: Any) -> tuple[dict[str, torch.Tensor], str]:
+    """(the tensors, the JSON text of the structure) of an extra state."""
     if not name.isidentifier() or name in ("config", "model", "tokenizer"):
         raise CheckpointError(f"state name {name!r}: use an identifier other than config, model, tokenizer")
     tensors: dict[str, torch.Tensor] = {}
     structure = _flatten(state, tensors)
-    save_file(tensors, str(directory / f"{name}.safetensors"))
-    _fsync(directory / f"{name}.safetensors")
-    _write_json(directory / f"{name}.json", structure)
+    return tensors, json.dumps(structure, indent=2) + "\n"
 
 
 def _flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -222,42 +197,11 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 # ---- files ----
 
-@contextmanager
-def _atomic_directory(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` to fill; rename it into place when the block succeeds."""
-    if path.exists() and not (path / CONFIG).is_file() and (not path.is_dir() or any(path.iterdir())):
-        raise CheckpointError(f"checkpoint {path}: exists and is not a checkpoint directory; refusing to overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        _fsync(tmp)
-        if path.exists():  # swap: the old checkpoint is gone only once the new one is complete
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-        _fsync(path.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _for_saving(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     t = t.detach().to("cpu")
     if dtype is not None and t.is_floating_point():
         t = t.to(dtype)
     return t.contiguous().clone()
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -267,17 +211,3 @@ def _read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{what}: {path.name} is not valid JSON ({exc})") from None
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or directory to disk where the platform allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -3,8 +3,8 @@
 Every `import` and `from ... import` counts, at module level or inside a function (a lazy import is
 still a dependency), except under `if TYPE_CHECKING:`. A string constant that names one of the
 modules by its dotted name (`importlib.import_module("musicgpt.x")`, a lazy-attribute table) counts too. Importing
-`a.b.c` also imports the packages `a.b` runs through, so those are edges as well, except packages
-that contain the importing module (they are always initialized before it).
+`a.b.c` also imports the packages `a.b` runs through, so those are edges as well. Edges to a
+package that contains the importing module are left out: it is always initialized before it.
 
     python tests/import_graph.py            # print the cycles of musicgpt/ and bench/
 """
@@ -70,6 +70,11 @@ def _resolve(name: str, modules: dict[str, Path]) -> str | None:
     return None
 
 
+def _contains(package: str, module: str) -> bool:
+    """Whether `module` is `package` or lies inside it (its package is initialized before it anyway)."""
+    return module == package or module.startswith(package + ".")
+
+
 def import_graph(modules: dict[str, Path] | None = None) -> dict[str, set[str]]:
     """module -> the set of our modules it imports (directly, lazily, or through package __init__s)."""
     modules = module_names() if modules is None else modules
@@ -91,14 +96,10 @@ def import_graph(modules: dict[str, Path] | None = None) -> dict[str, set[str]]:
         for text in _strings(tree):
             if "." in text and text in modules:
                 targets.add(text)
-        implied = set()
-        for target in targets:
+        for target in list(targets):
             parts = target.split(".")
-            for end in range(1, len(parts)):
-                parent = ".".join(parts[:end])
-                if parent in modules and not (name == parent or name.startswith(parent + ".")):
-                    implied.add(parent)
-        graph[name] = (targets | implied) - {name}
+            targets.update(".".join(parts[:end]) for end in range(1, len(parts)) if ".".join(parts[:end]) in modules)
+        graph[name] = {t for t in targets if not _contains(t, name)}
     return graph
 
 

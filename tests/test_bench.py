@@ -262,8 +262,7 @@ def test_lengthgen_configs_differ_in_position_only_and_clamped_copy_is_exact(tmp
     import torch
 
     from bench import length_generalization as lg
-    from musicgpt import checkpoint
-    from musicgpt.model.gpt import GPTConfig, MusicGPT
+    from musicgpt.model import GPTConfig, MusicGPT, load_model, save_model
     from musicgpt.tokens.performance import PerformanceTokenizer
 
     configs = lg.load_pair(lg.QUICK)
@@ -272,9 +271,9 @@ def test_lengthgen_configs_differ_in_position_only_and_clamped_copy_is_exact(tmp
 
     torch.manual_seed(0)
     model = MusicGPT(GPTConfig.preset("tiny", position="absolute", n_ctx=16, dropout=0.0)).eval()
-    checkpoint.save(model, tmp_path / "abs", PerformanceTokenizer())
+    save_model(model, tmp_path / "abs", PerformanceTokenizer())
     path, diff = lg.clamped_copy(tmp_path / "abs", tmp_path / "clamped", 64)
-    longer = checkpoint.load_model(path)
+    longer = load_model(path)
     assert diff == 0.0 and longer.config.n_ctx == 64
     table = longer.pos_emb.weight
     assert torch.equal(table[:16], model.pos_emb.weight) and torch.equal(table[16:], table[15:16].expand(48, -1))
@@ -303,7 +302,7 @@ def test_lengthgen_verdict_and_sample(tmp_path):
     np.arange(10, dtype="<u2").tofile(src / "test.tokens.bin")
     np.save(src / "test.offsets.npy", np.array([0, 6, 10], dtype=np.int64))
     out, info = lg.write_sample(src, tmp_path / "sample", ["test"], max_docs=5, max_tokens=4)
-    from musicgpt.corpus.prepare import load_split
+    from musicgpt.corpus.shards import load_split
 
     tokens, offsets = load_split(out, "test")
     assert info == {"docs": 2, "tokens": 8} and list(offsets) == [0, 4, 8]

@@ -15,7 +15,7 @@ import musicgpt
 from musicgpt import checkpoint
 from musicgpt.cli import main
 from musicgpt.errors import CheckpointError
-from musicgpt.model.gpt import MusicGPT
+from musicgpt.model import GPTConfig, MusicGPT, load_checkpoint, load_model, save_model
 from musicgpt.tokens.performance import PerformanceTokenizer
 from tiny_models import PRIMER, tiny_checkpoint
 
@@ -49,7 +49,7 @@ def test_license_note_names_the_inherited_license():
 
 @needs_weights
 def test_bundled_files_config_and_tokenizer_agree():
-    config, raw = checkpoint.read_config()
+    config, raw = GPTConfig.from_checkpoint(), checkpoint.read_config()
     tokenizer = checkpoint.load_tokenizer()
     assert raw["format"] == checkpoint.FORMAT
     assert isinstance(tokenizer, PerformanceTokenizer)
@@ -89,7 +89,7 @@ def test_install_copies_verifies_and_keeps_other_files(tmp_path):
     done = install_pretrained.install(tmp_path / "run", dest)  # a run directory means its best/
     assert done["verified"] and done["max_logit_diff"] == 0.0 and done["stored_dtype"] == "float32"
     assert (dest / "LICENSE").read_text() == "license note"
-    _, raw = checkpoint.read_config(dest)
+    raw = checkpoint.read_config(dest)
     assert raw["meta"]["source"] == str(source.resolve())
     assert raw["meta"]["weights_sha256"] == install_pretrained.sha256(dest / checkpoint.WEIGHTS)
     assert not [p for p in dest.iterdir() if p.name.startswith(".")]
@@ -112,10 +112,10 @@ def test_install_stores_float16_over_the_size_limit(tmp_path):
 
 def test_install_falls_back_to_bfloat16_for_weights_outside_float16(tmp_path):
     tiny_checkpoint(tmp_path / "ckpt")
-    model, tokenizer = checkpoint.load(tmp_path / "ckpt")
+    model, tokenizer = load_checkpoint(tmp_path / "ckpt")
     with torch.no_grad():
         model.blocks[0].mlp.fc.bias[0] = 1e5  # past float16's largest finite value
-    checkpoint.save(model, tmp_path / "big", tokenizer)
+    save_model(model, tmp_path / "big", tokenizer)
     fp32 = (tmp_path / "big" / checkpoint.WEIGHTS).stat().st_size
     done = install_pretrained.install(tmp_path / "big", tmp_path / "small", max_bytes=fp32 - 1)
     assert done["stored_dtype"] == "bfloat16"
@@ -133,7 +133,7 @@ def stand_in(tmp_path, monkeypatch):
 
 
 def test_python_api_defaults_to_the_bundled_model(stand_in):
-    reference = checkpoint.load_model(stand_in)
+    reference = load_model(stand_in)
     model = MusicGPT.from_pretrained()
     for name, tensor in reference.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0)

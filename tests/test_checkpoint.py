@@ -7,7 +7,8 @@ import torch
 
 from musicgpt import checkpoint
 from musicgpt.errors import CheckpointError
-from musicgpt.model.gpt import GPTConfig, MusicGPT
+from musicgpt.tokens import PerformanceTokenizer
+from musicgpt.model import GPTConfig, MusicGPT, load_checkpoint, load_model, save_model
 
 
 def tiny_model(**kw):
@@ -31,8 +32,8 @@ def test_round_trip_gives_identical_logits(tmp_path):
 
 def test_untied_and_bfloat16(tmp_path):
     model = tiny_model(tie_weights=False)
-    checkpoint.save(model, tmp_path / "c", dtype=torch.bfloat16)
-    loaded = checkpoint.load_model(tmp_path / "c")
+    save_model(model, tmp_path / "c", dtype=torch.bfloat16)
+    loaded = load_model(tmp_path / "c")
     assert loaded.lm_head.weight is not loaded.tok_emb.weight
     assert loaded.tok_emb.weight.dtype == torch.float32
     torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.weight.bfloat16().float())
@@ -43,7 +44,7 @@ def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
     tiny_model().save_pretrained(path)
     other = tiny_model(n_layer=1)
     other.save_pretrained(path)
-    assert checkpoint.read_config(path)[0].n_layer == 1
+    assert GPTConfig.from_checkpoint(path).n_layer == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
@@ -51,13 +52,13 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path):
     path = tmp_path / "ckpt"
     tiny_model().save_pretrained(path)
 
-    class Broken:
+    class Broken(PerformanceTokenizer):
         def save(self, p):
             raise OSError("disk full")
 
     with pytest.raises(OSError):
         tiny_model(n_layer=1).save_pretrained(path, tokenizer=Broken())
-    assert checkpoint.read_config(path)[0].n_layer == 2
+    assert GPTConfig.from_checkpoint(path).n_layer == 2
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
@@ -74,14 +75,14 @@ def test_errors_name_the_path_and_reason(tmp_path):
     path = tiny_model().save_pretrained(tmp_path / "c")
     (path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="model.safetensors"):
-        checkpoint.load_model(path)
+        load_model(path)
     (path / "config.json").write_text("{")
     with pytest.raises(CheckpointError, match="not valid JSON"):
-        checkpoint.load_model(path)
+        load_model(path)
     (path / "config.json").write_text(json.dumps({"format": "musicgpt-checkpoint", "version": 1,
                                                   "model": {"n_layers": 3}}))
     with pytest.raises(CheckpointError, match="n_layers"):
-        checkpoint.load_model(path)
+        load_model(path)
 
 
 def test_mismatched_weights_are_named(tmp_path):
@@ -90,12 +91,12 @@ def test_mismatched_weights_are_named(tmp_path):
     config["model"]["position"] = "both"
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="pos_emb.weight"):
-        checkpoint.load_model(path)
+        load_model(path)
     config["model"]["position"] = "relative"
     config["model"]["d_ff"] = 128
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"mlp\.fc\.\w+ has shape \(64"):
-        checkpoint.load_model(path)
+        load_model(path)
 
 
 def test_bundled_default_is_named_when_missing(monkeypatch, tmp_path):
@@ -103,9 +104,9 @@ def test_bundled_default_is_named_when_missing(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError, match="pretrained"):
         MusicGPT.from_pretrained()
     with pytest.raises(CheckpointError, match="pretrained"):
-        checkpoint.load()
+        load_checkpoint()
     tiny_model().save_pretrained(tmp_path / "pretrained")
-    model, tokenizer = checkpoint.load()
+    model, tokenizer = load_checkpoint()
     assert model.config.n_layer == 2 and tokenizer is None
 
 
@@ -113,7 +114,7 @@ def test_tokenizer_travels_with_the_model(tmp_path):
     tokenizer_module = pytest.importorskip("musicgpt.tokens.performance")
     tokenizer = tokenizer_module.PerformanceTokenizer()
     path = tiny_model().save_pretrained(tmp_path / "c", tokenizer=tokenizer)
-    model, loaded = checkpoint.load(path)
+    model, loaded = load_checkpoint(path)
     assert loaded == tokenizer and model.config.vocab_size == tokenizer.vocab_size
     small = tokenizer_module.PerformanceTokenizer(max_shift_steps=10)
     with pytest.raises(CheckpointError, match="tokens"):
@@ -129,14 +130,14 @@ def test_training_state_round_trip_without_pickle(tmp_path):
         model(x, targets=x).loss.backward()
         opt.step()
     state = {"optimizer": opt.state_dict(), "step": 2, "rng": torch.get_rng_state(), "best": (1.5, "valid")}
-    path = checkpoint.save(model, tmp_path / "c", states={"trainer": state}, meta={"step": 2})
+    path = save_model(model, tmp_path / "c", states={"trainer": state}, meta={"step": 2})
     assert checkpoint.has_state(path, "trainer")
     assert json.loads((path / "config.json").read_text())["meta"] == {"step": 2}
     back = checkpoint.load_state(path, "trainer")
     assert back["step"] == 2 and back["best"] == (1.5, "valid") and torch.equal(back["rng"], state["rng"])
 
     # A restored optimizer continues exactly like the original one.
-    model2 = checkpoint.load_model(path).train()
+    model2 = load_model(path).train()
     model.train()
     opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
     opt2.load_state_dict(back["optimizer"])

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
+from musicgpt.corpus.shards import Split
 from musicgpt.training.data import (
     IGNORE_INDEX,
     BatchStream,
     CropSampler,
     Specials,
-    Split,
     batch_windows,
     valid_windows,
     windows,

@@ -9,6 +9,7 @@ import pytest
 import torch.distributed as dist
 
 from musicgpt import checkpoint
+from musicgpt.model import load_model
 from musicgpt.training.loop import weights_fingerprint
 from musicgpt.training.log import read_metrics
 from training_fixtures import ROOT, micro_config, prepare_fixtures, write_config
@@ -30,7 +31,7 @@ def test_two_processes_finish_with_identical_weights(tmp_path):
     assert prints["0"] == prints["1"]
     # Rank 0 wrote the checkpoint, and it holds those very weights.
     final = run_dir / "checkpoints" / "step-0000004"
-    assert weights_fingerprint(checkpoint.load_model(final)) == prints["0"]
+    assert weights_fingerprint(load_model(final)) == prints["0"]
     # One writer: one header and one row per logged step in metrics.csv.
     rows = read_metrics(run_dir / "metrics.csv")
     train_rows = [r for r in rows if r["train_loss"] is not None]

@@ -10,10 +10,11 @@ import torch
 
 from musicgpt import checkpoint
 from musicgpt.cli import main
-from musicgpt.training.data import Specials, Split, windows
+from musicgpt.corpus.shards import Split
+from musicgpt.training.data import Specials, windows
 from musicgpt.errors import ConfigError, DatasetError
 from musicgpt.training.evaluate import EVENT_TYPES, evaluate_checkpoint, score
-from musicgpt.model.gpt import GPTConfig, MusicGPT
+from musicgpt.model import GPTConfig, MusicGPT, load_checkpoint, save_model
 from musicgpt.tokens.performance import PerformanceTokenizer
 from training_fixtures import FIXTURES, prepare_fixtures
 
@@ -21,7 +22,7 @@ from training_fixtures import FIXTURES, prepare_fixtures
 def tiny_checkpoint(path, position="relative", seed=0):
     torch.manual_seed(seed)
     model = MusicGPT(GPTConfig.preset("tiny", n_ctx=64, max_relative_distance=64, position=position))
-    return checkpoint.save(model, path, PerformanceTokenizer())
+    return save_model(model, path, PerformanceTokenizer())
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def data_dir(tmp_path_factory):
 
 
 def test_nll_equals_the_models_own_loss_on_one_window(tmp_path, ckpt):
-    model, tok = checkpoint.load(ckpt)
+    model, tok = load_checkpoint(ckpt)
     doc = tok.encode(FIXTURES / "pop909_331.mid").ids[:40]
     split = Split(np.asarray(doc, np.uint16), np.array([0, len(doc)]))
     totals = score(model, windows(split, 64), 64, 4)
@@ -90,7 +91,7 @@ def test_midi_files_and_folders_are_tokenized(ckpt, tmp_path):
 
 
 def test_prepared_data_with_another_tokenizer_is_refused(tmp_path, data_dir):
-    other = checkpoint.save(MusicGPT(GPTConfig.preset("tiny")), tmp_path / "other", PerformanceTokenizer(velocity_bins=16))
+    other = save_model(MusicGPT(GPTConfig.preset("tiny")), tmp_path / "other", PerformanceTokenizer(velocity_bins=16))
     with pytest.raises(DatasetError, match="different tokenizer"):
         evaluate_checkpoint(other, [data_dir], progress=False)
 

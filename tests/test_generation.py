@@ -198,9 +198,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys, checkpoint):
 
 
 def test_arcs_document_fields(checkpoint):
-    from musicgpt import checkpoint as ck
+    from musicgpt.model import load_checkpoint
 
-    model, tok = ck.load(checkpoint)
+    model, tok = load_checkpoint(checkpoint)
     (s,) = musicgpt.generate(model, PRIMER, tokenizer=tok, primer_tokens=30, max_new_tokens=60, seed=1, arcs=True,
                              stop_at_eos=False)
     d = s.arcs

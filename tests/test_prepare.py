@@ -12,9 +12,9 @@ import pytest
 from midi_factory import make_midi, note
 from musicgpt.cli import main
 from musicgpt.errors import ConfigError, DatasetError
-from musicgpt.corpus.prepare import load_split, prepare, read_manifest
+from musicgpt.corpus import load_split, prepare, read_manifest
 from musicgpt.corpus.recipes import collect, detect_recipe, hashed_splits, split_fraction
-from musicgpt.tokens.performance import PerformanceTokenizer, load_tokenizer
+from musicgpt.tokens import PerformanceTokenizer, load_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = sorted(FIXTURES.glob("*.mid"))

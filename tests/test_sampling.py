@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from musicgpt.errors import ConfigError
-from musicgpt.generation.sampling import (GrammarMask, LongNoteLimit, SamplingConfig, filter_logits, keep_type_mass,
-                               make_generator, sample)
-from musicgpt.tokens.performance import PerformanceTokenizer
+from musicgpt.generation.constraints import GrammarMask, LongNoteLimit
+from musicgpt.generation.sampling import SamplingConfig, filter_logits, keep_type_mass, make_generator, sample
+from musicgpt.tokens import PerformanceTokenizer, Tokenizer
 
 TOK = PerformanceTokenizer()
 
@@ -90,8 +90,23 @@ def test_closing_tokens_end_every_note():
 
 
 def test_tokenizer_without_grammar_gets_the_generic_rule():
-    class Plain:
-        vocab_size, pad_id, bos_id, eos_id = 10, 0, 1, 2
+    class Plain(Tokenizer):  # declares no grammar: grammar() is None
+        vocab_size, pad_id, bos_id, eos_id, type_names = 10, 0, 1, 2, ("PAD", "BOS", "EOS", "EVENT")
+
+        def token_type(self, ids):
+            return np.minimum(np.asarray(ids), 3)
+
+        def encode(self, source, **read_kwargs):
+            raise NotImplementedError
+
+        def decode_with_index(self, ids):
+            raise NotImplementedError
+
+        def token_name(self, token):
+            return str(token)
+
+        def params(self):
+            return {}
 
     g = GrammarMask(Plain(), batch=2, allow_eos=False)
     assert g.allowed([0, 1]).shape == (2, 10)

@@ -10,7 +10,7 @@ import pytest
 
 from musicgpt.errors import ConfigError
 from musicgpt.music.midi import Notes, read_midi, write_midi
-from musicgpt.tokens.performance import Encoding, PerformanceTokenizer, load_tokenizer
+from musicgpt.tokens import Encoding, PerformanceTokenizer, load_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = sorted(FIXTURES.glob("*.mid"))
@@ -233,11 +233,11 @@ def test_empty_notes_encode_to_nothing():
 
 
 def test_module_prints_layout_and_fails_in_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "musicgpt.tokens.performance"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "musicgpt.tokens"], capture_output=True, text=True, check=True)
     assert "NOTE_ON" in out.stdout and "3..130" in out.stdout and "391" in out.stdout
     bad = tmp_path / "bad.mid"
     bad.write_bytes(b"")
-    out = subprocess.run([sys.executable, "-m", "musicgpt.tokens.performance", str(bad)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "musicgpt.tokens", str(bad)], capture_output=True, text=True)
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "bad.mid: empty file" in out.stderr and "Traceback" not in out.stderr
 

@@ -13,16 +13,11 @@ import torch
 from musicgpt import checkpoint
 from musicgpt.cli import main
 from musicgpt.errors import CheckpointError, ConfigError, MusicGPTError
-from musicgpt.model.gpt import GPTConfig, MusicGPT
-from musicgpt.training.loop import (
-    Schedule,
-    autocast_dtype,
-    checkpoint_dirs,
-    parameter_groups,
-    resume_config,
-    train,
-    weights_fingerprint,
-)
+from musicgpt.model import GPTConfig, MusicGPT, load_checkpoint, load_model, save_model
+from musicgpt.device import autocast_dtype
+from musicgpt.training.loop import train, weights_fingerprint
+from musicgpt.training.optim import Schedule, parameter_groups
+from musicgpt.training.rundir import checkpoint_dirs, resume_config
 from musicgpt.training.log import MetricsLog, plot_curves, read_metrics
 from training_fixtures import cli, losses, micro_config, prepare_fixtures, write_config
 
@@ -45,9 +40,9 @@ def test_run_leaves_loadable_checkpoints_metrics_and_best(reference):
     assert result.step == 6 and not result.interrupted
     assert [p.name for p in checkpoint_dirs(run_dir)] == ["step-0000003", "step-0000006"]
     assert result.last_checkpoint == run_dir / "checkpoints" / "step-0000006"
-    model, tokenizer = checkpoint.load(result.last_checkpoint)  # what generate/evaluate do
+    model, tokenizer = load_checkpoint(result.last_checkpoint)  # what generate/evaluate do
     assert model.config.n_ctx == 32 and tokenizer.vocab_size == model.config.vocab_size
-    best, _ = checkpoint.load(run_dir / "best")
+    best, _ = load_checkpoint(run_dir / "best")
     rows = read_metrics(run_dir / "metrics.csv")
     valid = [r["valid_nll"] for r in rows if r["valid_nll"] is not None]
     assert len(valid) == 2 and result.best_valid_nll == min(valid)
@@ -57,7 +52,7 @@ def test_run_leaves_loadable_checkpoints_metrics_and_best(reference):
     # The checkpoint holds the exact weights the run ended with.
     trained = MusicGPT(model.config)
     trained.load_state_dict(model.state_dict())
-    assert weights_fingerprint(trained) == weights_fingerprint(checkpoint.load_model(result.last_checkpoint))
+    assert weights_fingerprint(trained) == weights_fingerprint(load_model(result.last_checkpoint))
 
 
 def test_training_lowers_the_loss(tmp_path, data_dir):
@@ -77,8 +72,8 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, reference
     result = train(resume_config(run_dir), run_dir, resume=True)
     assert result.step == 6
     assert losses(run_dir) == losses(ref_dir)  # steps 1-3 kept, 4-6 recomputed: equal floats
-    assert weights_fingerprint(checkpoint.load_model(result.last_checkpoint)) == \
-        weights_fingerprint(checkpoint.load_model(ref_dir / "checkpoints" / "step-0000006"))
+    assert weights_fingerprint(load_model(result.last_checkpoint)) == \
+        weights_fingerprint(load_model(ref_dir / "checkpoints" / "step-0000006"))
 
 
 def test_resume_with_overrides_records_them_in_run_json(tmp_path, reference, data_dir):
@@ -135,13 +130,13 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir, how):
     done = max(int(p.name.split("-")[1]) for p in checkpoint_dirs(run_dir))
     assert 2 <= done < 12, "the run went too far before the signal landed"
     for path in checkpoint_dirs(run_dir):  # whatever the kill interrupted, every listed checkpoint loads
-        checkpoint.load(path)
+        load_checkpoint(path)
 
     result = train(resume_config(run_dir, ["train.steps=12"]), run_dir, resume=True)
     assert result.step == 12
     assert losses(run_dir) == losses(reference)
-    assert weights_fingerprint(checkpoint.load_model(result.last_checkpoint)) == \
-        weights_fingerprint(checkpoint.load_model(reference / "checkpoints" / "step-0000012"))
+    assert weights_fingerprint(load_model(result.last_checkpoint)) == \
+        weights_fingerprint(load_model(reference / "checkpoints" / "step-0000012"))
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
@@ -153,8 +148,8 @@ def test_fine_tuning_starts_from_the_checkpoint_with_its_own_lr(tmp_path, refere
                           train={"eval_every": 0})
     result = train(config, tmp_path / "ft", data=data_dir, init_from=source)
     assert result.step == 2
-    tuned = checkpoint.load_model(result.last_checkpoint)
-    original = checkpoint.load_model(source)
+    tuned = load_model(result.last_checkpoint)
+    original = load_model(source)
     assert tuned.config == original.config
     rows = read_metrics(tmp_path / "ft" / "metrics.csv")
     assert rows[0]["lr"] == pytest.approx(2e-4)
@@ -167,7 +162,7 @@ def test_fine_tuning_rejects_a_different_tokenizer(tmp_path, reference, data_dir
     from musicgpt.tokens.performance import PerformanceTokenizer
 
     other = tmp_path / "ckpt"
-    checkpoint.save(MusicGPT(GPTConfig.preset("tiny", vocab_size=500)), other, PerformanceTokenizer(velocity_bins=16))
+    save_model(MusicGPT(GPTConfig.preset("tiny", vocab_size=500)), other, PerformanceTokenizer(velocity_bins=16))
     with pytest.raises(CheckpointError, match="tokenizer differs"):
         train(micro_config(), tmp_path / "ft", data=data_dir, init_from=other)
 

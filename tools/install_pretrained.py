@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from musicgpt import checkpoint  # noqa: E402
+from musicgpt.model import load_checkpoint, save_model  # noqa: E402
 from musicgpt.errors import CheckpointError  # noqa: E402
 
 MAX_BYTES = 25_000_000  # issue 6: the bundled weights may take at most 25 MB
@@ -63,28 +64,28 @@ def _shown(path: Path) -> str:
 def install(source: str | Path, dest: str | Path = checkpoint.DEFAULT_DIR, *, max_bytes: int = MAX_BYTES) -> dict:
     """Copy checkpoint `source` into `dest` (float32, or float16 above max_bytes) and verify it; returns a summary."""
     source, dest = source_checkpoint(source), Path(dest)
-    model, tokenizer = checkpoint.load(source)
+    model, tokenizer = load_checkpoint(source)
     if tokenizer is None:
         raise CheckpointError(f"checkpoint {source}: has no {checkpoint.TOKENIZER}; the bundled model needs one")
-    _, raw = checkpoint.read_config(source)
+    raw = checkpoint.read_config(source)
     meta = dict(raw.get("meta") or {})
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.install-", dir=dest.parent) as tmp:
         staged = Path(tmp) / "ckpt"
         dtype = None
-        checkpoint.save(model, staged, tokenizer, meta=meta)
+        save_model(model, staged, tokenizer, meta=meta)
         fp32_bytes = (staged / checkpoint.WEIGHTS).stat().st_size
         if fp32_bytes > max_bytes:  # float16 keeps 3 more mantissa bits than bfloat16; weights fit its range
             fits = all(float(t.abs().max()) < 60000.0 for t in model.state_dict().values() if t.is_floating_point())
             dtype = torch.float16 if fits else torch.bfloat16
-            checkpoint.save(model, staged, tokenizer, dtype=dtype, meta=meta)
+            save_model(model, staged, tokenizer, dtype=dtype, meta=meta)
         size = (staged / checkpoint.WEIGHTS).stat().st_size
         if size > max_bytes:
             raise CheckpointError(f"checkpoint {source}: {size:,} bytes even as {dtype}, over the {max_bytes:,} limit")
         meta.update({"source": _shown(source), "stored_dtype": str(dtype or torch.float32).removeprefix("torch."),
                      "weights_sha256": sha256(staged / checkpoint.WEIGHTS),
                      "installed": datetime.datetime.now().isoformat(timespec="seconds")})
-        checkpoint.save(model, staged, tokenizer, dtype=dtype, meta=meta)
+        save_model(model, staged, tokenizer, dtype=dtype, meta=meta)
         if sha256(staged / checkpoint.WEIGHTS) != meta["weights_sha256"]:  # same tensors, so the same bytes
             raise CheckpointError(f"checkpoint {source}: re-saving the weights did not reproduce them byte for byte")
         for name in FILES:
@@ -100,8 +101,8 @@ def install(source: str | Path, dest: str | Path = checkpoint.DEFAULT_DIR, *, ma
 @torch.no_grad()
 def verify(source: str | Path, dest: str | Path, n_tokens: int = 256) -> dict:
     """Load `dest` back and compare it with `source`: config, tokenizer, and logits on real-looking tokens."""
-    ref_model, ref_tok = checkpoint.load(source_checkpoint(source))
-    model, tok = checkpoint.load(dest)
+    ref_model, ref_tok = load_checkpoint(source_checkpoint(source))
+    model, tok = load_checkpoint(dest)
     if model.config != ref_model.config:
         raise CheckpointError(f"installed model {dest}: config differs from {source}")
     if tok is None or tok.to_dict() != ref_tok.to_dict():

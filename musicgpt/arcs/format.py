@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from musicgpt._atomic import atomic_write_text
 from musicgpt.errors import MusicGPTError
 
 ARCS_VERSION = 1
@@ -232,22 +232,7 @@ def write_arcs(d: dict, path: str | os.PathLike) -> None:
         lines.extend(json.dumps(x, separators=(",", ":")) + ("," if i < len(items) - 1 else "") for i, x in enumerate(items))
         lines.append("]," if key == "notes" else "]")
     lines.append("}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_write_text(path, "\n".join(lines) + "\n", make_parents=True)
 
 
 def filter_arcs(

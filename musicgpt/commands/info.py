@@ -25,10 +25,11 @@ def run(args: argparse.Namespace) -> int:
     from safetensors import safe_open
 
     from musicgpt import checkpoint
+    from musicgpt.model.gpt import load_model
 
     path = checkpoint.resolve(args.checkpoint)
-    model = checkpoint.load_model(path)
-    _, raw = checkpoint.read_config(path)
+    model = load_model(path)
+    raw = checkpoint.read_config(path)
     tokenizer = checkpoint.load_tokenizer(path)
     cfg = model.config
 
@@ -36,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"format      {raw['format']} v{raw['version']}")
     print("config      " + " ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
     if tokenizer is not None:
-        print(f"tokenizer   {getattr(tokenizer, 'type', type(tokenizer).__name__)}, "
-              f"{getattr(tokenizer, 'vocab_size', '?')} tokens")
+        print(f"tokenizer   {tokenizer.type}, {tokenizer.vocab_size} tokens")
     else:
         print("tokenizer   none (no tokenizer.json)")
     if raw.get("meta"):
@@ -120,7 +120,9 @@ def plot(model, tokenizer, out_dir: Path) -> list[Path]:
     if cfg.position in ("absolute", "both"):
         written.append(position_similarity_png(model.pos_emb.weight.detach().float().numpy(),
                                                out_dir / "position_embedding_similarity.png"))
-    if tokenizer is None or not hasattr(tokenizer, "note_on"):
+    from musicgpt.tokens.base import PerformanceEvents
+
+    if not isinstance(tokenizer, PerformanceEvents):
         print("musicgpt info: no tokenizer with NOTE_ON tokens in the checkpoint; NOTE_ON similarity not drawn",
               file=sys.stderr)
         return written

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     """Prepare the corpus and print a summary; skipped files do not make the run fail."""
     from musicgpt.errors import ConfigError
     from musicgpt.corpus.prepare import prepare
-    from musicgpt.tokens.performance import load_tokenizer
+    from musicgpt.tokens.registry import load_tokenizer
 
     try:
         ratios = [float(x) for x in args.ratios.split(",")]

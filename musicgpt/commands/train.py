@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     """Train and print where the checkpoints went; 130/143 when stopped by SIGINT/SIGTERM (resumable)."""
     from musicgpt.training.config import load_config
     from musicgpt.errors import ConfigError
-    from musicgpt.training.loop import resume_config, teardown, train
+    from musicgpt.device import teardown
+    from musicgpt.training.loop import train
+    from musicgpt.training.rundir import resume_config
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.resume:

@@ -1,13 +1,6 @@
 """Corpus preparation: a folder of MIDI files -> token shards per split + manifest.json (no torch).
 
-Output directory (docs/design.md):
-
-    OUT/manifest.json        recipe, ratios, tokenizer, per-split totals, every source (path relative to
-                             the corpus folder, sha256, split, group, doc index, n_notes, n_tokens) and
-                             every skipped file with its reason
-    OUT/tokenizer.json       the tokenizer that made the shards
-    OUT/<split>.tokens.bin   uint16 little-endian, the split's documents back to back, no separators
-    OUT/<split>.offsets.npy  int64, n_docs + 1 boundaries into <split>.tokens.bin
+The output folder's files are described (and read) in `musicgpt.corpus.shards`.
 
 Documents are ordered by relative path within a split. Every file is hashed (sha256) first: exact
 duplicates are skipped ("duplicate of ..."), and a re-run reuses the tokens of every file whose
@@ -29,15 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from musicgpt._atomic import atomic_write_text
 from musicgpt.errors import DatasetError, MidiError, MusicGPTError
 from musicgpt.corpus.recipes import DEFAULT_RATIOS, SPLITS, Source, check_ratios, collect
-from musicgpt.tokens.performance import PerformanceTokenizer, tokenizer_from_dict
-
-FORMAT = "musicgpt-prepared"
-VERSION = 1
-MANIFEST = "manifest.json"
-TOKEN_DTYPE = np.dtype("<u2")
-
+from musicgpt.corpus.shards import FORMAT, MANIFEST, TOKEN_DTYPE, VERSION, load_split, read_manifest, write_split
+from musicgpt.tokens.performance import PerformanceTokenizer
+from musicgpt.tokens.registry import tokenizer_from_dict
 
 @dataclass
 class PrepareResult:
@@ -64,42 +54,6 @@ class PrepareResult:
             if len(self.skipped) > 20:
                 lines.append(f"    ... and {len(self.skipped) - 20} more (see {self.out_dir / MANIFEST})")
         return "\n".join(lines)
-
-
-def load_split(out_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens: read-only uint16 memmap, offsets: int64 n_docs + 1) of one split of a prepared folder."""
-    out_dir = Path(out_dir)
-    if split not in SPLITS:
-        raise DatasetError(f"split {split!r}: unknown (known: {', '.join(SPLITS)})")
-    tokens_path, offsets_path = out_dir / f"{split}.tokens.bin", out_dir / f"{split}.offsets.npy"
-    if not tokens_path.is_file() or not offsets_path.is_file():
-        raise DatasetError(f"{out_dir}: no prepared '{split}' split (run `musicgpt prepare SOURCE --out {out_dir}`)")
-    try:
-        offsets = np.load(offsets_path, allow_pickle=False).astype(np.int64)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{offsets_path}: unreadable ({exc})") from None
-    size = tokens_path.stat().st_size
-    if size % TOKEN_DTYPE.itemsize:
-        raise DatasetError(f"{tokens_path}: size {size} is not a whole number of uint16 tokens")
-    n_tokens = size // TOKEN_DTYPE.itemsize
-    if offsets.ndim != 1 or not len(offsets) or offsets[0] != 0 or offsets[-1] != n_tokens or (np.diff(offsets) < 0).any():
-        raise DatasetError(f"{offsets_path}: offsets do not describe {tokens_path.name} ({n_tokens} tokens)")
-    tokens = np.memmap(tokens_path, dtype=TOKEN_DTYPE, mode="r") if n_tokens else np.zeros(0, TOKEN_DTYPE)
-    return tokens, offsets
-
-
-def read_manifest(out_dir: str | os.PathLike) -> dict:
-    """The manifest.json of a prepared folder."""
-    path = Path(out_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"{out_dir}: no {MANIFEST} (not a `musicgpt prepare` output)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path}: unreadable ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise DatasetError(f"{path}: not a {FORMAT} manifest")
-    return manifest
 
 
 # ---- workers -------------------------------------------------------------------------------------
@@ -185,21 +139,6 @@ def _previous(out_dir: Path, key: str) -> dict[str, tuple[np.ndarray | None, int
     return cache
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:  # a file object: np.save would append .npy to the temporary name
-        np.save(handle, array)
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def prepare(
     source_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -267,11 +206,8 @@ def prepare(
     for split in SPLITS:
         members = [i for i in sorted(results) if sources[i].split == split]
         pieces = [results[i][0] for i in members]
-        lengths = np.array([len(p) for p in pieces], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        tokens = np.concatenate(pieces).astype(TOKEN_DTYPE) if pieces else np.zeros(0, TOKEN_DTYPE)
-        _write_atomic(out_dir / f"{split}.tokens.bin", lambda p, t=tokens: t.tofile(p))
-        _write_atomic(out_dir / f"{split}.offsets.npy", lambda p, o=offsets: _save_npy(p, o))
+        offsets = write_split(out_dir, split, pieces)
+        lengths = np.diff(offsets)
         for doc, i in enumerate(members):
             manifest_sources.append({"path": sources[i].rel, "sha256": hashes[i], "split": split,
                                      "group": sources[i].group, "doc": doc, "n_notes": int(results[i][1]),
@@ -286,6 +222,6 @@ def prepare(
         "splits": split_totals, "sources": manifest_sources, "skipped": skipped,
     }
     tokenizer.save(out_dir / "tokenizer.json")
-    _write_atomic(out_dir / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return PrepareResult(out_dir, manifest, tokenized=len(tasks), reused=reused,
                          seconds=time.perf_counter() - began, skipped=skipped)

@@ -38,8 +38,9 @@ from musicgpt.errors import ConfigError
 from musicgpt.music.midi import write_tracks
 from musicgpt.music.notes import Notes
 from musicgpt.generation.primer import primer_ids
-from musicgpt.generation.sampling import (GrammarMask, GumbelNoise, LongNoteLimit, SamplingConfig, make_generator, sample,
-                               shift_seconds_per_id)
+from musicgpt.generation.constraints import GrammarMask, LongNoteLimit
+from musicgpt.generation.sampling import GumbelNoise, SamplingConfig, make_generator, sample
+from musicgpt.tokens.base import PerformanceEvents
 
 DEFAULT_NEW_TOKENS = 1024
 DEFAULT_MAX_NOTE_SECONDS = 10.0  # real piano holds 0.08% of its notes longer (ASAP, pedal folded)
@@ -103,9 +104,9 @@ def load_model_and_tokenizer(model=None, tokenizer=None, device: str | torch.dev
     from musicgpt.model.gpt import MusicGPT
 
     if model is None or isinstance(model, (str, os.PathLike)):
-        from musicgpt import checkpoint
+        from musicgpt.model.gpt import load_checkpoint
 
-        model, saved = checkpoint.load(model, device=device or "cpu")
+        model, saved = load_checkpoint(model, device=device or "cpu")
         tokenizer = tokenizer or saved
     elif not isinstance(model, MusicGPT):
         raise ConfigError(f"model: expected a MusicGPT or a checkpoint directory, got {type(model).__name__}")
@@ -176,10 +177,12 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
 
 
 def _shift_seconds(tokenizer, needed: bool) -> np.ndarray:
-    """`shift_seconds_per_id`, or a ConfigError when a length in seconds is asked of a tokenizer without TIME_SHIFTs."""
-    if needed and "TIME_SHIFT" not in getattr(tokenizer, "ranges", {}):
+    """Seconds each id moves the clock (zeros without TIME_SHIFTs: a ConfigError when a length in seconds is asked)."""
+    if isinstance(tokenizer, PerformanceEvents):
+        return tokenizer.seconds_per_id()
+    if needed:
         raise ConfigError("seconds: this tokenizer has no TIME_SHIFT tokens; give max_new_tokens instead")
-    return shift_seconds_per_id(tokenizer)
+    return np.zeros(tokenizer.vocab_size)
 
 
 @torch.no_grad()

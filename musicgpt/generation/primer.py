@@ -16,6 +16,7 @@ import numpy as np
 
 from musicgpt.errors import ConfigError, MidiError
 from musicgpt.music.notes import Notes
+from musicgpt.tokens.base import PerformanceEvents
 
 MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
 SCORE_SUFFIXES = (".xml", ".musicxml", ".mxl", ".abc")
@@ -82,7 +83,7 @@ def primer_ids(source, tokenizer, *, seconds: float | None = None, tokens: int |
 
 def _tokens_before(ids: np.ndarray, tokenizer, seconds: float) -> int:
     """How many leading tokens describe events before `seconds` (needs a performance tokenizer)."""
-    if "TIME_SHIFT" not in getattr(tokenizer, "ranges", {}):
+    if not isinstance(tokenizer, PerformanceEvents):
         raise ConfigError("primer seconds: this tokenizer has no TIME_SHIFT; cut the primer in tokens instead")
     kinds = tokenizer.token_type(ids)
     steps = np.where(kinds == tokenizer.type_names.index("TIME_SHIFT"), tokenizer.token_value(ids), 0)

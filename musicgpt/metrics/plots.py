@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
+from musicgpt._atomic import atomic_savefig
 from musicgpt.metrics.features import BIN_LABELS, FEATURES
 from musicgpt.metrics.pitch import PITCH_CLASS_NAMES
 
@@ -81,6 +82,4 @@ def plot_transitions(comparison: dict, path: str | Path, title: str | None = Non
 def _save(fig: Figure, path: str | Path, title: str | None) -> Path:
     if title:
         fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
+    return atomic_savefig(fig, path, dpi=110)

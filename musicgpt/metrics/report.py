@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from musicgpt._atomic import atomic_write_text
 from musicgpt.metrics import key, sets, timing
 from musicgpt.metrics.features import FEATURES
 from musicgpt.metrics.folder import FolderFeatures
@@ -113,11 +114,7 @@ def report_json(
 
 def write_json(document: dict, path: str | Path) -> Path:
     """Write `document` as indented JSON, through a temporary file so a reader never sees half of it."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     text = json.dumps(document, indent=1)
     # a list of plain numbers goes on one line: histograms stay readable, the file stays short
     text = re.sub(r"\[\s*([-+0-9.eE]+(?:,\s*[-+0-9.eE]+)*)\s*\]", lambda m: "[" + re.sub(r"\s+", " ", m[1]) + "]", text)
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, text + "\n")

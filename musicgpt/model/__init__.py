@@ -1,1 +1,18 @@
-"""The model (torch): a GPT-2 decoder with relative attention over token ids, its KV cache and decode step."""
+"""The model (torch): a GPT-2 decoder with relative attention over token ids, its KV cache and decode step.
+
+    config.py           `GPTConfig` and the presets (tiny, small, base)
+    gpt.py              `MusicGPT` (forward, cache, attention maps), checkpoints: `load_model`, `save_model`,
+                        `load_checkpoint` (model + its tokenizer)
+    attention.py        relative attention by skewing: the fused CPU kernel, SDPA with a bias, eager PyTorch
+    _relative_kernel.py builds and loads the fused kernel (csrc/relative_attention.cpp)
+    kv_cache.py         keys and values of past tokens, with a sliding window
+    decode_step.py      `Decoder`: one token per sequence on the cache, the fast path of generation
+    _hugepages.py       CPU buffers on transparent huge pages for the decode step
+"""
+
+from musicgpt.model.config import POSITIONS, PRESETS, GPTConfig
+from musicgpt.model.gpt import ModelOutput, MusicGPT, load_checkpoint, load_model, save_model
+from musicgpt.model.kv_cache import KVCache
+
+__all__ = ["GPTConfig", "KVCache", "ModelOutput", "MusicGPT", "POSITIONS", "PRESETS", "load_checkpoint",
+           "load_model", "save_model"]

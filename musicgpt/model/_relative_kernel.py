@@ -24,13 +24,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
+from musicgpt._atomic import atomic_write
 from musicgpt._cpuinfo import cpu_flags
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "relative_attention.cpp"
@@ -106,18 +106,15 @@ def build(verbose: bool = True) -> Path:
         if verbose:
             print(f"musicgpt: building the fused relative-attention kernel (once, cached in {lib.parent})",
                   file=sys.stderr, flush=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
-        os.close(fd)
         t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(compile_command(Path(tmp)), capture_output=True, text=True)
+
+        def compile_into(tmp: Path) -> None:
+            proc = subprocess.run(compile_command(tmp), capture_output=True, text=True)
             if proc.returncode:
                 tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
                 raise KernelUnavailable(f"compiling {SOURCE.name} failed:\n{tail}")
-            os.replace(tmp, lib)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+
+        atomic_write(lib, compile_into)
         if verbose:
             print(f"musicgpt: kernel built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return lib

@@ -17,84 +17,24 @@ the embeddings of distances n-1 … 0 are a contiguous slice. Distances of R-1 a
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from musicgpt import checkpoint
+from musicgpt.errors import CheckpointError, ConfigError
 from musicgpt.model.attention import attention_probs, relative_attention
-from musicgpt.errors import ConfigError
+from musicgpt.model.config import GPTConfig
 from musicgpt.model.kv_cache import KVCache
 
-POSITIONS = ("relative", "absolute", "both")
+if TYPE_CHECKING:  # the model never uses a tokenizer; it only stores one beside the weights
+    from musicgpt.tokens.base import Tokenizer
 
-
-@dataclass
-class GPTConfig:
-    """Shape of a MusicGPT model; `GPTConfig.preset(name)` gives the named sizes."""
-
-    vocab_size: int = 391
-    n_layer: int = 6
-    n_head: int = 8
-    d_model: int = 256
-    d_ff: int = 1024
-    n_ctx: int = 1024  # context length the model is trained on (and the absolute embedding's size)
-    max_relative_distance: int = 1024  # R: one embedding per distance 0 … R-1, longer ones clipped
-    position: str = "relative"  # "relative", "absolute" (GPT-2 learned positions) or "both"
-    dropout: float = 0.1  # on embeddings, attention output and MLP output
-    attn_dropout: float = 0.0  # on attention probabilities (costs speed; see bench/attention.py)
-    tie_weights: bool = True  # the output head reuses the token embedding
-    bias: bool = True  # biases in Linear layers and LayerNorms
-
-    def __post_init__(self):
-        if self.position not in POSITIONS:
-            raise ConfigError(f"model.position: {self.position!r} is not one of {', '.join(POSITIONS)}")
-        for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "n_ctx", "max_relative_distance"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"model.{name}: must be a positive integer, got {getattr(self, name)!r}")
-        if self.d_model % self.n_head:
-            raise ConfigError(f"model.d_model: {self.d_model} is not divisible by n_head={self.n_head}")
-        for name in ("dropout", "attn_dropout"):
-            if not 0.0 <= float(getattr(self, name)) < 1.0:
-                raise ConfigError(f"model.{name}: must be in [0, 1), got {getattr(self, name)!r}")
-
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.d_model // self.n_head
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "GPTConfig":
-        """A named size ('tiny', 'small', 'base'), optionally with some fields changed."""
-        if name not in PRESETS:
-            raise ConfigError(f"model preset: {name!r} is not one of {', '.join(PRESETS)}")
-        return replace(PRESETS[name], **overrides) if overrides else replace(PRESETS[name])
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
-        """Build from a dict (config.json, TOML), rejecting unknown keys by name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"model: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form of every field."""
-        return asdict(self)
-
-
-PRESETS: dict[str, GPTConfig] = {
-    # For tests: tiny, and with R below n_ctx so clipping is exercised.
-    "tiny": GPTConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, n_ctx=128, max_relative_distance=32),
-    # Trainable on a CPU in hours (the benchmark shape of bench/attention.py).
-    "small": GPTConfig(n_layer=6, n_head=8, d_model=256, d_ff=1024, n_ctx=1024, max_relative_distance=1024),
-    # Paper-like (Huang et al. 2018 piano model): 6 layers, d_model 512, 8 heads, 2048 tokens.
-    "base": GPTConfig(n_layer=6, n_head=8, d_model=512, d_ff=2048, n_ctx=2048, max_relative_distance=2048),
-}
+__all__ = ["MusicGPT", "ModelOutput", "load_model", "save_model", "load_checkpoint"]
 
 
 @dataclass
@@ -267,15 +207,59 @@ class MusicGPT(nn.Module):
         """Relative embeddings of one layer by ascending distance, (H, R, D): [:, d] is distance d."""
         return self.blocks[layer].attn.rel_emb.detach().flip(1)
 
-    def save_pretrained(self, path: str | Path, tokenizer: Any = None) -> Path:
-        """Write a checkpoint directory (config.json, model.safetensors, tokenizer.json) atomically."""
-        from musicgpt import checkpoint
+    # ---- checkpoint directories (musicgpt.checkpoint) ------------------------------------------
+    def save_pretrained(self, path: str | Path, tokenizer: Tokenizer | None = None, *, dtype: torch.dtype | None = None,
+                        meta: dict[str, Any] | None = None, states: dict[str, Any] | None = None) -> Path:
+        """Write a checkpoint directory (config.json, model.safetensors, tokenizer.json, extra states) atomically.
 
-        return checkpoint.save(self, path, tokenizer=tokenizer)
+        dtype: store floating-point weights in this dtype (bfloat16, float16); states: extra named
+        states beside the model, such as {"optimizer": optimizer.state_dict()}.
+        """
+        tensors = dict(self.state_dict())
+        if self.config.tie_weights:
+            tensors.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight
+        return checkpoint.write(path, model_config=self.config.to_dict(), tensors=tensors, tokenizer=tokenizer,
+                                dtype=dtype, meta=meta, states=states)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, *, device: str | torch.device = "cpu") -> "MusicGPT":
-        """Load a checkpoint directory (default: the bundled model in musicgpt/pretrained/)."""
-        from musicgpt import checkpoint
+    def from_pretrained(cls, path: str | Path | None = None, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> "MusicGPT":
+        """The model of a checkpoint directory, in eval mode (default: the bundled model in musicgpt/pretrained/)."""
+        path = checkpoint.resolve(path)
+        model = cls(GPTConfig.from_checkpoint(path))
+        tensors = checkpoint.read_weights(path)
+        expected = model.state_dict()
+        if model.config.tie_weights:
+            expected.pop("lm_head.weight", None)
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {path}: {checkpoint.WEIGHTS} does not match its config: "
+                                  f"missing {missing or 'nothing'}, unexpected {unexpected or 'nothing'}")
+        for name, t in tensors.items():
+            if t.shape != expected[name].shape:
+                raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(t.shape)}, "
+                                      f"config wants {tuple(expected[name].shape)}")
+        model.load_state_dict(tensors, strict=False)
+        return model.to(device=device, dtype=dtype).eval()
 
-        return checkpoint.load_model(path, device=device)
+
+def load_checkpoint(path: str | Path | None = None, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> tuple[MusicGPT, Tokenizer | None]:
+    """(model, tokenizer or None) of a checkpoint directory (default: the bundled model)."""
+    path = checkpoint.resolve(path)
+    model = MusicGPT.from_pretrained(path, device=device, dtype=dtype)
+    tokenizer = checkpoint.load_tokenizer(path)
+    checkpoint.check_vocab(path, model.config.to_dict(), tokenizer)
+    return model, tokenizer
+
+
+def load_model(path: str | Path | None = None, *, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> MusicGPT:
+    """The model of a checkpoint directory, in eval mode (default: the bundled model): `MusicGPT.from_pretrained`."""
+    return MusicGPT.from_pretrained(path, device=device, dtype=dtype)
+
+
+def save_model(model: MusicGPT, path: str | Path, tokenizer: Tokenizer | None = None, **kwargs: Any) -> Path:
+    """Write `model` (and its tokenizer) as a checkpoint directory: `MusicGPT.save_pretrained`."""
+    return model.save_pretrained(path, tokenizer, **kwargs)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import wave
 from pathlib import Path
 
 import numpy as np
 
+from musicgpt._atomic import atomic_write
 from musicgpt.errors import MusicGPTError
 
 RENDERERS = ("fluidsynth", "tinysoundfont", "symusic")
@@ -91,21 +91,16 @@ def render_wav(midi: str | os.PathLike, wav: str | os.PathLike, *, soundfont: st
     if not candidates or (renderer and renderer not in available_renderers()):
         raise AudioError(NO_RENDERER if not renderer else f"renderer {renderer!r} is not available here; {NO_RENDERER}")
     sf = find_soundfont(soundfont)
-    wav.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{wav.name}.", suffix=".tmp.wav", dir=wav.parent)
-    os.close(fd)
-    try:
-        name = candidates[0]
+    name = candidates[0]
+
+    def write(tmp: Path) -> None:
         if name == "fluidsynth":
-            _fluidsynth(midi, Path(tmp), sf, sample_rate)
+            _fluidsynth(midi, tmp, sf, sample_rate)
         else:
             audio = _tinysoundfont(midi, sf, sample_rate) if name == "tinysoundfont" else _symusic(midi, sf, sample_rate)
-            _write_wav(Path(tmp), audio, sample_rate)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, wav)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return wav
+            _write_wav(tmp, audio, sample_rate)
+
+    return atomic_write(wav, write, make_parents=True)
 
 
 def _fluidsynth(midi: Path, wav: Path, soundfont: Path, sample_rate: int) -> None:

@@ -39,6 +39,7 @@ from typing import Sequence
 
 import numpy as np
 
+from musicgpt._atomic import atomic_write
 from musicgpt.errors import MidiError
 from musicgpt.music.notes import Notes
 
@@ -275,11 +276,7 @@ def write_tracks(tracks: Sequence[tuple[str, Notes]], path: str | os.PathLike, *
             np.clip(notes.velocity, 1, 127).astype(np.int8),
         )
         score.tracks.append(track)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        score.dump_midi(str(tmp))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: score.dump_midi(str(tmp)))
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
         raise MidiError(f"{path}: cannot write ({exc})") from None

@@ -21,12 +21,13 @@ data loader can call them on every crop:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
 
 from musicgpt.errors import ConfigError
-from musicgpt.tokens.performance import PerformanceTokenizer
+from musicgpt.tokens.base import PerformanceEvents
 
 PIANO_RANGE = (21, 108)
 
@@ -36,39 +37,39 @@ Augmenter = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 class _Tables:
     """Lookup tables over the vocabulary, so that each augmentation is a few gathers."""
 
-    def __init__(self, tokenizer: PerformanceTokenizer) -> None:
-        if getattr(tokenizer, "type", None) != "performance":
+    def __init__(self, tokenizer: PerformanceEvents) -> None:
+        if not isinstance(tokenizer, PerformanceEvents):
             raise ConfigError(f"augmentation works on performance tokens, not on a {tokenizer.type!r} tokenizer")
         kind = tokenizer.token_type(np.arange(tokenizer.vocab_size))
         value = tokenizer.token_value(np.arange(tokenizer.vocab_size))
-        is_note = (kind == tokenizer.type_names.index("NOTE_ON")) | (kind == tokenizer.type_names.index("NOTE_OFF"))
+        is_note = (kind == tokenizer.type_code("NOTE_ON")) | (kind == tokenizer.type_code("NOTE_OFF"))
         self.is_note = is_note.astype(np.int64)  # (V,)
         self.pitch_low = np.where(is_note, value, 1 << 20)  # (V,) pitch, huge elsewhere: for min
         self.pitch_high = np.where(is_note, value, -1)  # (V,) pitch, -1 elsewhere: for max
-        self.shift_steps = np.where(kind == tokenizer.type_names.index("TIME_SHIFT"), value, 0)  # (V,)
+        self.shift_steps = np.where(kind == tokenizer.type_code("TIME_SHIFT"), value, 0)  # (V,)
         self.shift0 = tokenizer.ranges["TIME_SHIFT"][0]
         self.max_steps = tokenizer.max_shift_steps
 
 
-def _tables(tokenizer: PerformanceTokenizer) -> _Tables:
-    tables = getattr(tokenizer, "_augment_tables", None)
-    if tables is None:
-        tables = _Tables(tokenizer)
-        tokenizer._augment_tables = tables
-    return tables
+@functools.lru_cache(maxsize=16)
+def _tables(tokenizer: PerformanceEvents) -> _Tables:
+    """The tables of a tokenizer, made once per distinct tokenizer (equal tokenizers share them)."""
+    return _Tables(tokenizer)
 
 
-def pitch_bounds(ids: np.ndarray, tokenizer: PerformanceTokenizer) -> tuple[int, int] | None:
+def pitch_bounds(ids: np.ndarray, tokenizer: PerformanceEvents) -> tuple[int, int] | None:
     """(lowest, highest) pitch of the NOTE_ON/NOTE_OFF tokens in ids, or None when there are none."""
-    t = _tables(tokenizer)
-    ids = np.asarray(ids)
+    return _pitch_bounds(np.asarray(ids), _tables(tokenizer))
+
+
+def _pitch_bounds(ids: np.ndarray, t: _Tables) -> tuple[int, int] | None:
     if not len(ids):
         return None
     high = int(np.take(t.pitch_high, ids, mode="clip").max())
     return None if high < 0 else (int(np.take(t.pitch_low, ids, mode="clip").min()), high)
 
 
-def allowed_shifts(ids: np.ndarray, tokenizer: PerformanceTokenizer, max_shift: int = 3,
+def allowed_shifts(ids: np.ndarray, tokenizer: PerformanceEvents, max_shift: int = 3,
                    pitch_range: tuple[int, int] = PIANO_RANGE) -> np.ndarray:
     """The shifts in -max_shift..max_shift that keep every pitch of `ids` inside pitch_range (0 always)."""
     return _allowed(pitch_bounds(ids, tokenizer), max_shift, pitch_range)
@@ -84,7 +85,7 @@ def _allowed(bounds, max_shift: int, pitch_range: tuple[int, int]) -> np.ndarray
     return shifts[ok]
 
 
-def transpose(ids: np.ndarray, semitones: int, tokenizer: PerformanceTokenizer) -> np.ndarray:
+def transpose(ids: np.ndarray, semitones: int, tokenizer: PerformanceEvents) -> np.ndarray:
     """NOTE_ON/NOTE_OFF ids moved by `semitones` (the caller checks the range: see allowed_shifts)."""
     ids = np.asarray(ids)
     bounds = pitch_bounds(ids, tokenizer)
@@ -102,7 +103,7 @@ def _transpose(ids: np.ndarray, semitones: int, t: _Tables) -> np.ndarray:
     return out.astype(ids.dtype, copy=False)
 
 
-def stretch(ids: np.ndarray, factor: float, tokenizer: PerformanceTokenizer) -> np.ndarray:
+def stretch(ids: np.ndarray, factor: float, tokenizer: PerformanceEvents) -> np.ndarray:
     """Time stretched by `factor` by re-encoding the TIME_SHIFTs (see the module docstring)."""
     return _stretch(np.asarray(ids), factor, _tables(tokenizer))
 
@@ -135,7 +136,7 @@ def _stretch(ids: np.ndarray, factor: float, t: _Tables) -> np.ndarray:
     return out[:-1].astype(ids.dtype, copy=False)  # drop the pseudo-event
 
 
-def make_augmenter(tokenizer: PerformanceTokenizer, transpose: int = 3, stretch: float = 0.05,
+def make_augmenter(tokenizer: PerformanceEvents, transpose: int = 3, stretch: float = 0.05,
                    pitch_range: tuple[int, int] = PIANO_RANGE) -> Augmenter | None:
     """The `(ids, rng) -> ids` augmentation for training crops; None when both are disabled."""
     tables = _tables(tokenizer)
@@ -148,7 +149,7 @@ def make_augmenter(tokenizer: PerformanceTokenizer, transpose: int = 3, stretch:
     def augment(ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         ids = np.asarray(ids)
         if max_shift:
-            shifts = _allowed(pitch_bounds(ids, tokenizer), max_shift, pitch_range)
+            shifts = _allowed(_pitch_bounds(ids, tables), max_shift, pitch_range)
             ids = _transpose(ids, int(shifts[rng.integers(len(shifts))]), tables)
         if amount:
             ids = _stretch(ids, float(rng.uniform(1.0 - amount, 1.0 + amount)), tables)

@@ -1,4 +1,4 @@
-"""miditok's MIDILike, REMI and TSD behind the PerformanceTokenizer interface (encode / decode / save).
+"""miditok's MIDILike, REMI and TSD behind the `Tokenizer` interface (encode / decode / save; no grammar).
 
 miditok counts time in beats and ignores the tempo when it encodes, so a file at 100 qpm (or with
 a tempo map) comes back with its notes in the wrong place. Here miditok never sees the file:
@@ -20,7 +20,7 @@ import numpy as np
 
 from musicgpt.errors import ConfigError
 from musicgpt.music.notes import Notes
-from musicgpt.tokens.performance import Encoding, SavedTokenizer
+from musicgpt.tokens.base import Encoding, Tokenizer
 
 SCHEMES = ("MIDILike", "REMI", "TSD")
 DEFAULT_BEAT_RES = ((0, 4, 8), (4, 12, 4))
@@ -28,7 +28,7 @@ ONSET_TYPES = ("NoteOn", "Pitch")
 ATTACHED_TYPES = ("Velocity", "Duration")
 
 
-class MiditokTokenizer(SavedTokenizer):
+class MiditokTokenizer(Tokenizer):
     """A miditok tokenizer (MIDILike, REMI or TSD) fed notes re-timed in seconds."""
 
     type = "miditok"
@@ -74,10 +74,6 @@ class MiditokTokenizer(SavedTokenizer):
         inside = (ids >= 0) & (ids < self.vocab_size)
         return np.where(inside, self._type_of[np.where(inside, ids, 0)], -1).astype(np.int8)
 
-    def type_masks(self) -> dict[str, np.ndarray]:
-        """{type name: boolean mask over the vocabulary}."""
-        return {name: self._type_of == k for k, name in enumerate(self.type_names)}
-
     # ---- encoding -----------------------------------------------------------------------------
     def _score(self, notes: Notes):
         from symusic import Score, Tempo, Track
@@ -116,10 +112,6 @@ class MiditokTokenizer(SavedTokenizer):
         return Encoding(ids, index, decoded, source.astype(np.int64))
 
     # ---- decoding -----------------------------------------------------------------------------
-    def decode(self, ids) -> Notes:
-        """Token ids -> Notes in seconds (ids outside the vocabulary are skipped)."""
-        return self.decode_with_index(ids)[0]
-
     def decode_with_index(self, ids) -> tuple[Notes, np.ndarray]:
         """Token ids -> (Notes, note_index per token into those notes, -1 where none)."""
         ids = np.asarray(ids).reshape(-1).astype(np.int64)

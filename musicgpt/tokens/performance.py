@@ -1,7 +1,7 @@
 """PerformanceTokenizer: notes <-> performance-event token ids (Oore et al. 2018), vectorized numpy.
 
 Vocabulary: specials first, then one contiguous range per event type, all derived from `ranges`
-(name -> (first id, count)). With the defaults (pinned by tests, `python -m musicgpt.tokens.performance`):
+(name -> (first id, count)). With the defaults (pinned by tests, `python -m musicgpt.tokens`):
 
     PAD 0, BOS 1, EOS 2
     NOTE_ON    pitch 0..127          ids   3 .. 130
@@ -53,114 +53,19 @@ that may come next (for grammar-safe sampling). `load_tokenizer(path)` reads any
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 
 from musicgpt.errors import ConfigError
 from musicgpt.music.notes import Notes
+from musicgpt.tokens.base import Encoding, PerformanceEvents
+from musicgpt.tokens.grammar import GrammarState
 
-__all__ = ["PerformanceTokenizer", "Encoding", "GrammarState", "load_tokenizer", "TOKENIZER_FILE"]
-
-TOKENIZER_FILE = "tokenizer.json"
-FORMAT_VERSION = 1
-
-
-class Encoding:
-    """Token ids and, for every token, the index of its note in `notes` (-1: no note)."""
-
-    __slots__ = ("ids", "note_index", "source_index", "_notes", "_make_notes")
-
-    def __init__(self, ids: np.ndarray, note_index: np.ndarray, notes: Notes | None = None,
-                 source_index: np.ndarray | None = None, make_notes=None) -> None:
-        self.ids = ids  # (T,) int64
-        self.note_index = note_index  # (T,) int64
-        self.source_index = np.zeros(0, np.int64) if source_index is None else source_index  # (N,) into the input
-        self._notes = notes
-        self._make_notes = make_notes  # built on first use: the hot path (prepare) needs only the ids
-
-    @property
-    def notes(self) -> Notes:
-        """The quantized notes the ids stand for, sorted by (start, pitch)."""
-        if self._notes is None:
-            if self._make_notes is None:
-                self._notes = Notes.empty()
-            else:
-                s, e, p, vb, tok = self._make_notes
-                self._notes = Notes(s * tok.time_step, e * tok.time_step, p.astype(np.int32),
-                                    tok.bin_to_velocity(vb).astype(np.int32))
-                self._make_notes = None
-        return self._notes
-
-    @property
-    def n_notes(self) -> int:
-        """Number of encoded notes (without building `notes`)."""
-        return len(self.source_index) if self._notes is None else len(self._notes)
-
-    def __len__(self) -> int:
-        return len(self.ids)
+__all__ = ["PerformanceTokenizer"]
 
 
-class SavedTokenizer:
-    """What every tokenizer shares: a JSON description of its parameters, tokenizer.json, equality.
-
-    Subclasses set `type` and define `params()` (their constructor arguments, JSON-ready) and
-    `vocab_size`; two tokenizers with equal parameters encode identically.
-    """
-
-    type = ""
-    version = FORMAT_VERSION
-
-    def params(self) -> dict:
-        """The constructor arguments (JSON-ready)."""
-        raise NotImplementedError
-
-    def to_dict(self) -> dict:
-        """JSON-ready description: type, version, constructor arguments, vocab_size."""
-        return {"type": self.type, "version": self.version, **self.params(), "vocab_size": self.vocab_size}
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "tokenizer"):
-        """Inverse of to_dict; a wrong type, unknown keys or a mismatched vocab_size raise ConfigError."""
-        if data.get("type", cls.type) != cls.type:
-            raise ConfigError(f"{source}: type is {data.get('type')!r}, not {cls.type!r}")
-        arguments = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(data) - arguments - {"type", "version", "vocab_size"})
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
-        tokenizer = cls(**{k: v for k, v in data.items() if k in arguments})
-        if "vocab_size" in data and data["vocab_size"] != tokenizer.vocab_size:
-            raise ConfigError(f"{source}: vocab_size {data['vocab_size']} does not match its parameters "
-                              f"({tokenizer.vocab_size})")
-        return tokenizer
-
-    def fingerprint(self) -> str:
-        """A short hash of to_dict(): equal fingerprints encode identically."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write tokenizer.json (path may be the file or a directory to put it in)."""
-        return _save_json(self.to_dict(), path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike):
-        """Read a tokenizer.json written by save()."""
-        data, source = _load_json(path)
-        return cls.from_dict(data, source)
-
-    def __eq__(self, other) -> bool:
-        return type(other) is type(self) and self.to_dict() == other.to_dict()
-
-    def __hash__(self) -> int:
-        return hash(self.fingerprint())
-
-
-class PerformanceTokenizer(SavedTokenizer):
+class PerformanceTokenizer(PerformanceEvents):
     """Performance events: NOTE_ON/NOTE_OFF per pitch, TIME_SHIFT steps, VELOCITY bins."""
 
     type = "performance"
@@ -273,10 +178,6 @@ class PerformanceTokenizer(SavedTokenizer):
         mask[first:first + count] = True
         return mask
 
-    def type_masks(self) -> dict[str, np.ndarray]:
-        """{type name: boolean mask over the vocabulary} for every token type."""
-        return {name: self.type_mask(name) for name in self.ranges}
-
     def token_name(self, token: int) -> str:
         """Human-readable name of one id, e.g. 'NOTE_ON_60', 'TIME_SHIFT_25', 'VELOCITY_19'."""
         kind = int(self.token_type(token))
@@ -285,7 +186,7 @@ class PerformanceTokenizer(SavedTokenizer):
         name = self.type_names[kind]
         return name if name in self.SPECIALS else f"{name}_{int(self.token_value(token))}"
 
-    def grammar(self, canonical: bool = False) -> "GrammarState":
+    def grammar(self, canonical: bool = False) -> GrammarState:
         """A fresh GrammarState for this tokenizer (which tokens may come next)."""
         return GrammarState(self, canonical=canonical)
 
@@ -364,10 +265,6 @@ class PerformanceTokenizer(SavedTokenizer):
         return Encoding(ids, note_index, source_index=src, make_notes=(s, e, p, vb, self))
 
     # ---- decoding -----------------------------------------------------------------------------
-    def decode(self, ids) -> Notes:
-        """Token ids -> Notes; total on any integer sequence (see the module docstring)."""
-        return self.decode_with_index(ids)[0]
-
     def decode_with_index(self, ids) -> tuple[Notes, np.ndarray]:
         """Token ids -> (Notes, note_index per token into those notes, -1 where none)."""
         ids = np.asarray(ids).reshape(-1).astype(np.int64)
@@ -446,178 +343,3 @@ class PerformanceTokenizer(SavedTokenizer):
                   "order within a time step: NOTE_OFFs (ascending pitch), then NOTE_ONs (ascending pitch),",
                   "each NOTE_ON preceded by VELOCITY when its bin differs from the previous NOTE_ON's"]
         return "\n".join(lines)
-
-
-class GrammarState:
-    """Which token may come next after a prefix: feed tokens with `push`, ask `allowed()`.
-
-    Always (the rules that make decoding mean what was sampled): after EOS only PAD; BOS only as
-    the first token; never PAD before EOS; after VELOCITY only a NOTE_ON; NOTE_ON only for a pitch
-    not sounding; NOTE_OFF only for a pitch sounding since an earlier time step.
-    canonical=True adds the encoder's order (exactly what `encode` emits): within a time step
-    NOTE_OFFs before NOTE_ONs, each in ascending pitch; VELOCITY only when the bin changes and a
-    NOTE_ON can follow; the first NOTE_ON needs a VELOCITY; a TIME_SHIFT shorter than the maximum
-    is not followed by another TIME_SHIFT.
-    """
-
-    def __init__(self, tokenizer: PerformanceTokenizer, canonical: bool = False) -> None:
-        self.tok = tokenizer
-        self.canonical = canonical
-        self.sounding = np.zeros(128, bool)
-        self.opened_now = np.zeros(128, bool)  # NOTE_ON in the current time step
-        self.started = False
-        self.ended = False
-        self.after_velocity = False
-        self.after_short_shift = False
-        self.last_off = -1  # highest NOTE_OFF pitch in this step
-        self.last_on = -1  # highest NOTE_ON pitch in this step
-        self.bin = -1  # current velocity bin (-1: none yet)
-        self._pitches = np.arange(128)
-        self._names = [tokenizer.type_names[k] for k in tokenizer._type_of.tolist()]  # per id, plain Python
-        self._values = tokenizer._value_of.tolist()
-
-    def push(self, token: int) -> None:
-        """Advance the state by one token."""
-        tok, token = self.tok, int(token)
-        inside = 0 <= token < tok.vocab_size
-        name = self._names[token] if inside else None
-        value = self._values[token] if inside else 0
-        self.started = True
-        if self.ended or name in (None, "PAD", "BOS"):
-            return
-        self.after_velocity = name == "VELOCITY"
-        self.after_short_shift = name == "TIME_SHIFT" and value < tok.max_shift_steps
-        if name == "EOS":
-            self.ended = True
-        elif name == "TIME_SHIFT":
-            self.opened_now[:] = False
-            self.last_off = self.last_on = -1
-        elif name == "VELOCITY":
-            self.bin = value
-        elif name == "NOTE_ON":
-            self.sounding[value] = True
-            self.opened_now[value] = True
-            self.last_on = max(self.last_on, value)
-        elif name == "NOTE_OFF":
-            self.sounding[value] = False
-            self.opened_now[value] = False
-            self.last_off = max(self.last_off, value)
-
-    def feed(self, ids) -> "GrammarState":
-        """Push every token of a prefix; returns self."""
-        for token in np.asarray(ids).reshape(-1):
-            self.push(token)
-        return self
-
-    def allowed(self) -> np.ndarray:
-        """Boolean mask over the vocabulary of the tokens that may come next."""
-        tok = self.tok
-        mask = np.zeros(tok.vocab_size, bool)
-        if self.ended:
-            mask[tok.pad_id] = True
-            return mask
-        on0, off0, sh0, vel0 = tok._on0, tok._off0, tok._shift0, tok._vel0
-        ons = ~self.sounding
-        if self.canonical:
-            ons = ons & (self._pitches > self.last_on)
-        mask[on0:on0 + 128] = ons & (self.bin >= 0 or not self.canonical or self.after_velocity)
-        if self.after_velocity:
-            return mask
-        offs = self.sounding & ~self.opened_now
-        if self.canonical:
-            offs = offs & (self._pitches > self.last_off) & (self.last_on < 0)
-        mask[off0:off0 + 128] = offs
-        mask[sh0:sh0 + tok.max_shift_steps] = not (self.canonical and self.after_short_shift)
-        vel = np.ones(tok.velocity_bins, bool)
-        if self.canonical:
-            if self.bin >= 0:
-                vel[self.bin] = False
-            vel &= ons.any()
-        mask[vel0:vel0 + tok.velocity_bins] = vel
-        mask[tok.eos_id] = True
-        if not self.started:
-            mask[tok.bos_id] = True
-        return mask
-
-    def accepts(self, ids) -> bool:
-        """True when every token of `ids` is allowed after the tokens before it."""
-        for token in np.asarray(ids).reshape(-1):
-            if not (0 <= token < self.tok.vocab_size) or not self.allowed()[token]:
-                return False
-            self.push(token)
-        return True
-
-
-def _save_json(data: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / TOKENIZER_FILE
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _load_json(path: str | os.PathLike) -> tuple[dict, str]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / TOKENIZER_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: tokenizer file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable tokenizer JSON ({exc})") from None
-    if not isinstance(data, dict) or "type" not in data:
-        raise ConfigError(f"{path}: tokenizer JSON has no 'type' key")
-    return data, str(path)
-
-
-def tokenizer_from_dict(data: dict, source: str = "tokenizer"):
-    """Build the tokenizer a to_dict() output describes, dispatching on its 'type'."""
-    kind = data.get("type")
-    if kind == PerformanceTokenizer.type:
-        return PerformanceTokenizer.from_dict(data, source)
-    if kind == "miditok":
-        from musicgpt.tokens.miditok import MiditokTokenizer
-
-        return MiditokTokenizer.from_dict(data, source)
-    raise ConfigError(f"{source}: unknown tokenizer type {kind!r} (known: performance, miditok)")
-
-
-def load_tokenizer(path: str | os.PathLike):
-    """Load tokenizer.json (or a directory holding it), whatever its type."""
-    data, source = _load_json(path)
-    return tokenizer_from_dict(data, source)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m musicgpt.tokens.performance [FILE.mid ...]`: the layout, or each file's tokens in brief."""
-    import argparse
-    import sys
-
-    from musicgpt.errors import MusicGPTError
-
-    parser = argparse.ArgumentParser(prog="python -m musicgpt.tokens.performance",
-                                     description="Print the vocabulary layout, or tokenize MIDI files.")
-    parser.add_argument("files", nargs="*", help="MIDI files to tokenize (prints counts and the first tokens)")
-    parser.add_argument("--show", type=int, default=24, help="how many leading tokens to print per file")
-    args = parser.parse_args(argv)
-    tokenizer = PerformanceTokenizer()
-    if not args.files:
-        print(tokenizer.layout())
-        return 0
-    try:
-        for path in args.files:
-            enc = tokenizer.encode(path)
-            head = " ".join(tokenizer.token_name(t) for t in enc.ids[: args.show])
-            print(f"{path}: {len(enc.notes)} notes, {len(enc.ids)} tokens, {enc.notes.end_time:.2f} s")
-            print(f"  {head}{' ...' if len(enc.ids) > args.show else ''}")
-    except MusicGPTError as exc:
-        print(f"python -m musicgpt.tokens.performance: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from musicgpt.errors import ConfigError
-from musicgpt.model.gpt import GPTConfig
+from musicgpt.model.config import PRESETS, GPTConfig
 
 
 def _require(checks: dict[str, tuple[bool, str]]) -> None:
@@ -204,8 +204,6 @@ def _toml_value(value: Any) -> str:
 
 
 def _expand_preset(model: dict[str, Any]) -> dict[str, Any]:
-    from musicgpt.model.gpt import PRESETS
-
     name = model.pop("preset")
     if name not in PRESETS:
         raise ConfigError(f"model.preset: unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})")

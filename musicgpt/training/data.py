@@ -1,4 +1,4 @@
-"""Training batches: random crops from the prepared shards, augmented on the fly, prefetched.
+"""Training data: the corpus a run reads, random crops from its shards, augmented on the fly, prefetched.
 
 Each document is read as [BOS] + tokens + [EOS]. A training batch is a pure function of
 (seed, rank, batch index): a resumed run, or one rank of a distributed run, asks for the same
@@ -9,6 +9,7 @@ background thread can prepare batches ahead without touching any shared random s
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,45 +17,20 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from musicgpt.corpus.prepare import prepare
+from musicgpt.corpus.shards import Split, open_split
+from musicgpt.device import Dist
 from musicgpt.errors import MusicGPTError
+from musicgpt.tokens.augment import make_augmenter
+from musicgpt.tokens.base import PerformanceEvents, Tokenizer
+from musicgpt.tokens.registry import load_tokenizer
 
 IGNORE_INDEX = -100  # target id that the loss skips (padding past a document's end)
 
 # (ids, rng) -> augmented ids; see `make_augmenter`.
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split of a prepared corpus: every document's tokens back to back, and their boundaries."""
-
-    tokens: np.ndarray  # (n_tokens,) uint16, usually a read-only memory map
-    offsets: np.ndarray  # (n_docs + 1,) int64
-
-    @property
-    def n_docs(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.offsets[-1] - self.offsets[0])
-
-    def doc(self, i: int) -> np.ndarray:
-        """The tokens of document `i` (a view, no copy)."""
-        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-
-def open_split(data_dir: str | Path, split: str) -> Split:
-    """The memory-mapped split of a `musicgpt prepare` directory."""
-    from musicgpt.corpus.prepare import load_split
-
-    tokens, offsets = load_split(data_dir, split)
-    return Split(tokens, np.asarray(offsets, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -242,3 +218,53 @@ def valid_windows(split: Split, length: int, limit: int, specials: Specials = Sp
         return items
     keep = np.linspace(0, len(items) - 1, limit).round().astype(int)
     return [items[i] for i in keep]
+
+
+# ---- the corpus of a run ---------------------------------------------------------------------------
+
+def resolve_data(path: str | Path, run_dir: Path, workers: int, d: Dist) -> Path:
+    """A prepared corpus directory: `path` itself, or RUN_DIR/data prepared from a MIDI folder."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return path
+    if not path.is_dir():
+        raise MusicGPTError(f"--data {path}: no such directory (want a `musicgpt prepare` output or a MIDI folder)")
+    out = run_dir / "data"
+    if d.main and not (out / "manifest.json").is_file():
+        print(f"preparing {path} into {out}", file=sys.stderr)
+        print(prepare(path, out, jobs=workers).summary(), file=sys.stderr)
+    if d.enabled:
+        dist.barrier()
+    return out
+
+
+def load_data_tokenizer(data_dir: Path) -> Tokenizer:
+    """The tokenizer a prepared corpus was made with."""
+    path = data_dir / "tokenizer.json"
+    if not path.is_file():
+        raise MusicGPTError(f"{data_dir}: tokenizer.json is missing (not a `musicgpt prepare` output?)")
+    return load_tokenizer(path)
+
+
+def specials_of(tokenizer: Tokenizer) -> Specials:
+    """PAD/BOS/EOS ids of a tokenizer."""
+    return Specials(pad=tokenizer.pad_id, bos=tokenizer.bos_id, eos=tokenizer.eos_id)
+
+
+def make_augment(tokenizer: Tokenizer, transpose: int, stretch: float) -> Augment | None:
+    """On-the-fly augmentation for performance tokens; None (with a note) for other tokenizers."""
+    if transpose == 0 and stretch == 0:
+        return None
+    if not isinstance(tokenizer, PerformanceEvents):
+        print(f"note: no augmentation for {tokenizer.type!r} tokens (performance tokens only)", file=sys.stderr)
+        return None
+    return make_augmenter(tokenizer, transpose=transpose, stretch=stretch)
+
+
+def optional_split(data_dir: Path, split: str) -> Split | None:
+    """A split of a prepared corpus, or None when it is missing or empty (a corpus without validation)."""
+    try:
+        s = open_split(data_dir, split)
+    except (MusicGPTError, FileNotFoundError):
+        return None
+    return s if s.n_tokens > 0 else None

@@ -21,7 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from musicgpt.training.data import IGNORE_INDEX, Specials, Split, batch_windows, open_split, windows
+from musicgpt.corpus.shards import Split, open_split
+from musicgpt.device import autocast_dtype, pick_device
+from musicgpt.training.data import IGNORE_INDEX, Specials, batch_windows, windows
+from musicgpt._atomic import atomic_write_text
 from musicgpt.errors import ConfigError, DatasetError, MidiError, MusicGPTError
 
 EVENT_TYPES = ("NOTE_ON", "NOTE_OFF", "TIME_SHIFT", "VELOCITY")
@@ -178,13 +181,13 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
                         device: str = "auto", precision: str = "fp32", progress: bool = True) -> EvalReport:
     """Load a checkpoint (default: the bundled model) and score it on a prepared split or MIDI files."""
     from musicgpt import checkpoint
-    from musicgpt.training.loop import autocast_dtype, pick_device
+    from musicgpt.model.gpt import load_checkpoint
 
     dev = pick_device(device)
     if checkpoint_path is not None and not (Path(checkpoint_path) / "config.json").exists() \
             and (Path(checkpoint_path) / "best" / "config.json").is_file():
         checkpoint_path = Path(checkpoint_path) / "best"  # a training run directory: its best weights
-    model, tokenizer = checkpoint.load(checkpoint_path, device=dev)
+    model, tokenizer = load_checkpoint(checkpoint_path, device=dev)
     if tokenizer is None:
         raise MusicGPTError(f"checkpoint {checkpoint.resolve(checkpoint_path)}: has no tokenizer.json")
     paths = [Path(p) for p in data]
@@ -192,7 +195,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
         raise DatasetError("--data: give a prepared directory, a MIDI folder or MIDI files")
     skipped: list[str] = []
     if len(paths) == 1 and (paths[0] / "manifest.json").is_file():
-        from musicgpt.tokens.performance import load_tokenizer
+        from musicgpt.tokens.registry import load_tokenizer
 
         made_with = load_tokenizer(paths[0] / "tokenizer.json")
         if made_with.to_dict() != tokenizer.to_dict():
@@ -208,9 +211,8 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
     if not 0 < stride <= context:
         raise ConfigError(f"--stride: must be in 1..{context} (the context), got {stride}")
     specials = Specials(tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
-    type_of = tokenizer.token_type(np.arange(model.config.vocab_size)) if hasattr(tokenizer, "token_type") else None
-    if type_of is not None:
-        type_of = np.where(type_of < 0, 0, type_of)
+    type_of = tokenizer.token_type(np.arange(model.config.vocab_size))
+    type_of = np.where(type_of < 0, 0, type_of)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -222,7 +224,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
     finally:
         if bar is not None:
             bar.close()
-    return report(totals, getattr(tokenizer, "type_names", None),
+    return report(totals, tokenizer.type_names,
                   checkpoint=str(checkpoint.resolve(checkpoint_path)), data=", ".join(map(str, paths)),
                   split=used_split, context=context, stride=stride, trained_context=model.config.n_ctx,
                   n_docs=docs.n_docs, n_tokens=docs.n_tokens, skipped=skipped)
@@ -230,7 +232,4 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
 
 def write_json(result: EvalReport, path: str | Path) -> Path:
     """Write the figures as JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(result.to_dict(), indent=2) + "\n", make_parents=True)

@@ -1,55 +1,49 @@
 """The training loop: AdamW + warmup/cosine, accumulation, bf16 autocast, DDP, atomic resumable checkpoints.
 
-A run directory holds everything about one run:
-
-    RUN_DIR/config.toml               the full config after overrides (what --resume reads back)
-    RUN_DIR/run.json                  data directory, --init-from, tokenizer, world size
-    RUN_DIR/metrics.csv               train loss, lr, tokens/s, valid NLL (see musicgpt.training.log)
-    RUN_DIR/checkpoints/step-NNNNNNN/ the last `keep_last` checkpoints, each loadable by generate/evaluate,
-                                      plus optimizer.* (AdamW state), trainer.* (step, schedule, data
-                                      position, RNG states): safetensors + json, no pickle
-    RUN_DIR/best/                     the weights with the lowest valid NLL so far
-    RUN_DIR/data/                     the prepared corpus when --data was a MIDI folder
+`train(config, run_dir, data=...)` runs a `Trainer`: it sets up the device and process group
+(musicgpt.device), the corpus and batches (musicgpt.training.data), the model (new, --init-from a
+checkpoint, or --resume from the run's last checkpoint), the optimizer (musicgpt.training.optim),
+then steps, logs (musicgpt.training.log), evaluates and checkpoints into the run directory
+(musicgpt.training.rundir) until the step count or a stop signal.
 
 Resuming restores weights, optimizer moments, the step (the schedule is a function of it), the data
-position (batches are a function of the step, see musicgpt.training.data) and every RNG, so the continued
-loss trajectory is that of an uninterrupted run, bit for bit in fp32 on CPU.
+position (batches are a function of the step, see musicgpt.training.data) and every RNG, so the
+continued loss trajectory is that of an uninterrupted run, bit for bit in fp32 on CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
-import os
-import platform
-import random
-import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from musicgpt import checkpoint
-from musicgpt.training.config import Config, config_to_dict, dump_toml, load_config
-from musicgpt.training.data import BatchStream, CropSampler, Specials, Split, open_split, valid_windows
+from musicgpt.device import autocast_dtype, hardware, setup_distributed
 from musicgpt.errors import CheckpointError, ConfigError, MusicGPTError
+from musicgpt.model.config import GPTConfig
+from musicgpt.model.gpt import MusicGPT, load_checkpoint, load_model, save_model
+from musicgpt.training import rundir
+from musicgpt.training.config import Config
+from musicgpt.corpus.shards import open_split
+from musicgpt.training.data import (BatchStream, CropSampler, load_data_tokenizer, make_augment, optional_split,
+                                    resolve_data, specials_of, valid_windows)
 from musicgpt.training.evaluate import score
-from musicgpt._cpuinfo import cpu_model
-from musicgpt.model.gpt import MusicGPT
 from musicgpt.training.log import MetricsLog
+from musicgpt.training.optim import parameter_groups, schedule_for
+from musicgpt.training.rundir import BEST, CHECKPOINTS, checkpoint_dirs
 
-CHECKPOINTS = "checkpoints"
-BEST = "best"
-STEP_PREFIX = "step-"
+__all__ = ["Trainer", "TrainResult", "train", "weights_fingerprint"]
 
 
 @dataclass
@@ -65,262 +59,12 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# distributed setup
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in the run: rank, world size and device."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def setup_distributed(device_name: str) -> Dist:
-    """Join the process group when launched by torchrun (gloo on CPU, NCCL on CUDA); else one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = pick_device(device_name)
-    if world <= 1:
-        return Dist(device=device)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=rank, world=world, device=device)
-
-
-def hardware(device: torch.device, precision: str = "auto") -> dict[str, Any]:
-    """What a run trains on, for its run.json (model cards cite it): device, GPU, CPU, autocast, torch."""
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    amp = autocast_dtype(precision, device)
-    return {"device": device.type, "gpu": gpu, "cpu": cpu_model(),
-            "autocast": str(amp).removeprefix("torch.") if amp is not None else None,
-            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' (CUDA when available, else CPU) or an explicit torch device name, checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} asked for, but no CUDA device is available")
-    return device
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 when asked for, or under 'auto' where it is fast (CUDA with bf16, CPUs with AMX); else None (fp32)."""
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        if precision == "auto":  # without AMX bf16 matmuls are no faster than fp32 on a CPU
-            supported = supported and _cpu_has_amx()
-    if precision == "bf16" and not supported:
-        raise ConfigError(f"train.precision: bf16 is not supported on {device}; use fp32 or auto")
-    return torch.bfloat16 if supported else None
-
-
-def _cpu_has_amx() -> bool:
-    init_amx = getattr(torch._C._cpu, "_init_amx", None)
-    try:
-        return bool(init_amx()) if init_amx is not None else False
-    except RuntimeError:
-        return False
-
-
-# ---------------------------------------------------------------------------------------------
-# optimizer and schedule
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on Linear weights only (not embeddings, relative embeddings, norms, biases)."""
-    no_decay_modules = (nn.Embedding, nn.LayerNorm)
-    decay, no_decay, seen = [], [], set()
-    for module_name, module in model.named_modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            full = f"{module_name}.{name}" if module_name else name
-            if isinstance(module, no_decay_modules) or p.dim() < 2 or "emb" in full.rsplit(".", 1)[-1]:
-                no_decay.append(p)
-            else:
-                decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Linear warmup to `peak`, then cosine decay to `floor` at `total` steps."""
-
-    peak: float
-    floor: float
-    warmup: int
-    total: int
-
-    def lr(self, step: int) -> float:
-        """Learning rate of optimizer step `step` (0-based)."""
-        if step < self.warmup:
-            return self.peak * (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.floor + 0.5 * (self.peak - self.floor) * (1.0 + math.cos(math.pi * progress))
-
-
-def schedule_for(config: Config, finetune: bool) -> tuple[Schedule, int]:
-    """The schedule and step count: [optim] and train.steps, or [finetune] with --init-from."""
-    if finetune:
-        ft = config.finetune
-        steps = ft.steps if ft.steps is not None else config.train.steps
-        return Schedule(ft.lr, ft.min_lr, ft.warmup_steps, steps), steps
-    o = config.optim
-    return Schedule(o.lr, o.min_lr, o.warmup_steps, config.train.steps), config.train.steps
-
-
-# ---------------------------------------------------------------------------------------------
-# data
-
-
-def resolve_data(path: str | Path, run_dir: Path, workers: int, is_main: bool, d: Dist) -> Path:
-    """A prepared corpus directory: `path` itself, or RUN_DIR/data prepared from a MIDI folder."""
-    path = Path(path)
-    if (path / "manifest.json").is_file():
-        return path
-    if not path.is_dir():
-        raise MusicGPTError(f"--data {path}: no such directory (want a `musicgpt prepare` output or a MIDI folder)")
-    out = run_dir / "data"
-    if is_main and not (out / "manifest.json").is_file():
-        from musicgpt.corpus.prepare import prepare
-
-        print(f"preparing {path} into {out}", file=sys.stderr)
-        print(prepare(path, out, jobs=workers).summary(), file=sys.stderr)
-    if d.enabled:
-        dist.barrier()
-    return out
-
-
-def load_data_tokenizer(data_dir: Path):
-    """The tokenizer a prepared corpus was made with."""
-    from musicgpt.tokens.performance import load_tokenizer
-
-    path = data_dir / "tokenizer.json"
-    if not path.is_file():
-        raise MusicGPTError(f"{data_dir}: tokenizer.json is missing (not a `musicgpt prepare` output?)")
-    return load_tokenizer(path)
-
-
-def specials_of(tokenizer) -> Specials:
-    """PAD/BOS/EOS ids of a tokenizer."""
-    return Specials(pad=tokenizer.pad_id, bos=tokenizer.bos_id, eos=tokenizer.eos_id)
-
-
-def make_augment(tokenizer, transpose: int, stretch: float):
-    """On-the-fly augmentation for performance tokens; None (with a note) for other tokenizers."""
-    if transpose == 0 and stretch == 0:
-        return None
-    if getattr(tokenizer, "type", None) != "performance":
-        print(f"note: no augmentation for {tokenizer.type!r} tokens (performance tokens only)", file=sys.stderr)
-        return None
-    from musicgpt.tokens.augment import make_augmenter
-
-    return make_augmenter(tokenizer, transpose=transpose, stretch=stretch)
-
-
-def _optional_split(data_dir: Path, split: str) -> Split | None:
-    try:
-        s = open_split(data_dir, split)
-    except (MusicGPTError, FileNotFoundError):
-        return None
-    return s if s.n_tokens > 0 else None
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Complete step checkpoints of a run, oldest first."""
-    root = run_dir / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)
-             and checkpoint.has_state(p, "trainer") and checkpoint.has_state(p, "optimizer")]
-    return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
-
-
-def _clean_partial(run_dir: Path) -> None:
-    """Remove temporary and half-deleted directories a killed run may have left."""
-    root = run_dir / CHECKPOINTS
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith("."):
-                shutil.rmtree(p, ignore_errors=True)
-    for p in run_dir.glob(f".{BEST}.*"):
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def _prune(run_dir: Path, keep: int) -> None:
-    for old in checkpoint_dirs(run_dir)[: max(0, len(checkpoint_dirs(run_dir)) - keep)]:
-        trash = old.parent / f".trash-{old.name}"
-        os.rename(old, trash)  # atomic: a half-deleted directory never looks like a checkpoint
-        shutil.rmtree(trash, ignore_errors=True)
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch (CPU, CUDA) random states, pickle-free."""
-    version, internal, gauss = random.getstate()
-    state = {"python": [version, list(internal), gauss], "numpy": np.random.get_state(legacy=False),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of rng_state."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _gather_torch_rng(d: Dist) -> list[torch.Tensor]:
-    """The torch CPU RNG state of every rank (dropout differs per rank)."""
-    mine = torch.get_rng_state()
-    if not d.enabled:
-        return [mine]
-    device = d.device if d.device.type == "cuda" else torch.device("cpu")
-    out = [torch.empty_like(mine, device=device) for _ in range(d.world)]
-    dist.all_gather(out, mine.to(device))
-    return [t.cpu() for t in out]
+# signals
 
 
 def _unwrap(model: nn.Module) -> MusicGPT:
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
-
-
-# ---------------------------------------------------------------------------------------------
-# signals
 
 
 class StopFlag:
@@ -353,8 +97,6 @@ class StopFlag:
 
 
 def threading_main() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
@@ -388,7 +130,7 @@ class Trainer:
         if self.d.enabled:
             dist.barrier()
 
-        self.data_dir = resolve_data(self.data_arg, self.run_dir, config.data.workers, self.d.main, self.d)
+        self.data_dir = resolve_data(self.data_arg, self.run_dir, config.data.workers, self.d)
         self.tokenizer = load_data_tokenizer(self.data_dir)
         self.specials = specials_of(self.tokenizer)
         self.amp_dtype = autocast_dtype(tc.precision, self.d.device)
@@ -412,7 +154,7 @@ class Trainer:
         augment = make_augment(self.tokenizer, config.data.transpose, config.data.stretch)
         self.sampler = CropSampler(self.train_split, context, tc.batch_size, tc.seed, self.d.rank, augment,
                                    self.specials, stretch_margin=config.data.stretch if augment else 0.0)
-        valid = _optional_split(self.data_dir, "valid")
+        valid = optional_split(self.data_dir, "valid")
         items = valid_windows(valid, context, config.data.valid_windows, self.specials) if valid else []
         self.valid_items = items[self.d.rank :: self.d.world]
         self.tokens_per_step = tc.batch_size * context * tc.grad_accum * self.d.world
@@ -428,31 +170,20 @@ class Trainer:
     # ---- setup ----------------------------------------------------------------------------------
 
     def _start_run_dir(self) -> None:
-        if checkpoint_dirs(self.run_dir):
-            raise MusicGPTError(f"{self.run_dir}: already holds checkpoints; use --resume {self.run_dir} "
-                                "to continue it, or another --out")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.toml").write_text(dump_toml(self.config), encoding="utf-8")
         run = {"data": self.data_arg, "init_from": self.init_from, "world_size": self.d.world,
                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                "hardware": hardware(self.d.device, self.config.train.precision)}
-        (self.run_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+        rundir.start_run_dir(self.run_dir, self.config, run)
 
     def _read_run_json(self, data, init_from) -> None:
-        path = self.run_dir / "run.json"
-        if not path.is_file():
-            raise CheckpointError(f"--resume {self.run_dir}: not a training run directory (run.json is missing)")
-        run = json.loads(path.read_text(encoding="utf-8"))
+        run = rundir.read_run_json(self.run_dir)
         self.data_arg = str(data) if data is not None else run["data"]
         self.init_from = run.get("init_from")
         if init_from is not None:
             raise ConfigError("--init-from cannot be combined with --resume (the run's weights come from its checkpoint)")
-        changed = config_changes(resume_config(self.run_dir), self.config)
+        changed = rundir.config_changes(rundir.resume_config(self.run_dir), self.config)
         if changed and self.d.main:  # overrides at resume (a shortened schedule, say) stay on the record
-            dirs = checkpoint_dirs(self.run_dir)
-            run.setdefault("resumes", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                  "from": dirs[-1].name if dirs else None, "changed": changed})
-            path.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+            rundir.record_resume(self.run_dir, run, changed)
         if run.get("world_size", 1) != self.d.world and self.d.main:
             print(f"note: resuming a run of {run.get('world_size')} processes on {self.d.world}: "
                   "the data streams will differ from the original run", file=sys.stderr)
@@ -462,9 +193,9 @@ class Trainer:
             dirs = checkpoint_dirs(self.run_dir)
             if not dirs:
                 raise CheckpointError(f"--resume {self.run_dir}: no complete checkpoint in {self.run_dir / CHECKPOINTS}")
-            model = MusicGPT(checkpoint.read_config(dirs[-1])[0])
+            model = MusicGPT(GPTConfig.from_checkpoint(dirs[-1]))
         elif self.init_from is not None:
-            model, tokenizer = checkpoint.load(None if self._init_is_bundled() else self.init_from)
+            model, tokenizer = load_checkpoint(None if self._init_is_bundled() else self.init_from)
             if tokenizer is not None and tokenizer.to_dict() != self.tokenizer.to_dict():
                 raise CheckpointError(f"--init-from {self.init_from}: its tokenizer differs from the one of "
                                       f"{self.data_dir} (prepare the data with the checkpoint's tokenizer)")
@@ -485,13 +216,13 @@ class Trainer:
         if not dirs:
             raise CheckpointError(f"--resume {self.run_dir}: no complete checkpoint in {self.run_dir / CHECKPOINTS}")
         path = self.resume_from = dirs[-1]
-        weights = checkpoint.load_model(path)
+        weights = load_model(path)
         self.model.load_state_dict(weights.state_dict())
         self.optimizer.load_state_dict(checkpoint.load_state(path, "optimizer"))
         state = checkpoint.load_state(path, "trainer")
         self.step, self.tokens_seen, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.best_valid = state["best_valid"]
-        set_rng_state(state["rng"])
+        rundir.set_rng_state(state["rng"])
         per_rank = state["torch_rng"]
         if self.d.rank < len(per_rank):
             torch.set_rng_state(per_rank[self.d.rank])
@@ -545,23 +276,23 @@ class Trainer:
 
     def save(self) -> Path:
         """Write checkpoints/step-N atomically (rank 0), then prune to keep_last."""
-        torch_rng = _gather_torch_rng(self.d)
-        path = self.run_dir / CHECKPOINTS / f"{STEP_PREFIX}{self.step:07d}"
+        torch_rng = rundir.gather_torch_rng(self.d)
+        path = rundir.step_dir(self.run_dir, self.step)
         if self.d.main:
             trainer = {"step": self.step, "tokens": self.tokens_seen, "elapsed": self.elapsed,
                        "best_valid": self.best_valid, "batch_index": self.step * self.config.train.grad_accum,
                        "world_size": self.d.world, "schedule": vars(self.schedule), "total_steps": self.total_steps,
-                       "rng": rng_state(), "torch_rng": torch_rng}
-            checkpoint.save(self.model, path, self.tokenizer, meta=self._meta(),
+                       "rng": rundir.rng_state(), "torch_rng": torch_rng}
+            save_model(self.model, path, self.tokenizer, meta=self._meta(),
                             states={"optimizer": self.optimizer.state_dict(), "trainer": trainer})
-            _prune(self.run_dir, max(1, self.config.train.keep_last))
+            rundir.prune(self.run_dir, max(1, self.config.train.keep_last))
         if self.d.enabled:
             dist.barrier()
         return path
 
     def _save_best(self) -> None:
         if self.d.main:
-            checkpoint.save(self.model, self.run_dir / BEST, self.tokenizer, meta=self._meta())
+            save_model(self.model, self.run_dir / BEST, self.tokenizer, meta=self._meta())
 
     def _meta(self) -> dict[str, Any]:
         return {"step": self.step, "tokens": self.tokens_seen, "valid_nll": self.best_valid,
@@ -578,7 +309,7 @@ class Trainer:
         """Train to the configured step count, or until SIGINT/SIGTERM (then checkpoint and return)."""
         tc = self.config.train
         if self.d.main:
-            _clean_partial(self.run_dir)
+            rundir.clean_partial(self.run_dir)
         log = MetricsLog(self.run_dir, resume_step=self.step) if self.d.main else None
         stream = BatchStream(self.sampler, start=self.step * tc.grad_accum, prefetch=self.config.data.prefetch,
                              pin_memory=self.d.device.type == "cuda")
@@ -680,24 +411,3 @@ def train(config: Config, run_dir: str | Path, *, data: str | Path | None = None
           init_from: str | Path | None = None, resume: bool = False) -> TrainResult:
     """Train (or fine-tune with init_from, or continue with resume) and return what the run left behind."""
     return Trainer(config, run_dir, data=data, init_from=init_from, resume=resume).run()
-
-
-def config_changes(before: Config, after: Config) -> dict[str, list]:
-    """The dotted keys whose values differ between two configs, as {key: [before, after]}."""
-    a, b = config_to_dict(before), config_to_dict(after)
-    return {f"{section}.{key}": [a[section].get(key), value]
-            for section, values in b.items() for key, value in values.items() if a[section].get(key) != value}
-
-
-def resume_config(run_dir: str | Path, overrides=()) -> Config:
-    """The config a run was started with (RUN_DIR/config.toml), with `key=value` overrides."""
-    path = Path(run_dir) / "config.toml"
-    if not path.is_file():
-        raise CheckpointError(f"--resume {run_dir}: not a training run directory (config.toml is missing)")
-    return load_config(path, overrides)
-
-
-def teardown() -> None:
-    """Leave the process group, if any."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -8,13 +8,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
+from musicgpt._atomic import atomic_savefig
+
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110)
-    return path
+    return atomic_savefig(fig, path, dpi=110)
 
 
 def relative_embeddings_png(emb: np.ndarray, layer: int, path: Path) -> Path:

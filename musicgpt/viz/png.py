@@ -17,6 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
 
+from musicgpt._atomic import atomic_savefig
 from musicgpt.arcs.format import arcs_by_query, filter_arcs
 from musicgpt.errors import MusicGPTError
 
@@ -201,7 +202,5 @@ def render_png(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     drawn = draw_arcs(ax, d, note, layers=layers, heads=heads, top=top, threshold=threshold, full=full)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    atomic_savefig(fig, path, make_parents=True, format="png")
     return drawn

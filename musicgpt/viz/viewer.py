@@ -11,13 +11,13 @@ import html
 import json
 import os
 import re
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from musicgpt import __version__
+from musicgpt._atomic import atomic_write_text
+from musicgpt._version import __version__
 from musicgpt.arcs.format import NOTE_KEYS, validate_arcs
 
 _CORE_KEYS = {"version", "n_layer", "n_head", "model", "tokenizer", "notes", "arcs"}
@@ -87,17 +87,4 @@ def render_html(d: dict, title: str | None = None, source: str = "arcs data") ->
 def write_html(d: dict, path: str | os.PathLike, title: str | None = None, source: str = "arcs data") -> Path:
     """Write the viewer page for `d` to `path` atomically; returns the path."""
     path = Path(path)
-    page = render_html(d, title=title, source=source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, render_html(d, title=title, source=source), make_parents=True)

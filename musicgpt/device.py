@@ -1,0 +1,107 @@
+"""Where and how training and evaluation run: the device, bf16 autocast, and the DDP process group (torch).
+
+`pick_device("auto")` is CUDA when there is one, else the CPU. `autocast_dtype` picks bf16 autocast
+where it is faster (CUDA GPUs with bf16, CPUs with AMX), else None (fp32). Under `torchrun`,
+`setup_distributed` joins the process group (gloo on CPU, NCCL on CUDA) and says which rank this
+is; without it, one process. `hardware` describes the machine for a run's run.json.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from musicgpt._cpuinfo import cpu_model
+from musicgpt.errors import ConfigError
+
+__all__ = ["Dist", "setup_distributed", "teardown", "pick_device", "autocast_dtype", "cpu_has_amx", "hardware"]
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the run: rank, world size and device."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed(device_name: str) -> Dist:
+    """Join the process group when launched by torchrun (gloo on CPU, NCCL on CUDA); else one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(device_name)
+    if world <= 1:
+        return Dist(device=device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=rank, world=world, device=device)
+
+
+def hardware(device: torch.device, precision: str = "auto") -> dict[str, Any]:
+    """What a run trains on, for its run.json (model cards cite it): device, GPU, CPU, autocast, torch."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    amp = autocast_dtype(precision, device)
+    return {"device": device.type, "gpu": gpu, "cpu": cpu_model(),
+            "autocast": str(amp).removeprefix("torch.") if amp is not None else None,
+            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' (CUDA when available, else CPU) or an explicit torch device name, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} asked for, but no CUDA device is available")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 when asked for, or under 'auto' where it is fast (CUDA with bf16, CPUs with AMX); else None (fp32)."""
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        if precision == "auto":  # without AMX bf16 matmuls are no faster than fp32 on a CPU
+            supported = supported and cpu_has_amx()
+    if precision == "bf16" and not supported:
+        raise ConfigError(f"train.precision: bf16 is not supported on {device}; use fp32 or auto")
+    return torch.bfloat16 if supported else None
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (where bf16 matmuls beat fp32)."""
+    init_amx = getattr(torch._C._cpu, "_init_amx", None)
+    try:
+        return bool(init_amx()) if init_amx is not None else False
+    except RuntimeError:
+        return False
+
+
+def teardown() -> None:
+    """Leave the process group, if any."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

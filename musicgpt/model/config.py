@@ -1,0 +1,89 @@
+"""GPTConfig: the shape of a MusicGPT (layers, heads, widths, context, positions), and the named presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from musicgpt import checkpoint
+from musicgpt.errors import CheckpointError, ConfigError
+
+__all__ = ["GPTConfig", "PRESETS", "POSITIONS"]
+
+POSITIONS = ("relative", "absolute", "both")
+
+
+@dataclass
+class GPTConfig:
+    """Shape of a MusicGPT model; `GPTConfig.preset(name)` gives the named sizes."""
+
+    vocab_size: int = 391
+    n_layer: int = 6
+    n_head: int = 8
+    d_model: int = 256
+    d_ff: int = 1024
+    n_ctx: int = 1024  # context length the model is trained on (and the absolute embedding's size)
+    max_relative_distance: int = 1024  # R: one embedding per distance 0 … R-1, longer ones clipped
+    position: str = "relative"  # "relative", "absolute" (GPT-2 learned positions) or "both"
+    dropout: float = 0.1  # on embeddings, attention output and MLP output
+    attn_dropout: float = 0.0  # on attention probabilities (costs speed; see bench/attention.py)
+    tie_weights: bool = True  # the output head reuses the token embedding
+    bias: bool = True  # biases in Linear layers and LayerNorms
+
+    def __post_init__(self):
+        if self.position not in POSITIONS:
+            raise ConfigError(f"model.position: {self.position!r} is not one of {', '.join(POSITIONS)}")
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "n_ctx", "max_relative_distance"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"model.{name}: must be a positive integer, got {getattr(self, name)!r}")
+        if self.d_model % self.n_head:
+            raise ConfigError(f"model.d_model: {self.d_model} is not divisible by n_head={self.n_head}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise ConfigError(f"model.{name}: must be in [0, 1), got {getattr(self, name)!r}")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.d_model // self.n_head
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "GPTConfig":
+        """A named size ('tiny', 'small', 'base'), optionally with some fields changed."""
+        if name not in PRESETS:
+            raise ConfigError(f"model preset: {name!r} is not one of {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides) if overrides else replace(PRESETS[name])
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+        """Build from a dict (config.json, TOML), rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"model: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None) -> "GPTConfig":
+        """The model config of a checkpoint directory (default: the bundled model)."""
+        raw = checkpoint.read_config(path)
+        try:
+            return cls.from_dict(raw.get("model") or {})
+        except (ConfigError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {checkpoint.resolve(path)}: bad model config in "
+                                  f"{checkpoint.CONFIG}: {exc}") from None
+
+
+PRESETS: dict[str, GPTConfig] = {
+    # For tests: tiny, and with R below n_ctx so clipping is exercised.
+    "tiny": GPTConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, n_ctx=128, max_relative_distance=32),
+    # Trainable on a CPU in hours (the benchmark shape of bench/attention.py).
+    "small": GPTConfig(n_layer=6, n_head=8, d_model=256, d_ff=1024, n_ctx=1024, max_relative_distance=1024),
+    # Paper-like (Huang et al. 2018 piano model): 6 layers, d_model 512, 8 heads, 2048 tokens.
+    "base": GPTConfig(n_layer=6, n_head=8, d_model=512, d_ff=2048, n_ctx=2048, max_relative_distance=2048),
+}

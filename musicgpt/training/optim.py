@@ -1,0 +1,57 @@
+"""The optimizer and its schedule: AdamW parameter groups and linear warmup + cosine decay (torch)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from musicgpt.training.config import Config
+
+__all__ = ["parameter_groups", "Schedule", "schedule_for"]
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on Linear weights only (not embeddings, relative embeddings, norms, biases)."""
+    no_decay_modules = (nn.Embedding, nn.LayerNorm)
+    decay, no_decay, seen = [], [], set()
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            full = f"{module_name}.{name}" if module_name else name
+            if isinstance(module, no_decay_modules) or p.dim() < 2 or "emb" in full.rsplit(".", 1)[-1]:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Linear warmup to `peak`, then cosine decay to `floor` at `total` steps."""
+
+    peak: float
+    floor: float
+    warmup: int
+    total: int
+
+    def lr(self, step: int) -> float:
+        """Learning rate of optimizer step `step` (0-based)."""
+        if step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.floor + 0.5 * (self.peak - self.floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def schedule_for(config: Config, finetune: bool) -> tuple[Schedule, int]:
+    """The schedule and step count: [optim] and train.steps, or [finetune] with --init-from."""
+    if finetune:
+        ft = config.finetune
+        steps = ft.steps if ft.steps is not None else config.train.steps
+        return Schedule(ft.lr, ft.min_lr, ft.warmup_steps, steps), steps
+    o = config.optim
+    return Schedule(o.lr, o.min_lr, o.warmup_steps, config.train.steps), config.train.steps
