@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from musicgpt._atomic import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -91,13 +93,44 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
 )}
 
 
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of `python -m bench` and `musicgpt bench` (which finds this module in the checkout)."""
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", const="quick", dest="size",
+                      help="smoke sizes: every benchmark in a few minutes, figures only roughly stable")
+    size.add_argument("--full", action="store_const", const="full", dest="size",
+                      help="each script's full size, and the full length-generalization run (hours on a CPU)")
+    parser.set_defaults(size="default")
+    parser.add_argument("--only", metavar="NAME,...",
+                        help=f"run only these benchmarks (comma-separated): {', '.join(BENCHMARKS)}")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: re-render docs/benchmarks.md from the existing JSON files")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands that would run, run nothing")
+    parser.add_argument("--results", type=Path, metavar="DIR",
+                        help="where the JSON files go and the report reads them (default: bench/results)")
+    parser.add_argument("--report", type=Path, metavar="FILE",
+                        help="the rendered report (default: docs/benchmarks.md; plots go to its img/ folder)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """`python -m bench`'s parser: the same options as `musicgpt bench`."""
-    from musicgpt.commands.bench import configure
-
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     configure(parser)
     return parser
+
+
+def parse_only(text: str | None) -> list[str]:
+    """The benchmarks named by --only, in suite order; all of them when None."""
+    from musicgpt.errors import MusicGPTError
+
+    if text is None:
+        return list(BENCHMARKS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown or not names:
+        raise MusicGPTError(f"--only {text!r}: unknown benchmark(s) {', '.join(unknown) or '(none given)'}; "
+                            f"known: {', '.join(BENCHMARKS)}")
+    return [n for n in BENCHMARKS if n in names]
 
 
 def _children_cpu() -> float:
@@ -128,18 +161,13 @@ def _record(results: Path, size: str, entries: dict, started: str, machine_start
              "benchmarks": {**previous, **entries},
              "note": "Each benchmark entry records its own date and size; entries from earlier invocations "
                      "(python -m bench --only ...) are kept."}
-    results.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(suite, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(suite, indent=1) + "\n", make_parents=True)
 
 
 def run_suite(args: argparse.Namespace, root: Path = ROOT) -> int:
     """Run the chosen benchmarks at the chosen size, record suite.json, render the report; 1 if any failed."""
     from bench.machine import machine_info
     from bench.report import render
-    from musicgpt.commands.bench import parse_only
 
     results = (args.results or root / "bench" / "results").resolve()
     report = (args.report or root / "docs" / "benchmarks.md").resolve()

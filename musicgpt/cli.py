@@ -25,6 +25,12 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def chosen_command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line, if any."""
+    positional = [a for a in argv if not a.startswith("-")]
+    return positional[0] if positional and positional[0] in COMMANDS else None
+
+
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, str | None]:
     """The top-level parser; only the chosen subcommand's module is imported."""
     parser = argparse.ArgumentParser(
@@ -35,8 +41,7 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, str | None]:
 
     parser.add_argument("--version", action="version", version=f"musicgpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    positional = [a for a in argv if not a.startswith("-")]
-    chosen = positional[0] if positional and positional[0] in COMMANDS else None
+    chosen = chosen_command(argv)
     for name, summary in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary)
         if name == chosen:
@@ -53,12 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     from musicgpt.errors import MusicGPTError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, chosen = build_parser(argv)
-    args = parser.parse_args(argv)
-    if chosen is None or args.command is None:
-        parser.print_help()
-        return 2
+    chosen = chosen_command(argv)
     try:
+        parser, _ = build_parser(argv)
+        args = parser.parse_args(argv)
+        if chosen is None or args.command is None:
+            parser.print_help()
+            return 2
         return int(_command_module(chosen).run(args) or 0)
     except MusicGPTError as exc:
         print(f"musicgpt {chosen}: error: {exc}", file=sys.stderr)

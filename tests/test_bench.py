@@ -187,15 +187,15 @@ def test_report_states_the_suite_run(tmp_path):
 def test_option_parsing():
     parser = suite.build_parser()
     args = parser.parse_args(["--quick", "--only", "metrics,tokenize"])
-    assert args.size == "quick" and bench_command.parse_only(args.only) == ["tokenize", "metrics"]
+    assert args.size == "quick" and suite.parse_only(args.only) == ["tokenize", "metrics"]
     assert parser.parse_args([]).size == "default" and parser.parse_args(["--full"]).size == "full"
-    assert bench_command.parse_only(None) == list(bench_command.BENCHMARKS)
-    assert list(suite.BENCHMARKS) == list(bench_command.BENCHMARKS)
+    assert suite.parse_only(None) == list(suite.BENCHMARKS)
+    assert list(suite.BENCHMARKS) == ["tokenize", "roundtrip", "attention", "train", "generate", "metrics", "lengthgen"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--quick", "--full"])
     for bad in ("attention,nope", ",", ""):
         with pytest.raises(MusicGPTError, match="known: tokenize"):
-            bench_command.parse_only(bad)
+            suite.parse_only(bad)
 
 
 def test_dry_run_lists_commands_per_size(tmp_path, capsys):
