@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from musicgpt.errors import MusicGPTError  # noqa: E402
-from musicgpt.music.midi import read_midi, write_midi  # noqa: E402
+from musicgpt.music.midi import midi_files, read_midi, write_midi  # noqa: E402
 from musicgpt.tokens.performance import PerformanceTokenizer  # noqa: E402
 
 DEFAULT_CORPORA = [ROOT.parent / "shared" / "corpora" / "asap", ROOT.parent / "shared" / "corpora" / "pop909"]
@@ -109,7 +109,7 @@ def summarize(rows: list[dict]) -> dict:
 def run_corpus(folder: Path, tok: PerformanceTokenizer, limit: int | None) -> dict:
     from tqdm import tqdm
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".mid", ".midi"))[:limit]
+    files = midi_files(folder)[:limit]
     rows, skipped = [], []
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

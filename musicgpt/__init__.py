@@ -1,17 +1,49 @@
-"""musicgpt: piano performances as event tokens, a GPT-2 with relative attention, and attention arcs."""
+"""musicgpt: piano performances as event tokens, a GPT-2 with relative attention, and attention arcs.
 
+The package is laid out by pipeline stage (docs/design.md):
+
+    music/       MIDI, MusicXML, ABC <-> Notes in seconds; audio            (no torch)
+    tokens/      tokenizers, grammar, augmentation on ids                   (no torch)
+    corpus/      recipes, parallel preparation into shards, reading them    (no torch)
+    model/       GPTConfig, MusicGPT, relative attention, KV cache, decode step
+    training/    configs, batches, the loop, run directories, evaluation
+    generation/  sampling under the grammar, the generation loop, primers
+    arcs/        attention arcs: captured from the model, stored as arcs.json
+    viz/         HTML viewer, PNGs of arcs, embeddings and training curves  (no torch)
+    metrics/     musical statistics of pieces and sets                      (no torch)
+    commands/    one module per `musicgpt` subcommand
+
+The names below are the public API; they load on first use, so `import musicgpt` is instant and
+`import musicgpt.music` never loads torch.
+"""
+
+from musicgpt import _moved
 from musicgpt._version import __version__
 
-# Heavy names (torch) load on first use, so `import musicgpt.music.midi` stays torch-free.
+# public name -> (module, attribute), imported when first asked for
 _LAZY = {
     "generate": ("musicgpt.generation.generate", "generate"),
-    "GPTConfig": ("musicgpt.model.gpt", "GPTConfig"),
+    "attend": ("musicgpt.arcs.capture", "attend"),
+    "load_model": ("musicgpt.model.gpt", "load_model"),
+    "save_model": ("musicgpt.model.gpt", "save_model"),
+    "load_checkpoint": ("musicgpt.model.gpt", "load_checkpoint"),
     "MusicGPT": ("musicgpt.model.gpt", "MusicGPT"),
+    "GPTConfig": ("musicgpt.model.config", "GPTConfig"),
     "PerformanceTokenizer": ("musicgpt.tokens.performance", "PerformanceTokenizer"),
-    "Notes": ("musicgpt.music.midi", "Notes"),
+    "load_tokenizer": ("musicgpt.tokens.registry", "load_tokenizer"),
+    "Notes": ("musicgpt.music.notes", "Notes"),
     "read_midi": ("musicgpt.music.midi", "read_midi"),
     "write_midi": ("musicgpt.music.midi", "write_midi"),
+    "read_notes": ("musicgpt.music.scores", "read_notes"),
+    "prepare": ("musicgpt.corpus.prepare", "prepare"),
+    "load_config": ("musicgpt.training.config", "load_config"),
+    "train": ("musicgpt.training.loop", "train"),
+    "evaluate_checkpoint": ("musicgpt.training.evaluate", "evaluate_checkpoint"),
 }
+
+__all__ = ["__version__", *_LAZY]
+
+_moved.install()
 
 
 def __getattr__(name: str):
@@ -23,4 +55,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'musicgpt' has no attribute {name!r}")
 
 
-__all__ = ["__version__", *_LAZY]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -18,7 +18,8 @@ from musicgpt.device import autocast_dtype
 from musicgpt.training.loop import train, weights_fingerprint
 from musicgpt.training.optim import Schedule, parameter_groups
 from musicgpt.training.rundir import checkpoint_dirs, resume_config
-from musicgpt.training.log import MetricsLog, plot_curves, read_metrics
+from musicgpt.training.log import MetricsLog, read_metrics
+from musicgpt.viz.curves import plot_curves
 from training_fixtures import cli, losses, micro_config, prepare_fixtures, write_config
 
 

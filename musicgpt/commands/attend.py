@@ -31,10 +31,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def primer_track_notes(path: Path):
     """Notes of the track named "primer" (as `musicgpt generate` writes), or None."""
-    if path.suffix.lower() not in (".mid", ".midi"):
-        return None
-    from musicgpt.music.midi import read_midi
+    from musicgpt.music.midi import is_midi_path, read_midi
 
+    if not is_midi_path(path):
+        return None
     try:
         from symusic import Score
 
@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from musicgpt.arcs.capture import ArcsConfig, attend
     from musicgpt.arcs.format import write_arcs
     from musicgpt.generation.generate import load_model_and_tokenizer
-    from musicgpt.generation.primer import primer_ids, read_notes
+    from musicgpt.generation.primer import primer_ids
+    from musicgpt.music.scores import read_notes
     from musicgpt.viz import write_html
 
     source = args.file

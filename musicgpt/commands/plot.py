@@ -14,7 +14,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Draw the curves and print where they went."""
-    from musicgpt.training.log import plot_curves
+    from musicgpt.viz.curves import plot_curves
 
     out = plot_curves(args.run_dir, args.out, smooth=args.smooth)
     print(out)

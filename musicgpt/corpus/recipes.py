@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Callable
 
 from musicgpt.errors import ConfigError
+from musicgpt.music.midi import midi_files
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_RATIOS = (0.9, 0.05, 0.05)
-MIDI_SUFFIXES = (".mid", ".midi", ".MID", ".MIDI")
 
 
 @dataclass(frozen=True)
@@ -77,10 +77,6 @@ def hashed_splits(groups: list[str], ratios=DEFAULT_RATIOS) -> dict[str, str]:
 
 def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
-
-
-def _midi_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix in MIDI_SUFFIXES and p.is_file())
 
 
 def _read_csv(path: Path, required: set[str]) -> list[dict]:
@@ -127,19 +123,19 @@ def maestro(root: Path, ratios=DEFAULT_RATIOS) -> list[Source]:
 def pop909(root: Path, ratios=DEFAULT_RATIOS) -> list[Source]:
     """POP909 songs NNN/NNN.mid (and NNN/versions/*.mid), split by song."""
     base = root / "POP909" if (root / "POP909").is_dir() else root
-    files = [(p, p.relative_to(base).parts[0]) for p in _midi_files(base) if re.fullmatch(r"\d{3}", p.relative_to(base).parts[0])]
+    files = [(p, p.relative_to(base).parts[0]) for p in midi_files(base) if re.fullmatch(r"\d{3}", p.relative_to(base).parts[0])]
     return _grouped(root, files, ratios)
 
 
 def giantmidi(root: Path, ratios=DEFAULT_RATIOS) -> list[Source]:
     """GiantMIDI-Piano files, split by piece (the file name without its trailing YouTube id)."""
-    files = [(p, p.stem.rsplit(",", 1)[0].strip() if "," in p.stem else p.stem) for p in _midi_files(root)]
+    files = [(p, p.stem.rsplit(",", 1)[0].strip() if "," in p.stem else p.stem) for p in midi_files(root)]
     return _grouped(root, files, ratios)
 
 
 def folder(root: Path, ratios=DEFAULT_RATIOS) -> list[Source]:
     """Every MIDI file below root, split by hashed relative path."""
-    return _grouped(root, [(p, _rel(p, root)) for p in _midi_files(root)], ratios)
+    return _grouped(root, [(p, _rel(p, root)) for p in midi_files(root)], ratios)
 
 
 RECIPES: dict[str, Callable[..., list[Source]]] = {

@@ -7,16 +7,15 @@ What the model reads is [BOS] + primer + continuation. The primer is fed in chun
 then one token per step through `Decoder` on a KV cache whose window is the model's context
 (n_ctx): past it the window slides, so generation runs on for as long as asked and every step
 sees the last n_ctx tokens, exactly like `model(ids, window=n_ctx)`. All samples of one call run
-as one batch. Each step masks tokens the grammar forbids (see `musicgpt.generation.sampling`), samples
-with one seeded generator (same seed, same settings, same model: the same samples), and stops a
-sample at EOS (unless `stop_at_eos=False`, which masks EOS), at `seconds` of new music, or
-after `max_new_tokens`. At the end, notes still sounding are closed with NOTE_OFFs; EOS is not
-kept in `ids`.
+as one batch. Each step masks tokens the grammar forbids (`musicgpt.generation.constraints`), samples
+with one seeded generator (same seed, same settings, same model: the same samples; see
+`musicgpt.generation.sampling`), and stops a sample at EOS (unless `stop_at_eos=False`, which masks
+EOS), at `seconds` of new music, or after `max_new_tokens`. At the end, notes still sounding are
+closed with NOTE_OFFs; EOS is not kept in `ids`.
 
-MIDI output (`Sample.to_midi`): format 1, 120 qpm, 1000 ticks per quarter (0.5 ms per tick, as
-`musicgpt.music.midi.write_midi`), two piano tracks: track "primer" with the notes whose NOTE_ON lies in
-the primer, track "continuation" with the generated notes. `musicgpt.music.midi.read_midi` merges
-them back into one table.
+`generate` checks the arguments into `GenerationSettings` and runs a `Generation`: the state of
+one batch (cache, grammar, clocks, sequences) that `step()` advances by one token per unfinished
+sample, so a caller can also drive it step by step and watch the notes appear.
 """
 
 from __future__ import annotations
@@ -25,87 +24,33 @@ import os
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from musicgpt.arcs.capture import ArcsConfig, AttentionRecorder, arcs_document, query_rows, teacher_force, token_owners
-from musicgpt.model.decode_step import Decoder
 from musicgpt.errors import ConfigError
-from musicgpt.music.midi import write_tracks
-from musicgpt.music.notes import Notes
-from musicgpt.generation.primer import primer_ids
 from musicgpt.generation.constraints import GrammarMask, LongNoteLimit
+from musicgpt.generation.primer import primer_ids
+from musicgpt.generation.sample import Sample
 from musicgpt.generation.sampling import GumbelNoise, SamplingConfig, make_generator, sample
-from musicgpt.tokens.base import PerformanceEvents
+from musicgpt.model.decode_step import Decoder
+from musicgpt.model.gpt import MusicGPT, load_checkpoint
+from musicgpt.tokens.base import PerformanceEvents, Tokenizer
+from musicgpt.tokens.performance import PerformanceTokenizer
+
+__all__ = ["generate", "Generation", "GenerationSettings", "Sample", "load_model_and_tokenizer"]
 
 DEFAULT_NEW_TOKENS = 1024
 DEFAULT_MAX_NOTE_SECONDS = 10.0  # real piano holds 0.08% of its notes longer (ASAP, pedal folded)
 TOKENS_PER_SECOND_CAP = 200  # with `seconds` alone, stop after this many tokens per second asked (real piano: ~35)
 
 
-@dataclass
-class Sample:
-    """One generated piece: token ids, the notes they decode to, and (if asked) arcs and logits."""
-
-    ids: np.ndarray = field(repr=False)  # (T,) int64: [BOS] + primer + continuation (+ closing NOTE_OFFs)
-    primer_length: int  # tokens of [BOS] + primer at the start of `ids`
-    n_generated: int  # tokens sampled by the model (closing tokens not counted)
-    stop_reason: str  # "length", "seconds" or "eos"
-    seed: int
-    tokenizer: Any = field(repr=False)
-    notes: Notes = field(repr=False)
-    note_token: np.ndarray = field(repr=False)  # (N,) position of each note's NOTE_ON in ids
-    arcs: dict | None = field(default=None, repr=False)  # the arcs.json dict
-    logits: torch.Tensor | None = field(default=None, repr=False)  # (n_generated, vocab) float32 when asked
-
-    @property
-    def primer_notes(self) -> np.ndarray:
-        """Boolean per note: does its NOTE_ON lie in the primer?"""
-        return self.note_token < self.primer_length
-
-    @property
-    def seconds(self) -> float:
-        """Length of the whole piece (primer + continuation) in seconds."""
-        return self.notes.end_time
-
-    def to_midi(self, path: str | os.PathLike) -> Path:
-        """Write primer and continuation as two piano tracks ("primer", "continuation")."""
-        path = Path(path)
-        primer = self.primer_notes
-        write_tracks([("primer", self.notes[primer]), ("continuation", self.notes[~primer])], path)
-        return path
-
-    def save(self, out_dir: str | os.PathLike, name: str, *, wav: bool = False,
-             soundfont: str | os.PathLike | None = None) -> list[Path]:
-        """Write NAME.mid, and NAME.arcs.json + NAME.html when arcs exist, and NAME.wav if asked."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = [self.to_midi(out_dir / f"{name}.mid")]
-        if self.arcs is not None:
-            from musicgpt.arcs.format import write_arcs
-            from musicgpt.viz import write_html
-
-            write_arcs(self.arcs, out_dir / f"{name}.arcs.json")
-            written.append(out_dir / f"{name}.arcs.json")
-            written.append(write_html(self.arcs, out_dir / f"{name}.html", title=name))
-        if wav:
-            from musicgpt.music.audio import render_wav
-
-            written.append(render_wav(written[0], out_dir / f"{name}.wav", soundfont=soundfont))
-        return written
-
-
-def load_model_and_tokenizer(model=None, tokenizer=None, device: str | torch.device | None = None):
+def load_model_and_tokenizer(model: MusicGPT | str | os.PathLike | None = None, tokenizer: Tokenizer | None = None,
+                             device: str | torch.device | None = None) -> tuple[MusicGPT, Tokenizer]:
     """(model, tokenizer): a MusicGPT as given, or a checkpoint directory (None: the bundled model)."""
-    from musicgpt.model.gpt import MusicGPT
-
     if model is None or isinstance(model, (str, os.PathLike)):
-        from musicgpt.model.gpt import load_checkpoint
-
         model, saved = load_checkpoint(model, device=device or "cpu")
         tokenizer = tokenizer or saved
     elif not isinstance(model, MusicGPT):
@@ -113,8 +58,6 @@ def load_model_and_tokenizer(model=None, tokenizer=None, device: str | torch.dev
     elif device is not None:
         model = model.to(device)
     if tokenizer is None:
-        from musicgpt.tokens.performance import PerformanceTokenizer
-
         tokenizer = PerformanceTokenizer()
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
@@ -166,14 +109,16 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
         max_new_tokens = DEFAULT_NEW_TOKENS if seconds is None else max(256, int(seconds * TOKENS_PER_SECOND_CAP))
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens: must be an integer >= 0, got {max_new_tokens!r}")
-    shift_seconds = _shift_seconds(tokenizer, needed=seconds is not None)
+    _shift_seconds(tokenizer, needed=seconds is not None)  # fail before any work
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
+    settings = GenerationSettings(
+        max_new_tokens=int(max_new_tokens), seconds=seconds, sampling=sampling, seed=int(seed),
+        num_samples=int(num_samples), arcs=(arcs_config or ArcsConfig()) if arcs else None, stop_at_eos=stop_at_eos,
+        return_logits=return_logits, chunk=chunk, max_note_seconds=max_note_seconds or 0.0)
     prompt = np.r_[tokenizer.bos_id, primer_ids(primer, tokenizer, seconds=primer_seconds, tokens=primer_tokens)]
     with _eval_threads(model, threads if next(model.parameters()).device.type == "cpu" else None):
-        return _run(model, tokenizer, prompt.astype(np.int64), int(max_new_tokens), seconds, sampling, int(seed),
-                    int(num_samples), (arcs_config or ArcsConfig()) if arcs else None, stop_at_eos, return_logits,
-                    progress, chunk, shift_seconds, max_note_seconds or 0.0)
+        return _run(Generation(model, tokenizer, prompt.astype(np.int64), settings), progress)
 
 
 def _shift_seconds(tokenizer, needed: bool) -> np.ndarray:
@@ -185,94 +130,146 @@ def _shift_seconds(tokenizer, needed: bool) -> np.ndarray:
     return np.zeros(tokenizer.vocab_size)
 
 
-@torch.no_grad()
-def _run(model, tokenizer, prompt: np.ndarray, max_new: int, seconds: float | None, sampling: SamplingConfig,
-         seed: int, batch: int, arcs_config: ArcsConfig | None, stop_at_eos: bool, return_logits: bool,
-         progress: bool, chunk: int, shift_seconds: np.ndarray, max_note_seconds: float) -> list[Sample]:
-    device = next(model.parameters()).device
-    eos, pad = tokenizer.eos_id, tokenizer.pad_id
-    is_note_on = query_rows(tokenizer, np.arange(tokenizer.vocab_size))
-    grammar = GrammarMask(tokenizer, batch, allow_eos=stop_at_eos, width=model.config.vocab_size)
-    long_notes = LongNoteLimit(tokenizer, batch, max_note_seconds)
-    for b in range(batch):
-        grammar.feed(b, prompt)
-        long_notes.feed(b, prompt)
-    recorders = [AttentionRecorder(arcs_config) for _ in range(batch)] if arcs_config else None
-    cache = model.new_cache()
-    x = torch.from_numpy(prompt)[None].expand(batch, -1).contiguous().to(device)
-    queries = np.broadcast_to(is_note_on[prompt], (batch, len(prompt)))
-    logits = teacher_force(model, x, cache, recorders, queries, chunk=chunk)
-    decoder = Decoder.for_model(model)
-    noise = GumbelNoise(make_generator(seed), batch, model.config.vocab_size)
-    seqs = [prompt.tolist() for _ in range(batch)]
-    clock = np.zeros(batch)  # seconds of new music per sample
-    reasons: list[str | None] = [None] * batch
-    kept_logits: list[list[torch.Tensor]] = [[] for _ in range(batch)]
-    feed = torch.zeros(batch, dtype=torch.long)  # the tokens fed each step, written through a numpy view
-    feed_np = feed.numpy()
-    on_cpu = device.type == "cpu"
-    bar = _progress_bar(max_new, seconds, progress)
-    shown = started = time.monotonic()
-    n_steps = 0
-    try:
-        for step in range(max_new):
-            active = [b for b in range(batch) if reasons[b] is None]
-            if not active:
-                break
-            if logits.dtype != torch.float32 or not on_cpu:
-                logits = logits.float().cpu()
-            if return_logits:
-                for b in active:
-                    kept_logits[b].append(logits[b].clone())
-            tokens = sample(logits, sampling, None, blocked=long_notes.apply(grammar.blocked, active),
-                            noise=None if sampling.greedy else noise.next(), types=grammar.types).tolist()
-            n_steps += 1
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What one call of `generate` asked for, checked."""
+
+    max_new_tokens: int  # tokens to sample at most per sample
+    seconds: float | None  # stop a sample after this much new music (None: no limit in seconds)
+    sampling: SamplingConfig
+    seed: int
+    num_samples: int  # the batch
+    arcs: ArcsConfig | None  # capture attention arcs with these settings (None: no arcs)
+    stop_at_eos: bool  # False masks EOS
+    return_logits: bool  # keep the logits of every step in the samples
+    chunk: int  # prefill chunk (tokens)
+    max_note_seconds: float  # a note that has sounded this long is ended (0: never)
+
+
+class Generation:
+    """One batch being generated: the KV cache, per sample the grammar, clock, tokens and stop reason.
+
+    Built from the prompt ([BOS] + primer), which it feeds to the model (prefill); then each `step()`
+    samples one token per unfinished sample and feeds it back, until `done`. `samples()` closes the
+    notes still sounding and returns the finished pieces.
+    """
+
+    def __init__(self, model: MusicGPT, tokenizer: Tokenizer, prompt: np.ndarray, settings: GenerationSettings):
+        self.model, self.tokenizer, self.prompt, self.settings = model, tokenizer, prompt, settings
+        batch = settings.num_samples
+        self.device = next(model.parameters()).device
+        self.on_cpu = self.device.type == "cpu"
+        self.shift_seconds = _shift_seconds(tokenizer, needed=settings.seconds is not None)  # (V,)
+        self.is_note_on = query_rows(tokenizer, np.arange(tokenizer.vocab_size))  # (V,) bool: rows the arcs need
+        self.grammar = GrammarMask(tokenizer, batch, allow_eos=settings.stop_at_eos, width=model.config.vocab_size)
+        self.long_notes = LongNoteLimit(tokenizer, batch, settings.max_note_seconds)
+        for b in range(batch):
+            self.grammar.feed(b, prompt)
+            self.long_notes.feed(b, prompt)
+        self.recorders = [AttentionRecorder(settings.arcs) for _ in range(batch)] if settings.arcs else None
+        self.cache = model.new_cache()
+        x = torch.from_numpy(prompt)[None].expand(batch, -1).contiguous().to(self.device)  # (B, T)
+        queries = np.broadcast_to(self.is_note_on[prompt], (batch, len(prompt)))  # (B, T)
+        with torch.no_grad():
+            self.logits = teacher_force(model, x, self.cache, self.recorders, queries, chunk=settings.chunk)  # (B, V)
+        self.decoder = Decoder.for_model(model)
+        self.noise = GumbelNoise(make_generator(settings.seed), batch, model.config.vocab_size)
+        self.seqs = [prompt.tolist() for _ in range(batch)]
+        self.clock = np.zeros(batch)  # seconds of new music per sample
+        self.reasons: list[str | None] = [None] * batch  # why each sample stopped: "eos", "seconds", None (running)
+        self.kept_logits: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+        self.feed = torch.zeros(batch, dtype=torch.long)  # (B,) the tokens fed each step, written through a numpy view
+        self._feed_np = self.feed.numpy()
+        self.n_steps = 0
+
+    @property
+    def active(self) -> list[int]:
+        """The samples still being generated."""
+        return [b for b in range(self.settings.num_samples) if self.reasons[b] is None]
+
+    @property
+    def done(self) -> bool:
+        """Every sample has stopped, or the token budget is spent."""
+        return self.n_steps >= self.settings.max_new_tokens or all(r is not None for r in self.reasons)
+
+    @torch.no_grad()
+    def step(self) -> list[int]:
+        """Sample one token per active sample and feed it; returns the step's tokens per sample (B,)."""
+        settings, active = self.settings, self.active
+        eos, pad = self.tokenizer.eos_id, self.tokenizer.pad_id
+        logits = self.logits
+        if logits.dtype != torch.float32 or not self.on_cpu:
+            logits = logits.float().cpu()
+        if settings.return_logits:
             for b in active:
-                t = tokens[b]
-                if t == eos:
-                    reasons[b] = "eos"
-                    grammar.finish(b)
-                    continue
-                seqs[b].append(t)
-                grammar.push(b, t)
-                long_notes.push(b, t)
-                clock[b] += shift_seconds[t]
-                if seconds is not None and clock[b] >= seconds - 1e-9:
-                    reasons[b] = "seconds"
-                    grammar.finish(b)
-            for b in range(batch):
-                feed_np[b] = tokens[b] if b in active and tokens[b] != eos else pad
-            capture = recorders is not None and [b for b in active if is_note_on[tokens[b]]]
-            last = step == max_new - 1 or all(r is not None for r in reasons)
-            if not last or capture:  # the last token is fed only when its attention row is wanted
-                key_start, position = cache.length - cache.n_past, cache.length
-                logits, attentions = decoder.step(feed if on_cpu else feed.to(device), cache,
-                                                  need_attention=bool(capture))
-                if capture:
-                    probs = torch.stack(attentions)  # (L, B, H, n)
-                    for b in capture:
-                        recorders[b].add([position], key_start, probs[:, b : b + 1])
+                self.kept_logits[b].append(logits[b].clone())
+        blocked = self.long_notes.apply(self.grammar.blocked, active)  # (B, V)
+        tokens = sample(logits, settings.sampling, None, blocked=blocked,
+                        noise=None if settings.sampling.greedy else self.noise.next(), types=self.grammar.types).tolist()
+        self.n_steps += 1
+        for b in active:
+            t = tokens[b]
+            if t == eos:
+                self.reasons[b] = "eos"
+                self.grammar.finish(b)
+                continue
+            self.seqs[b].append(t)
+            self.grammar.push(b, t)
+            self.long_notes.push(b, t)
+            self.clock[b] += self.shift_seconds[t]
+            if settings.seconds is not None and self.clock[b] >= settings.seconds - 1e-9:
+                self.reasons[b] = "seconds"
+                self.grammar.finish(b)
+        for b in range(settings.num_samples):
+            self._feed_np[b] = tokens[b] if b in active and tokens[b] != eos else pad
+        capture = self.recorders is not None and [b for b in active if self.is_note_on[tokens[b]]]
+        if not self.done or capture:  # the last token is fed only when its attention row is wanted
+            key_start, position = self.cache.length - self.cache.n_past, self.cache.length
+            self.logits, attentions = self.decoder.step(self.feed if self.on_cpu else self.feed.to(self.device),
+                                                        self.cache, need_attention=bool(capture))
+            if capture:
+                probs = torch.stack(attentions)  # (L, B, H, n)
+                for b in capture:
+                    self.recorders[b].add([position], key_start, probs[:, b : b + 1])
+        return tokens
+
+    def samples(self) -> list[Sample]:
+        """The pieces: each sample's ids with its sounding notes closed, its notes, arcs and logits."""
+        settings, tokenizer, n_prompt = self.settings, self.tokenizer, len(self.prompt)
+        out = []
+        for b in range(settings.num_samples):
+            seq = self.seqs[b]
+            closing, drop = self.grammar.closing_tokens(b, seq[n_prompt:])
+            ids = np.asarray(seq[: len(seq) - drop] + closing, np.int64)
+            notes, _, _, note_token = token_owners(tokenizer, ids)
+            arcs = None
+            if self.recorders is not None:
+                arcs = arcs_document(tokenizer, ids, self.recorders[b], self.model.config, primer_length=n_prompt,
+                                     source="musicgpt generate", seed=settings.seed, sample=b,
+                                     sampling=asdict(settings.sampling))
+            kept = self.kept_logits[b]
+            out.append(Sample(ids=ids, primer_length=n_prompt, n_generated=len(seq) - n_prompt,
+                              stop_reason=self.reasons[b] or "length", seed=settings.seed, tokenizer=tokenizer,
+                              notes=notes, note_token=note_token, arcs=arcs,
+                              logits=torch.stack(kept) if settings.return_logits and kept else None))
+        return out
+
+
+def _run(generation: Generation, progress: bool) -> list[Sample]:
+    """Step a generation to its end, with a progress bar when asked."""
+    settings = generation.settings
+    bar = _progress_bar(settings.max_new_tokens, settings.seconds, progress)
+    shown = started = time.monotonic()
+    try:
+        while not generation.done:
+            generation.step()
             if progress and time.monotonic() - shown > 0.25:
-                shown = _show_progress(bar, n_steps, clock, seconds, started)
+                shown = _show_progress(bar, generation.n_steps, generation.clock, settings.seconds, started)
         if progress:
-            _show_progress(bar, n_steps, clock, seconds, started)
+            _show_progress(bar, generation.n_steps, generation.clock, settings.seconds, started)
     finally:
         bar.close()
-    samples = []
-    for b in range(batch):
-        n_generated = len(seqs[b]) - len(prompt)
-        closing, drop = grammar.closing_tokens(b, seqs[b][len(prompt):])
-        ids = np.asarray(seqs[b][: len(seqs[b]) - drop] + closing, np.int64)
-        notes, _, _, note_token = token_owners(tokenizer, ids)
-        arcs = None
-        if recorders is not None:
-            arcs = arcs_document(tokenizer, ids, recorders[b], model.config, primer_length=len(prompt),
-                                 source="musicgpt generate", seed=seed, sample=b, sampling=asdict(sampling))
-        samples.append(Sample(ids=ids, primer_length=len(prompt), n_generated=n_generated,
-                              stop_reason=reasons[b] or "length", seed=seed, tokenizer=tokenizer, notes=notes,
-                              note_token=note_token, arcs=arcs,
-                              logits=torch.stack(kept_logits[b]) if return_logits and kept_logits[b] else None))
-    return samples
+    return generation.samples()
 
 
 def _progress_bar(max_new: int, seconds: float | None, enabled: bool):

@@ -1,7 +1,7 @@
 """Primers: the music a generation continues, from MIDI, MusicXML, ABC, notes or token ids, cut to length.
 
-MIDI files are read by `musicgpt.music.midi.read_midi`; MusicXML (.xml, .musicxml, .mxl) and ABC (.abc)
-go through music21, which writes them to MIDI in memory first. A primer is cut either to its first
+Files are read by `musicgpt.music.scores.read_notes` (MIDI directly; MusicXML and ABC through
+music21). A primer is cut either to its first
 S seconds (the token sequence up to the first event at or after S seconds: notes still sounding
 there stay open and the model decides when they end) or to its first N tokens. A trailing VELOCITY
 (its NOTE_ON cut off) is dropped, so a primer never ends mid-event.
@@ -10,47 +10,13 @@ there stay open and the model decides when they end) or to its first N tokens. A
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
-from musicgpt.errors import ConfigError, MidiError
+from musicgpt.errors import ConfigError
 from musicgpt.music.notes import Notes
+from musicgpt.music.scores import read_notes
 from musicgpt.tokens.base import PerformanceEvents
-
-MIDI_SUFFIXES = (".mid", ".midi", ".smf", ".kar")
-SCORE_SUFFIXES = (".xml", ".musicxml", ".mxl", ".abc")
-
-
-def read_score(path: str | os.PathLike) -> Notes:
-    """A MusicXML or ABC file, through music21, as performance notes (its tempo marks in seconds)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MidiError(f"{path}: no such file")
-    try:
-        import music21
-        from music21.midi.translate import streamToMidiFile
-    except ImportError as exc:  # music21 is a dependency; this names the cause if it is missing
-        raise MidiError(f"{path}: reading {path.suffix} needs music21 ({exc})") from None
-    try:
-        score = music21.converter.parse(str(path))
-        data = streamToMidiFile(score).writestr()
-    except Exception as exc:  # music21 raises many types for bad files
-        raise MidiError(f"{path}: music21 cannot read it ({type(exc).__name__}: {exc})") from None
-    from musicgpt.music.midi import read_midi
-
-    return read_midi(data, name=str(path))
-
-
-def read_notes(path: str | os.PathLike) -> Notes:
-    """Notes of a MIDI, MusicXML or ABC file, chosen by suffix (anything else is tried as MIDI)."""
-    suffix = Path(path).suffix.lower()
-    if suffix in SCORE_SUFFIXES:
-        return read_score(path)
-    from musicgpt.music.midi import read_midi
-
-    return read_midi(path)
-
 
 def primer_ids(source, tokenizer, *, seconds: float | None = None, tokens: int | None = None) -> np.ndarray:
     """Token ids (no BOS) of a primer: a file path, a `Notes` table or token ids; cut to `seconds` or `tokens`."""

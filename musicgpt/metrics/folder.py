@@ -9,9 +9,8 @@ from tqdm import tqdm
 
 from musicgpt.errors import MusicGPTError
 from musicgpt.metrics.features import piece_features
-from musicgpt.music.midi import read_midi
+from musicgpt.music.midi import midi_files, read_midi
 
-MIDI_SUFFIXES = (".mid", ".midi")
 
 
 class FolderError(MusicGPTError):
@@ -35,7 +34,7 @@ def find_midi_files(directory: str | Path, limit: int | None = None) -> list[Pat
         raise FolderError(f"{directory}: not a directory")
     if limit is not None and limit < 1:
         raise FolderError(f"limit must be at least 1, got {limit}")
-    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+    files = midi_files(directory)
     if not files:
         raise FolderError(f"{directory}: no .mid or .midi files found")
     return files[:limit] if limit else files

@@ -43,7 +43,10 @@ from musicgpt._atomic import atomic_write
 from musicgpt.errors import MidiError
 from musicgpt.music.notes import Notes
 
-__all__ = ["Notes", "read_midi", "write_midi", "MAX_SECONDS", "SUSTAIN_CC", "SUSTAIN_THRESHOLD"]
+__all__ = ["Notes", "read_midi", "write_midi", "write_tracks", "is_midi_path", "midi_files", "MIDI_SUFFIXES",
+           "MAX_SECONDS", "SUSTAIN_CC", "SUSTAIN_THRESHOLD"]
+
+MIDI_SUFFIXES = (".mid", ".midi")  # what counts as a MIDI file in a folder, compared case-insensitively
 
 SUSTAIN_CC = 64
 SUSTAIN_THRESHOLD = 64
@@ -53,6 +56,16 @@ WRITE_TPQ = 1000
 WRITE_MSPQ = 500_000
 
 MidiSource = str | os.PathLike | bytes
+
+
+def is_midi_path(path: str | os.PathLike) -> bool:
+    """Whether a file name ends in a MIDI suffix (.mid, .midi, in any case)."""
+    return Path(path).suffix.lower() in MIDI_SUFFIXES
+
+
+def midi_files(folder: str | os.PathLike) -> list[Path]:
+    """The MIDI files under `folder`, recursively, in sorted path order."""
+    return sorted(p for p in Path(folder).rglob("*") if is_midi_path(p) and p.is_file())
 
 
 def _name(source: MidiSource, name: str | None) -> str:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from musicgpt.corpus.shards import Split, open_split
+from musicgpt.music.midi import midi_files
 from musicgpt.device import autocast_dtype, pick_device
 from musicgpt.training.data import IGNORE_INDEX, Specials, batch_windows, windows
 from musicgpt._atomic import atomic_write_text
@@ -142,7 +143,7 @@ def tokenize_files(paths: list[Path], tokenizer) -> tuple[Split, list[str]]:
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in (".mid", ".midi") and f.is_file())
+            files += midi_files(p)
         elif p.is_file():
             files.append(p)
         else:

@@ -1,6 +1,6 @@
-"""A training run's metrics: RUN_DIR/metrics.csv, TensorBoard when installed, and the curves as PNG.
+"""A training run's metrics log: RUN_DIR/metrics.csv (and TensorBoard scalars when installed), written and read.
 
-No torch here: `musicgpt plot` reads a run without loading the model stack.
+No torch at import: `musicgpt plot` (musicgpt.viz.curves) reads a run without loading the model stack.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from musicgpt._atomic import atomic_write
 from musicgpt.errors import MusicGPTError
 
 COLUMNS = ["step", "tokens", "time_s", "lr", "train_loss", "grad_norm", "tokens_per_s", "valid_nll", "valid_ppl"]
@@ -64,14 +65,16 @@ def _tensorboard_writer(log_dir: Path):
 def truncate_after(path: Path, step: int) -> None:
     """Drop the rows logged after `step` (they belong to steps a resumed run repeats)."""
     rows = read_metrics(path)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            if row["step"] <= step:
-                writer.writerow({k: ("" if v is None else _fmt(v)) for k, v in row.items()})
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            for row in rows:
+                if row["step"] <= step:
+                    writer.writerow({k: ("" if v is None else _fmt(v)) for k, v in row.items()})
+
+    atomic_write(path, write)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float | int | None]]:
@@ -89,50 +92,3 @@ def read_metrics(path: str | Path) -> list[dict[str, float | int | None]]:
             if row["step"] is not None:
                 rows.append(row)
     return rows
-
-
-def plot_curves(run_dir: str | Path, out: str | Path | None = None, smooth: float = 0.9) -> Path:
-    """Draw train loss (raw and smoothed) and valid NLL against steps; returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run_dir = Path(run_dir)
-    rows = read_metrics(run_dir / "metrics.csv")
-    train = [(r["step"], r["train_loss"]) for r in rows if r["train_loss"] is not None]
-    valid = [(r["step"], r["valid_nll"]) for r in rows if r["valid_nll"] is not None]
-    if not train and not valid:
-        raise MusicGPTError(f"{run_dir / 'metrics.csv'}: no train or valid values to plot yet")
-    out = Path(out) if out is not None else run_dir / "curves.png"
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    if train:
-        steps, losses = zip(*train)
-        ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8)
-        alpha = min(smooth, max(0.0, 1.0 - 10.0 / len(losses)))  # short runs: lighter smoothing, less lag
-        ax.plot(steps, _ema(losses, alpha), color="tab:blue", linewidth=1.6, label="train loss (smoothed)")
-    if valid:
-        steps, nll = zip(*valid)
-        ax.plot(steps, nll, color="tab:orange", marker="o", markersize=3.5, linewidth=1.6, label="valid NLL")
-        best = min(range(len(nll)), key=nll.__getitem__)
-        ax.annotate(f"best {nll[best]:.3f}", (steps[best], nll[best]), textcoords="offset points",
-                    xytext=(0, -14), ha="center", fontsize=8, color="tab:orange")
-    ax.set_xlabel("step")
-    ax.set_ylabel("nats per event")
-    ax.set_title(f"{run_dir.resolve().name}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
-
-
-def _ema(values, alpha: float) -> list[float]:
-    """Exponential moving average with bias correction, so the first points are not dragged to 0."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, start=1):
-        avg = alpha * avg + (1 - alpha) * v
-        out.append(avg / (1 - alpha**i) if alpha > 0 else v)
-    return out

@@ -1,12 +1,17 @@
-"""Drawing attention arcs: a self-contained HTML viewer and a static matplotlib PNG (no torch).
+"""Pictures (no torch, never the model): the arcs viewer, PNGs of arcs, embeddings and training curves.
 
-`write_html(d, path)` / `render_html(d)` live in `musicgpt.viz.viewer`; `render_png(d, path, ...)`
-and `draw_arcs(ax, d, ...)` in `musicgpt.viz.png` (matplotlib loads only when that module does).
+    viewer.py      `write_html(d, path)` / `render_html(d)`: one self-contained HTML page (assets/)
+    png.py         `render_png(d, path, ...)`, `draw_arcs(ax, d, ...)`: one note's arcs over a piano roll
+    embeddings.py  relative-position and NOTE_ON embedding plots from numpy arrays (`musicgpt info --plot`)
+    curves.py      `plot_curves(run_dir)`: train/valid curves of a run (`musicgpt plot`)
+
+Everything here draws from plain data (arcs.json dicts, arrays, metrics.csv); matplotlib loads only
+when a PNG module does.
 """
 
 from musicgpt.viz.viewer import render_html, write_html
 
-__all__ = ["render_html", "write_html", "render_png", "draw_arcs"]
+__all__ = ["render_html", "write_html", "render_png", "draw_arcs", "plot_curves"]
 
 
 def __getattr__(name: str):
@@ -14,4 +19,8 @@ def __getattr__(name: str):
         from musicgpt.viz import png
 
         return getattr(png, name)
+    if name == "plot_curves":
+        from musicgpt.viz import curves
+
+        return curves.plot_curves
     raise AttributeError(f"module 'musicgpt.viz' has no attribute {name!r}")

@@ -1,0 +1,74 @@
+"""`Sample`: one generated piece (token ids, notes, arcs) and how it is written: MIDI, arcs.json, viewer, WAV.
+
+MIDI output (`Sample.to_midi`): format 1, 120 qpm, 1000 ticks per quarter (0.5 ms per tick, as
+`musicgpt.music.midi.write_midi`), two piano tracks: track "primer" with the notes whose NOTE_ON lies in
+the primer, track "continuation" with the generated notes. `musicgpt.music.midi.read_midi` merges
+them back into one table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from musicgpt.music.midi import write_tracks
+from musicgpt.music.notes import Notes
+
+__all__ = ["Sample"]
+
+
+@dataclass
+class Sample:
+    """One generated piece: token ids, the notes they decode to, and (if asked) arcs and logits."""
+
+    ids: np.ndarray = field(repr=False)  # (T,) int64: [BOS] + primer + continuation (+ closing NOTE_OFFs)
+    primer_length: int  # tokens of [BOS] + primer at the start of `ids`
+    n_generated: int  # tokens sampled by the model (closing tokens not counted)
+    stop_reason: str  # "length", "seconds" or "eos"
+    seed: int
+    tokenizer: Any = field(repr=False)
+    notes: Notes = field(repr=False)
+    note_token: np.ndarray = field(repr=False)  # (N,) position of each note's NOTE_ON in ids
+    arcs: dict | None = field(default=None, repr=False)  # the arcs.json dict
+    logits: torch.Tensor | None = field(default=None, repr=False)  # (n_generated, vocab) float32 when asked
+
+    @property
+    def primer_notes(self) -> np.ndarray:
+        """Boolean per note: does its NOTE_ON lie in the primer?"""
+        return self.note_token < self.primer_length
+
+    @property
+    def seconds(self) -> float:
+        """Length of the whole piece (primer + continuation) in seconds."""
+        return self.notes.end_time
+
+    def to_midi(self, path: str | os.PathLike) -> Path:
+        """Write primer and continuation as two piano tracks ("primer", "continuation")."""
+        path = Path(path)
+        primer = self.primer_notes
+        write_tracks([("primer", self.notes[primer]), ("continuation", self.notes[~primer])], path)
+        return path
+
+    def save(self, out_dir: str | os.PathLike, name: str, *, wav: bool = False,
+             soundfont: str | os.PathLike | None = None) -> list[Path]:
+        """Write NAME.mid, and NAME.arcs.json + NAME.html when arcs exist, and NAME.wav if asked."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = [self.to_midi(out_dir / f"{name}.mid")]
+        if self.arcs is not None:
+            from musicgpt.arcs.format import write_arcs  # viz and arcs.format load only when arcs are written
+            from musicgpt.viz.viewer import write_html
+
+            write_arcs(self.arcs, out_dir / f"{name}.arcs.json")
+            written.append(out_dir / f"{name}.arcs.json")
+            written.append(write_html(self.arcs, out_dir / f"{name}.html", title=name))
+        if wav:
+            from musicgpt.music.audio import render_wav
+
+            written.append(render_wav(written[0], out_dir / f"{name}.wav", soundfont=soundfont))
+        return written
