@@ -75,8 +75,12 @@ def _contains(package: str, module: str) -> bool:
     return module == package or module.startswith(package + ".")
 
 
-def import_graph(modules: dict[str, Path] | None = None) -> dict[str, set[str]]:
-    """module -> the set of our modules it imports (directly, lazily, or through package __init__s)."""
+def import_graph(modules: dict[str, Path] | None = None, strings: bool = True) -> dict[str, set[str]]:
+    """module -> the set of our modules it imports (directly, lazily, or through package __init__s).
+
+    strings=False leaves out the modules named only in string constants (lazy-attribute tables): the
+    graph of what import statements load.
+    """
     modules = module_names() if modules is None else modules
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
@@ -93,7 +97,7 @@ def import_graph(modules: dict[str, Path] | None = None) -> dict[str, set[str]]:
                 target = _resolve(imported, modules)
                 if target is not None:
                     targets.add(target)
-        for text in _strings(tree):
+        for text in _strings(tree) if strings else ():
             if "." in text and text in modules:
                 targets.add(text)
         for target in list(targets):
