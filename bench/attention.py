@@ -9,7 +9,7 @@ Train step = forward, backward and AdamW on a batch of 4, `small` preset shape (
   absolute       GPTConfig(position="absolute"): GPT-2 learned positions, F.scaled_dot_product_attention
                  (is_causal, its fused flash kernel on CPU)
   relative       position="relative": musicgpt.model.attention through its fused C++ kernel
-                 (musicgpt/csrc/relative_attention.cpp, built once and cached; bf16 is upcast inside)
+                 (musicgpt/model/csrc/relative_attention.cpp, built once and cached; bf16 is upcast inside)
   relative_eager the same model on musicgpt.model.attention's eager PyTorch path (MUSICGPT_ATTENTION_KERNEL=eager:
                  what runs where the kernel cannot be built)
   naive          the same model with gwinndr/MusicTransformer-Pytorch-style attention patched in:
@@ -272,7 +272,7 @@ def attention_only_section(length: int, rounds: int, threads: int) -> dict:
 
 def kernel_section() -> dict:
     """Whether the fused kernel is in use, and what its one-time build costs (timed into a fresh cache)."""
-    out = {"source": "musicgpt/csrc/relative_attention.cpp", "mode": _relative_kernel.mode(),
+    out = {"source": "musicgpt/model/csrc/relative_attention.cpp", "mode": _relative_kernel.mode(),
            "used": _relative_kernel.load()}
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, MUSICGPT_KERNEL_CACHE=tmp)

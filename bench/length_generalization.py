@@ -13,7 +13,7 @@ nothing after them, so the model as trained cannot read a 1024-token window at a
 (evaluate_checkpoint refuses; the refusal is recorded as "not evaluable"). To still measure
 something, a derived copy gets positions clamped to the last row (rows 512 .. 2047 = row 511):
 identical to the original within 512 tokens (checked on a batch), and the most forgiving
-extension a learned table allows without training. musicgpt/model.py is not changed.
+extension a learned table allows without training. musicgpt/model/ is not changed.
 
 Also measured: NLL by position inside the first 2048-token window of every long evaluation
 document, which shows where a model gains or loses beyond position 512.

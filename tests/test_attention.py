@@ -175,7 +175,7 @@ def test_scratch_buffers_work_after_inference_mode(eager_path, first):
     torch.testing.assert_close(outs[0], naive_attention(q, k, v, rel).float())
 
 
-# ---- the fused CPU kernel (musicgpt/csrc/relative_attention.cpp) ----
+# ---- the fused CPU kernel (musicgpt/model/csrc/relative_attention.cpp) ----
 
 @pytest.fixture
 def kernel(monkeypatch):

@@ -1,4 +1,4 @@
-"""Build once, cache and load the fused relative-attention CPU kernel (`musicgpt/csrc/relative_attention.cpp`).
+"""Build once, cache and load the fused relative-attention CPU kernel (`musicgpt/model/csrc/relative_attention.cpp`).
 
 The kernel is compiled on first use with the system's C++ compiler against the installed torch (one
 `c++` call, about 20 s on 2 cores; no ninja needed) into a cache directory keyed by the source, the

@@ -10,7 +10,7 @@ Row b of Srel is row b of M shifted left by Bq-1-b columns: a strided *view* of 
 n), the pad-reshape-slice of the paper without the copies. No O(L²·D) tensor is ever formed.
 
 Three implementations compute the same thing:
-- the fused CPU kernel (`musicgpt/csrc/relative_attention.cpp`, built once on first use by
+- the fused CPU kernel (`musicgpt/model/csrc/relative_attention.cpp`, built once on first use by
   `musicgpt.model._relative_kernel`): per (batch, head, block of queries) two GEMMs, then skew, mask and
   softmax (and in backward its gradient and the skew's adjoint) in one pass over a block that stays
   in cache; it computes in float32 (bfloat16 inputs are upcast: at head_dim 32, bf16 GEMMs measured
