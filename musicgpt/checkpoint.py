@@ -29,7 +29,8 @@ from musicgpt._atomic import atomic_directory, atomic_write, atomic_write_text
 from musicgpt.errors import CheckpointError
 from musicgpt.tokens.base import Tokenizer
 
-__all__ = ["resolve", "write", "read_config", "read_weights", "load_tokenizer", "save_state", "load_state",
+__all__ = ["resolve", "write", "read_config", "read_weights", "load_weights", "load_tokenizer", "check_vocab",
+           "save_state", "load_state",
            "has_state", "FORMAT", "VERSION", "CONFIG", "WEIGHTS", "TOKENIZER", "DEFAULT_DIR"]
 
 FORMAT = "musicgpt-checkpoint"
@@ -99,6 +100,23 @@ def read_weights(path: str | Path | None = None) -> dict[str, torch.Tensor]:
         return load_file(str(path / WEIGHTS), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path}: cannot read {WEIGHTS}: {exc}") from None
+
+
+def load_weights(module: torch.nn.Module, path: str | Path | None = None, *, tied: set[str] = frozenset()) -> None:
+    """Load a checkpoint's weights into `module`, every name and shape checked (`tied` names are not stored)."""
+    path = resolve(path)
+    tensors = read_weights(path)
+    expected = {k: v for k, v in module.state_dict().items() if k not in tied}
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} does not match its config: "
+                              f"missing {missing or 'nothing'}, unexpected {unexpected or 'nothing'}")
+    for name, t in tensors.items():
+        if t.shape != expected[name].shape:
+            raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(t.shape)}, "
+                                  f"config wants {tuple(expected[name].shape)}")
+    module.load_state_dict(tensors, strict=False)
 
 
 def load_tokenizer(path: str | Path | None = None) -> Tokenizer | None:

@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from musicgpt import checkpoint
 from musicgpt.errors import CheckpointError, ConfigError
 
 __all__ = ["GPTConfig", "PRESETS", "POSITIONS"]
@@ -71,6 +70,8 @@ class GPTConfig:
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None) -> "GPTConfig":
         """The model config of a checkpoint directory (default: the bundled model)."""
+        from musicgpt import checkpoint  # the directory format; it imports no model code
+
         raw = checkpoint.read_config(path)
         try:
             return cls.from_dict(raw.get("model") or {})

@@ -1,7 +1,8 @@
 """MusicGPT: a pre-LayerNorm GPT-2 decoder with relative-position self-attention (Music Transformer).
 
 The model knows token ids only; the tokenizer that gives them meaning travels beside it in a
-checkpoint directory (see musicgpt.checkpoint).
+checkpoint directory. Loading and saving are thin conveniences over musicgpt.checkpoint (the
+directory format, which knows no model class), imported when first used.
 
 Relative embeddings are learned per layer and per head, `blocks.N.attn.rel_emb` of shape
 (n_head, max_relative_distance, head_dim), as in Huang et al. 2018 ("learned separately for each
@@ -25,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from musicgpt import checkpoint
-from musicgpt.errors import CheckpointError, ConfigError
+from musicgpt.errors import ConfigError
 from musicgpt.model.attention import attention_probs, relative_attention
 from musicgpt.model.config import GPTConfig
 from musicgpt.model.kv_cache import KVCache
@@ -215,9 +215,9 @@ class MusicGPT(nn.Module):
         dtype: store floating-point weights in this dtype (bfloat16, float16); states: extra named
         states beside the model, such as {"optimizer": optimizer.state_dict()}.
         """
-        tensors = dict(self.state_dict())
-        if self.config.tie_weights:
-            tensors.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight
+        from musicgpt import checkpoint
+
+        tensors = {k: t for k, t in self.state_dict().items() if k not in self.tied_weights()}
         return checkpoint.write(path, model_config=self.config.to_dict(), tensors=tensors, tokenizer=tokenizer,
                                 dtype=dtype, meta=meta, states=states)
 
@@ -225,28 +225,23 @@ class MusicGPT(nn.Module):
     def from_pretrained(cls, path: str | Path | None = None, *, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None) -> "MusicGPT":
         """The model of a checkpoint directory, in eval mode (default: the bundled model in musicgpt/pretrained/)."""
+        from musicgpt import checkpoint
+
         path = checkpoint.resolve(path)
         model = cls(GPTConfig.from_checkpoint(path))
-        tensors = checkpoint.read_weights(path)
-        expected = model.state_dict()
-        if model.config.tie_weights:
-            expected.pop("lm_head.weight", None)
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(f"checkpoint {path}: {checkpoint.WEIGHTS} does not match its config: "
-                                  f"missing {missing or 'nothing'}, unexpected {unexpected or 'nothing'}")
-        for name, t in tensors.items():
-            if t.shape != expected[name].shape:
-                raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(t.shape)}, "
-                                      f"config wants {tuple(expected[name].shape)}")
-        model.load_state_dict(tensors, strict=False)
+        checkpoint.load_weights(model, path, tied=model.tied_weights())
         return model.to(device=device, dtype=dtype).eval()
+
+    def tied_weights(self) -> set[str]:
+        """State-dict names that are another tensor under a second name (stored once in a checkpoint)."""
+        return {"lm_head.weight"} if self.config.tie_weights else set()
 
 
 def load_checkpoint(path: str | Path | None = None, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None) -> tuple[MusicGPT, Tokenizer | None]:
     """(model, tokenizer or None) of a checkpoint directory (default: the bundled model)."""
+    from musicgpt import checkpoint
+
     path = checkpoint.resolve(path)
     model = MusicGPT.from_pretrained(path, device=device, dtype=dtype)
     tokenizer = checkpoint.load_tokenizer(path)
