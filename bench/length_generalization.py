@@ -48,7 +48,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.machine import CAVEAT, NO_GPU, machine_info  # noqa: E402
-from musicgpt import checkpoint  # noqa: E402
 from musicgpt.training.config import Config, config_to_dict, load_config  # noqa: E402
 from musicgpt.corpus.shards import open_split  # noqa: E402
 from musicgpt.training.data import Specials  # noqa: E402

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_savefig", "atomic_directory", "umask"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_savefig", "atomic_directory", "remove_leftovers", "umask"]
 
 
 def umask() -> int:
@@ -40,11 +40,12 @@ def umask() -> int:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], *, make_parents: bool = False,
-                 durable: bool = False) -> Path:
+                 durable: bool = False, mode: int = 0o666) -> Path:
     """Call write(tmp) to fill a temporary sibling of `path`, then rename it to `path`; returns `path`.
 
     The temporary file exists (empty) when `write` is called, so `write` may open it or replace it.
-    On any error the temporary file is removed and the error propagates; `path` is untouched.
+    It gets `mode` less the umask (0o777 for an executable or a shared library). On any error the
+    temporary file is removed and the error propagates; `path` is untouched.
     """
     path = Path(path)
     if make_parents:
@@ -54,7 +55,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], *, ma
     tmp = Path(name)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~umask())
+        os.chmod(tmp, mode & ~umask())
         if durable:
             _fsync(tmp)
         os.replace(tmp, path)
@@ -110,6 +111,21 @@ def atomic_directory(path: str | os.PathLike, *, durable: bool = False) -> Itera
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and directories that writers killed mid-write left in `folder`; returns them.
+
+    Only for a folder no other process is writing into at the same time (their temporaries look the same).
+    """
+    removed = []
+    for entry in Path(folder).glob(".*.tmp"):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def _fsync(path: Path) -> None:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from musicgpt import checkpoint
 from musicgpt.cli import main
 from musicgpt.corpus.shards import Split
 from musicgpt.training.data import Specials, windows

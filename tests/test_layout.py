@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from import_graph import ROOT, cycles, describe, import_graph, module_names, path_between
+from import_graph import ROOT, cycles, describe, module_names, path_between, scan_all
 
-GRAPH = import_graph()
-STATEMENTS = import_graph(strings=False)  # without the modules named only in lazy-attribute tables
+SCANS = scan_all()
+GRAPH = {name: scan.targets for name, scan in SCANS.items()}
 LIBRARY = sorted(m for m in GRAPH if m == "musicgpt" or m.startswith("musicgpt."))
 
 # Each module's room: the longest prefix found here (musicgpt.arcs.format and .capture are rooms of their own).
@@ -72,12 +72,34 @@ def test_no_import_cycles_in_the_library_or_the_benchmarks():
     assert not found, "import cycles:\n" + "\n".join(describe(GRAPH, c) for c in found)
 
 
-def test_the_graph_sees_lazy_imports_and_cycles():
-    fake = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
-    assert cycles(fake) == [["a", "b", "c"]] and describe(fake, ["a", "b", "c"]) == "a -> b -> c -> a"
-    # a function-level import is an edge: the CLI reaches each command only inside functions
-    assert "musicgpt.tokens.registry" in GRAPH["musicgpt.commands.prepare"]
-    assert "musicgpt.model.gpt" in GRAPH["musicgpt.generation.generate"]
+def test_the_graph_sees_lazy_imports_and_cycles(tmp_path):
+    """A cycle closed by a function-level import, one through a package's lazy-attribute table, one through an
+    f-string import_module, and an import of a module that does not exist."""
+    files = {
+        "musicgpt/__init__.py": '_LAZY = {"thing": ("musicgpt.b", "thing")}',
+        "musicgpt/a.py": "from musicgpt import thing",
+        "musicgpt/b.py": "def f():\n    import musicgpt.a\nthing = 1",
+        "musicgpt/c.py": "import importlib\ndef f(n):\n    return importlib.import_module(f'musicgpt.sub.{n}')",
+        "musicgpt/sub/__init__.py": "", "musicgpt/sub/d.py": "from musicgpt import c",
+        "musicgpt/e.py": "import musicgpt.gone\nfrom musicgpt.sub import nothing",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    scans = scan_all(module_names(tmp_path, ("musicgpt",)))
+    graph = {name: scan.targets for name, scan in scans.items()}
+    assert cycles(graph) == [["musicgpt.a", "musicgpt.b"], ["musicgpt.c", "musicgpt.sub.d"]]
+    assert describe(graph, ["musicgpt.a", "musicgpt.b"]) == "musicgpt.a -> musicgpt.b -> musicgpt.a"
+    assert "musicgpt.b" not in graph["musicgpt"]  # the table hands b out; the package does not import it
+    assert scans["musicgpt.e"].unresolved == {"musicgpt.gone", "musicgpt.sub.nothing"}
+    # and in the real tree: the CLI reaches each command only through an f-string, inside a function
+    assert {"musicgpt.commands.prepare", "musicgpt.commands.bench"} <= GRAPH["musicgpt.cli"]
+
+
+def test_every_import_of_ours_names_a_module_of_ours():
+    """An import of an old 0.1.0 path (served by the deprecation shim) or of a name that is not there."""
+    unresolved = {name: sorted(scan.unresolved) for name, scan in SCANS.items() if scan.unresolved}
+    assert not unresolved
 
 
 def test_every_module_is_in_a_room():
@@ -88,13 +110,11 @@ def test_every_module_is_in_a_room():
 
 def _runs_code(module: str) -> bool:
     """Whether importing a module imports any of ours (a package __init__ holding only a docstring does not)."""
-    return bool(STATEMENTS[module])
+    return bool(GRAPH[module])
 
 
 def test_imports_point_from_later_stages_to_earlier_ones():
-    """Checked on import statements; names a package only lists for lazy loading (musicgpt.arcs's capture
-    names, the package's public API) are checked by the cycle test instead."""
-    wrong = [f"{m} ({room(m)}) imports {t} ({room(t)})" for m in LIBRARY for t in sorted(STATEMENTS[m])
+    wrong = [f"{m} ({room(m)}) imports {t} ({room(t)})" for m in LIBRARY for t in sorted(GRAPH[m])
              if room(t) != room(m) and room(t) not in ALLOWED[room(m)] and _runs_code(t)]
     assert not wrong, "imports against the layout:\n" + "\n".join(wrong)
 
@@ -102,7 +122,7 @@ def test_imports_point_from_later_stages_to_earlier_ones():
 def test_viz_and_metrics_never_reach_the_model():
     for module in LIBRARY:
         if room(module) in ("viz", "metrics", "arcs.format", "training.log"):
-            assert path_between(STATEMENTS, module, "musicgpt.model") is None, module
+            assert path_between(GRAPH, module, "musicgpt.model") is None, module
 
 
 def test_benchmarks_use_the_library_not_the_command_line():
@@ -111,6 +131,19 @@ def test_benchmarks_use_the_library_not_the_command_line():
             assert not any(room(t) == "cli" for t in targets), (module, sorted(targets))
         elif module != "musicgpt.commands.bench":  # the one that locates bench/ and hands over
             assert not any(room(t) == "bench" for t in targets), module
+
+
+# torch-free modules that may still use torch inside a function, and why
+TORCH_WHEN_CALLED = {
+    "musicgpt.training.log": "MetricsLog mirrors rows to TensorBoard (torch.utils.tensorboard) while training",
+}
+
+
+def test_torch_free_rooms_name_no_torch_anywhere():
+    """Not even inside a function: the subprocess test below would only see module-level imports."""
+    offenders = {m: sorted(SCANS[m].external & {"torch", "safetensors"}) for m in LIBRARY
+                 if room(m) in TORCH_FREE and m not in TORCH_WHEN_CALLED}
+    assert not {m: names for m, names in offenders.items() if names}
 
 
 def _without_torch(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -163,19 +196,84 @@ def test_commands_that_need_no_model_run_without_torch(tmp_path):
     assert (tmp_path / "prepared" / "manifest.json").is_file() and (tmp_path / "tiny.html").is_file()
 
 
-def test_old_module_paths_still_import_with_a_deprecation_warning():
+# The public names of musicgpt 0.1.0's modules (what each defined, plus its __all__), read from its source.
+OLD_API = {
+    "musicgpt.notes": "Notes",
+    "musicgpt.midi": "DEFAULT_MSPQ MAX_SECONDS MidiSource Notes SUSTAIN_CC SUSTAIN_THRESHOLD WRITE_MSPQ WRITE_TPQ read_midi "
+                     "resolve_same_pitch sort_by_onset ticks_to_seconds write_midi write_tracks",
+    "musicgpt.audio": "AudioError NO_RENDERER RENDERERS SYSTEM_SOUNDFONTS available_renderers find_soundfont render_wav",
+    "musicgpt.tokenizer": "Encoding FORMAT_VERSION GrammarState PerformanceTokenizer SavedTokenizer TOKENIZER_FILE "
+                          "load_tokenizer main tokenizer_from_dict",
+    "musicgpt.miditok_backend": "ATTACHED_TYPES DEFAULT_BEAT_RES MiditokTokenizer ONSET_TYPES SCHEMES miditok_tokenizer",
+    "musicgpt.augment": "Augmenter PIANO_RANGE allowed_shifts make_augmenter pitch_bounds stretch transpose",
+    "musicgpt.recipes": "DEFAULT_RATIOS MIDI_SUFFIXES RECIPES SPLITS Source asap check_ratios collect detect_recipe folder "
+                        "giantmidi hashed_splits maestro pop909 split_fraction",
+    "musicgpt.prepare": "FORMAT MANIFEST PrepareResult TOKEN_DTYPE VERSION load_split prepare read_manifest",
+    "musicgpt.attention": "BLOCK PARALLEL_MIN_WORK apply_mask_ attention_probs biased_sdpa relative_attention "
+                          "relative_logits relative_scores release_scratch skewed_view",
+    "musicgpt.kv_cache": "KVCache",
+    "musicgpt.decoder": "Decoder",
+    "musicgpt.hugepages": "ALIGN HUGE_PAGE empty pack",
+    "musicgpt._relative_kernel": "KernelUnavailable MODES SOURCE backward build cache_dir compile_command forward "
+                                 "library_path load mode",
+    "musicgpt.config": "Config DataConfig FinetuneConfig OptimConfig TrainConfig apply_override config_from_dict "
+                       "config_to_dict dump_toml load_config parse_value",
+    "musicgpt.data": "Augment BatchStream CropSampler IGNORE_INDEX Specials Split batch_windows open_split valid_windows "
+                     "windows",
+    "musicgpt.train": "BEST CHECKPOINTS Dist STEP_PREFIX Schedule StopFlag TrainResult Trainer autocast_dtype "
+                      "checkpoint_dirs config_changes hardware load_data_tokenizer make_augment parameter_groups "
+                      "pick_device resolve_data resume_config rng_state schedule_for set_rng_state setup_distributed "
+                      "specials_of teardown threading_main train weights_fingerprint",
+    "musicgpt.evaluate": "EVENT_TYPES EvalReport Totals check_context evaluate_checkpoint report score tokenize_files "
+                         "write_json",
+    "musicgpt.trainlog": "COLUMNS MetricsLog plot_curves read_metrics truncate_after",
+    "musicgpt.sampling": "GrammarMask GumbelNoise LongNoteLimit SamplingConfig filter_logits gumbel keep_type_mass "
+                         "make_generator sample shift_seconds_per_id",
+    "musicgpt.primer": "MIDI_SUFFIXES SCORE_SUFFIXES primer_ids read_notes read_score",
+    "musicgpt.arcs_format": "ARCS_VERSION ARC_KEYS ArcsFormatError NOTE_KEYS arcs_by_query build_arcs filter_arcs "
+                            "read_arcs select_arcs validate_arcs write_arcs",
+    "musicgpt.embedding_plots": "NOTE_NAMES note_on_similarity_png position_similarity_png relative_embeddings_png",
+    "musicgpt.host": "cpu_flags cpu_model",
+    # kept their names (packages now)
+    "musicgpt.model": "Block GPTConfig KVCache MLP ModelOutput MusicGPT POSITIONS PRESETS SelfAttention",
+    "musicgpt.arcs": "ArcsConfig AttentionRecorder NoteArcs aggregate arcs_document attend build_arcs note_arcs query_rows "
+                     "teacher_force token_owners",
+    "musicgpt.generation": "DEFAULT_MAX_NOTE_SECONDS DEFAULT_NEW_TOKENS Sample TOKENS_PER_SECOND_CAP generate "
+                           "load_model_and_tokenizer",
+    "musicgpt.viz": "draw_arcs render_html render_png write_html",
+}
+
+
+@pytest.mark.parametrize("old", sorted(OLD_API))
+def test_names_of_0_1_0_still_import(old):
     from musicgpt._moved import MOVED
 
-    names = module_names()
-    for old, new in MOVED.items():
-        assert new in names and old not in names, (old, new)  # the old file is gone, the new one exists
+    for name in sys.modules.copy():
+        if name == old or name.startswith(old + "."):
+            if name in MOVED:
+                del sys.modules[name]  # import it afresh, so that its warning is seen
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        old = importlib.import_module("musicgpt.midi")
-        from musicgpt.tokenizer import PerformanceTokenizer
-    assert old is importlib.import_module("musicgpt.music.midi")
+        module = importlib.import_module(old)
+        for name in OLD_API[old].split():
+            assert getattr(module, name) is not None, f"{old}.{name}"
+    moved = [w for w in caught if issubclass(w.category, DeprecationWarning) and "moved to" in str(w.message)]
+    assert bool(moved) == (old in MOVED)
+    if old in MOVED:
+        assert MOVED[old][0] in str(moved[0].message) and old not in module_names()  # the old file is gone
+
+
+def test_moved_names_are_the_same_objects_and_python_m_still_runs():
+    from musicgpt._moved import MOVED
+
+    from musicgpt.tokenizer import PerformanceTokenizer, load_tokenizer  # noqa: F401  (0.1.0's README line)
     assert PerformanceTokenizer is importlib.import_module("musicgpt.tokens").PerformanceTokenizer
-    assert any(issubclass(w.category, DeprecationWarning) and "musicgpt.music.midi" in str(w.message) for w in caught)
+    assert importlib.import_module("musicgpt.midi").read_midi is importlib.import_module("musicgpt.music").read_midi
+    assert importlib.import_module("musicgpt.music.midi").__spec__.name == "musicgpt.music.midi"  # not renamed
+    names = module_names()
+    assert all(all(new in names for new in sources) for sources in MOVED.values())
+    out = subprocess.run([sys.executable, "-m", "musicgpt.tokenizer"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "3..130" in out.stdout and "python -m musicgpt.tokens" in out.stderr
 
 
 @pytest.mark.parametrize("name", importlib.import_module("musicgpt").__all__)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from musicgpt import checkpoint
 from musicgpt.cli import main
 from musicgpt.errors import CheckpointError, ConfigError, MusicGPTError
 from musicgpt.model import GPTConfig, MusicGPT, load_checkpoint, load_model, save_model

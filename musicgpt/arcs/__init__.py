@@ -12,13 +12,25 @@ import importlib
 
 from musicgpt.arcs.format import ArcsFormatError, build_arcs, read_arcs, select_arcs, validate_arcs, write_arcs
 
-_CAPTURE = ("ArcsConfig", "AttentionRecorder", "NoteArcs", "aggregate", "arcs_document", "attend", "note_arcs",
-            "query_rows", "teacher_force", "token_owners")
+# name -> (module, attribute), imported when first asked for
+_LAZY = {
+    "ArcsConfig": ("musicgpt.arcs.capture", "ArcsConfig"),
+    "AttentionRecorder": ("musicgpt.arcs.capture", "AttentionRecorder"),
+    "NoteArcs": ("musicgpt.arcs.capture", "NoteArcs"),
+    "aggregate": ("musicgpt.arcs.capture", "aggregate"),
+    "arcs_document": ("musicgpt.arcs.capture", "arcs_document"),
+    "attend": ("musicgpt.arcs.capture", "attend"),
+    "note_arcs": ("musicgpt.arcs.capture", "note_arcs"),
+    "query_rows": ("musicgpt.arcs.capture", "query_rows"),
+    "teacher_force": ("musicgpt.arcs.capture", "teacher_force"),
+    "token_owners": ("musicgpt.arcs.capture", "token_owners"),
+}
 
-__all__ = ["ArcsFormatError", "build_arcs", "read_arcs", "select_arcs", "validate_arcs", "write_arcs", *_CAPTURE]
+__all__ = ["ArcsFormatError", "build_arcs", "read_arcs", "select_arcs", "validate_arcs", "write_arcs", *_LAZY]
 
 
 def __getattr__(name: str):
-    if name in _CAPTURE:
-        return getattr(importlib.import_module("musicgpt.arcs.capture"), name)
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'musicgpt.arcs' has no attribute {name!r}")

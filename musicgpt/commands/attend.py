@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     from musicgpt.arcs.capture import ArcsConfig, attend
     from musicgpt.arcs.format import write_arcs
-    from musicgpt.generation.generate import load_model_and_tokenizer
+    from musicgpt.generation.loop import load_model_and_tokenizer
     from musicgpt.generation.primer import primer_ids
     from musicgpt.music.scores import read_notes
     from musicgpt.viz import write_html

@@ -51,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate, write the files, print one line per sample."""
     from musicgpt.arcs.capture import ArcsConfig
-    from musicgpt.generation.generate import DEFAULT_MAX_NOTE_SECONDS, generate, load_model_and_tokenizer
+    from musicgpt.generation.loop import DEFAULT_MAX_NOTE_SECONDS, generate, load_model_and_tokenizer
 
     arcs_config = ArcsConfig(row_top_k=args.arcs_row_top_k, top_n=args.arcs_top_n,
                              min_weight=args.arcs_min_weight) if args.arcs else None

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from musicgpt._atomic import atomic_write_text
-from musicgpt.errors import DatasetError, MidiError, MusicGPTError
-from musicgpt.corpus.recipes import DEFAULT_RATIOS, SPLITS, Source, check_ratios, collect
+from musicgpt.errors import DatasetError, MusicGPTError
+from musicgpt.corpus.recipes import DEFAULT_RATIOS, SPLITS, check_ratios, collect
 from musicgpt.corpus.shards import FORMAT, MANIFEST, TOKEN_DTYPE, VERSION, load_split, read_manifest, write_split
 from musicgpt.tokens.performance import PerformanceTokenizer
 from musicgpt.tokens.registry import tokenizer_from_dict

@@ -1,8 +1,18 @@
 """Generation (torch): continue a primer under the token grammar with a KV-cached sampler.
 
-    generate.py     `generate(...)` (also `musicgpt.generate`), `Generation`: one batch, stepped token by token
+    loop.py         `generate(...)` (also `musicgpt.generate`), `Generation`: one batch, stepped token by token
     sample.py       `Sample`: a generated piece and how it is written (MIDI, arcs.json, viewer, WAV)
     sampling.py     logits -> a token: temperature, top-k, top-p, min-p, seeded Gumbel draws
     constraints.py  which tokens may come next: the grammar mask, the long-note limit
     primer.py       the primer's token ids, cut to S seconds or N tokens
+
+(The loop's file is not called generate.py: the package exports the function `generate`, and a
+submodule of the same name would shadow it.)
 """
+
+from musicgpt.generation.loop import (DEFAULT_MAX_NOTE_SECONDS, DEFAULT_NEW_TOKENS, TOKENS_PER_SECOND_CAP, Generation,
+                                      GenerationSettings, generate, load_model_and_tokenizer)
+from musicgpt.generation.sample import Sample
+
+__all__ = ["DEFAULT_MAX_NOTE_SECONDS", "DEFAULT_NEW_TOKENS", "TOKENS_PER_SECOND_CAP", "Generation", "GenerationSettings",
+           "Sample", "generate", "load_model_and_tokenizer"]

@@ -11,8 +11,8 @@
 """
 
 from musicgpt.model.config import POSITIONS, PRESETS, GPTConfig
-from musicgpt.model.gpt import ModelOutput, MusicGPT, load_checkpoint, load_model, save_model
+from musicgpt.model.gpt import MLP, Block, ModelOutput, MusicGPT, SelfAttention, load_checkpoint, load_model, save_model
 from musicgpt.model.kv_cache import KVCache
 
-__all__ = ["GPTConfig", "KVCache", "ModelOutput", "MusicGPT", "POSITIONS", "PRESETS", "load_checkpoint",
-           "load_model", "save_model"]
+__all__ = ["MLP", "Block", "GPTConfig", "KVCache", "ModelOutput", "MusicGPT", "POSITIONS", "PRESETS", "SelfAttention",
+           "load_checkpoint", "load_model", "save_model"]

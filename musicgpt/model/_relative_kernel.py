@@ -114,7 +114,7 @@ def build(verbose: bool = True) -> Path:
                 tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
                 raise KernelUnavailable(f"compiling {SOURCE.name} failed:\n{tail}")
 
-        atomic_write(lib, compile_into)
+        atomic_write(lib, compile_into, mode=0o777)  # a shared library keeps its execute bits
         if verbose:
             print(f"musicgpt: kernel built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return lib

@@ -34,7 +34,7 @@ from musicgpt.model.kv_cache import KVCache
 if TYPE_CHECKING:  # the model never uses a tokenizer; it only stores one beside the weights
     from musicgpt.tokens.base import Tokenizer
 
-__all__ = ["MusicGPT", "ModelOutput", "load_model", "save_model", "load_checkpoint"]
+__all__ = ["MusicGPT", "ModelOutput", "SelfAttention", "Block", "MLP", "load_model", "save_model", "load_checkpoint"]
 
 
 @dataclass

@@ -58,13 +58,13 @@ class TrainResult:
     signal_name: str | None = None
 
 
-# ---------------------------------------------------------------------------------------------
-# signals
-
-
 def _unwrap(model: nn.Module) -> MusicGPT:
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+# ---------------------------------------------------------------------------------------------
+# signals
 
 
 class StopFlag:

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from musicgpt import checkpoint
-from musicgpt._atomic import atomic_write_text
+from musicgpt._atomic import atomic_write_text, remove_leftovers
 from musicgpt.device import Dist
 from musicgpt.errors import CheckpointError
 from musicgpt.training.config import Config, config_to_dict, dump_toml, load_config
@@ -55,14 +55,19 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 
 def clean_partial(run_dir: Path) -> None:
-    """Remove temporary and half-deleted directories a killed run may have left."""
+    """Remove what a killed run may have left: temporary files and directories, half-deleted checkpoints."""
     root = run_dir / CHECKPOINTS
     if root.is_dir():
         for p in root.iterdir():
             if p.name.startswith("."):
                 shutil.rmtree(p, ignore_errors=True)
+            elif p.is_dir():
+                remove_leftovers(p)  # a state file being replaced (save_state)
     for p in run_dir.glob(f".{BEST}.*"):
         shutil.rmtree(p, ignore_errors=True)
+    remove_leftovers(run_dir)  # metrics.csv, run.json, config.toml being replaced
+    if (run_dir / BEST).is_dir():
+        remove_leftovers(run_dir / BEST)
 
 
 def prune(run_dir: Path, keep: int) -> None:

@@ -9,18 +9,22 @@ Everything here draws from plain data (arcs.json dicts, arrays, metrics.csv); ma
 when a PNG module does.
 """
 
+import importlib
+
 from musicgpt.viz.viewer import render_html, write_html
 
-__all__ = ["render_html", "write_html", "render_png", "draw_arcs", "plot_curves"]
+# name -> (module, attribute), imported when first asked for (matplotlib)
+_LAZY = {
+    "render_png": ("musicgpt.viz.png", "render_png"),
+    "draw_arcs": ("musicgpt.viz.png", "draw_arcs"),
+    "plot_curves": ("musicgpt.viz.curves", "plot_curves"),
+}
+
+__all__ = ["render_html", "write_html", *_LAZY]
 
 
 def __getattr__(name: str):
-    if name in ("render_png", "draw_arcs"):
-        from musicgpt.viz import png
-
-        return getattr(png, name)
-    if name == "plot_curves":
-        from musicgpt.viz import curves
-
-        return curves.plot_curves
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'musicgpt.viz' has no attribute {name!r}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import colorsys
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PatchCollection

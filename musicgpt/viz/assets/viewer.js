@@ -83,7 +83,7 @@
     try { history.replaceState(null, '', '#' + parts.join('&')); } catch (e) { /* some file:// setups refuse; the status line still shows it */ }
   }
 
-  // ---------------------------------------------------------------- arc selection (same rule as musicgpt.arcs_format.select_arcs)
+  // ---------------------------------------------------------------- arc selection (same rule as musicgpt.arcs.format.select_arcs)
   function visibleArcs(q, useToggles) {
     const out = [];
     if (q < 0) return out;

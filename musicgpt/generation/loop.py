@@ -40,7 +40,7 @@ from musicgpt.model.gpt import MusicGPT, load_checkpoint
 from musicgpt.tokens.base import PerformanceEvents, Tokenizer
 from musicgpt.tokens.performance import PerformanceTokenizer
 
-__all__ = ["generate", "Generation", "GenerationSettings", "Sample", "load_model_and_tokenizer"]
+__all__ = ["generate", "Generation", "GenerationSettings", "load_model_and_tokenizer"]
 
 DEFAULT_NEW_TOKENS = 1024
 DEFAULT_MAX_NOTE_SECONDS = 10.0  # real piano holds 0.08% of its notes longer (ASAP, pedal folded)
@@ -195,6 +195,8 @@ class Generation:
     @torch.no_grad()
     def step(self) -> list[int]:
         """Sample one token per active sample and feed it; returns the step's tokens per sample (B,)."""
+        if self.done:
+            raise RuntimeError("this generation is done: every sample stopped or the token budget is spent")
         settings, active = self.settings, self.active
         eos, pad = self.tokenizer.eos_id, self.tokenizer.pad_id
         logits = self.logits
