@@ -21,7 +21,7 @@ data loader can call them on every crop:
 
 from __future__ import annotations
 
-import functools
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -51,10 +51,16 @@ class _Tables:
         self.max_steps = tokenizer.max_shift_steps
 
 
-@functools.lru_cache(maxsize=16)
+_TABLES: dict[int, _Tables] = {}  # id(tokenizer) -> its tables, while the tokenizer lives
+
+
 def _tables(tokenizer: PerformanceEvents) -> _Tables:
-    """The tables of a tokenizer, made once per distinct tokenizer (equal tokenizers share them)."""
-    return _Tables(tokenizer)
+    """The tables of a tokenizer, made on its first use (keyed by identity: hashing a tokenizer costs a sha256)."""
+    tables = _TABLES.get(id(tokenizer))
+    if tables is None:
+        tables = _TABLES[id(tokenizer)] = _Tables(tokenizer)
+        weakref.finalize(tokenizer, _TABLES.pop, id(tokenizer), None)
+    return tables
 
 
 def pitch_bounds(ids: np.ndarray, tokenizer: PerformanceEvents) -> tuple[int, int] | None:
