@@ -38,3 +38,26 @@ def make_midi(path: Path, tracks: list[list[tuple]], tpq: int = 480, tempos: lis
 def note(pitch: int, on: int, off: int, velocity: int = 80, channel: int = 0) -> list[tuple]:
     """The two events of one note."""
     return [(on, "on", pitch, velocity, channel), (off, "off", pitch, 0, channel)]
+
+
+def make_raw_midi(path: Path, tracks: list[list[tuple[int, mido.Message | mido.MetaMessage]]], tpq: int = 480,
+                  division: int | None = None) -> Path:
+    """Write a type-1 file event by event, as given: (delta ticks, mido message) per event, nothing added or
+    fixed (mido's own writer moves every end_of_track to the end; this one keeps them where they are).
+    `division` overrides the header's time division word (0, or an SMPTE value with bit 15 set)."""
+    def vlq(value: int) -> bytes:
+        out = [value & 0x7F]
+        value >>= 7
+        while value:
+            out.append((value & 0x7F) | 0x80)
+            value >>= 7
+        return bytes(reversed(out))
+
+    chunks = []
+    for events in tracks:
+        data = b"".join(vlq(delta) + bytes(msg.bytes()) for delta, msg in events)
+        chunks.append(b"MTrk" + len(data).to_bytes(4, "big") + data)
+    word = tpq if division is None else division
+    header = b"MThd" + (6).to_bytes(4, "big") + (1).to_bytes(2, "big") + len(tracks).to_bytes(2, "big") + word.to_bytes(2, "big")
+    Path(path).write_bytes(header + b"".join(chunks))
+    return Path(path)

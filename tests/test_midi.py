@@ -1,12 +1,14 @@
 """musicgpt.music.midi: parsing, tempo maps, pedal folding, the same-pitch rule, bad files, writing."""
 
+import warnings
 from pathlib import Path
 
+import mido
 import numpy as np
 import pretty_midi
 import pytest
 
-from midi_factory import make_midi, note
+from midi_factory import make_midi, make_raw_midi, note
 from musicgpt.errors import MidiError
 from musicgpt.music.midi import Notes, read_midi, write_midi
 
@@ -203,3 +205,49 @@ def test_write_to_missing_folder_raises(tmp_path):
 def test_read_from_bytes_equals_read_from_path():
     a, b = read_midi(REAL[1]), read_midi(REAL[1].read_bytes())
     assert np.array_equal(a.start, b.start) and np.array_equal(a.end, b.end)
+
+
+# ---- files that symusic alone reads wrong, and files whose reason for having no notes must be true ----
+def _msg(kind: str, **kw):
+    return mido.MetaMessage(kind, **kw) if kind in ("set_tempo", "end_of_track") else mido.Message(kind, **kw)
+
+
+def test_tempo_events_and_note_offs_after_an_early_end_of_track_are_read_as_mido_reads_them(tmp_path):
+    """Piano-roll exports put End-of-Track at tick 0 of the tempo track, tempo changes after it, and the
+    note-offs of the final chord after the note track's End-of-Track; symusic alone stopped at each."""
+    tempo = [(0, _msg("set_tempo", tempo=500_000)), (0, _msg("end_of_track")),
+             (960, _msg("set_tempo", tempo=250_000)), (960, _msg("set_tempo", tempo=1_000_000)),
+             (0, _msg("end_of_track"))]
+    notes = [(0, _msg("note_on", note=60, velocity=80)), (480, _msg("note_off", note=60)),
+             (0, _msg("note_on", note=64, velocity=70)), (480, _msg("note_off", note=64)),
+             (0, _msg("note_on", note=67, velocity=60)), (0, _msg("note_on", note=72, velocity=60)),
+             (0, _msg("end_of_track")), (480, _msg("note_off", note=67)), (0, _msg("note_off", note=72)),
+             (960, _msg("note_on", note=48, velocity=90)), (960, _msg("note_off", note=48)),
+             (0, _msg("end_of_track"))]
+    path = make_raw_midi(tmp_path / "roll.mid", [tempo, notes])
+    ours = read_midi(path)
+    pm = sorted((n.start, n.end, n.pitch) for n in pretty_midi.PrettyMIDI(str(path)).instruments[0].notes)
+    assert len(ours) == len(pm) == 5  # no note lost
+    assert np.abs(ours.start - [s for s, _, _ in pm]).max() < 1e-3
+    assert np.abs(ours.end - [e for _, e, _ in pm]).max() < 1e-3 and ours.pitch.tolist() == [p for *_, p in pm]
+    assert ours.end_time == pytest.approx(1.0 + 0.5 + 3.0)  # 120 bpm to tick 960, 240 bpm to 1920, 60 bpm to 3360
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("tpq0", "0 ticks per quarter note"),
+    ("smpte", "SMPTE frames per second"),
+    ("drums", "only drums (1 note on MIDI channel 10)"),
+    ("no_offs", "none of its 2 note-ons is ever released"),
+])
+def test_files_without_notes_say_why(tmp_path, case, reason):
+    on, off = (lambda p, ch=0: _msg("note_on", note=p, velocity=80, channel=ch)), (lambda p, ch=0: _msg("note_off", note=p, channel=ch))
+    events = {"tpq0": [(0, on(60)), (480, off(60))], "smpte": [(0, on(60)), (480, off(60))],
+              "drums": [(0, on(36, 9)), (480, off(36, 9))], "no_offs": [(0, on(60)), (480, on(62))]}[case]
+    division = {"tpq0": 0, "smpte": 0xE728}.get(case)
+    path = make_raw_midi(tmp_path / f"{case}.mid", [events + [(0, _msg("end_of_track"))]], division=division)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy RuntimeWarning on the way (tpq 0 used to divide by zero)
+        with pytest.raises(MidiError) as caught:
+            read_midi(path)
+    assert str(caught.value).startswith(f"{path}: ") and reason in str(caught.value)
+    assert "contains no notes" not in str(caught.value)

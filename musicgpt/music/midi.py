@@ -41,6 +41,7 @@ import numpy as np
 
 from musicgpt._atomic import atomic_write
 from musicgpt.errors import MidiError
+from musicgpt.music import smf
 from musicgpt.music.notes import Notes
 
 __all__ = ["Notes", "read_midi", "write_midi", "write_tracks", "is_midi_path", "midi_files", "MIDI_SUFFIXES",
@@ -75,7 +76,11 @@ def _name(source: MidiSource, name: str | None) -> str:
 
 
 def _parse(source: MidiSource, name: str):
-    """Bytes or path -> symusic ScoreTick, with symusic's errors turned into MidiError."""
+    """Bytes or path -> (symusic ScoreTick, the bytes), with symusic's errors turned into MidiError.
+
+    An End-of-Track before the last event of a track is removed first (musicgpt.music.smf), so that
+    the tempo map and notes after it are read, as mido and pretty_midi read them.
+    """
     from symusic import Score
 
     if isinstance(source, (bytes, bytearray)):
@@ -93,8 +98,14 @@ def _parse(source: MidiSource, name: str):
         raise MidiError(f"{name}: empty file (0 bytes)")
     if not data.startswith(b"MThd"):
         raise MidiError(f"{name}: not a MIDI file (no MThd header)")
+    division = smf.division(data)
+    if division == 0:
+        raise MidiError(f"{name}: its header gives 0 ticks per quarter note, so no event has a time")
+    if division is not None and division & 0x8000:
+        raise MidiError(f"{name}: timed in SMPTE frames per second, not ticks per quarter note (not supported)")
+    data = smf.without_early_end_of_track(data) or data
     try:
-        return Score.from_midi(data)
+        return Score.from_midi(data), data
     except Exception as exc:  # symusic raises RuntimeError with its own wording
         reason = str(exc).replace("MiniMidi: ", "").replace(": iostream error", "").strip()
         raise MidiError(f"{name}: corrupt or truncated MIDI ({reason})") from None
@@ -217,7 +228,7 @@ def read_midi(
 ) -> Notes:
     """Read a MIDI file (path or bytes) into a `Notes` table in seconds; see the module docstring."""
     name = _name(source, name)
-    score = _parse(source, name)
+    score, data = _parse(source, name)
     tempo_map = _tempo_map(score, name)
     parts = []
     for index, track in enumerate(score.tracks):
@@ -240,7 +251,7 @@ def read_midi(
     if not parts:
         if allow_empty:
             return Notes.empty()
-        raise MidiError(f"{name}: contains no notes")
+        raise MidiError(f"{name}: {_why_no_notes(score, data, tracks, programs, include_drums)}")
     if len(parts) == 1:
         start, end, pitch, velocity = parts[0]
     else:
@@ -258,6 +269,20 @@ def read_midi(
             "(absurd tempo or timing)"
         )
     return Notes(seconds[:n], seconds[n:], pitch, np.maximum(velocity, 1))
+
+
+def _why_no_notes(score, data: bytes, tracks, programs, include_drums: bool) -> str:
+    """The true reason a file gave no notes."""
+    pitched = sum(t.note_num() for t in score.tracks if not t.is_drum)
+    drums = sum(t.note_num() for t in score.tracks if t.is_drum)
+    if drums and not pitched and not include_drums:
+        return f"contains only drums ({drums} note{'s' if drums != 1 else ''} on MIDI channel 10), no pitched notes"
+    if (pitched or drums) and (tracks is not None or programs is not None):
+        return "contains no notes in the chosen tracks or programs"
+    counts = smf.count_note_ons(data)
+    if counts is not None and counts[0] and not (pitched or drums):
+        return f"none of its {counts[0]} note-ons is ever released (no matching note-off), so it has no complete notes"
+    return "contains no notes"
 
 
 def write_midi(notes: Notes, path: str | os.PathLike, *, program: int = 0, name: str = "Piano") -> None:
