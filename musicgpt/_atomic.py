@@ -22,7 +22,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_savefig", "atomic_directory", "remove_leftovers", "umask"]
+from musicgpt.errors import WriteError
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_savefig", "atomic_files", "atomic_directory",
+           "recover_directories", "remove_leftovers", "umask"]
 
 
 def umask() -> int:
@@ -48,23 +51,83 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], *, ma
     temporary file is removed and the error propagates; `path` is untouched.
     """
     path = Path(path)
-    if make_parents:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _write_temporary(path, write, make_parents, durable, mode)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
+    if durable:
+        _fsync(path.parent)
+    return path
+
+
+def _write_temporary(path: Path, write: Callable[[Path], object], make_parents: bool, durable: bool,
+                     mode: int) -> Path:
+    """A filled temporary sibling of `path` (removed again if anything fails)."""
+    try:
+        if make_parents:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     tmp = Path(name)
     try:
         write(tmp)
         os.chmod(tmp, mode & ~umask())
         if durable:
             _fsync(tmp)
-        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if durable:
-        _fsync(path.parent)
-    return path
+    return tmp
+
+
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    reason = exc.strerror or f"{exc}: a short write, the disk is probably full"  # numpy's tofile/save say only that
+    return WriteError(f"{path}: cannot write ({reason})")
+
+
+class _Group:
+    """Files written to temporaries now, renamed into place together when the `atomic_files` block ends."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Path, Path]] = []
+
+    def write(self, path: str | os.PathLike, write: Callable[[Path], object], *, mode: int = 0o666) -> Path:
+        """Fill a temporary for `path` now (see atomic_write); it is renamed when the block succeeds."""
+        path = Path(path)
+        self.pending.append((_write_temporary(path, write, False, False, mode), path))
+        return path
+
+    def write_text(self, path: str | os.PathLike, text: str) -> Path:
+        """write() of UTF-8 text."""
+        return self.write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+@contextmanager
+def atomic_files() -> Iterator[_Group]:
+    """Write several files, then rename them all into place in the order written (the last is the one that
+    says the others are complete, a manifest say). Nothing is renamed until every file is written, so a
+    full disk or an error leaves every old file as it was."""
+    group = _Group()
+    try:
+        yield group
+    except BaseException:
+        for tmp, _ in group.pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    for i, (tmp, path) in enumerate(group.pending):
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            for rest, _ in group.pending[i:]:
+                rest.unlink(missing_ok=True)
+            raise _write_error(path, exc) from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, make_parents: bool = False,
@@ -89,10 +152,16 @@ def atomic_directory(path: str | os.PathLike, *, durable: bool = False) -> Itera
     error inside the block the temporary directory is removed and `path` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    try:
+        try:
+            yield tmp
+        except OSError as exc:
+            raise _write_error(path, exc) from None
         os.chmod(tmp, 0o777 & ~umask())
         if durable:
             for file in tmp.rglob("*"):
@@ -113,13 +182,34 @@ def atomic_directory(path: str | os.PathLike, *, durable: bool = False) -> Itera
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def recover_directories(parent: str | os.PathLike, complete: Callable[[Path], bool]) -> list[Path]:
+    """Put back every directory of `parent` that a kill between the two renames of an atomic_directory swap
+    left missing: the new copy if it is complete (the swap starts only once it is), else the old one.
+
+    Call it before remove_leftovers, which would delete both copies. Returns the directories put back.
+    """
+    parent = Path(parent)
+    restored = []
+    for old in sorted(parent.glob(".*.old-*")):
+        name = old.name[1 : old.name.rindex(".old-")]
+        path = parent / name
+        if path.exists() or not old.is_dir():
+            continue
+        new = [t for t in parent.glob(f".{name}.*.tmp") if t.is_dir() and complete(t)]
+        source = max(new, key=lambda t: t.stat().st_mtime) if new else old if complete(old) else None
+        if source is not None:
+            os.rename(source, path)
+            restored.append(path)
+    return restored
+
+
 def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files and directories that writers killed mid-write left in `folder`; returns them.
 
     Only for a folder no other process is writing into at the same time (their temporaries look the same).
     """
     removed = []
-    for entry in Path(folder).glob(".*.tmp"):
+    for entry in [*Path(folder).glob(".*.tmp"), *Path(folder).glob(".*.old-*")]:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:

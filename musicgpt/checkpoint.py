@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from musicgpt._atomic import atomic_directory, atomic_write, atomic_write_text
-from musicgpt.errors import CheckpointError
+from musicgpt.errors import CheckpointError, WriteError
 from musicgpt.tokens.base import Tokenizer
 
 __all__ = ["resolve", "write", "read_config", "read_weights", "load_weights", "load_tokenizer", "check_vocab",
@@ -61,15 +61,18 @@ def write(path: str | Path, *, model_config: dict[str, Any], tensors: dict[str, 
     check_vocab(path, model_config, tokenizer)
     if path.exists() and not (path / CONFIG).is_file() and (not path.is_dir() or any(path.iterdir())):
         raise CheckpointError(f"checkpoint {path}: exists and is not a checkpoint directory; refusing to overwrite")
-    with atomic_directory(path, durable=True) as tmp:
-        config = {"format": FORMAT, "version": VERSION, "model": model_config, "meta": meta or {}}
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        save_file({k: _for_saving(t, dtype) for k, t in tensors.items()}, str(tmp / WEIGHTS),
-                  metadata={"format": FORMAT})
-        if tokenizer is not None:
-            tokenizer.save(tmp / TOKENIZER)
-        for name, state in (states or {}).items():
-            _write_state(tmp, name, state)
+    try:
+        with atomic_directory(path, durable=True) as tmp:
+            config = {"format": FORMAT, "version": VERSION, "model": model_config, "meta": meta or {}}
+            (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            save_file({k: _for_saving(t, dtype) for k, t in tensors.items()}, str(tmp / WEIGHTS),
+                      metadata={"format": FORMAT})
+            if tokenizer is not None:
+                tokenizer.save(tmp / TOKENIZER)
+            for name, state in (states or {}).items():
+                _write_state(tmp, name, state)
+    except SafetensorError as exc:  # safetensors reports a full disk as its own error
+        raise WriteError(f"checkpoint {path}: cannot write {WEIGHTS} ({_io_reason(exc)})") from None
     return path
 
 
@@ -137,7 +140,10 @@ def save_state(path: str | Path, name: str, state: Any) -> None:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path}: no such directory to save state {name!r} into")
     tensors, text = _state_files(name, state)
-    atomic_write(path / f"{name}.safetensors", lambda tmp: save_file(tensors, str(tmp)), durable=True)
+    try:
+        atomic_write(path / f"{name}.safetensors", lambda tmp: save_file(tensors, str(tmp)), durable=True)
+    except SafetensorError as exc:
+        raise WriteError(f"checkpoint {path}: cannot write {name}.safetensors ({_io_reason(exc)})") from None
     atomic_write_text(path / f"{name}.json", text, durable=True)
 
 
@@ -214,6 +220,15 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 # ---- files ----
+
+def _io_reason(exc: Exception) -> str:
+    """The readable part of a safetensors I/O error."""
+    text = str(exc)
+    for marker in ('message: "', "message: '"):
+        if marker in text:
+            return text.split(marker, 1)[1].split(marker[-1], 1)[0]
+    return text
+
 
 def _for_saving(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     t = t.detach().to("cpu")

@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     from musicgpt.errors import MusicGPTError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # a file name's undecodable bytes are printed as they are
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     chosen = chosen_command(argv)
     try:
         parser, _ = build_parser(argv)

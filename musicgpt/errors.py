@@ -1,4 +1,4 @@
-"""User-facing errors: the CLI prints these as one line, without a traceback."""
+"""User-facing errors: the CLI prints these as one line, without a traceback; and file names fit to show."""
 
 
 class MusicGPTError(Exception):
@@ -19,3 +19,13 @@ class CheckpointError(MusicGPTError):
 
 class DatasetError(MusicGPTError):
     """A corpus folder or a prepared data directory is missing, empty or inconsistent."""
+
+
+class WriteError(MusicGPTError):
+    """A file or folder could not be written (disk full, no permission, read-only); the message names it."""
+
+
+def printable(text: str) -> str:
+    """Text safe to write anywhere (HTML, plots, JSON for people): a file name's undecodable bytes, which
+    Python keeps as lone surrogates, become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from musicgpt import checkpoint
-from musicgpt.errors import CheckpointError
+from musicgpt.errors import CheckpointError, WriteError
 from musicgpt.tokens import PerformanceTokenizer
 from musicgpt.model import GPTConfig, MusicGPT, load_checkpoint, load_model, save_model
 
@@ -56,7 +56,7 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path):
         def save(self, p):
             raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="ckpt: cannot write .disk full"):  # one line naming the checkpoint
         tiny_model(n_layer=1).save_pretrained(path, tokenizer=Broken())
     assert GPTConfig.from_checkpoint(path).n_layer == 2
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]

@@ -13,10 +13,19 @@ are left out; the `top_n` heaviest key notes of at least `min_weight` are kept.
 Teacher forcing. `attend` runs a piece through the model in chunks over the same sliding-window
 KV cache that generation uses (each token sees the last n_ctx tokens, itself included), so arcs
 of a generated piece computed by `attend` equal those captured while generating it.
+
+Memory. An `AttentionRecorder` keeps every captured row until the end (generation records one row
+per step and learns the notes only when the piece is finished): about L x H x row_top_k x 12 bytes
+per NOTE_ON. Teacher forcing knows the whole sequence up front, so `NoteArcsStream` decodes the
+notes first and aggregates each chunk's rows to note arcs as soon as the chunk is done, then drops
+them: what it holds is the note arcs so far, at most notes x L x H x top_n of them in compact numpy
+arrays (18 bytes per arc), plus one chunk's rows. A query note's arcs depend only on its own
+NOTE_ON row and on which notes own the keys, so the result equals the whole-piece aggregation.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -74,6 +83,9 @@ class AttentionRecorder:
 
     def __len__(self) -> int:
         return sum(len(p[1]) for p in self._parts)
+
+    def end_chunk(self) -> None:
+        """Called after each teacher-forced chunk: a recorder keeps its rows (see NoteArcsStream)."""
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every kept entry as flat arrays: query, layer, head, key (token positions) and weight."""
@@ -165,32 +177,109 @@ def aggregate(entries: dict[str, np.ndarray], owner: np.ndarray, query_note: np.
     return NoteArcs(query=group // (n_head * n_layer), key=k, layer=layer, head=head, weight=sums)
 
 
-def note_arcs(tokenizer, ids, recorder: AttentionRecorder, n_layer: int, n_head: int) -> tuple[Any, NoteArcs]:
-    """(notes, arcs between them) of the token sequence `ids` from what `recorder` captured."""
+def _query_notes(tokenizer, ids: np.ndarray, note_index: np.ndarray) -> np.ndarray:
+    """Per token: the note whose query row it is (its NOTE_ON), else -1."""
+    return np.where(tokenizer.token_type(ids) == tokenizer.type_names.index("NOTE_ON"), note_index, -1)
+
+
+def note_arcs(tokenizer, ids, recorder, n_layer: int, n_head: int) -> tuple[Any, NoteArcs]:
+    """(notes, arcs between them) of the token sequence `ids` from what `recorder` captured.
+
+    `recorder` is an AttentionRecorder (its rows are aggregated now) or a NoteArcsStream of `ids`
+    (what it aggregated while teacher forcing)."""
+    if isinstance(recorder, NoteArcsStream):
+        return recorder.notes, recorder.result()
+    ids = np.asarray(ids, np.int64)
     notes, note_index, owner, note_token = token_owners(tokenizer, ids)
-    kinds = tokenizer.token_type(np.asarray(ids, np.int64))
-    query_note = np.where(kinds == tokenizer.type_names.index("NOTE_ON"), note_index, -1)
-    arcs = aggregate(recorder.arrays(), owner, query_note, n_layer, n_head, recorder.config)
+    arcs = aggregate(recorder.arrays(), owner, _query_notes(tokenizer, ids, note_index), n_layer, n_head,
+                     recorder.config)
     arcs.note_token = note_token
     return notes, arcs
 
 
-def arcs_document(tokenizer, ids, recorder: AttentionRecorder, model_config, primer_length: int = 0,
-                  primer_mask: np.ndarray | None = None, **extra: Any) -> dict:
-    """The arcs.json dict (validated) of a piece: notes with their NOTE_ON positions, arcs, model and tokenizer.
+_COLUMNS = (("query", np.int32), ("key", np.int32), ("layer", np.int16), ("head", np.int16), ("weight", np.float64))
 
-    A note is a primer note when its NOTE_ON lies in the first `primer_length` tokens, or where
-    `primer_mask` (bool per decoded note) says so.
+
+class NoteArcsStream:
+    """Note arcs of a known token sequence, aggregated chunk by chunk while teacher forcing it.
+
+    It takes each chunk's rows through `add` (like an AttentionRecorder); `end_chunk` aggregates them
+    to note arcs and drops them. Memory: the notes and per-token maps (O(tokens)), the note arcs so
+    far (int32 query and key, int16 layer and head, float64 weight: 18 bytes an arc; at most
+    notes x n_layer x n_head x top_n arcs), and one chunk's rows (at most chunk x n_layer x n_head x
+    row_top_k entries). `result()` equals `aggregate` over every row of the piece at once, order included.
     """
-    notes, arcs = note_arcs(tokenizer, ids, recorder, model_config.n_layer, model_config.n_head)
+
+    def __init__(self, tokenizer, ids, n_layer: int, n_head: int, config: ArcsConfig | None = None):
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        self.config = config or ArcsConfig()
+        self.n_layer, self.n_head = int(n_layer), int(n_head)
+        self.notes, note_index, self.owner, self.note_token = token_owners(tokenizer, ids)
+        self.query_note = _query_notes(tokenizer, ids, note_index)
+        queried = self.query_note[self.query_note >= 0]
+        # A note has one NOTE_ON row in anything a tokenizer writes; should two rows share a note, their
+        # weights add up, so the rows are kept to the end (no streaming) and aggregated together.
+        self.streaming = len(np.unique(queried)) == len(queried)
+        self.rows = AttentionRecorder(self.config)  # the current chunk's rows
+        self._columns: list[list[np.ndarray]] = [[] for _ in _COLUMNS]  # the note arcs, one array per chunk
+        self.n_arcs = 0
+
+    def add(self, positions, key_start: int, probs: Tensor) -> None:
+        """Rows at token `positions`, as AttentionRecorder.add."""
+        self.rows.add(positions, key_start, probs)
+
+    def end_chunk(self) -> None:
+        """Aggregate the rows taken since the last call to note arcs and drop them."""
+        if self.streaming:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not len(self.rows):
+            return
+        arcs = aggregate(self.rows.arrays(), self.owner, self.query_note, self.n_layer, self.n_head, self.config)
+        for kept, (name, dtype) in zip(self._columns, _COLUMNS):
+            kept.append(getattr(arcs, name).astype(dtype))
+        self.n_arcs += len(arcs)
+        self.rows = AttentionRecorder(self.config)
+
+    def result(self) -> NoteArcs:
+        """The note arcs of every row taken, sorted by query note, layer, head, then heaviest first."""
+        self._flush()
+        columns = []
+        for kept, (_, dtype) in zip(self._columns, _COLUMNS):  # one column at a time: little beyond the arcs
+            columns.append(np.concatenate(kept) if kept else np.zeros(0, dtype))
+            kept[:] = [columns[-1]]
+        query = columns[0]
+        if len(query) > 1 and (query[1:] < query[:-1]).any():
+            # Notes of one time step written out of pitch order, across a chunk boundary: every arc of a
+            # query note comes from its one row (one chunk), so a stable sort by query restores the order.
+            order = np.argsort(query, kind="stable")
+            columns = [c[order] for c in columns]
+            self._columns = [[c] for c in columns]
+        return NoteArcs(*columns, note_token=self.note_token)
+
+
+def note_document(notes, arcs: NoteArcs, tokenizer, model_config, config: ArcsConfig, primer_length: int = 0,
+                  primer_mask: np.ndarray | None = None, **extra: Any) -> dict:
+    """The arcs.json dict (validated) of decoded `notes` and their `arcs`; primer notes as in `arcs_document`."""
     primer = arcs.note_token < primer_length if primer_mask is None else np.asarray(primer_mask, bool)
     note_rows = [{"pitch": int(notes.pitch[i]), "start": float(notes.start[i]), "end": float(notes.end[i]),
                   "velocity": int(notes.velocity[i]), "token": int(arcs.note_token[i]),
                   "primer": bool(primer[i])} for i in range(len(notes))]
-    arc_rows = arcs.as_dict_rows()
-    return build_arcs(note_rows, arc_rows, n_layer=model_config.n_layer, n_head=model_config.n_head,
-                      model=model_config.to_dict(), tokenizer=tokenizer.to_dict(),
-                      arcs_params=recorder.config.to_dict(), **extra)
+    return build_arcs(note_rows, arcs.as_dict_rows(), n_layer=model_config.n_layer, n_head=model_config.n_head,
+                      model=model_config.to_dict(), tokenizer=tokenizer.to_dict(), arcs_params=config.to_dict(),
+                      **extra)
+
+
+def arcs_document(tokenizer, ids, recorder, model_config, primer_length: int = 0,
+                  primer_mask: np.ndarray | None = None, **extra: Any) -> dict:
+    """The arcs.json dict (validated) of a piece: notes with their NOTE_ON positions, arcs, model and tokenizer.
+
+    A note is a primer note when its NOTE_ON lies in the first `primer_length` tokens, or where
+    `primer_mask` (bool per decoded note) says so. `recorder`: as in `note_arcs`.
+    """
+    notes, arcs = note_arcs(tokenizer, ids, recorder, model_config.n_layer, model_config.n_head)
+    return note_document(notes, arcs, tokenizer, model_config, recorder.config, primer_length, primer_mask, **extra)
 
 
 def query_rows(tokenizer, ids) -> np.ndarray:
@@ -199,11 +288,13 @@ def query_rows(tokenizer, ids) -> np.ndarray:
 
 
 @torch.no_grad()
-def teacher_force(model, ids: Tensor, cache, recorders: list[AttentionRecorder] | None = None,
-                  queries: np.ndarray | None = None, chunk: int = 256) -> Tensor:
+def teacher_force(model, ids: Tensor, cache, recorders: list | None = None, queries: np.ndarray | None = None,
+                  chunk: int = 256, progress=None) -> Tensor:
     """Feed ids (B, T) into `cache` in chunks; record the attention rows marked in `queries` (B, T).
 
-    Returns the logits of the last position, (B, vocab). Positions count from the cache's length.
+    `recorders` (one per sequence: AttentionRecorder or NoteArcsStream) get each chunk's rows, then
+    `end_chunk()`. `progress(n)` is called with the tokens of each chunk fed. Returns the logits of the
+    last position, (B, vocab). Positions count from the cache's length.
     """
     b, t = ids.shape
     logits = None
@@ -220,25 +311,46 @@ def teacher_force(model, ids: Tensor, cache, recorders: list[AttentionRecorder] 
             for i, r in enumerate(rows):
                 if len(r):
                     recorders[i].add(first + r, key_start, probs[:, i][:, :, torch.from_numpy(r)].transpose(1, 2))
+            del out, probs
+        for recorder in recorders or ():
+            recorder.end_chunk()
+        if progress is not None:
+            progress(part.shape[1])
     return logits
 
 
+def attend_notes(model, ids, tokenizer, *, config: ArcsConfig | None = None, chunk: int = 256,
+                 progress: bool = False) -> NoteArcsStream:
+    """Teacher-force `ids` (starting with BOS) and aggregate as it goes; the stream holds notes and arcs.
+
+    Memory stays bounded by the arcs kept (see NoteArcsStream), whatever the length. progress: a tqdm
+    bar over tokens on stderr.
+    """
+    from tqdm.auto import tqdm
+
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    stream = NoteArcsStream(tokenizer, ids, model.config.n_layer, model.config.n_head, config)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(ids), unit="tok", desc="attend", disable=not progress, leave=False, dynamic_ncols=True,
+               file=sys.stderr)
+    try:
+        device = next(model.parameters()).device
+        teacher_force(model, torch.from_numpy(ids)[None].to(device), model.new_cache(), [stream],
+                      query_rows(tokenizer, ids)[None], chunk=chunk, progress=bar.update)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return stream
+
+
 def attend(model, ids, tokenizer, *, config: ArcsConfig | None = None, primer_length: int = 0,
-           primer_mask: np.ndarray | None = None, chunk: int = 256, **extra: Any) -> dict:
+           primer_mask: np.ndarray | None = None, chunk: int = 256, progress: bool = False, **extra: Any) -> dict:
     """Arcs (the arcs.json dict) of an existing token sequence, by teacher forcing through the model.
 
     `ids` is what the model reads, starting with BOS (as `musicgpt generate` writes it); primer
-    notes as in `arcs_document`.
+    notes as in `arcs_document`. Rows are aggregated chunk by chunk (`attend_notes`); the dict itself
+    holds every arc as a Python dict (a long piece: write it with `musicgpt attend`, which streams).
     """
-    ids = np.asarray(ids, np.int64).reshape(-1)
-    recorder = AttentionRecorder(config)
-    was_training = model.training
-    model.eval()
-    try:
-        cache = model.new_cache()
-        device = next(model.parameters()).device
-        teacher_force(model, torch.from_numpy(ids)[None].to(device), cache, [recorder],
-                      query_rows(tokenizer, ids)[None], chunk=chunk)
-    finally:
-        model.train(was_training)
-    return arcs_document(tokenizer, ids, recorder, model.config, primer_length, primer_mask, **extra)
+    stream = attend_notes(model, ids, tokenizer, config=config, chunk=chunk, progress=progress)
+    return arcs_document(tokenizer, ids, stream, model.config, primer_length, primer_mask, **extra)

@@ -2,14 +2,27 @@
 
 Writes DIR/NAME.arcs.json and the viewer DIR/NAME.html. A file written by `musicgpt generate`
 keeps its primer/continuation split: notes of a track named "primer" are marked as primer notes.
+
+Long pieces: the whole piece is read (cut it with --seconds or --tokens), in chunks, with a
+progress bar. Attention rows are aggregated to note arcs chunk by chunk
+(`musicgpt.arcs.capture.NoteArcsStream`), and arcs.json is written from those arrays a block of
+lines at a time, so memory is bounded by the note arcs kept (18 bytes an arc, at most notes x
+layers x heads x --top-n), not by the token rows. The viewer page embeds at most --html-max-arcs
+arcs (the heaviest): an hour of dense piano has some 18 million arcs, a 1 GB arcs.json, more than
+a browser page holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
+
+HTML_MAX_ARCS = 1_000_000  # about 17 MB of page; a 5-minute piece of dense piano has some 1.5 million arcs
+_BLOCK = 100_000  # arcs formatted per write
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -19,14 +32,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, metavar="FILE", help="a MIDI, MusicXML (.xml/.musicxml/.mxl) or ABC file")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: next to FILE)")
     cut = parser.add_mutually_exclusive_group()
-    cut.add_argument("--seconds", type=float, metavar="S", help="only the first S seconds of the piece")
-    cut.add_argument("--tokens", type=int, metavar="N", help="only the first N tokens of the piece")
+    cut.add_argument("--seconds", type=float, metavar="S", help="only the first S seconds of the piece (default: all)")
+    cut.add_argument("--tokens", type=int, metavar="N", help="only the first N tokens of the piece (default: all)")
     parser.add_argument("--top-n", type=int, default=6, metavar="N",
                         help="per note, layer and head: keep the N heaviest earlier notes (default 6)")
     parser.add_argument("--min-weight", type=float, default=0.01, metavar="W", help="drop arcs lighter than W (default 0.01)")
     parser.add_argument("--row-top-k", type=int, default=64, metavar="K",
                         help="per token, layer and head: keep the K heaviest keys (default 64)")
+    parser.add_argument("--html-max-arcs", type=int, default=HTML_MAX_ARCS, metavar="N",
+                        help=f"the viewer page embeds at most N arcs, the heaviest (default {HTML_MAX_ARCS:,}; "
+                             "arcs.json keeps them all); 0: no page")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: torch's)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def primer_track_notes(path: Path):
@@ -50,14 +67,16 @@ def run(args: argparse.Namespace) -> int:
     """Teacher-force the piece, write arcs.json and the HTML viewer."""
     import torch
 
-    from musicgpt.arcs.capture import ArcsConfig, attend
-    from musicgpt.arcs.format import write_arcs
+    from musicgpt.arcs.capture import ArcsConfig, NoteArcs, attend_notes, note_document
+    from musicgpt.errors import ConfigError
     from musicgpt.generation.loop import load_model_and_tokenizer
     from musicgpt.generation.primer import primer_ids
     from musicgpt.music.scores import read_notes
     from musicgpt.viz import write_html
 
     source = args.file
+    if args.html_max_arcs < 0:
+        raise ConfigError(f"--html-max-arcs: must be >= 0 (0: no page), got {args.html_max_arcs}")
     config = ArcsConfig(row_top_k=args.row_top_k, top_n=args.top_n, min_weight=args.min_weight)
     model, tokenizer = load_model_and_tokenizer(args.checkpoint)
     notes = read_notes(source)
@@ -65,15 +84,27 @@ def run(args: argparse.Namespace) -> int:
     primer_mask = _primer_mask(tokenizer, ids, primer_track_notes(source))
     if args.threads:
         torch.set_num_threads(args.threads)
-    d = attend(model, ids, tokenizer, config=config, primer_mask=primer_mask,
-               source=f"musicgpt attend {source.name}")
+    stream = attend_notes(model, ids, tokenizer, config=config, progress=not args.quiet)
+    arcs = stream.result()
+    no_arcs = NoteArcs(*(np.zeros(0, np.int64) for _ in range(5)), note_token=arcs.note_token)
+    doc = note_document(stream.notes, no_arcs, tokenizer, model.config, config, primer_mask=primer_mask,
+                        source=f"musicgpt attend {source.name}")  # notes and header, validated; arcs follow
+    del stream
     out = args.out or source.parent
     out.mkdir(parents=True, exist_ok=True)
     arcs_path, html_path = out / f"{source.stem}.arcs.json", out / f"{source.stem}.html"
-    write_arcs(d, arcs_path)
-    write_html(d, html_path, title=source.name)
-    print(f"wrote {arcs_path}, {html_path} ({len(d['notes'])} notes, {len(d['arcs'])} arcs, "
-          f"{d['n_layer']} layers x {d['n_head']} heads)")
+    weight = write_arcs_columns(doc, arcs, arcs_path)
+    written = [str(arcs_path)]
+    if args.html_max_arcs:
+        keep = _heaviest(weight, args.html_max_arcs)
+        if keep is not None:
+            print(f"note: the viewer page holds the {int(keep.sum()):,} heaviest of {len(weight):,} arcs (weight > "
+                  f"{weight[~keep].max():.4g}); {arcs_path.name} has them all (--html-max-arcs)", file=sys.stderr)
+        page = dict(doc, arcs=_arc_rows(arcs, weight, keep))
+        write_html(page, html_path, title=source.name)
+        written.append(str(html_path))
+    print(f"wrote {', '.join(written)} ({len(doc['notes'])} notes, {len(arcs)} arcs, "
+          f"{doc['n_layer']} layers x {doc['n_head']} heads)")
     return 0
 
 
@@ -86,3 +117,79 @@ def _primer_mask(tokenizer, ids: np.ndarray, primer_notes) -> np.ndarray | None:
     step = tokenizer.time_step
     primer = set(zip(np.rint(quantized.start / step).astype(int).tolist(), quantized.pitch.tolist()))
     return np.array([(int(s), int(p)) in primer for s, p in zip(np.rint(notes.start / step), notes.pitch)], bool)
+
+
+def _heaviest(weight: np.ndarray, limit: int) -> np.ndarray | None:
+    """Bool per arc: among the `limit` heaviest (every arc heavier than the (limit+1)-th); None when all fit."""
+    if len(weight) <= limit:
+        return None
+    cut = np.partition(weight, len(weight) - limit - 1)[len(weight) - limit - 1]
+    return weight > cut
+
+
+def _arc_rows(arcs, weight: np.ndarray, keep: np.ndarray | None) -> list[dict]:
+    """arcs.json rows (weights as written) of the kept arcs, in file order."""
+    index = np.arange(len(weight)) if keep is None else np.flatnonzero(keep)
+    cols = (arcs.query[index].tolist(), arcs.key[index].tolist(), arcs.layer[index].tolist(),
+            arcs.head[index].tolist(), weight[index].tolist())
+    return [{"query": q, "key": k, "layer": l, "head": h, "weight": w} for q, k, l, h, w in zip(*cols)]
+
+
+def write_arcs_columns(doc: dict, arcs, path: Path) -> np.ndarray:
+    """Write `doc` (an arcs.json dict, its arcs left out) with the arcs of the arrays `arcs` (a NoteArcs, in
+    file order) to `path` atomically, the same bytes as `musicgpt.arcs.write_arcs` of the whole dict, a block
+    of lines at a time. The arcs are checked with numpy by the rules of `validate_arcs`. Returns the weights
+    as written (4 significant digits)."""
+    from musicgpt._atomic import atomic_write
+
+    weight = np.empty(len(arcs), np.float64)
+    for start in range(0, len(arcs), _BLOCK):  # as build_arcs rounds: 4 significant digits, at most 1
+        block = arcs.weight[start : start + _BLOCK].tolist()
+        weight[start : start + len(block)] = [min(1.0, float(f"{w:.4g}")) for w in block]
+    _check_arcs(doc, arcs, weight, path)
+    head = {k: v for k, v in doc.items() if k not in ("notes", "arcs")}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(head, separators=(", ", ": "))[:-1] + ",\n" + '"notes": [\n')
+            notes = doc["notes"]
+            for i, note in enumerate(notes):
+                f.write(json.dumps(note, separators=(",", ":")) + (",\n" if i < len(notes) - 1 else "\n"))
+            f.write('],\n"arcs": [\n')
+            for start in range(0, len(arcs), _BLOCK):
+                stop = min(start + _BLOCK, len(arcs))
+                cols = (arcs.query[start:stop].tolist(), arcs.key[start:stop].tolist(),
+                        arcs.layer[start:stop].tolist(), arcs.head[start:stop].tolist(), weight[start:stop].tolist())
+                f.write(",\n".join(f'{{"query":{q},"key":{k},"layer":{l},"head":{h},"weight":{w!r}}}'
+                                   for q, k, l, h, w in zip(*cols)) + (",\n" if stop < len(arcs) else "\n"))
+            f.write("]\n}\n")
+
+    atomic_write(path, write, make_parents=True)
+    return weight
+
+
+def _check_arcs(doc: dict, arcs, weight: np.ndarray, path: Path) -> None:
+    """The arc rules of `validate_arcs`, on arrays (ArcsFormatError naming the file and the first broken rule)."""
+    from musicgpt.arcs.format import ArcsFormatError
+
+    n_notes, n_layer, n_head = len(doc["notes"]), doc["n_layer"], doc["n_head"]
+    start = np.array([n["start"] for n in doc["notes"]], np.float64)
+    q, k = arcs.query.astype(np.int64), arcs.key.astype(np.int64)
+    layer, head = arcs.layer.astype(np.int64), arcs.head.astype(np.int64)
+    problems = [
+        ("a note id out of range", (q < 0) | (q >= n_notes) | (k < 0) | (k >= n_notes)),
+        ("a layer or head out of range", (layer < 0) | (layer >= n_layer) | (head < 0) | (head >= n_head)),
+        ("a weight outside (0, 1]", ~((weight > 0) & (weight <= 1))),
+    ]
+    for what, bad in problems:
+        if bad.any():
+            raise ArcsFormatError(f"{path} (not written): arcs[{int(np.argmax(bad))}] has {what}")
+    late = start[k] > start[q]
+    if late.any():
+        raise ArcsFormatError(f"{path} (not written): arcs[{int(np.argmax(late))}]: its key note starts after "
+                              "its query note")
+    row = (q * n_layer + layer) * n_head + head
+    if len(np.unique(row * max(n_notes, 1) + k)) != len(q):
+        raise ArcsFormatError(f"{path} (not written): an arc repeats its query, key, layer and head")
+    if len(row) and np.bincount(np.unique(row, return_inverse=True)[1].reshape(-1), weights=weight).max() > 1.001:
+        raise ArcsFormatError(f"{path} (not written): the weights of one query, layer and head sum to more than 1")

@@ -7,8 +7,13 @@ duplicates are skipped ("duplicate of ..."), and a re-run reuses the tokens of e
 content hash and `key` (tokenizer + reading options) match the previous manifest, tokenizing only
 new or changed files. Files are tokenized in parallel over `jobs` processes (all cores by default)
 with a progress bar. A file that cannot be read (not MIDI, truncated, empty, no notes, absurd tempo,
-...) is skipped and listed with its reason; the run goes on. New files are written to temporary
-names and renamed into place, the manifest last.
+a dangling symlink, ...) is skipped and listed with its reason; the run goes on.
+
+The output folder is one unit (musicgpt.corpus.shards): one run at a time holds it (a lock with its
+pid), each file's result is kept as it arrives so that a killed run's successor reuses it
+(musicgpt.corpus.workdir), and the shards, tokenizer.json and manifest are all written to temporary
+names before any is renamed into place, the manifest last. A full disk leaves the previous folder as
+it was and ends in one line naming the file.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgpt._atomic import atomic_write_text
-from musicgpt.errors import DatasetError, MusicGPTError
+from musicgpt._atomic import atomic_files, remove_leftovers
 from musicgpt.corpus.recipes import DEFAULT_RATIOS, SPLITS, check_ratios, collect
-from musicgpt.corpus.shards import FORMAT, MANIFEST, TOKEN_DTYPE, VERSION, load_split, read_manifest, write_split
+from musicgpt.corpus.shards import (FORMAT, MANIFEST, TOKEN_DTYPE, VERSION, load_split, read_manifest, verify,
+                                    write_split)
+from musicgpt.corpus.workdir import PartialResults, PrepareLock
+from musicgpt.errors import DatasetError, MusicGPTError
+from musicgpt.music.midi import walk_midi
+from musicgpt.tokens.base import TOKENIZER_FILE
 from musicgpt.tokens.performance import PerformanceTokenizer
 from musicgpt.tokens.registry import tokenizer_from_dict
 
@@ -114,12 +123,13 @@ def _sha256(path: Path) -> str | None:
 
 
 def _previous(out_dir: Path, key: str) -> dict[str, tuple[np.ndarray | None, int, str | None]]:
-    """sha256 -> (tokens or None, n_notes, skip reason) from a previous run with the same key."""
+    """sha256 -> (tokens or None, n_notes, skip reason) from a previous complete run with the same key."""
     try:
         manifest = read_manifest(out_dir)
+        if manifest.get("key") != key or manifest.get("version") != VERSION:
+            return {}
+        verify(out_dir, manifest)  # shards that disagree with the manifest: start afresh
     except DatasetError:
-        return {}
-    if manifest.get("key") != key or manifest.get("version") != VERSION:
         return {}
     cache: dict = {}
     try:
@@ -160,68 +170,80 @@ def prepare(
     name, sources = collect(source_dir, recipe, ratios)
     if not sources:
         raise DatasetError(f"{source_dir}: no MIDI files found for recipe '{name}'")
+    root = Path(source_dir).resolve()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DatasetError(f"{out_dir}: exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"{out_dir}: cannot create the folder ({exc.strerror or exc})") from None
     jobs = max(1, jobs or os.cpu_count() or 1)
     read_options = {"sustain": bool(sustain)}
     tokenizer_dict = tokenizer.to_dict()
     key = hashlib.sha256(json.dumps({"tokenizer": tokenizer_dict, "read": read_options},
                                     sort_keys=True).encode()).hexdigest()[:16]
-    cache = {} if force else _previous(out_dir, key)
+    with PrepareLock(out_dir):
+        remove_leftovers(out_dir)  # temporaries of a killed run (we hold the folder now)
+        partial = PartialResults(out_dir, key)
+        PartialResults.remove_stale(out_dir, key)
+        if force:
+            partial.remove()
+        cache = {} if force else {**_previous(out_dir, key), **partial.load()}
 
-    # Hash every file: duplicates out, cached files reused, the rest tokenized.
-    hashes = [_sha256(s.path) for s in sources]
-    skipped: list[dict] = []
-    first_of: dict[str, str] = {}
-    results: dict[int, tuple[np.ndarray, int]] = {}
-    tasks = []
-    reused = 0
-    for i, (source, sha) in enumerate(zip(sources, hashes)):
-        if sha is None:
-            reason = "no such file" if not source.path.exists() else "cannot read the file"
-            skipped.append({"path": source.rel, "sha256": None, "reason": reason})
-        elif sha in first_of:
-            skipped.append({"path": source.rel, "sha256": sha, "reason": f"duplicate of {first_of[sha]}"})
-        else:
-            first_of[sha] = source.rel
-            if sha in cache:
-                tokens, n_notes, reason = cache[sha]
-                if reason is not None:
-                    skipped.append({"path": source.rel, "sha256": sha, "reason": reason})
-                else:
-                    results[i] = (tokens, n_notes)
-                    reused += 1
+        # Hash every file: duplicates out, cached files reused, the rest tokenized.
+        hashes = [_sha256(s.path) for s in sources]
+        skipped: list[dict] = [{"path": path.relative_to(root).as_posix(), "sha256": None, "reason": reason}
+                               for path, reason in walk_midi(root)[1]]
+        first_of: dict[str, str] = {}
+        results: dict[int, tuple[np.ndarray, int]] = {}
+        tasks = []
+        reused = 0
+        for i, (source, sha) in enumerate(zip(sources, hashes)):
+            if sha is None:
+                reason = "no such file" if not source.path.exists() else "cannot read the file"
+                skipped.append({"path": source.rel, "sha256": None, "reason": reason})
+            elif sha in first_of:
+                skipped.append({"path": source.rel, "sha256": sha, "reason": f"duplicate of {first_of[sha]}"})
             else:
-                tasks.append((i, str(source.path), source.rel))
+                first_of[sha] = source.rel
+                if sha in cache:
+                    tokens, n_notes, reason = cache[sha]
+                    if reason is not None:
+                        skipped.append({"path": source.rel, "sha256": sha, "reason": reason})
+                    else:
+                        results[i] = (tokens, n_notes)
+                        reused += 1
+                else:
+                    tasks.append((i, str(source.path), source.rel))
 
-    for i, n_notes, tokens, reason in _run_tasks(tasks, tokenizer_dict, read_options, jobs, progress):
-        if reason is not None:
-            skipped.append({"path": sources[i].rel, "sha256": hashes[i], "reason": reason})
-        else:
-            results[i] = (tokens, n_notes)
+        for i, n_notes, tokens, reason in _run_tasks(tasks, tokenizer_dict, read_options, jobs, progress):
+            partial.add(hashes[i], tokens, n_notes, reason)  # kept if this run is killed
+            if reason is not None:
+                skipped.append({"path": sources[i].rel, "sha256": hashes[i], "reason": reason})
+            else:
+                results[i] = (tokens, n_notes)
 
-    manifest_sources, split_totals = [], {}
-    for split in SPLITS:
-        members = [i for i in sorted(results) if sources[i].split == split]
-        pieces = [results[i][0] for i in members]
-        offsets = write_split(out_dir, split, pieces)
-        lengths = np.diff(offsets)
-        for doc, i in enumerate(members):
-            manifest_sources.append({"path": sources[i].rel, "sha256": hashes[i], "split": split,
-                                     "group": sources[i].group, "doc": doc, "n_notes": int(results[i][1]),
-                                     "n_tokens": int(lengths[doc])})
-        split_totals[split] = {"n_docs": len(members), "n_tokens": int(offsets[-1]),
-                               "n_notes": int(sum(results[i][1] for i in members))}
-
-    skipped.sort(key=lambda s: s["path"])
-    manifest = {
-        "format": FORMAT, "version": VERSION, "recipe": name, "source_dir": str(Path(source_dir).resolve()),
-        "ratios": list(ratios), "key": key, "read_options": read_options, "tokenizer": tokenizer_dict,
-        "splits": split_totals, "sources": manifest_sources, "skipped": skipped,
-    }
-    tokenizer.save(out_dir / "tokenizer.json")
-    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        skipped.sort(key=lambda s: s["path"])
+        manifest = {
+            "format": FORMAT, "version": VERSION, "recipe": name, "source_dir": str(root), "ratios": list(ratios),
+            "key": key, "read_options": read_options, "tokenizer": tokenizer_dict, "splits": {}, "sources": [],
+            "skipped": skipped, "shards": {},
+        }
+        with atomic_files() as group:  # nothing is renamed into place until every file is written
+            for split in SPLITS:
+                members = [i for i in sorted(results) if sources[i].split == split]
+                offsets, record = write_split(group, out_dir, split, [results[i][0] for i in members])
+                lengths = np.diff(offsets)
+                for doc, i in enumerate(members):
+                    manifest["sources"].append({"path": sources[i].rel, "sha256": hashes[i], "split": split,
+                                                "group": sources[i].group, "doc": doc,
+                                                "n_notes": int(results[i][1]), "n_tokens": int(lengths[doc])})
+                manifest["splits"][split] = {"n_docs": len(members), "n_tokens": int(offsets[-1]),
+                                             "n_notes": int(sum(results[i][1] for i in members))}
+                manifest["shards"].update(record)
+            group.write(out_dir / TOKENIZER_FILE, tokenizer.save)
+            group.write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        partial.remove()
     return PrepareResult(out_dir, manifest, tokenized=len(tasks), reused=reused,
                          seconds=time.perf_counter() - began, skipped=skipped)

@@ -47,8 +47,8 @@ class Source:
 
 
 def split_fraction(key: str) -> float:
-    """A deterministic number in [0, 1) for a group key."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    """A deterministic number in [0, 1) for a group key (a file name's undecodable bytes hash as those bytes)."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()[:8], "big") / 2**64
 
 
 def check_ratios(ratios) -> tuple[float, float, float]:

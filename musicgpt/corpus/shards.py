@@ -8,11 +8,17 @@
     OUT/<split>.offsets.npy  int64, n_docs + 1 boundaries into <split>.tokens.bin
 
 Splits are `train`, `valid` and `test`. Documents carry no BOS/EOS (the training data loader adds
-them). Every file is written atomically. `open_split` memory-maps one split as a `Split`.
+them). `open_split` memory-maps one split as a `Split`.
+
+A prepared folder is one unit: `prepare` writes every file to a temporary name first and renames
+them all at the end, the manifest last, and the manifest records each shard's size and sha256
+(`"shards"`). `verify` checks the files against it, so a folder whose shards and manifest disagree
+(a run killed between renames, two runs at once) is refused instead of trained on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -20,12 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgpt._atomic import atomic_write
 from musicgpt.corpus.recipes import SPLITS
 from musicgpt.errors import DatasetError
 
-__all__ = ["Split", "open_split", "load_split", "write_split", "read_manifest", "FORMAT", "VERSION", "MANIFEST",
-           "TOKEN_DTYPE"]
+__all__ = ["Split", "open_split", "load_split", "write_split", "read_manifest", "verify", "FORMAT", "VERSION",
+           "MANIFEST", "TOKEN_DTYPE"]
 
 FORMAT = "musicgpt-prepared"
 VERSION = 1
@@ -99,14 +104,52 @@ def read_manifest(out_dir: str | os.PathLike) -> dict:
     return manifest
 
 
-def write_split(out_dir: Path, split: str, pieces: list[np.ndarray]) -> np.ndarray:
-    """Write one split's documents (token arrays, in order) as its two files; returns the offsets."""
+def write_split(group, out_dir: Path, split: str, pieces: list[np.ndarray]) -> tuple[np.ndarray, dict]:
+    """Write one split's documents (token arrays, in order) into an `atomic_files` group.
+
+    Returns (offsets, the shard record for the manifest: each file's size in bytes and sha256).
+    """
     lengths = np.array([len(p) for p in pieces], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     tokens = np.concatenate(pieces).astype(TOKEN_DTYPE) if pieces else np.zeros(0, TOKEN_DTYPE)
-    atomic_write(out_dir / f"{split}.tokens.bin", tokens.tofile)
-    atomic_write(out_dir / f"{split}.offsets.npy", lambda tmp: _save_npy(tmp, offsets))
-    return offsets
+    record = {}
+    for suffix, write in ((".tokens.bin", tokens.tofile), (".offsets.npy", lambda tmp: _save_npy(tmp, offsets))):
+        def written(tmp: Path, write=write, suffix=suffix) -> None:
+            write(tmp)
+            record[split + suffix] = {"bytes": tmp.stat().st_size, "sha256": _file_sha256(tmp)}
+        group.write(out_dir / f"{split}{suffix}", written)
+    return offsets, record
+
+
+def verify(out_dir: str | os.PathLike, manifest: dict | None = None) -> bool:
+    """Check every shard against the sizes and sha256 the manifest records; DatasetError on a mismatch.
+
+    Returns False when the manifest records none (a folder prepared before they were recorded).
+    """
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir) if manifest is None else manifest
+    shards = manifest.get("shards")
+    if not shards:
+        return False
+    for name, expected in sorted(shards.items()):
+        path = out_dir / name
+        if not path.is_file():
+            raise DatasetError(f"{path}: missing, but {MANIFEST} lists it; run `musicgpt prepare` into "
+                               f"{out_dir} again")
+        size = path.stat().st_size
+        if size != expected["bytes"] or _file_sha256(path) != expected["sha256"]:
+            raise DatasetError(f"{path}: does not match {MANIFEST} ({size} bytes, {expected['bytes']} recorded; or "
+                               "another checksum): a prepare was interrupted or two ran at once; run `musicgpt "
+                               f"prepare` into {out_dir} again")
+    return True
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

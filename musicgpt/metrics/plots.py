@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
 from musicgpt._atomic import atomic_savefig
+from musicgpt.errors import printable
 from musicgpt.metrics.features import BIN_LABELS, FEATURES
 from musicgpt.metrics.pitch import PITCH_CLASS_NAMES
 
@@ -81,5 +82,5 @@ def plot_transitions(comparison: dict, path: str | Path, title: str | None = Non
 
 def _save(fig: Figure, path: str | Path, title: str | None) -> Path:
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(printable(title), fontsize=10)
     return atomic_savefig(fig, path, dpi=110)

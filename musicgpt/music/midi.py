@@ -33,7 +33,9 @@ tick count), and (unless `allow_empty=True`) no notes.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import Sequence
 
@@ -44,7 +46,7 @@ from musicgpt.errors import MidiError
 from musicgpt.music import smf
 from musicgpt.music.notes import Notes
 
-__all__ = ["Notes", "read_midi", "write_midi", "write_tracks", "is_midi_path", "midi_files", "MIDI_SUFFIXES",
+__all__ = ["Notes", "read_midi", "write_midi", "write_tracks", "is_midi_path", "midi_files", "walk_midi", "MIDI_SUFFIXES",
            "MAX_SECONDS", "SUSTAIN_CC", "SUSTAIN_THRESHOLD"]
 
 MIDI_SUFFIXES = (".mid", ".midi")  # what counts as a MIDI file in a folder, compared case-insensitively
@@ -65,8 +67,54 @@ def is_midi_path(path: str | os.PathLike) -> bool:
 
 
 def midi_files(folder: str | os.PathLike) -> list[Path]:
-    """The MIDI files under `folder`, recursively, in sorted path order."""
-    return sorted(p for p in Path(folder).rglob("*") if is_midi_path(p) and p.is_file())
+    """The MIDI files under `folder`, recursively (symlinked folders too), in sorted path order."""
+    return walk_midi(folder)[0]
+
+
+def walk_midi(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(the MIDI files under `folder` in sorted path order, the entries that could not be followed and why).
+
+    Symlinked folders are followed, each folder once: a symlink back to a folder above it (a loop) or to
+    one walked already is reported, not followed. A MIDI-named (or suffix-less) symlink whose target is
+    missing, or that points to itself in a loop, is reported too: a batch lists it among its skipped files.
+    """
+    root = Path(folder)
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    first = root.stat()
+    seen = {(first.st_dev, first.st_ino): root}
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            problems.append((directory, f"cannot list the folder ({exc.strerror or exc})"))
+            continue
+        for entry in entries:
+            path, candidate = Path(entry.path), is_midi_path(entry.name)
+            try:
+                info = entry.stat()  # follows symlinks
+            except OSError as exc:
+                if entry.is_symlink() and (candidate or not Path(entry.name).suffix):
+                    problems.append((path, "symlink loop" if exc.errno == errno.ELOOP
+                                     else f"dangling symlink (its target {os.readlink(path)} does not exist)"))
+                elif candidate:
+                    problems.append((path, f"cannot read ({exc.strerror or exc})"))
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                key = (info.st_dev, info.st_ino)
+                if key in seen:
+                    target = seen[key]
+                    loop = target == root or target in path.parents
+                    problems.append((path, f"directory loop: a symlink back to {target}, not followed" if loop
+                                     else f"a symlink to {target}, which is walked already"))
+                    continue
+                seen[key] = path
+                stack.append(path)
+            elif candidate and stat.S_ISREG(info.st_mode):
+                files.append(path)
+    return sorted(files), problems
 
 
 def _name(source: MidiSource, name: str | None) -> str:

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from musicgpt.corpus.prepare import prepare
-from musicgpt.corpus.shards import Split, open_split
+from musicgpt.corpus.shards import Split, open_split, read_manifest, verify
 from musicgpt.device import Dist
 from musicgpt.errors import MusicGPTError
 from musicgpt.tokens.augment import make_augmenter
@@ -223,18 +223,23 @@ def valid_windows(split: Split, length: int, limit: int, specials: Specials = Sp
 # ---- the corpus of a run ---------------------------------------------------------------------------
 
 def resolve_data(path: str | Path, run_dir: Path, workers: int, d: Dist) -> Path:
-    """A prepared corpus directory: `path` itself, or RUN_DIR/data prepared from a MIDI folder."""
+    """A prepared corpus directory, its shards checked against its manifest: `path` itself, or RUN_DIR/data
+    prepared from a MIDI folder."""
     path = Path(path)
     if (path / "manifest.json").is_file():
-        return path
-    if not path.is_dir():
+        out = path
+    elif not path.is_dir():
         raise MusicGPTError(f"--data {path}: no such directory (want a `musicgpt prepare` output or a MIDI folder)")
-    out = run_dir / "data"
-    if d.main and not (out / "manifest.json").is_file():
-        print(f"preparing {path} into {out}", file=sys.stderr)
-        print(prepare(path, out, jobs=workers).summary(), file=sys.stderr)
-    if d.enabled:
-        dist.barrier()
+    else:
+        out = run_dir / "data"
+        if d.main and not (out / "manifest.json").is_file():
+            print(f"preparing {path} into {out}", file=sys.stderr)
+            print(prepare(path, out, jobs=workers).summary(), file=sys.stderr)
+        if d.enabled:
+            dist.barrier()
+    if not verify(out) and d.main:
+        print(f"note: {out} was prepared before shards were checksummed; its shards are not verified "
+              "(run `musicgpt prepare` into it again to record checksums)", file=sys.stderr)
     return out
 
 
@@ -262,9 +267,11 @@ def make_augment(tokenizer: Tokenizer, transpose: int, stretch: float) -> Augmen
 
 
 def optional_split(data_dir: Path, split: str) -> Split | None:
-    """A split of a prepared corpus, or None when it is missing or empty (a corpus without validation)."""
-    try:
-        s = open_split(data_dir, split)
-    except (MusicGPTError, FileNotFoundError):
+    """A split of a prepared corpus, or None when the corpus has no documents in it (no validation, say).
+
+    A split the manifest lists but whose files are missing or broken is an error, not None.
+    """
+    if read_manifest(data_dir).get("splits", {}).get(split, {}).get("n_docs", 0) == 0:
         return None
+    s = open_split(data_dir, split)
     return s if s.n_tokens > 0 else None

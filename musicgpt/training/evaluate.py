@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from musicgpt.corpus.shards import Split, open_split
+from musicgpt.corpus.shards import Split, open_split, verify
 from musicgpt.music.midi import midi_files
 from musicgpt.device import autocast_dtype, pick_device
 from musicgpt.training.data import IGNORE_INDEX, Specials, batch_windows, windows
@@ -155,14 +155,16 @@ def tokenize_files(paths: list[Path], tokenizer) -> tuple[Split, list[str]]:
         try:
             ids = np.asarray(tokenizer.encode(f).ids, dtype=np.int64)
         except (MidiError, MusicGPTError, OSError) as exc:
-            skipped.append(f"{f.name}: {exc}")
+            reason = str(exc) if isinstance(exc, MusicGPTError) else exc.strerror or str(exc)
+            skipped.append(reason if reason.startswith(f"{f}: ") else f"{f}: {reason}")  # the file, then why
             continue
         if len(ids):
             docs.append(ids)
         else:
-            skipped.append(f"{f.name}: no notes")
+            skipped.append(f"{f}: no notes")
     if not docs:
-        raise DatasetError(f"{', '.join(map(str, paths))}: none of {len(files)} MIDI file(s) could be tokenized")
+        shown = "; ".join(skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        raise DatasetError(f"none of {len(files)} MIDI file(s) could be tokenized: {shown}")
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
     return Split(np.concatenate(docs), offsets), skipped
 
@@ -185,6 +187,10 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
     from musicgpt.model.gpt import load_checkpoint
 
     dev = pick_device(device)
+    if checkpoint_path is not None and (Path(checkpoint_path) / "run.json").is_file():
+        from musicgpt.training.rundir import recover
+
+        recover(Path(checkpoint_path))  # best/ missing after a kill mid-replacement: the newest complete copy
     if checkpoint_path is not None and not (Path(checkpoint_path) / "config.json").exists() \
             and (Path(checkpoint_path) / "best" / "config.json").is_file():
         checkpoint_path = Path(checkpoint_path) / "best"  # a training run directory: its best weights
@@ -202,6 +208,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
         if made_with.to_dict() != tokenizer.to_dict():
             raise DatasetError(f"{paths[0]}: prepared with a different tokenizer than the checkpoint's "
                                "(evaluate on the MIDI files instead, or prepare them with the checkpoint's tokenizer)")
+        verify(paths[0])
         docs, used_split = open_split(paths[0], split), split
     else:
         docs, skipped = tokenize_files(paths, tokenizer)

@@ -6,10 +6,11 @@ No torch at import: `musicgpt plot` (musicgpt.viz.curves) reads a run without lo
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 from musicgpt._atomic import atomic_write
-from musicgpt.errors import MusicGPTError
+from musicgpt.errors import MusicGPTError, WriteError
 
 COLUMNS = ["step", "tokens", "time_s", "lr", "train_loss", "grad_norm", "tokens_per_s", "valid_nll", "valid_ppl"]
 
@@ -35,8 +36,11 @@ class MetricsLog:
         if unknown:
             raise ValueError(f"unknown metric columns: {sorted(unknown)}")
         row = {"step": step, **{k: _fmt(v) for k, v in values.items() if v is not None}}
-        self._writer.writerow(row)
-        self._file.flush()
+        try:
+            self._writer.writerow(row)
+            self._file.flush()
+        except OSError as exc:  # a full disk: one line naming the file (the checkpoints stay as they were)
+            raise WriteError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
         if self._tb is not None:
             for key, value in values.items():
                 if value is not None and key not in ("tokens", "time_s"):
@@ -78,17 +82,44 @@ def truncate_after(path: Path, step: int) -> None:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float | int | None]]:
-    """The rows of a metrics.csv, numbers parsed, empty cells as None."""
+    """The rows of a metrics.csv, numbers parsed, empty cells as None.
+
+    A line that is not a row of numbers (a disk that filled up mid-write, a stray edit) is skipped
+    with a warning naming it, so that a run still resumes and plots.
+    """
     path = Path(path)
     if not path.exists():
         raise MusicGPTError(f"{path}: no metrics file (is this a training run directory?)")
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for raw in csv.DictReader(f):
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise MusicGPTError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    rows, header, bad = [], None, []
+    for number, line in enumerate(lines, start=1):
+        try:
+            cells = next(csv.reader([line])) if line.strip() else []
+        except csv.Error:
+            bad.append(number)
+            continue
+        if header is None:
+            header = cells
+            continue
+        if not cells:
+            continue
+        try:
+            if len(cells) != len(header):
+                raise ValueError("wrong number of cells")
+            raw = dict(zip(header, cells))
             row: dict[str, float | int | None] = {}
             for key in COLUMNS:
                 text = (raw.get(key) or "").strip()
                 row[key] = None if not text else (int(text) if key in ("step", "tokens") else float(text))
-            if row["step"] is not None:
-                rows.append(row)
+        except ValueError:
+            bad.append(number)
+            continue
+        if row["step"] is not None:
+            rows.append(row)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        warnings.warn(f"{path}: line(s) {shown} are not metrics rows and were skipped", RuntimeWarning, stacklevel=2)
     return rows

@@ -176,6 +176,9 @@ class Trainer:
         rundir.start_run_dir(self.run_dir, self.config, run)
 
     def _read_run_json(self, data, init_from) -> None:
+        if self.d.main:  # a kill mid-way through replacing a checkpoint: put the newest complete copy back
+            for path in rundir.recover(self.run_dir):
+                print(f"note: {path} was missing after an interrupted write; restored it", file=sys.stderr)
         run = rundir.read_run_json(self.run_dir)
         self.data_arg = str(data) if data is not None else run["data"]
         self.init_from = run.get("init_from")

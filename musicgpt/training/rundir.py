@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from musicgpt import checkpoint
-from musicgpt._atomic import atomic_write_text, remove_leftovers
+from musicgpt._atomic import atomic_write_text, recover_directories, remove_leftovers
 from musicgpt.device import Dist
 from musicgpt.errors import CheckpointError
 from musicgpt.training.config import Config, config_to_dict, dump_toml, load_config
@@ -54,8 +54,13 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
 
 
-def clean_partial(run_dir: Path) -> None:
-    """Remove what a killed run may have left: temporary files and directories, half-deleted checkpoints."""
+def clean_partial(run_dir: Path) -> list[Path]:
+    """Remove what a killed run may have left: temporary files and directories, half-deleted checkpoints.
+
+    First, a checkpoint directory that a kill between the two renames of its replacement left missing
+    (best/, say) is put back from the newest complete copy. Returns the directories put back.
+    """
+    restored = recover(run_dir)
     root = run_dir / CHECKPOINTS
     if root.is_dir():
         for p in root.iterdir():
@@ -68,6 +73,16 @@ def clean_partial(run_dir: Path) -> None:
     remove_leftovers(run_dir)  # metrics.csv, run.json, config.toml being replaced
     if (run_dir / BEST).is_dir():
         remove_leftovers(run_dir / BEST)
+    return restored
+
+
+def recover(run_dir: Path) -> list[Path]:
+    """Put back best/ (or a step checkpoint) that a kill in the middle of replacing it left missing."""
+    complete = lambda p: (p / checkpoint.CONFIG).is_file() and (p / checkpoint.WEIGHTS).is_file()  # noqa: E731
+    restored = recover_directories(run_dir, complete)
+    if (run_dir / CHECKPOINTS).is_dir():
+        restored += recover_directories(run_dir / CHECKPOINTS, complete)
+    return restored
 
 
 def prune(run_dir: Path, keep: int) -> None:

@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from musicgpt._atomic import atomic_savefig
-from musicgpt.errors import MusicGPTError
+from musicgpt.errors import MusicGPTError, printable
 from musicgpt.training.log import read_metrics
 
 __all__ = ["plot_curves"]
@@ -44,7 +44,7 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None, smooth: floa
                     xytext=(0, -14), ha="center", fontsize=8, color="tab:orange")
     ax.set_xlabel("step")
     ax.set_ylabel("nats per event")
-    ax.set_title(f"{run_dir.resolve().name}")
+    ax.set_title(printable(run_dir.resolve().name))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

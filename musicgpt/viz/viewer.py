@@ -19,6 +19,7 @@ import numpy as np
 from musicgpt._atomic import atomic_write_text
 from musicgpt._version import __version__
 from musicgpt.arcs.format import NOTE_KEYS, validate_arcs
+from musicgpt.errors import printable
 
 _CORE_KEYS = {"version", "n_layer", "n_head", "model", "tokenizer", "notes", "arcs"}
 # Inside <script>, "</script" or "<!--" would end or confuse the block; JSON may spell any
@@ -63,15 +64,17 @@ def _asset(name: str) -> str:
 
 
 def script_json(obj) -> str:
-    """JSON that is safe to place inside an HTML <script> element."""
+    """JSON that is safe to place inside an HTML <script> element (and to encode as UTF-8)."""
     text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return re.sub("[<>&\u2028\u2029]", lambda m: _SCRIPT_ESCAPES[m.group(0)], text)
+    text = re.sub("[<>&\u2028\u2029]", lambda m: _SCRIPT_ESCAPES[m.group(0)], text)
+    # a file name's undecodable bytes are lone surrogates in Python: JSON spells them \udcXX
+    return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group(0)):04x}", text)
 
 
 def render_html(d: dict, title: str | None = None, source: str = "arcs data") -> str:
     """The viewer page for an arcs.json dict, as one self-contained HTML string."""
     validate_arcs(d, source=source)
-    title = title or "musicgpt · attention arcs"
+    title = printable(title or "musicgpt · attention arcs")
     fills = {
         "{{TITLE}}": html.escape(title),
         "{{VERSION}}": html.escape(__version__),
