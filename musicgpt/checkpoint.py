@@ -1,6 +1,7 @@
 """Checkpoint directories: the files, written atomically, read with safetensors and json only (never pickle).
 
-    CKPT/config.json        {"format": "musicgpt-checkpoint", "version": 1, "model": {GPTConfig}, "meta": {...}}
+    CKPT/config.json        {"format": "musicgpt-checkpoint", "version": 1, "model": {GPTConfig}, "meta": {...},
+                             "tokenizer": {"type", "vocab_size", "fingerprint"} of the tokenizer saved beside it}
     CKPT/model.safetensors  the state dict (float32, bfloat16 or float16); a tied lm_head.weight is stored once
     CKPT/tokenizer.json     tokenizer.save() output, when a tokenizer was given
     CKPT/NAME.safetensors + CKPT/NAME.json   optional extra states (optimizer, scheduler, RNG, step …)
@@ -12,11 +13,18 @@ written into a hidden temporary sibling directory and renamed into place (musicg
 reader never sees half a checkpoint. Extra states hold any nest of dicts, lists, tuples, numbers,
 strings and tensors (an optimizer's state_dict, say): tensors go to the .safetensors file, the
 structure to the .json file, so loading runs no code.
+
+A checkpoint that disagrees with itself is refused on load: a tokenizer.json that is not the one
+recorded in config.json (another time step or velocity bins, say), or weights that are not finite.
+Checkpoints saved before fingerprints were recorded load with a warning, and must at least have a
+tokenizer of the model's vocabulary size.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +45,8 @@ FORMAT = "musicgpt-checkpoint"
 VERSION = 1
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 DEFAULT_DIR = Path(__file__).resolve().parent / "pretrained"
+# The bundled model's files predate recorded fingerprints and are not rewritten: its tokenizer's, known here.
+BUNDLED_TOKENIZER_FINGERPRINT = "2508b399e0c69044"
 
 
 def resolve(path: str | Path | None) -> Path:
@@ -64,6 +74,9 @@ def write(path: str | Path, *, model_config: dict[str, Any], tensors: dict[str, 
     try:
         with atomic_directory(path, durable=True) as tmp:
             config = {"format": FORMAT, "version": VERSION, "model": model_config, "meta": meta or {}}
+            if tokenizer is not None:
+                config["tokenizer"] = {"type": tokenizer.type, "vocab_size": tokenizer.vocab_size,
+                                       "fingerprint": tokenizer.fingerprint()}
             (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             save_file({k: _for_saving(t, dtype) for k, t in tensors.items()}, str(tmp / WEIGHTS),
                       metadata={"format": FORMAT})
@@ -119,17 +132,43 @@ def load_weights(module: torch.nn.Module, path: str | Path | None = None, *, tie
         if t.shape != expected[name].shape:
             raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(t.shape)}, "
                                   f"config wants {tuple(expected[name].shape)}")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"checkpoint {path}: {name} holds NaN or infinite values (a run that diverged, or "
+                                  "a damaged file); refusing to load it")
     module.load_state_dict(tensors, strict=False)
 
 
 def load_tokenizer(path: str | Path | None = None) -> Tokenizer | None:
-    """The tokenizer saved in a checkpoint directory, or None if it has none."""
+    """The tokenizer saved in a checkpoint directory, or None if it has none; refused if it is not the one
+    the checkpoint recorded (see the module docstring)."""
     path = resolve(path)
     if not (path / TOKENIZER).is_file():
         return None
     from musicgpt.tokens.registry import load_tokenizer as _load  # loads miditok only for a miditok tokenizer
 
-    return _load(path / TOKENIZER)
+    tokenizer = _load(path / TOKENIZER)
+    raw = read_config(path)
+    recorded = (raw.get("tokenizer") or {}).get("fingerprint")
+    if recorded is None and path.resolve() == DEFAULT_DIR.resolve():
+        recorded = BUNDLED_TOKENIZER_FINGERPRINT
+    if recorded is not None and tokenizer.fingerprint() != recorded:
+        raise CheckpointError(f"checkpoint {path}: {TOKENIZER} is not the tokenizer its model was saved with "
+                              f"({tokenizer!r}, fingerprint {tokenizer.fingerprint()}; {CONFIG} records {recorded})")
+    if recorded is None:
+        vocab = (raw.get("model") or {}).get("vocab_size")
+        if isinstance(vocab, int) and tokenizer.vocab_size != vocab:
+            raise CheckpointError(f"checkpoint {path}: {TOKENIZER} has {tokenizer.vocab_size} tokens, the model "
+                                  f"{vocab}: not the tokenizer it was trained with")
+        _warn_unverified(str(path))
+    return tokenizer
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_unverified(path: str) -> None:
+    warnings.warn(f"checkpoint {path}: saved before tokenizer fingerprints were recorded, so {TOKENIZER} cannot be "
+                  "checked against its model beyond its size (save the checkpoint again to record one)",
+                  UserWarning, stacklevel=3)
 
 
 # ---- extra states (optimizer, scheduler, RNG, counters) beside the model ----

@@ -201,3 +201,93 @@ def test_a_garbage_line_in_metrics_csv_is_skipped_with_a_warning(prepared, tmp_p
         assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 0
         assert main(["train", "--resume", str(run), "--set", "train.steps=4"]) == 0
     assert json.loads((run / "run.json").read_text())["resumes"]
+
+
+# ---- a checkpoint that disagrees with itself -----------------------------------------------------------
+
+def test_a_tokenizer_json_that_is_not_the_models_is_refused(tmp_path, capsys):
+    from musicgpt.errors import CheckpointError
+    from musicgpt.model import load_checkpoint
+    from musicgpt.tokens import PerformanceTokenizer
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    for other in (PerformanceTokenizer(velocity_bins=16), PerformanceTokenizer(time_step=0.02)):  # 375 / 391 tokens
+        other.save(ckpt / "tokenizer.json")
+        with pytest.raises(CheckpointError, match="not the tokenizer its model was saved with"):
+            load_checkpoint(ckpt)
+        for args in (["generate", "--checkpoint", str(ckpt), "--max-new-tokens", "4", "--out", str(tmp_path / "g")],
+                     ["evaluate", str(ckpt), "--data", str(REAL[0]), "--quiet"],
+                     ["attend", str(ckpt), str(REAL[0]), "--tokens", "40", "--out", str(tmp_path / "a")]):
+            assert main(args) == 1 and "not the tokenizer" in capsys.readouterr().err
+
+
+def test_a_checkpoint_saved_before_fingerprints_loads_with_a_warning_and_a_size_check(tmp_path):
+    from musicgpt.errors import CheckpointError
+    from musicgpt.model import load_checkpoint
+    from musicgpt.tokens import PerformanceTokenizer
+
+    ckpt = tiny_checkpoint(tmp_path / "old")
+    config = json.loads((ckpt / "config.json").read_text())
+    del config["tokenizer"]
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="before tokenizer fingerprints"):
+        load_checkpoint(ckpt)
+    PerformanceTokenizer(velocity_bins=16).save(ckpt / "tokenizer.json")
+    with pytest.raises(CheckpointError, match="has 375 tokens, the model 391"):
+        load_checkpoint(ckpt)
+
+
+def test_weights_that_are_not_finite_are_refused_and_evaluate_fails_on_a_nan(tmp_path, capsys):
+    import torch
+
+    from musicgpt.errors import CheckpointError, MusicGPTError
+    from musicgpt.model import load_model
+    from musicgpt.training.evaluate import Totals, report
+    from tiny_models import tiny_model
+
+    model = tiny_model()
+    with torch.no_grad():
+        model.blocks[1].mlp.fc.weight[3, 5] = float("nan")
+    ckpt = model.save_pretrained(tmp_path / "nan")
+    with pytest.raises(CheckpointError, match="blocks.1.mlp.fc.weight holds NaN or infinite values"):
+        load_model(ckpt)
+    assert main(["evaluate", str(ckpt), "--data", str(REAL[0]), "--quiet"]) == 1
+    assert "NaN or infinite" in capsys.readouterr().err
+    with pytest.raises(MusicGPTError, match="NLL nan"):
+        report(Totals(nll_sum=float("nan"), count=3), None, checkpoint="c", data="d")
+
+
+# ---- configs -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content, message", [
+    (b"[train]\nseed = -1\n", "train.seed: must be >= 0"),
+    (b"[train]\nsteps = 1\n# caf\xe9\n", "not UTF-8 text"),
+])
+def test_bad_config_files_are_one_line_errors(tmp_path, prepared, capsys, content, message):
+    (tmp_path / "c.toml").write_bytes(content)
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--data", str(prepared), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_a_vocab_size_that_disagrees_with_the_tokenizer_is_refused(tmp_path, prepared, capsys):
+    config = micro_config(model={"vocab_size": 10})
+    assert "model.vocab_size" in config.explicit
+    assert main(["train", "--config", str(write_config(config, tmp_path / "c.toml")), "--data", str(prepared),
+                 "--out", str(tmp_path / "r")]) == 1
+    assert "model.vocab_size: 10 disagrees with the tokenizer" in capsys.readouterr().err
+
+
+def test_sections_left_to_the_defaults_are_said_and_a_bad_out_is_one_line(tmp_path, prepared, capsys):
+    (tmp_path / "empty.toml").write_text("")
+    from musicgpt.commands.train import _say_defaults
+    from musicgpt.training.config import load_config
+
+    _say_defaults(load_config(tmp_path / "empty.toml"), "empty.toml", fine_tuning=False)
+    err = capsys.readouterr().err
+    assert "sets nothing in [model]: training the default model (n_layer=6" in err and "steps=1000" in err
+    _say_defaults(load_config(tmp_path / "empty.toml", ["train.steps=2", "model.n_layer=1"]), "empty.toml", False)
+    assert capsys.readouterr().err == ""
+    config = write_config(micro_config(), tmp_path / "c.toml")
+    assert main(["train", "--config", str(config), "--data", str(prepared), "--out", "/proc/x/run"]) == 1
+    assert "/proc/x/run: cannot create the run directory" in capsys.readouterr().err

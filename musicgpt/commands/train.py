@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--out: required under torchrun, so that every process writes the same run")
         else:
             run_dir = Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not args.resume:
+        _say_defaults(config, args.config, fine_tuning=bool(args.init_from))
     try:
         result = train(config, run_dir, data=args.data, init_from=args.init_from, resume=bool(args.resume))
     finally:
@@ -59,3 +61,14 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 143 if result.signal_name == "SIGTERM" else 130
     return 0
+
+
+def _say_defaults(config, path: str, fine_tuning: bool) -> None:
+    """A note for each of [model] and [train] that the config left wholly to the defaults."""
+    m, t = config.model, config.train
+    if config.defaulted("model") and not fine_tuning:
+        print(f"note: {path} sets nothing in [model]: training the default model (n_layer={m.n_layer}, "
+              f"n_head={m.n_head}, d_model={m.d_model}, n_ctx={m.n_ctx}, position={m.position})", file=sys.stderr)
+    if config.defaulted("train"):
+        print(f"note: {path} sets nothing in [train]: the defaults (steps={t.steps}, batch_size={t.batch_size}, "
+              f"precision={t.precision}, device={t.device})", file=sys.stderr)

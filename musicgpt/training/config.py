@@ -86,6 +86,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require({"steps": (self.steps >= 0, "be >= 0"), "batch_size": (self.batch_size >= 1, "be >= 1"),
                   "grad_accum": (self.grad_accum >= 1, "be >= 1"), "threads": (self.threads >= 0, "be >= 0"),
+                  "seed": (self.seed >= 0, "be >= 0 (a seed for numpy and torch)"),
                   "eval_every": (self.eval_every >= 0, "be >= 0 (0 disables evaluation)"),
                   "checkpoint_every": (self.checkpoint_every >= 1, "be >= 1"),
                   "keep_last": (self.keep_last >= 1, "be >= 1"), "log_every": (self.log_every >= 1, "be >= 1")})
@@ -115,6 +116,12 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # the dotted keys the file and the overrides set (the rest are defaults); not written to TOML
+    explicit: frozenset[str] = field(default_factory=frozenset, init=False, compare=False, repr=False)
+
+    def defaulted(self, section: str) -> bool:
+        """Whether nothing in [section] was set: every value in it is a default."""
+        return not any(key.split(".", 1)[0] == section for key in self.explicit)
 
 
 def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
@@ -124,6 +131,8 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); a TOML file is UTF-8") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -139,10 +148,14 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Build a Config from nested dicts; a [model] `preset` key starts from that GPTConfig preset."""
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    explicit = frozenset(f"{section}.{key}" for section, values in raw.items() if isinstance(values, dict)
+                         for key in values)
     model = raw.get("model")
     if isinstance(model, dict) and "preset" in model:
         raw["model"] = _expand_preset(model)
-    return _build(Config, raw, "")
+    config = _build(Config, raw, "")
+    config.explicit = explicit
+    return config
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -173,6 +186,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     """A dataclass as nested dicts of plain values (None values left out, as TOML has no null)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(config):
+        if not f.init:
+            continue  # bookkeeping (Config.explicit), not a setting
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
             out[f.name] = config_to_dict(value)

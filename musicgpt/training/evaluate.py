@@ -124,6 +124,9 @@ def report(totals: Totals, type_names: tuple[str, ...] | None, **info: Any) -> E
     if totals.count == 0:
         raise DatasetError(f"{info.get('data')}: nothing to evaluate (no tokens)")
     nll = totals.nll_sum / totals.count
+    if not math.isfinite(nll):
+        raise MusicGPTError(f"{info.get('checkpoint')}: evaluation gave NLL {nll} on {info.get('data')} (the model's "
+                            "outputs are not finite)")
     per_type: dict[str, dict[str, float]] = {}
     if type_names is not None:
         for code, name in enumerate(type_names[: len(totals.type_count)]):

@@ -207,6 +207,9 @@ class Trainer:
             cfg = self.config.model
             vocab = self.tokenizer.vocab_size
             if cfg.vocab_size != vocab:
+                if "model.vocab_size" in self.config.explicit:
+                    raise ConfigError(f"model.vocab_size: {cfg.vocab_size} disagrees with the tokenizer of {self.data_dir} "
+                                      f"({vocab} tokens); leave it out, it is taken from the tokenizer")
                 cfg = replace(cfg, vocab_size=vocab)
             model = MusicGPT(cfg)
         return model.to(self.d.device)

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from musicgpt import checkpoint
 from musicgpt._atomic import atomic_write_text, recover_directories, remove_leftovers
 from musicgpt.device import Dist
-from musicgpt.errors import CheckpointError
+from musicgpt.errors import CheckpointError, WriteError
 from musicgpt.training.config import Config, config_to_dict, dump_toml, load_config
 
 __all__ = ["CHECKPOINTS", "BEST", "STEP_PREFIX", "checkpoint_dirs", "step_dir", "clean_partial", "prune",
@@ -133,7 +133,10 @@ def start_run_dir(run_dir: Path, config: Config, run: dict[str, Any]) -> None:
     if checkpoint_dirs(run_dir):
         raise CheckpointError(f"{run_dir}: already holds checkpoints; use --resume {run_dir} "
                               "to continue it, or another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"{run_dir}: cannot create the run directory ({exc.strerror or exc})") from None
     atomic_write_text(run_dir / CONFIG_TOML, dump_toml(config))
     _write_run_json(run_dir, run)
 
