@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 
 from musicgpt._atomic import atomic_write
-from musicgpt.errors import MidiError
+from musicgpt.errors import MidiError, WriteError
 from musicgpt.music import smf
 from musicgpt.music.notes import Notes
 
@@ -364,5 +364,7 @@ def write_tracks(tracks: Sequence[tuple[str, Notes]], path: str | os.PathLike, *
         score.tracks.append(track)
     try:
         atomic_write(path, lambda tmp: score.dump_midi(str(tmp)))
-    except Exception as exc:
+    except WriteError as exc:
+        raise MidiError(str(exc)) from None
+    except Exception as exc:  # symusic's own errors
         raise MidiError(f"{path}: cannot write ({exc})") from None
