@@ -19,7 +19,7 @@ per step and learns the notes only when the piece is finished): about L x H x ro
 per NOTE_ON. Teacher forcing knows the whole sequence up front, so `NoteArcsStream` decodes the
 notes first and aggregates each chunk's rows to note arcs as soon as the chunk is done, then drops
 them: what it holds is the note arcs so far, at most notes x L x H x top_n of them in compact numpy
-arrays (18 bytes per arc), plus one chunk's rows. A query note's arcs depend only on its own
+arrays (20 bytes per arc), plus one chunk's rows. A query note's arcs depend only on its own
 NOTE_ON row and on which notes own the keys, so the result equals the whole-piece aggregation.
 """
 
@@ -205,7 +205,7 @@ class NoteArcsStream:
 
     It takes each chunk's rows through `add` (like an AttentionRecorder); `end_chunk` aggregates them
     to note arcs and drops them. Memory: the notes and per-token maps (O(tokens)), the note arcs so
-    far (int32 query and key, int16 layer and head, float64 weight: 18 bytes an arc; at most
+    far (int32 query and key, int16 layer and head, float64 weight: 20 bytes an arc; at most
     notes x n_layer x n_head x top_n arcs), and one chunk's rows (at most chunk x n_layer x n_head x
     row_top_k entries). `result()` equals `aggregate` over every row of the piece at once, order included.
     """

@@ -6,7 +6,7 @@ keeps its primer/continuation split: notes of a track named "primer" are marked 
 Long pieces: the whole piece is read (cut it with --seconds or --tokens), in chunks, with a
 progress bar. Attention rows are aggregated to note arcs chunk by chunk
 (`musicgpt.arcs.capture.NoteArcsStream`), and arcs.json is written from those arrays a block of
-lines at a time, so memory is bounded by the note arcs kept (18 bytes an arc, at most notes x
+lines at a time, so memory is bounded by the note arcs kept (20 bytes an arc, at most notes x
 layers x heads x --top-n), not by the token rows. The viewer page embeds at most --html-max-arcs
 arcs (the heaviest): an hour of dense piano has some 18 million arcs, a 1 GB arcs.json, more than
 a browser page holds.
@@ -93,17 +93,20 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or source.parent
     out.mkdir(parents=True, exist_ok=True)
     arcs_path, html_path = out / f"{source.stem}.arcs.json", out / f"{source.stem}.html"
-    weight = write_arcs_columns(doc, arcs, arcs_path)
-    written = [str(arcs_path)]
+    write_arcs_columns(doc, arcs, arcs_path)  # rounds arcs.weight in place to what the file holds
+    n_arcs, written = len(arcs), [str(arcs_path)]
     if args.html_max_arcs:
-        keep = _heaviest(weight, args.html_max_arcs)
+        keep = _heaviest(arcs.weight, args.html_max_arcs)
         if keep is not None:
-            print(f"note: the viewer page holds the {int(keep.sum()):,} heaviest of {len(weight):,} arcs (weight > "
-                  f"{weight[~keep].max():.4g}); {arcs_path.name} has them all (--html-max-arcs)", file=sys.stderr)
-        page = dict(doc, arcs=_arc_rows(arcs, weight, keep))
+            print(f"note: the viewer page holds the {int(keep.sum()):,} heaviest of {n_arcs:,} arcs (weight > "
+                  f"{arcs.weight[~keep].max():.4g}); {arcs_path.name} has them all (--html-max-arcs)", file=sys.stderr)
+            arcs = NoteArcs(*(getattr(arcs, name)[keep] for name in ("query", "key", "layer", "head", "weight")))
+            del keep  # the page's arcs only from here on
+        page = dict(doc, arcs=arcs.as_dict_rows())
+        del arcs
         write_html(page, html_path, title=source.name)
         written.append(str(html_path))
-    print(f"wrote {', '.join(written)} ({len(doc['notes'])} notes, {len(arcs)} arcs, "
+    print(f"wrote {', '.join(written)} ({len(doc['notes'])} notes, {n_arcs} arcs, "
           f"{doc['n_layer']} layers x {doc['n_head']} heads)")
     return 0
 
@@ -127,27 +130,20 @@ def _heaviest(weight: np.ndarray, limit: int) -> np.ndarray | None:
     return weight > cut
 
 
-def _arc_rows(arcs, weight: np.ndarray, keep: np.ndarray | None) -> list[dict]:
-    """arcs.json rows (weights as written) of the kept arcs, in file order."""
-    index = np.arange(len(weight)) if keep is None else np.flatnonzero(keep)
-    cols = (arcs.query[index].tolist(), arcs.key[index].tolist(), arcs.layer[index].tolist(),
-            arcs.head[index].tolist(), weight[index].tolist())
-    return [{"query": q, "key": k, "layer": l, "head": h, "weight": w} for q, k, l, h, w in zip(*cols)]
-
-
-def write_arcs_columns(doc: dict, arcs, path: Path) -> np.ndarray:
-    """Write `doc` (an arcs.json dict, its arcs left out) with the arcs of the arrays `arcs` (a NoteArcs, in
-    file order) to `path` atomically, the same bytes as `musicgpt.arcs.write_arcs` of the whole dict, a block
-    of lines at a time. The arcs are checked with numpy by the rules of `validate_arcs`. Returns the weights
-    as written (4 significant digits)."""
+def write_arcs_columns(doc: dict, arcs, path: Path) -> None:
+    """Write `doc` (an arcs.json dict, its arcs left out) with the arcs of the arrays `arcs` (a NoteArcs in file
+    order: by query note, layer, head, heaviest first) to `path` atomically: the same bytes as
+    `musicgpt.arcs.write_arcs` of the whole dict, a block of lines at a time. `arcs.weight` is rounded in place
+    to what is written (4 significant digits, as `build_arcs` rounds). Each block of whole query notes is
+    checked with numpy by the arc rules of `validate_arcs`; a broken rule raises ArcsFormatError and writes
+    nothing."""
     from musicgpt._atomic import atomic_write
 
-    weight = np.empty(len(arcs), np.float64)
-    for start in range(0, len(arcs), _BLOCK):  # as build_arcs rounds: 4 significant digits, at most 1
-        block = arcs.weight[start : start + _BLOCK].tolist()
-        weight[start : start + len(block)] = [min(1.0, float(f"{w:.4g}")) for w in block]
-    _check_arcs(doc, arcs, weight, path)
     head = {k: v for k, v in doc.items() if k not in ("notes", "arcs")}
+    start = np.array([n["start"] for n in doc["notes"]], np.float64)
+    query = arcs.query
+    if len(query) > 1 and (query[1:] < query[:-1]).any():
+        raise ValueError("write_arcs_columns: the arcs must be sorted by query note")
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -156,26 +152,30 @@ def write_arcs_columns(doc: dict, arcs, path: Path) -> np.ndarray:
             for i, note in enumerate(notes):
                 f.write(json.dumps(note, separators=(",", ":")) + (",\n" if i < len(notes) - 1 else "\n"))
             f.write('],\n"arcs": [\n')
-            for start in range(0, len(arcs), _BLOCK):
-                stop = min(start + _BLOCK, len(arcs))
-                cols = (arcs.query[start:stop].tolist(), arcs.key[start:stop].tolist(),
-                        arcs.layer[start:stop].tolist(), arcs.head[start:stop].tolist(), weight[start:stop].tolist())
+            first = 0
+            while first < len(query):  # blocks of whole query notes, so each row's sum is checked whole
+                last = int(np.searchsorted(query, query[min(first + _BLOCK, len(query) - 1)], side="right"))
+                weight = [min(1.0, float(f"{w:.4g}")) for w in arcs.weight[first:last].tolist()]
+                arcs.weight[first:last] = weight
+                block = slice(first, last)
+                _check_block(doc, start, arcs, block, path)
+                cols = (query[block].tolist(), arcs.key[block].tolist(), arcs.layer[block].tolist(),
+                        arcs.head[block].tolist(), weight)
                 f.write(",\n".join(f'{{"query":{q},"key":{k},"layer":{l},"head":{h},"weight":{w!r}}}'
-                                   for q, k, l, h, w in zip(*cols)) + (",\n" if stop < len(arcs) else "\n"))
+                                   for q, k, l, h, w in zip(*cols)) + (",\n" if last < len(query) else "\n"))
+                first = last
             f.write("]\n}\n")
 
     atomic_write(path, write, make_parents=True)
-    return weight
 
 
-def _check_arcs(doc: dict, arcs, weight: np.ndarray, path: Path) -> None:
-    """The arc rules of `validate_arcs`, on arrays (ArcsFormatError naming the file and the first broken rule)."""
+def _check_block(doc: dict, start: np.ndarray, arcs, block: slice, path: Path) -> None:
+    """The arc rules of `validate_arcs` on the arcs of whole query notes (ArcsFormatError naming the file)."""
     from musicgpt.arcs.format import ArcsFormatError
 
-    n_notes, n_layer, n_head = len(doc["notes"]), doc["n_layer"], doc["n_head"]
-    start = np.array([n["start"] for n in doc["notes"]], np.float64)
-    q, k = arcs.query.astype(np.int64), arcs.key.astype(np.int64)
-    layer, head = arcs.layer.astype(np.int64), arcs.head.astype(np.int64)
+    n_notes, n_layer, n_head = len(start), doc["n_layer"], doc["n_head"]
+    q, k = arcs.query[block].astype(np.int64), arcs.key[block].astype(np.int64)
+    layer, head, weight = arcs.layer[block].astype(np.int64), arcs.head[block].astype(np.int64), arcs.weight[block]
     problems = [
         ("a note id out of range", (q < 0) | (q >= n_notes) | (k < 0) | (k >= n_notes)),
         ("a layer or head out of range", (layer < 0) | (layer >= n_layer) | (head < 0) | (head >= n_head)),
@@ -183,13 +183,14 @@ def _check_arcs(doc: dict, arcs, weight: np.ndarray, path: Path) -> None:
     ]
     for what, bad in problems:
         if bad.any():
-            raise ArcsFormatError(f"{path} (not written): arcs[{int(np.argmax(bad))}] has {what}")
+            raise ArcsFormatError(f"{path} (not written): arcs[{block.start + int(np.argmax(bad))}] has {what}")
     late = start[k] > start[q]
     if late.any():
-        raise ArcsFormatError(f"{path} (not written): arcs[{int(np.argmax(late))}]: its key note starts after "
-                              "its query note")
+        raise ArcsFormatError(f"{path} (not written): arcs[{block.start + int(np.argmax(late))}]: its key note "
+                              "starts after its query note")
     row = (q * n_layer + layer) * n_head + head
-    if len(np.unique(row * max(n_notes, 1) + k)) != len(q):
+    if len(np.unique(row * n_notes + k)) != len(q):
         raise ArcsFormatError(f"{path} (not written): an arc repeats its query, key, layer and head")
-    if len(row) and np.bincount(np.unique(row, return_inverse=True)[1].reshape(-1), weights=weight).max() > 1.001:
+    rows, inverse = np.unique(row, return_inverse=True)
+    if len(rows) and np.bincount(inverse.reshape(-1), weights=weight).max() > 1.001:
         raise ArcsFormatError(f"{path} (not written): the weights of one query, layer and head sum to more than 1")

@@ -1,0 +1,191 @@
+"""Very long inputs (issue 13): `attend` aggregating as it goes (the same arcs as the whole-piece
+aggregation, no token rows kept beyond one chunk), the streamed arcs.json written byte for byte as
+`write_arcs` would, the viewer page's cap and the progress bar. Long pieces are made here with mido."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from musicgpt.arcs.capture import (ArcsConfig, AttentionRecorder, NoteArcsStream, attend, note_arcs, query_rows,
+                                   teacher_force)
+from musicgpt.arcs.format import read_arcs, write_arcs
+from musicgpt.cli import main
+from musicgpt.generation.primer import primer_ids
+from musicgpt.tokens.performance import PerformanceTokenizer
+from musicgpt.viz import write_html
+from midi_factory import make_midi, note
+from tiny_models import FIXTURES, tiny_checkpoint, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TOK = PerformanceTokenizer()
+CHOPIN = FIXTURES / "asap_chopin_etude_op25_8_Toscano02.mid"
+DENSE = ArcsConfig(row_top_k=None, top_n=10_000, min_weight=0.0)
+
+
+def long_midi(path: Path, bars: int = 60, seed: int = 0) -> Path:
+    """A piece of `bars` bars at 120 bpm (two seconds a bar): left-hand eighths and a right-hand melody with
+    changing velocities, so VELOCITY tokens are frequent; about 26 tokens a second."""
+    rng = np.random.default_rng(seed)
+    events = []
+    for bar in range(bars):
+        t0 = bar * 4 * 480
+        for i in range(8):
+            events += note(48 + [0, 7, 12, 16][i % 4], t0 + i * 240, t0 + i * 240 + 200, int(rng.integers(40, 90)))
+        for beat in range(4):
+            events += note(int(rng.integers(64, 80)), t0 + beat * 480, t0 + beat * 480 + 400, int(rng.integers(60, 120)))
+    return make_midi(path, [events])
+
+
+@pytest.fixture(scope="module")
+def long_file(tmp_path_factory) -> Path:
+    return long_midi(tmp_path_factory.mktemp("long") / "long.mid")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+# ---- attend: aggregation as it goes ----------------------------------------------------------------------
+
+def whole_piece(model, ids, config, chunk):
+    """The old way: every row kept to the end, aggregated at once."""
+    recorder = AttentionRecorder(config)
+    teacher_force(model, torch.from_numpy(ids)[None], model.new_cache(), [recorder], query_rows(TOK, ids)[None],
+                  chunk=chunk)
+    return note_arcs(TOK, ids, recorder, model.config.n_layer, model.config.n_head)
+
+
+def streamed(model, ids, config, chunk):
+    stream = NoteArcsStream(TOK, ids, model.config.n_layer, model.config.n_head, config)
+    teacher_force(model, torch.from_numpy(ids)[None], model.new_cache(), [stream], query_rows(TOK, ids)[None],
+                  chunk=chunk)
+    return stream
+
+
+def assert_same_arcs(a, b):
+    for name in ("query", "key", "layer", "head", "weight", "note_token"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.shape == y.shape and np.array_equal(x, y), name  # weights bit for bit
+
+
+@pytest.mark.parametrize("config", [ArcsConfig(), DENSE], ids=["default", "dense"])
+def test_streamed_arcs_equal_the_whole_piece_aggregation(config):
+    model = tiny_model()
+    ids = np.r_[TOK.bos_id, TOK.encode(CHOPIN).ids].astype(np.int64)[:3000]
+    for chunk in (256, 37):  # the same chunks both ways: chunking moves the attention's last bits
+        notes, whole = whole_piece(model, ids, config, chunk)
+        stream = streamed(model, ids, config, chunk)
+        assert stream.streaming and len(stream.notes) == len(notes)
+        assert_same_arcs(stream.result(), whole)
+        assert len(whole) > 10_000
+
+
+def test_streamed_arcs_keep_the_order_when_a_time_step_straddles_chunks():
+    """Notes are numbered by (start, pitch); a time step written high pitch first, cut by a chunk boundary,
+    puts a lower note id in the later chunk."""
+    on, off, shift = TOK.note_on, TOK.note_off, TOK.time_shift
+    step = [TOK.velocity(20), on(72), on(67), on(60), shift(20), off(72), off(67), off(60), shift(10)]
+    ids = np.array([TOK.bos_id] + step * 40, np.int64)
+    model = tiny_model(seed=3)
+    for chunk in (2, 3, 5):
+        _, whole = whole_piece(model, ids, DENSE, chunk)
+        stream = streamed(model, ids, DENSE, chunk)
+        parts = np.concatenate(stream._columns[0])
+        assert (np.diff(parts) < 0).any()  # the chunks' arcs came out of note order ...
+        assert_same_arcs(stream.result(), whole)  # ... and were put back
+        assert (np.diff(whole.query) >= 0).all() and len(whole) > 1000
+
+
+def test_teacher_forcing_keeps_no_token_rows_beyond_one_chunk():
+    model = tiny_model()
+    ids = np.r_[TOK.bos_id, TOK.encode(CHOPIN).ids].astype(np.int64)[:2000]
+    stream = NoteArcsStream(TOK, ids, model.config.n_layer, model.config.n_head)
+    held, end_chunk = [], stream.end_chunk
+
+    def watched():
+        held.append(len(stream.rows))  # rows taken in this chunk
+        end_chunk()
+        assert len(stream.rows) == 0  # ... and dropped once aggregated
+
+    stream.end_chunk = watched
+    chunk = 100
+    teacher_force(model, torch.from_numpy(ids)[None], model.new_cache(), [stream], query_rows(TOK, ids)[None],
+                  chunk=chunk)
+    per_chunk = [int(query_rows(TOK, ids[i : i + chunk]).sum()) for i in range(0, len(ids), chunk)]
+    assert held == per_chunk and len(held) == 20  # one chunk's NOTE_ON rows at a time, never more
+    cfg, mc = stream.config, model.config
+    assert stream.n_arcs <= len(stream.notes) * mc.n_layer * mc.n_head * cfg.top_n
+    kept = sum(a.nbytes for column in stream._columns for a in column)
+    assert kept == 20 * stream.n_arcs  # int32 query and key, int16 layer and head, float64 weight
+
+
+def test_attend_api_is_the_whole_piece_document():
+    model = tiny_model()
+    ids = np.r_[TOK.bos_id, TOK.encode(CHOPIN).ids].astype(np.int64)[:1500]
+    recorder = AttentionRecorder(ArcsConfig())
+    teacher_force(model, torch.from_numpy(ids)[None], model.new_cache(), [recorder], query_rows(TOK, ids)[None])
+    from musicgpt.arcs.capture import arcs_document
+
+    assert attend(model, ids, TOK, primer_length=300, x=1) == arcs_document(TOK, ids, recorder, model.config, 300, x=1)
+
+
+# ---- attend: the command ---------------------------------------------------------------------------------
+
+def test_cli_attend_streams_the_same_files_and_shows_progress(checkpoint, long_file, tmp_path, capsys):
+    from musicgpt.model import load_checkpoint
+
+    assert main(["attend", str(checkpoint), str(long_file), "--out", str(tmp_path / "a")]) == 0
+    captured = capsys.readouterr()
+    assert "attend:" in captured.err and "tok" in captured.err  # the progress bar, on stderr
+    model, tok = load_checkpoint(checkpoint)
+    ids = np.r_[tok.bos_id, primer_ids(long_file, tok)]
+    d = attend(model, ids, tok, source="musicgpt attend long.mid")
+    write_arcs(d, tmp_path / "expected.arcs.json")
+    write_html(d, tmp_path / "expected.html", title="long.mid")
+    assert filecmp.cmp(tmp_path / "a" / "long.arcs.json", tmp_path / "expected.arcs.json", shallow=False)
+    assert filecmp.cmp(tmp_path / "a" / "long.html", tmp_path / "expected.html", shallow=False)
+    assert len(d["arcs"]) > 5000 and f"{len(d['arcs'])} arcs" in captured.out
+
+    assert main(["attend", str(checkpoint), str(long_file), "--out", str(tmp_path / "b"), "--quiet",
+                 "--html-max-arcs", "1000"]) == 0
+    captured = capsys.readouterr()
+    assert "attend:" not in captured.err and "note: the viewer page holds the " in captured.err
+    assert filecmp.cmp(tmp_path / "b" / "long.arcs.json", tmp_path / "expected.arcs.json", shallow=False)
+    page = (tmp_path / "b" / "long.html").read_text(encoding="utf-8")
+    data = json.loads(page.split('<script type="application/json" id="mgv-data">')[1].split("</script>")[0])
+    weights = sorted((a["weight"] for a in d["arcs"]), reverse=True)
+    assert 0 < len(data["arcs"]["weight"]) <= 1000
+    assert min(data["arcs"]["weight"]) > weights[1000] and sorted(data["arcs"]["weight"], reverse=True) == \
+        weights[: len(data["arcs"]["weight"])]  # the heaviest
+    assert main(["attend", str(checkpoint), str(long_file), "--out", str(tmp_path / "c"), "--quiet",
+                 "--html-max-arcs", "0"]) == 0
+    assert not (tmp_path / "c" / "long.html").exists() and (tmp_path / "c" / "long.arcs.json").is_file()
+
+
+def test_streamed_writer_checks_the_arcs_and_writes_nothing_when_broken(checkpoint, long_file, tmp_path):
+    from musicgpt.arcs.capture import attend_notes, note_document
+    from musicgpt.arcs.format import ArcsFormatError
+    from musicgpt.commands.attend import write_arcs_columns
+    from musicgpt.model import load_checkpoint
+
+    model, tok = load_checkpoint(checkpoint)
+    ids = np.r_[tok.bos_id, primer_ids(long_file, tok, tokens=600)]
+    stream = attend_notes(model, ids, tok)
+    arcs = stream.result()
+    doc = note_document(stream.notes, arcs, tok, model.config, stream.config)
+    write_arcs(doc, tmp_path / "expected.json")
+    head = dict(doc, arcs=[])
+    write_arcs_columns(head, arcs, tmp_path / "streamed.json")
+    assert (tmp_path / "streamed.json").read_bytes() == (tmp_path / "expected.json").read_bytes()
+    assert read_arcs(tmp_path / "streamed.json") == doc
+    arcs.key[5] = len(stream.notes) - 1  # a key note that starts after its query note
+    with pytest.raises(ArcsFormatError, match="not written"):
+        write_arcs_columns(head, arcs, tmp_path / "broken.json")
+    assert not (tmp_path / "broken.json").exists()
