@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
 
@@ -12,8 +14,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--primer", metavar="FILE", help="MIDI, MusicXML (.xml/.musicxml/.mxl) or ABC file to continue "
                                                          "(default: none, unconditional)")
     cut = parser.add_mutually_exclusive_group()
-    cut.add_argument("--primer-seconds", type=float, metavar="S", help="use the primer's first S seconds")
-    cut.add_argument("--primer-tokens", type=int, metavar="N", help="use the primer's first N tokens")
+    cut.add_argument("--primer-seconds", type=float, metavar="S",
+                     help="use the primer's first S seconds (default: as much as fits the model's context, its first "
+                          "n_ctx - 1 tokens, with a note when that cuts it)")
+    cut.add_argument("--primer-tokens", type=int, metavar="N", help="use the primer's first N tokens (default: as above)")
     parser.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds of new music")
     parser.add_argument("--max-new-tokens", type=int, metavar="N",
                         help="stop after N new tokens (default 1024; with --seconds, a cap of 200 per second)")
@@ -49,9 +53,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate, write the files, print one line per sample."""
+    """Generate, write the files, print one line per sample (and a note line when the primer is cut to fit)."""
     from musicgpt.arcs.capture import ArcsConfig
-    from musicgpt.generation.loop import DEFAULT_MAX_NOTE_SECONDS, generate, load_model_and_tokenizer
+    from musicgpt.generation.loop import load_model_and_tokenizer
+    from musicgpt.generation.primer import PrimerCutWarning
 
     arcs_config = ArcsConfig(row_top_k=args.arcs_row_top_k, top_n=args.arcs_top_n,
                              min_weight=args.arcs_min_weight) if args.arcs else None
@@ -61,16 +66,35 @@ def run(args: argparse.Namespace) -> int:
         if not available_renderers():  # say so before spending minutes on generation
             raise AudioError(f"--wav: {NO_RENDERER}")
     model, tokenizer = load_model_and_tokenizer(args.checkpoint)
-    samples = generate(model, args.primer, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens,
-                       seconds=args.seconds, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                       min_p=args.min_p, seed=args.seed, num_samples=args.num_samples, arcs=args.arcs,
-                       arcs_config=arcs_config, primer_seconds=args.primer_seconds, primer_tokens=args.primer_tokens,
-                       stop_at_eos=not args.ignore_eos, progress=not args.quiet, threads=args.threads,
-                       max_note_seconds=DEFAULT_MAX_NOTE_SECONDS if args.max_note_seconds is None
-                       else args.max_note_seconds, keep_type_mass=not args.plain_mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PrimerCutWarning)
+        warnings.showwarning = _notes_as_lines(warnings.showwarning, PrimerCutWarning)
+        samples = _generate(args, model, tokenizer, arcs_config)
     for i, s in enumerate(samples):
         written = s.save(args.out, f"sample_{i:02d}", wav=args.wav, soundfont=args.soundfont)
         n_primer = int(s.primer_notes.sum())
         print(f"wrote {', '.join(str(p) for p in written)} ({len(s.notes) - n_primer} new notes after {n_primer} "
               f"primer notes, {s.seconds:.1f} s, {s.n_generated} tokens, stopped by {s.stop_reason}, seed {s.seed})")
     return 0
+
+
+def _notes_as_lines(show, notes: type[Warning]):
+    """A warnings.showwarning that prints warnings of class `notes` as one 'note: ...' line on stderr, others as `show`."""
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, notes):
+            print(f"note: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
+
+
+def _generate(args: argparse.Namespace, model, tokenizer, arcs_config):
+    from musicgpt.generation.loop import DEFAULT_MAX_NOTE_SECONDS, generate
+
+    return generate(model, args.primer, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens,
+                    seconds=args.seconds, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    min_p=args.min_p, seed=args.seed, num_samples=args.num_samples, arcs=args.arcs,
+                    arcs_config=arcs_config, primer_seconds=args.primer_seconds, primer_tokens=args.primer_tokens,
+                    stop_at_eos=not args.ignore_eos, progress=not args.quiet, threads=args.threads,
+                    max_note_seconds=DEFAULT_MAX_NOTE_SECONDS if args.max_note_seconds is None
+                    else args.max_note_seconds, keep_type_mass=not args.plain_mask)

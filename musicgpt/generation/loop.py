@@ -88,6 +88,9 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
              max_note_seconds: float | None = DEFAULT_MAX_NOTE_SECONDS, keep_type_mass: bool = True) -> list[Sample]:
     """Continue `primer` (a MIDI/MusicXML/ABC path, Notes, token ids or None) and return `num_samples` Samples.
 
+    primer_seconds / primer_tokens: use the primer's first S seconds / N tokens. With neither, a primer
+    longer than the model's context is cut to its first n_ctx - 1 tokens ([BOS] + primer fills the
+    context) with a `PrimerCutWarning` that says how much was kept.
     model: a MusicGPT, or a checkpoint directory, or None for the bundled model. Length: `max_new_tokens`
     and/or `seconds` of new music (default 1024 tokens). Sampling: temperature (0 = greedy), top_k,
     top_p, min_p. seed: None draws one (kept in `Sample.seed`). max_note_seconds: a note that has
@@ -116,7 +119,8 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
         max_new_tokens=int(max_new_tokens), seconds=seconds, sampling=sampling, seed=int(seed),
         num_samples=int(num_samples), arcs=(arcs_config or ArcsConfig()) if arcs else None, stop_at_eos=stop_at_eos,
         return_logits=return_logits, chunk=chunk, max_note_seconds=max_note_seconds or 0.0)
-    prompt = np.r_[tokenizer.bos_id, primer_ids(primer, tokenizer, seconds=primer_seconds, tokens=primer_tokens)]
+    prompt = np.r_[tokenizer.bos_id, primer_ids(primer, tokenizer, seconds=primer_seconds, tokens=primer_tokens,
+                                                max_tokens=model.config.n_ctx - 1, stacklevel=3)]
     with _eval_threads(model, threads if next(model.parameters()).device.type == "cpu" else None):
         return _run(Generation(model, tokenizer, prompt.astype(np.int64), settings), progress)
 

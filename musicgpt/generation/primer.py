@@ -5,11 +5,17 @@ music21). A primer is cut either to its first
 S seconds (the token sequence up to the first event at or after S seconds: notes still sounding
 there stay open and the model decides when they end) or to its first N tokens. A trailing VELOCITY
 (its NOTE_ON cut off) is dropped, so a primer never ends mid-event.
+
+With neither length given, `generate` passes `max_tokens` = the model's context less one (room
+for BOS): a longer primer is cut to its first `max_tokens` tokens and a `PrimerCutWarning` says so
+(a 2-hour file would otherwise be fed whole before the first new token; the model sees only the
+last n_ctx tokens anyway).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -18,8 +24,18 @@ from musicgpt.music.notes import Notes
 from musicgpt.music.scores import read_notes
 from musicgpt.tokens.base import PerformanceEvents
 
-def primer_ids(source, tokenizer, *, seconds: float | None = None, tokens: int | None = None) -> np.ndarray:
-    """Token ids (no BOS) of a primer: a file path, a `Notes` table or token ids; cut to `seconds` or `tokens`."""
+
+class PrimerCutWarning(UserWarning):
+    """A primer was longer than the model's context and no length was given: it was cut to fit."""
+
+
+def primer_ids(source, tokenizer, *, seconds: float | None = None, tokens: int | None = None,
+               max_tokens: int | None = None, stacklevel: int = 2) -> np.ndarray:
+    """Token ids (no BOS) of a primer: a file path, a `Notes` table or token ids; cut to `seconds` or `tokens`.
+
+    max_tokens: when neither `seconds` nor `tokens` is given and the primer is longer, keep its first
+    `max_tokens` tokens and warn (`PrimerCutWarning`, at `stacklevel` as in `warnings.warn`).
+    """
     if seconds is not None and tokens is not None:
         raise ConfigError("primer: give the primer length in seconds or in tokens, not both")
     if seconds is not None and not seconds >= 0:
@@ -41,10 +57,27 @@ def primer_ids(source, tokenizer, *, seconds: float | None = None, tokens: int |
         ids = ids[: _tokens_before(ids, tokenizer, seconds)]
     if tokens is not None:
         ids = ids[: int(tokens)]
+    whole = ids
+    cut = seconds is None and tokens is None and max_tokens is not None and len(ids) > max_tokens
+    if cut:
+        ids = ids[: int(max_tokens)]
     velocity = tokenizer.type_names.index("VELOCITY") if "VELOCITY" in tokenizer.type_names else -2
     if len(ids) and int(tokenizer.token_type(ids[-1])) == velocity:
         ids = ids[:-1]
+    if cut:
+        warnings.warn(cut_note(ids, whole, tokenizer), PrimerCutWarning, stacklevel=stacklevel)
     return ids
+
+
+def cut_note(kept: np.ndarray, whole: np.ndarray, tokenizer) -> str:
+    """What the default cut kept: 'primer cut to its first N tokens (X s of Y s); ...'."""
+    if isinstance(tokenizer, PerformanceEvents):
+        shift = tokenizer.seconds_per_id()
+        span = f"{shift[kept].sum():.1f} s of {shift[whole].sum():.1f} s"
+    else:
+        span = f"of {len(whole)}"
+    return (f"primer cut to its first {len(kept)} tokens ({span}); pass --primer-seconds or --primer-tokens "
+            "to choose")
 
 
 def _tokens_before(ids: np.ndarray, tokenizer, seconds: float) -> int:
