@@ -198,6 +198,7 @@ def note_arcs(tokenizer, ids, recorder, n_layer: int, n_head: int) -> tuple[Any,
 
 
 _COLUMNS = (("query", np.int32), ("key", np.int32), ("layer", np.int16), ("head", np.int16), ("weight", np.float64))
+_RESERVE = 1 << 26  # arcs reserved up front at most (1.3 GB of address space, resident only as it fills)
 
 
 class NoteArcsStream:
@@ -207,7 +208,9 @@ class NoteArcsStream:
     to note arcs and drops them. Memory: the notes and per-token maps (O(tokens)), the note arcs so
     far (int32 query and key, int16 layer and head, float64 weight: 20 bytes an arc; at most
     notes x n_layer x n_head x top_n arcs), and one chunk's rows (at most chunk x n_layer x n_head x
-    row_top_k entries). `result()` equals `aggregate` over every row of the piece at once, order included.
+    row_top_k entries). The arcs go into arrays reserved for that bound (pages become resident as
+    they fill; past `_RESERVE` arcs they grow by doubling), so nothing is concatenated at the end.
+    `result()` equals `aggregate` over every row of the piece at once, order included.
     """
 
     def __init__(self, tokenizer, ids, n_layer: int, n_head: int, config: ArcsConfig | None = None):
@@ -220,9 +223,12 @@ class NoteArcsStream:
         # A note has one NOTE_ON row in anything a tokenizer writes; should two rows share a note, their
         # weights add up, so the rows are kept to the end (no streaming) and aggregated together.
         self.streaming = len(np.unique(queried)) == len(queried)
+        keys = min(self.config.top_n, max(len(self.notes) - 1, 0), self.config.row_top_k or len(self.notes))
+        self.bound = len(queried) * self.n_layer * self.n_head * keys  # arcs at most
         self.rows = AttentionRecorder(self.config)  # the current chunk's rows
-        self._columns: list[list[np.ndarray]] = [[] for _ in _COLUMNS]  # the note arcs, one array per chunk
+        self._arrays: list[np.ndarray] = [np.zeros(0, dtype) for _, dtype in _COLUMNS]  # the note arcs, reserved
         self.n_arcs = 0
+        self._sorted = True
 
     def add(self, positions, key_start: int, probs: Tensor) -> None:
         """Rows at token `positions`, as AttentionRecorder.add."""
@@ -237,25 +243,32 @@ class NoteArcsStream:
         if not len(self.rows):
             return
         arcs = aggregate(self.rows.arrays(), self.owner, self.query_note, self.n_layer, self.n_head, self.config)
-        for kept, (name, dtype) in zip(self._columns, _COLUMNS):
-            kept.append(getattr(arcs, name).astype(dtype))
-        self.n_arcs += len(arcs)
         self.rows = AttentionRecorder(self.config)
+        n, end = self.n_arcs, self.n_arcs + len(arcs)
+        if end > len(self._arrays[0]):
+            capacity = max(end, 2 * len(self._arrays[0]), min(self.bound, _RESERVE))
+            grown = [np.empty(capacity, dtype) for _, dtype in _COLUMNS]
+            for new, old in zip(grown, self._arrays):
+                new[:n] = old[:n]
+            self._arrays = grown
+        for array, (name, _) in zip(self._arrays, _COLUMNS):
+            array[n:end] = getattr(arcs, name)
+        if len(arcs) and n and self._arrays[0][n - 1] > arcs.query[0]:
+            self._sorted = False  # a time step written out of pitch order straddled the chunk boundary
+        self.n_arcs = end
 
     def result(self) -> NoteArcs:
-        """The note arcs of every row taken, sorted by query note, layer, head, then heaviest first."""
+        """The note arcs of every row taken, sorted by query note, layer, head, then heaviest first (views of
+        the stream's arrays)."""
         self._flush()
-        columns = []
-        for kept, (_, dtype) in zip(self._columns, _COLUMNS):  # one column at a time: little beyond the arcs
-            columns.append(np.concatenate(kept) if kept else np.zeros(0, dtype))
-            kept[:] = [columns[-1]]
-        query = columns[0]
-        if len(query) > 1 and (query[1:] < query[:-1]).any():
-            # Notes of one time step written out of pitch order, across a chunk boundary: every arc of a
-            # query note comes from its one row (one chunk), so a stable sort by query restores the order.
-            order = np.argsort(query, kind="stable")
-            columns = [c[order] for c in columns]
-            self._columns = [[c] for c in columns]
+        columns = [array[: self.n_arcs] for array in self._arrays]
+        if not self._sorted:
+            # Every arc of a query note comes from its one row (one chunk), and each chunk's arcs are in
+            # order: a stable sort by query note puts the chunks' arcs in order.
+            order = np.argsort(columns[0], kind="stable")
+            for column in columns:
+                column[:] = column[order]
+            self._sorted = True
         return NoteArcs(*columns, note_token=self.note_token)
 
 

@@ -96,10 +96,10 @@ def run(args: argparse.Namespace) -> int:
     write_arcs_columns(doc, arcs, arcs_path)  # rounds arcs.weight in place to what the file holds
     n_arcs, written = len(arcs), [str(arcs_path)]
     if args.html_max_arcs:
-        keep = _heaviest(arcs.weight, args.html_max_arcs)
-        if keep is not None:
+        if n_arcs > args.html_max_arcs:
+            keep, cut = _heaviest(arcs.weight, args.html_max_arcs)
             print(f"note: the viewer page holds the {int(keep.sum()):,} heaviest of {n_arcs:,} arcs (weight > "
-                  f"{arcs.weight[~keep].max():.4g}); {arcs_path.name} has them all (--html-max-arcs)", file=sys.stderr)
+                  f"{cut:.4g}); {arcs_path.name} has them all (--html-max-arcs)", file=sys.stderr)
             arcs = NoteArcs(*(getattr(arcs, name)[keep] for name in ("query", "key", "layer", "head", "weight")))
             del keep  # the page's arcs only from here on
         page = dict(doc, arcs=arcs.as_dict_rows())
@@ -122,12 +122,10 @@ def _primer_mask(tokenizer, ids: np.ndarray, primer_notes) -> np.ndarray | None:
     return np.array([(int(s), int(p)) in primer for s, p in zip(np.rint(notes.start / step), notes.pitch)], bool)
 
 
-def _heaviest(weight: np.ndarray, limit: int) -> np.ndarray | None:
-    """Bool per arc: among the `limit` heaviest (every arc heavier than the (limit+1)-th); None when all fit."""
-    if len(weight) <= limit:
-        return None
-    cut = np.partition(weight, len(weight) - limit - 1)[len(weight) - limit - 1]
-    return weight > cut
+def _heaviest(weight: np.ndarray, limit: int) -> tuple[np.ndarray, float]:
+    """(bool per arc: heavier than the (limit+1)-th heaviest, that weight): at most `limit` arcs, the heaviest."""
+    cut = float(np.partition(weight, len(weight) - limit - 1)[len(weight) - limit - 1])
+    return weight > cut, cut
 
 
 def write_arcs_columns(doc: dict, arcs, path: Path) -> None:
