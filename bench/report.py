@@ -276,6 +276,35 @@ def section_generate(d: dict, img: Path) -> tuple[list[str], str]:
     return lines + [""], headline
 
 
+def section_attend_memory(d: dict, img: Path) -> tuple[list[str], str]:
+    """`musicgpt attend` on a long tiled piece: peak RSS, time and sizes, and the same pieces before streaming."""
+    piece, run, out = d.get("piece") or {}, d.get("attend") or {}, d.get("outputs") or {}
+    mb = 2**20
+    lines = [f"`musicgpt attend` (bundled model, default settings) on {fmt(piece.get('minutes'))} minutes of "
+             f"{piece.get('source')} repeated: {fmt(piece.get('notes'))} notes, {fmt(piece.get('tokens'))} tokens.",
+             ""]
+    size = (lambda b: "-" if b is None else fmt(b / mb))
+    rows = [["now", fmt(piece.get("minutes")), piece.get("notes"), run.get("arcs"), run.get("wall_s"),
+             run.get("cpu_s"), run.get("peak_rss_mb"), size(out.get("arcs_json_bytes")), size(out.get("html_bytes"))]]
+    before = d.get("before_streaming") or {}
+    for r in before.get("runs", []):
+        rows.append([f"before ({before.get('commit')})", fmt(r.get("minutes")), r.get("notes"), r.get("arcs"),
+                     r.get("wall_s"), r.get("cpu_s"), r.get("peak_rss_mb"), size(r.get("arcs_json_bytes")),
+                     size(r.get("html_bytes"))])
+    lines += table(["code", "minutes", "notes", "arcs", "wall s", "CPU s", "peak RSS MB", "arcs.json MB", "page MB"],
+                   rows)
+    lines += [f"- before, {fmt(r.get('minutes'))} minutes: {r['outcome']}" for r in before.get("runs", [])
+              if r.get("outcome")]
+    timeline = run.get("rss_mb_timeline") or []
+    if timeline:
+        _plot_lines(img / "attend-memory-rss.png", {"resident memory": ([t for t, _ in timeline],
+                    [m for _, m in timeline])}, "seconds", "MB", "musicgpt attend: resident memory over the run")
+        lines += ["", "![attend memory](img/attend-memory-rss.png)"]
+    headline = (f"peak RSS {fmt(run.get('peak_rss_mb'))} MB on {fmt(piece.get('minutes'))} min "
+                f"({fmt(piece.get('notes'))} notes)")
+    return lines + [""], headline
+
+
 def section_metrics(d: dict, img: Path) -> tuple[list[str], str]:
     """Feature cost against MIDI reading, and within- vs cross-corpus overlap and KL per feature."""
     s = d["speed"]
@@ -534,6 +563,8 @@ SECTIONS: dict[str, tuple[str, str, Callable[..., tuple[list[str], str]], str]] 
     "train": ("train.json", "Training throughput", section_train, "python bench/train.py"),
     "generate": ("generate.json", "Generation speed", section_generate, "python bench/generate.py"),
     "metrics": ("metrics.json", "Music metrics", section_metrics, "python bench/metrics.py"),
+    "attend_memory": ("attend_memory.json", "Attention arcs of a long piece: memory", section_attend_memory,
+                      "python bench/attend_memory.py"),
     "gpu": ("gpu.json", "GPU: relative attention and generation", section_gpu, "python bench/gpu.py (needs CUDA)"),
     "lengthgen-full": ("lengthgen-full.json", "Length generalization (full run)",
                        lambda d, img: section_lengthgen(d, img, "lengthgen-full"),

@@ -88,6 +88,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("metrics", "metrics.py", "metrics.json",
               _by_size(["--files", "12", "--rounds", "2"], ["--files", "40", "--rounds", "3"],
                        ["--files", "150", "--rounds", "3"])),
+    Benchmark("attend_memory", "attend_memory.py", "attend_memory.json",
+              _by_size(["--minutes", "1"], ["--minutes", "5"], [])),
     Benchmark("lengthgen", "length_generalization.py", "lengthgen.json",
               _by_size(["--size", "quick", "--steps", "100"], ["--size", "quick"], ["--size", "full", "--reuse"])),
 )}

@@ -79,6 +79,14 @@ def write_results(directory: Path, skip: tuple[str, ...] = ()) -> None:
                                                             "mean_kl": 0.075},
                                        "pop909_a_vs_asap_b": {"features": across, "mean_overlap": 0.65,
                                                               "mean_kl": 0.525}}},
+        "attend_memory.json": {"machine": MACHINE, "piece": {"source": "tests/fixtures/x.mid", "minutes": 60.0,
+                                                             "notes": 78000, "tokens": 294000},
+                               "attend": {"exit_code": 0, "wall_s": 250.0, "cpu_s": 400.0, "peak_rss_mb": 1700,
+                                          "arcs": 17900000, "rss_mb_timeline": [[0.0, 50], [1.0, 900], [2.0, 1700]]},
+                               "outputs": {"arcs_json_bytes": 1161510864, "html_bytes": 19652191},
+                               "before_streaming": {"commit": "abc1234", "runs": [
+                                   {"minutes": 10, "notes": 13089, "peak_rss_mb": 6725, "wall_s": 94.1},
+                                   {"minutes": 60, "peak_rss_mb": 12297, "outcome": "killed at the cap"}]}},
         "lengthgen.json": lengthgen_result("quick"),
         "lengthgen-full.json": lengthgen_result("full"),
         "gpu.json": {"device": "Test GPU", "torch": "2.11.0+cu130", "date": "2026-01-01T00:00:00",
@@ -132,13 +140,18 @@ def test_report_renders_tables_ratios_and_plots(tmp_path):
     metrics = section(text, "Music metrics")
     assert "5.00x" in metrics and "| pitch_range | 0.8 | 0.4 | 0.50x | 0.1 | 1 | 10.00x |" in metrics
     assert "lower than the within-corpus one on 1 of 2 features" in metrics
+    attend = section(text, "Attention arcs of a long piece: memory")
+    assert "| now | 60 | 78,000 | 17,900,000 | 250 | 400 | 1,700 | 1,108 | 18.7 |" in attend
+    assert "| before (abc1234) | 10 | 13,089 | - | 94.1 | - | 6,725 | - | - |" in attend
+    assert "- before, 60 minutes: killed at the cap" in attend
+    assert "| `attend_memory.json` | measured | peak RSS 1,700 MB on 60 min (78,000 notes) |" in text
     full = section(text, "Length generalization (full run)")
     assert "| relative | 2.0000 (1.000x) | 1.9500 (0.975x) | 1.9000 (0.950x) |" in full
     assert "not evaluable" in full and "3.5000 (1.400x)" in full  # clamped 3.5 against absolute's 2.5 at 512
     assert "| absolute, positions clamped past its table | 3 | 2 | 2.4 | 2.4 | 1.20x |" in full
     assert "| relative | 100 | 10 | - | 2 | - |" in full  # the training table: 120 s = 2 minutes
     for png in ("lengthgen-full.png", "lengthgen-full-position.png", "lengthgen.png", "train-tokens-per-s.png",
-                "generate-tokens-per-s.png", "metrics-overlap.png"):
+                "generate-tokens-per-s.png", "metrics-overlap.png", "attend-memory-rss.png"):
         assert (out.parent / "img" / png).read_bytes()[:4] == b"\x89PNG"
         assert f"(img/{png})" in text
     assert "Measured on: CPU Test CPU, 2 cores" in text
@@ -190,7 +203,8 @@ def test_option_parsing():
     assert args.size == "quick" and suite.parse_only(args.only) == ["tokenize", "metrics"]
     assert parser.parse_args([]).size == "default" and parser.parse_args(["--full"]).size == "full"
     assert suite.parse_only(None) == list(suite.BENCHMARKS)
-    assert list(suite.BENCHMARKS) == ["tokenize", "roundtrip", "attention", "train", "generate", "metrics", "lengthgen"]
+    assert list(suite.BENCHMARKS) == ["tokenize", "roundtrip", "attention", "train", "generate", "metrics",
+                                      "attend_memory", "lengthgen"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--quick", "--full"])
     for bad in ("attention,nope", ",", ""):

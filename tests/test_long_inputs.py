@@ -1,12 +1,14 @@
 """Very long inputs (issue 13): the primer's default cut to the model's context and its note, `attend`
 aggregating as it goes (the same arcs as the whole-piece aggregation, no token rows kept beyond one chunk),
-the streamed arcs.json written byte for byte as `write_arcs` would, the viewer page's cap and the progress
-bar. Long pieces are made here with mido."""
+the streamed arcs.json written byte for byte as `write_arcs` would, the viewer page's cap, the progress
+bar, and the attend-memory benchmark at a tiny size. Long pieces are made here with mido."""
 
 from __future__ import annotations
 
 import filecmp
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -245,3 +247,14 @@ def test_streamed_writer_checks_the_arcs_and_writes_nothing_when_broken(checkpoi
     with pytest.raises(ArcsFormatError, match="not written"):
         write_arcs_columns(head, arcs, tmp_path / "broken.json")
     assert not (tmp_path / "broken.json").exists()
+
+
+def test_attend_memory_benchmark_runs_at_a_tiny_size(tmp_path):
+    out = tmp_path / "attend_memory.json"
+    subprocess.run([sys.executable, "bench/attend_memory.py", "--minutes", "0.1", "--out", str(out)], cwd=ROOT,
+                   check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["piece"]["notes"] > 50 and result["attend"]["exit_code"] == 0
+    assert result["attend"]["peak_rss_mb"] > 50 and result["attend"]["arcs"] > 0
+    assert result["outputs"]["arcs_json_bytes"] > 0 and result["before_streaming"]["runs"]
+    assert "caveat" in result and result["machine"]["cores"]
