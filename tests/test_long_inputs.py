@@ -230,7 +230,7 @@ def test_cli_attend_streams_the_same_files_and_shows_progress(checkpoint, long_f
 def test_streamed_writer_checks_the_arcs_and_writes_nothing_when_broken(checkpoint, long_file, tmp_path):
     from musicgpt.arcs.capture import attend_notes, note_document
     from musicgpt.arcs.format import ArcsFormatError
-    from musicgpt.commands.attend import write_arcs_columns
+    from musicgpt.arcs.format import write_arcs_columns
     from musicgpt.model import load_checkpoint
 
     model, tok = load_checkpoint(checkpoint)

@@ -1,4 +1,4 @@
-"""arcs.json: attention arcs over the notes of a piece (build, validate, read, write; no torch).
+"""arcs.json: attention arcs over the notes of a piece (build, validate, read, write, and stream-write; no torch).
 
 One file holds the notes of a piece (primer and continuation) and, for each query note, the
 attention weight it puts on earlier notes, per layer and head:
@@ -24,7 +24,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from musicgpt._atomic import atomic_write_text
+import numpy as np
+
+from musicgpt._atomic import atomic_write, atomic_write_text
 from musicgpt.errors import MusicGPTError
 
 ARCS_VERSION = 1
@@ -32,6 +34,7 @@ NOTE_KEYS = ("id", "pitch", "start", "end", "velocity", "token", "primer")
 ARC_KEYS = ("query", "key", "layer", "head", "weight")
 # Rounding slack when checking that one softmax row's shares sum to at most 1.
 _ROW_SUM_TOLERANCE = 1e-3
+_BLOCK = 100_000  # arcs formatted per write by write_arcs_columns
 
 
 class ArcsFormatError(MusicGPTError):
@@ -233,6 +236,69 @@ def write_arcs(d: dict, path: str | os.PathLike) -> None:
         lines.append("]," if key == "notes" else "]")
     lines.append("}")
     atomic_write_text(path, "\n".join(lines) + "\n", make_parents=True)
+
+
+def write_arcs_columns(doc: dict, arcs, path: str | os.PathLike) -> None:
+    """Write `doc` (an arcs.json dict, its arcs left out) with the arcs of the arrays `arcs` (a NoteArcs in file
+    order: by query note, layer, head, heaviest first) to `path` atomically: the same bytes as
+    `musicgpt.arcs.write_arcs` of the whole dict, a block of lines at a time. `arcs.weight` is rounded in place
+    to what is written (4 significant digits, as `build_arcs` rounds). Each block of whole query notes is
+    checked with numpy by the arc rules of `validate_arcs`; a broken rule raises ArcsFormatError and writes
+    nothing. For pieces whose arcs would not fit as dicts in memory (`musicgpt attend` on an hour of music)."""
+    path = Path(path)
+    head = {k: v for k, v in doc.items() if k not in ("notes", "arcs")}
+    start = np.array([n["start"] for n in doc["notes"]], np.float64)
+    query = arcs.query
+    if len(query) > 1 and (query[1:] < query[:-1]).any():
+        raise ValueError("write_arcs_columns: the arcs must be sorted by query note")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(head, separators=(", ", ": "))[:-1] + ",\n" + '"notes": [\n')
+            notes = doc["notes"]
+            for i, note in enumerate(notes):
+                f.write(json.dumps(note, separators=(",", ":")) + (",\n" if i < len(notes) - 1 else "\n"))
+            f.write('],\n"arcs": [\n')
+            first = 0
+            while first < len(query):  # blocks of whole query notes, so each row's sum is checked whole
+                last = int(np.searchsorted(query, query[min(first + _BLOCK, len(query) - 1)], side="right"))
+                weight = [min(1.0, float(f"{w:.4g}")) for w in arcs.weight[first:last].tolist()]
+                arcs.weight[first:last] = weight
+                block = slice(first, last)
+                _check_block(doc, start, arcs, block, path)
+                cols = (query[block].tolist(), arcs.key[block].tolist(), arcs.layer[block].tolist(),
+                        arcs.head[block].tolist(), weight)
+                f.write(",\n".join(f'{{"query":{q},"key":{k},"layer":{l},"head":{h},"weight":{w!r}}}'
+                                   for q, k, l, h, w in zip(*cols)) + (",\n" if last < len(query) else "\n"))
+                first = last
+            f.write("]\n}\n")
+
+    atomic_write(path, write, make_parents=True)
+
+
+def _check_block(doc: dict, start: np.ndarray, arcs, block: slice, path: Path) -> None:
+    """The arc rules of `validate_arcs` on the arcs of whole query notes (ArcsFormatError naming the file)."""
+    n_notes, n_layer, n_head = len(start), doc["n_layer"], doc["n_head"]
+    q, k = arcs.query[block].astype(np.int64), arcs.key[block].astype(np.int64)
+    layer, head, weight = arcs.layer[block].astype(np.int64), arcs.head[block].astype(np.int64), arcs.weight[block]
+    problems = [
+        ("a note id out of range", (q < 0) | (q >= n_notes) | (k < 0) | (k >= n_notes)),
+        ("a layer or head out of range", (layer < 0) | (layer >= n_layer) | (head < 0) | (head >= n_head)),
+        ("a weight outside (0, 1]", ~((weight > 0) & (weight <= 1))),
+    ]
+    for what, bad in problems:
+        if bad.any():
+            raise ArcsFormatError(f"{path} (not written): arcs[{block.start + int(np.argmax(bad))}] has {what}")
+    late = start[k] > start[q]
+    if late.any():
+        raise ArcsFormatError(f"{path} (not written): arcs[{block.start + int(np.argmax(late))}]: its key note "
+                              "starts after its query note")
+    row = (q * n_layer + layer) * n_head + head
+    if len(np.unique(row * n_notes + k)) != len(q):
+        raise ArcsFormatError(f"{path} (not written): an arc repeats its query, key, layer and head")
+    rows, inverse = np.unique(row, return_inverse=True)
+    if len(rows) and np.bincount(inverse.reshape(-1), weights=weight).max() > 1.0 + _ROW_SUM_TOLERANCE:
+        raise ArcsFormatError(f"{path} (not written): the weights of one query, layer and head sum to more than 1")
 
 
 def filter_arcs(
