@@ -33,11 +33,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from musicgpt._atomic import atomic_directory, atomic_write, atomic_write_text
+from musicgpt._atomic import atomic_directory, atomic_write, atomic_write_text, recover_directories
 from musicgpt.errors import CheckpointError, WriteError
 from musicgpt.tokens.base import Tokenizer
 
-__all__ = ["resolve", "write", "read_config", "read_weights", "load_weights", "load_tokenizer", "check_vocab",
+__all__ = ["locate", "resolve", "is_complete", "step_checkpoints", "write", "read_config", "read_weights", "load_weights", "load_tokenizer", "check_vocab",
            "save_state", "load_state",
            "has_state", "FORMAT", "VERSION", "CONFIG", "WEIGHTS", "TOKENIZER", "DEFAULT_DIR"]
 
@@ -45,22 +45,72 @@ FORMAT = "musicgpt-checkpoint"
 VERSION = 1
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 DEFAULT_DIR = Path(__file__).resolve().parent / "pretrained"
+BUNDLED = "bundled"  # the name of the bundled model wherever a checkpoint is asked for
+RUN_BEST, RUN_CHECKPOINTS, STEP_PREFIX = "best", "checkpoints", "step-"  # a training run directory's checkpoints
 # The bundled model's files predate recorded fingerprints and are not rewritten: its tokenizer's, known here.
 BUNDLED_TOKENIZER_FINGERPRINT = "2508b399e0c69044"
 
 
-def resolve(path: str | Path | None) -> Path:
-    """The checkpoint directory to read: `path`, or the bundled model when None."""
-    if path is None:
+def resolve(name: str | Path | None) -> Path:
+    """The checkpoint directory a name stands for (see `locate`)."""
+    return locate(name)[0]
+
+
+def locate(name: str | Path | None) -> tuple[Path, str | None]:
+    """(the checkpoint directory a name stands for, a note saying which, when the name was not that directory).
+
+    A name is one of: None or "bundled" (the bundled model; a folder called "bundled" is taken as a
+    path instead), a checkpoint directory, or a training run directory, meaning its best/ (lowest
+    valid NLL), else its latest complete step checkpoint. A run killed in the middle of replacing
+    one of them is repaired first (the newest complete copy goes back).
+    """
+    if name is None or (str(name) == BUNDLED and not Path(BUNDLED).exists()):
         if not (DEFAULT_DIR / CONFIG).is_file():
             raise CheckpointError(f"no bundled model at {DEFAULT_DIR} (not installed yet): pass a checkpoint directory")
-        return DEFAULT_DIR
-    path = Path(path)
+        return DEFAULT_DIR, None
+    path = Path(name)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path}: no such directory")
+        raise CheckpointError(f"checkpoint {path}: no such directory (give a checkpoint directory, a training run "
+                              f"directory or '{BUNDLED}')")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path}: not a directory (a checkpoint is a directory with {CONFIG})")
-    return path
+    if (path / CONFIG).is_file():
+        return path, None
+    if (path / "run.json").is_file() or (path / RUN_BEST).is_dir() or (path / RUN_CHECKPOINTS).is_dir():
+        recover_directories(path, is_complete)
+        if (path / RUN_CHECKPOINTS).is_dir():
+            recover_directories(path / RUN_CHECKPOINTS, is_complete)
+        if is_complete(path / RUN_BEST):
+            return path / RUN_BEST, f"{path} is a training run: using its best checkpoint, {path / RUN_BEST}{_step(path / RUN_BEST)}"
+        steps = step_checkpoints(path)
+        if steps:
+            return steps[-1], f"{path} is a training run without best/: using its latest checkpoint, {steps[-1]}"
+        raise CheckpointError(f"{path}: a training run directory with no complete checkpoint yet")
+    raise CheckpointError(f"checkpoint {path}: {CONFIG} is missing (neither a checkpoint directory nor a training run "
+                          "directory)")
+
+
+def is_complete(path: Path) -> bool:
+    """Whether a directory holds a checkpoint's config and weights."""
+    return (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
+
+
+def step_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's step checkpoints that hold config and weights, oldest first."""
+    root = Path(run_dir) / RUN_CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)
+             and p.name[len(STEP_PREFIX):].isdigit() and is_complete(p)]
+    return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+
+def _step(path: Path) -> str:
+    try:
+        step = read_config(path).get("meta", {}).get("step")
+    except CheckpointError:
+        return ""
+    return f" (step {step})" if isinstance(step, int) else ""
 
 
 def write(path: str | Path, *, model_config: dict[str, Any], tensors: dict[str, torch.Tensor],

@@ -183,3 +183,40 @@ def test_info_without_tokenizer_still_plots_what_it_can(tmp_path, capsys):
     assert "NOTE_ON similarity not drawn" in capsys.readouterr().err
     assert len(list((tmp_path / "plots").glob("relative_embeddings_layer*.png"))) == 2
     assert main(["info", str(tmp_path / "missing")]) == 1
+
+
+# ---- one way to name a model: a checkpoint, a run directory, or "bundled" ----------------------------------
+
+def test_a_run_directory_stands_for_its_best_else_its_latest_checkpoint(tmp_path, capsys):
+    import os
+    import stat
+
+    from musicgpt._atomic import umask
+    from musicgpt.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    for step in (3, 12):
+        tiny_model(n_layer=1 if step == 3 else 2).save_pretrained(run / "checkpoints" / f"step-{step:07d}",
+                                                                 tokenizer=PerformanceTokenizer())
+    path, note = checkpoint.locate(run)
+    assert path == run / "checkpoints" / "step-0000012" and "latest checkpoint" in note
+    tiny_model(n_layer=1).save_pretrained(run / "best", tokenizer=PerformanceTokenizer(), meta={"step": 3})
+    path, note = checkpoint.locate(run)
+    assert path == run / "best" and "best checkpoint" in note and "(step 3)" in note
+    assert MusicGPT.from_pretrained(run).config.n_layer == 1 and load_checkpoint(run)[0].config.n_layer == 1
+    assert stat.S_IMODE(os.stat(run / "best").st_mode) == 0o777 & ~umask()  # readable by others, as the umask says
+    assert checkpoint.locate("bundled") == (checkpoint.DEFAULT_DIR, None) == checkpoint.locate(None)
+    # the same CKPT shape for every command, --checkpoint as its alias; a run directory is named
+    assert main(["info", str(run)]) == 0 and "note: " in capsys.readouterr().err
+    assert main(["generate", str(run), "--max-new-tokens", "3", "--out", str(tmp_path / "g"), "--quiet", "--seed", "1"]) == 0
+    assert "best checkpoint" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(run / "best"), "--max-new-tokens", "3", "--out", str(tmp_path / "h"),
+                 "--quiet", "--seed", "1"]) == 0
+    assert (tmp_path / "g" / "sample_00.mid").read_bytes() == (tmp_path / "h" / "sample_00.mid").read_bytes()
+    assert main(["info", str(run), "--checkpoint", str(tmp_path)]) == 1 and "give the model once" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="training run directory or 'bundled'"):
+        checkpoint.locate(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="neither a checkpoint directory nor a training run"):
+        checkpoint.locate(tmp_path / "run" / "checkpoints")

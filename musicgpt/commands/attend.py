@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, checkpoint_of
+
 HTML_MAX_ARCS = 1_000_000  # about 17 MB of page; a 5-minute piece of dense piano has some 1.5 million arcs
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `musicgpt attend`."""
-    parser.add_argument("checkpoint", nargs="?", type=Path, metavar="CKPT",
-                        help="checkpoint directory (default: the bundled model)")
+    add_checkpoint_argument(parser)
     parser.add_argument("file", type=Path, metavar="FILE", help="a MIDI, MusicXML (.xml/.musicxml/.mxl) or ABC file")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: next to FILE)")
     cut = parser.add_mutually_exclusive_group()
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.html_max_arcs < 0:
         raise ConfigError(f"--html-max-arcs: must be >= 0 (0: no page), got {args.html_max_arcs}")
     config = ArcsConfig(row_top_k=args.row_top_k, top_n=args.top_n, min_weight=args.min_weight)
-    model, tokenizer = load_model_and_tokenizer(args.checkpoint)
+    model, tokenizer = load_model_and_tokenizer(checkpoint_of(args))
     notes = read_notes(source)
     ids = np.r_[tokenizer.bos_id, primer_ids(notes, tokenizer, seconds=args.seconds, tokens=args.tokens)]
     primer_mask = _primer_mask(tokenizer, ids, primer_track_notes(source))

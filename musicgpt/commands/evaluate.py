@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, checkpoint_of
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `musicgpt evaluate`."""
-    parser.add_argument("checkpoint", nargs="?", metavar="CKPT",
-                        help="checkpoint directory, or a training run directory (its best/); default: the bundled model")
+    add_checkpoint_argument(parser)
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR|FILE",
                         help="a `musicgpt prepare` output (uses --split), or MIDI folders/files (tokenized here)")
     parser.add_argument("--split", default="test", choices=("train", "valid", "test"),
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
-    result = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, context=args.context,
+    result = evaluate_checkpoint(checkpoint_of(args), args.data, split=args.split, context=args.context,
                                  stride=args.stride, batch_size=args.batch_size, device=args.device,
                                  precision=args.precision, progress=not args.quiet)
     print(result.format())

@@ -7,10 +7,12 @@ import sys
 import warnings
 from pathlib import Path
 
+from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, checkpoint_of
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `musicgpt generate`."""
-    parser.add_argument("--checkpoint", metavar="CKPT", help="checkpoint directory (default: the bundled model)")
+    add_checkpoint_argument(parser)
     parser.add_argument("--primer", metavar="FILE", help="MIDI, MusicXML (.xml/.musicxml/.mxl) or ABC file to continue "
                                                          "(default: none, unconditional)")
     cut = parser.add_mutually_exclusive_group()
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
         if not available_renderers():  # say so before spending minutes on generation
             raise AudioError(f"--wav: {NO_RENDERER}")
-    model, tokenizer = load_model_and_tokenizer(args.checkpoint)
+    model, tokenizer = load_model_and_tokenizer(checkpoint_of(args))
     with warnings.catch_warnings():
         warnings.simplefilter("always", PrimerCutWarning)
         warnings.showwarning = _notes_as_lines(warnings.showwarning, PrimerCutWarning)

@@ -12,11 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, checkpoint_of
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `musicgpt info`."""
-    parser.add_argument("checkpoint", nargs="?", metavar="CKPT",
-                        help="a checkpoint directory (default: the bundled model)")
+    add_checkpoint_argument(parser)
     parser.add_argument("--plot", metavar="DIR", type=Path, help="write embedding PNGs into DIR")
 
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from musicgpt import checkpoint
     from musicgpt.model.gpt import load_model
 
-    path = checkpoint.resolve(args.checkpoint)
+    path = checkpoint_of(args)
     model = load_model(path)
     raw = checkpoint.read_config(path)
     tokenizer = checkpoint.load_tokenizer(path)

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from musicgpt.commands._checkpoint_arg import CKPT_HELP
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `musicgpt train`."""
@@ -20,8 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue a run from its last checkpoint (uses RUN_DIR/config.toml plus --set)")
     parser.add_argument("--init-from", metavar="CKPT",
-                        help="fine-tune: start from this checkpoint's weights ('bundled': the bundled model) "
-                             "with the [finetune] learning rate and steps")
+                        help="fine-tune: start from these weights with the [finetune] learning rate and steps; "
+                             + CKPT_HELP.replace(" (the default: the bundled model)", ""))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,10 +51,18 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--out: required under torchrun, so that every process writes the same run")
         else:
             run_dir = Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    init_from = args.init_from
+    if init_from is not None:
+        from musicgpt import checkpoint
+
+        path, note = checkpoint.locate(init_from)
+        if note:  # a run directory: record the checkpoint it stood for
+            print(f"note: {note}", file=sys.stderr)
+            init_from = str(path)
     if not args.resume:
         _say_defaults(config, args.config, fine_tuning=bool(args.init_from))
     try:
-        result = train(config, run_dir, data=args.data, init_from=args.init_from, resume=bool(args.resume))
+        result = train(config, run_dir, data=args.data, init_from=init_from, resume=bool(args.resume))
     finally:
         teardown()
     if not distributed or int(os.environ.get("RANK", "0")) == 0:

@@ -190,13 +190,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
     from musicgpt.model.gpt import load_checkpoint
 
     dev = pick_device(device)
-    if checkpoint_path is not None and (Path(checkpoint_path) / "run.json").is_file():
-        from musicgpt.training.rundir import recover
-
-        recover(Path(checkpoint_path))  # best/ missing after a kill mid-replacement: the newest complete copy
-    if checkpoint_path is not None and not (Path(checkpoint_path) / "config.json").exists() \
-            and (Path(checkpoint_path) / "best" / "config.json").is_file():
-        checkpoint_path = Path(checkpoint_path) / "best"  # a training run directory: its best weights
+    checkpoint_path = checkpoint.resolve(checkpoint_path)  # a run directory: its best/, else its latest
     model, tokenizer = load_checkpoint(checkpoint_path, device=dev)
     if tokenizer is None:
         raise MusicGPTError(f"checkpoint {checkpoint.resolve(checkpoint_path)}: has no tokenizer.json")

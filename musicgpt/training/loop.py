@@ -124,7 +124,7 @@ class Trainer:
                 raise ConfigError("data.path: no training data (pass --data DIR or set data.path in the config)")
             self.data_arg, self.init_from = str(data), (str(init_from) if init_from is not None else None)
             if self.init_from is not None:  # fail before anything is written
-                checkpoint.resolve(None if self._init_is_bundled() else self.init_from)
+                checkpoint.resolve(self.init_from)
             if self.d.main:
                 self._start_run_dir()
         if self.d.enabled:
@@ -198,7 +198,7 @@ class Trainer:
                 raise CheckpointError(f"--resume {self.run_dir}: no complete checkpoint in {self.run_dir / CHECKPOINTS}")
             model = MusicGPT(GPTConfig.from_checkpoint(dirs[-1]))
         elif self.init_from is not None:
-            model, tokenizer = load_checkpoint(None if self._init_is_bundled() else self.init_from)
+            model, tokenizer = load_checkpoint(self.init_from)
             if tokenizer is not None and tokenizer.to_dict() != self.tokenizer.to_dict():
                 raise CheckpointError(f"--init-from {self.init_from}: its tokenizer differs from the one of "
                                       f"{self.data_dir} (prepare the data with the checkpoint's tokenizer)")
@@ -213,9 +213,6 @@ class Trainer:
                 cfg = replace(cfg, vocab_size=vocab)
             model = MusicGPT(cfg)
         return model.to(self.d.device)
-
-    def _init_is_bundled(self) -> bool:
-        return self.init_from == "bundled" and not Path("bundled").exists()
 
     def _load_latest(self) -> None:
         dirs = checkpoint_dirs(self.run_dir)

@@ -37,9 +37,7 @@ __all__ = ["CHECKPOINTS", "BEST", "STEP_PREFIX", "checkpoint_dirs", "step_dir", 
            "start_run_dir", "read_run_json", "record_resume", "resume_config", "config_changes", "rng_state",
            "set_rng_state", "gather_torch_rng"]
 
-CHECKPOINTS = "checkpoints"
-BEST = "best"
-STEP_PREFIX = "step-"
+CHECKPOINTS, BEST, STEP_PREFIX = checkpoint.RUN_CHECKPOINTS, checkpoint.RUN_BEST, checkpoint.STEP_PREFIX
 RUN_JSON = "run.json"
 CONFIG_TOML = "config.toml"
 
