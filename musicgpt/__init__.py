@@ -39,6 +39,9 @@ _LAZY = {
     "load_config": ("musicgpt.training.config", "load_config"),
     "train": ("musicgpt.training.loop", "train"),
     "evaluate_checkpoint": ("musicgpt.training.evaluate", "evaluate_checkpoint"),
+    "pipeline": ("musicgpt.generation.pipeline", "pipeline"),
+    "set_seed": ("musicgpt.generation.pipeline", "set_seed"),
+    "state_dict_summary": ("musicgpt.model.inspect", "state_dict_summary"),
 }
 
 __all__ = ["__version__", *_LAZY]

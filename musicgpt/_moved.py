@@ -37,7 +37,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "musicgpt.config": ("musicgpt.training.config",),
     "musicgpt.data": ("musicgpt.training.data", "musicgpt.corpus.shards"),
     "musicgpt.train": ("musicgpt.training.loop", "musicgpt.training.rundir", "musicgpt.training.optim",
-                       "musicgpt.training.data", "musicgpt.device"),
+                       "musicgpt.training.data", "musicgpt.training.signals", "musicgpt.device"),
     "musicgpt.evaluate": ("musicgpt.training.evaluate",),
     "musicgpt.trainlog": ("musicgpt.training.log", "musicgpt.viz.curves"),
     "musicgpt.sampling": ("musicgpt.generation.sampling", "musicgpt.generation.constraints"),

@@ -123,3 +123,22 @@ def test_small_cpu_weights_fit_in_25_mb():
     cfg = load_config(CONFIGS / "small-cpu.toml").model
     model = MusicGPT(cfg)
     assert model.num_parameters() * 4 < 25e6  # float32 safetensors (tied head stored once)
+
+
+def test_presets_ship_in_the_package_and_resolve_by_name(tmp_path, capsys):
+    from importlib import resources
+
+    from musicgpt.cli import main
+    from musicgpt.training.config import preset_names
+
+    names = preset_names()
+    assert {"tiny", "small-cpu", "medium", "base"} <= set(names)
+    assert all(resources.files("musicgpt").joinpath("configs", f"{n}.toml").is_file() for n in names)
+    assert load_config("tiny") == load_config(CONFIGS / "tiny.toml") == load_config("tiny.toml")
+    with pytest.raises(ConfigError, match="no preset of that name; presets: base"):
+        load_config("tinyy")
+    path = write(tmp_path, "[train]\nsteps = 3\n")
+    assert load_config(path).train.steps == 3  # a path still works
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "small-cpu" in capsys.readouterr().out

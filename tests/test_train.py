@@ -264,3 +264,33 @@ def test_metrics_go_to_tensorboard_when_installed(tmp_path, monkeypatch):
     log.log(3, train_loss=2.5, tokens=100, valid_nll=None)
     log.close()
     assert written == [("dir", str(tmp_path / "tensorboard")), ("train_loss", 2.5, 3), ("closed",)]
+
+
+def test_fine_tuning_records_the_model_it_trains_and_says_so(tmp_path, reference, data_dir, capsys):
+    from musicgpt.model import GPTConfig
+    from musicgpt.training.config import load_config
+
+    source = reference[0] / "checkpoints" / "step-0000006"
+    config = micro_config(model={"n_layer": 1, "d_model": 16}, finetune={"steps": 1}, train={"eval_every": 0})
+    train(config, tmp_path / "ft", data=data_dir, init_from=source)
+    assert load_config(tmp_path / "ft" / "config.toml").model == GPTConfig.from_checkpoint(source)
+    err = capsys.readouterr().err
+    assert err.count("replaces [model] of the config") == 1 and "d_model 32" in err and "d_model 16" in err
+
+
+def test_resuming_with_more_steps_goes_on_from_the_rate_it_had(tmp_path, data_dir, capsys):
+    from musicgpt.training.optim import Schedule
+
+    old = Schedule(peak=1e-3, floor=1e-4, warmup=2, total=10)
+    new = Schedule(peak=1e-3, floor=1e-4, warmup=2, total=20).continued(old, 6)
+    assert new.lr(6) == pytest.approx(old.lr(6)) and new.lr(19) < new.lr(12) < new.lr(7) < new.lr(6)
+    assert new.lr(20) == pytest.approx(1e-4)
+    assert Schedule(1e-3, 1e-4, 2, 20).lr(6) > old.lr(6)  # what restarting the schedule did: the rate jumped up
+    assert Schedule(1e-3, 1e-4, 4, 20).continued(old, 1) == Schedule(1e-3, 1e-4, 4, 20)  # warming up: no seam
+    # A finished run (6 of 6 steps, at the floor) extended to 12: it stays at the floor instead of jumping back up.
+    run = tmp_path / "run"
+    train(micro_config(train={"eval_every": 0}), run, data=data_dir)
+    assert main(["train", "--resume", str(run), "--set", "train.steps=12"]) == 0
+    assert "goes on from" in capsys.readouterr().err
+    lr = {r["step"]: r["lr"] for r in read_metrics(run / "metrics.csv") if r["lr"] is not None}
+    assert all(lr[s] == pytest.approx(1e-4) for s in range(7, 13))  # metrics.csv row N holds step N-1's rate

@@ -13,7 +13,11 @@ from musicgpt.commands._checkpoint_arg import CKPT_HELP
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `musicgpt train`."""
-    parser.add_argument("--config", metavar="TOML", help="training config, e.g. configs/small-cpu.toml")
+    from musicgpt.training.config import preset_names
+
+    parser.add_argument("--config", metavar="TOML|PRESET",
+                        help="training config: a TOML file, or a preset that ships with musicgpt: "
+                             + ", ".join(preset_names()))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value with a dotted key, e.g. --set train.steps=500 (repeatable)")
     parser.add_argument("--data", metavar="DIR",
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         config, run_dir = resume_config(args.resume, args.overrides), Path(args.resume)
     else:
         if not args.config:
-            raise ConfigError("--config: required (e.g. --config configs/tiny.toml), unless --resume RUN_DIR")
+            raise ConfigError("--config: required (a TOML file or a preset name, e.g. --config tiny), unless --resume RUN_DIR")
         config = load_config(args.config, args.overrides)
         if args.out:
             run_dir = Path(args.out)

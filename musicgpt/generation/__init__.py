@@ -5,6 +5,7 @@
     sampling.py     logits -> a token: temperature, top-k, top-p, min-p, seeded Gumbel draws
     constraints.py  which tokens may come next: the grammar mask, the long-note limit
     primer.py       the primer's token ids, cut to S seconds or N tokens
+    pipeline.py     `pipeline()` and `set_seed()`: the Hugging Face-style way in
 
 (The loop's file is not called generate.py: the package exports the function `generate`, and a
 submodule of the same name would shadow it.)

@@ -114,7 +114,7 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
         raise ConfigError(f"max_new_tokens: must be an integer >= 0, got {max_new_tokens!r}")
     _shift_seconds(tokenizer, needed=seconds is not None)  # fail before any work
     if seed is None:
-        seed = random.SystemRandom().randrange(2**31)
+        seed = random.randrange(2**31)  # Python's generator: random at start-up, repeatable after set_seed
     settings = GenerationSettings(
         max_new_tokens=int(max_new_tokens), seconds=seconds, sampling=sampling, seed=int(seed),
         num_samples=int(num_samples), arcs=(arcs_config or ArcsConfig()) if arcs else None, stop_at_eos=stop_at_eos,

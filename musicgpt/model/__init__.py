@@ -8,6 +8,7 @@
     kv_cache.py         keys and values of past tokens, with a sliding window
     decode_step.py      `Decoder`: one token per sequence on the cache, the fast path of generation
     _hugepages.py       CPU buffers on transparent huge pages for the decode step
+    inspect.py          module tree, state-dict table, embeddings as arrays (what `musicgpt info` shows)
 """
 
 from musicgpt.model.config import POSITIONS, PRESETS, GPTConfig

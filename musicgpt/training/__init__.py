@@ -5,6 +5,7 @@
     optim.py     AdamW parameter groups, warmup + cosine schedule
     loop.py      `train(config, run_dir, data=...)`: the `Trainer` (DDP, autocast, stop and resume)
     rundir.py    a run directory: config.toml, run.json, step checkpoints, best/, RNG state
+    signals.py   SIGINT/SIGTERM: stop after the step and write a checkpoint
     evaluate.py  NLL per event, perplexity and accuracy of a checkpoint on a split or MIDI files
     log.py       metrics.csv (no torch: `musicgpt plot` reads it)
 """

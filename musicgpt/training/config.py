@@ -124,9 +124,30 @@ class Config:
         return not any(key.split(".", 1)[0] == section for key in self.explicit)
 
 
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package
+
+
+def preset_names() -> list[str]:
+    """The training presets that ship with musicgpt (musicgpt/configs/NAME.toml)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file: `name` itself when it is a file, else the shipped preset of that name."""
+    path = Path(name)
+    if path.is_file() or path.parent != Path(".") or path.suffix not in ("", ".toml"):
+        return path  # a path: read (or fail to read) as given
+    preset = PRESETS_DIR / f"{path.stem}.toml"
+    if preset.is_file():
+        return preset
+    raise ConfigError(f"{name}: cannot read config (no such file, and no preset of that name; presets: "
+                      f"{', '.join(preset_names())})")
+
+
 def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
-    """Read a TOML config, apply `key=value` overrides (dotted keys), and validate it."""
-    path = Path(path)
+    """Read a TOML config (a path, or the name of a shipped preset), apply `key=value` overrides (dotted
+    keys), and validate it."""
+    path = config_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

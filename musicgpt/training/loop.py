@@ -16,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,7 +38,8 @@ from musicgpt.training.data import (BatchStream, CropSampler, load_data_tokenize
                                     resolve_data, specials_of, valid_windows)
 from musicgpt.training.evaluate import score
 from musicgpt.training.log import MetricsLog
-from musicgpt.training.optim import parameter_groups, schedule_for
+from musicgpt.training.optim import Schedule, parameter_groups, schedule_for
+from musicgpt.training.signals import StopFlag
 from musicgpt.training.rundir import BEST, CHECKPOINTS, checkpoint_dirs
 
 __all__ = ["Trainer", "TrainResult", "train", "weights_fingerprint"]
@@ -61,43 +60,6 @@ class TrainResult:
 def _unwrap(model: nn.Module) -> MusicGPT:
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
-
-
-# ---------------------------------------------------------------------------------------------
-# signals
-
-
-class StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; a second SIGINT interrupts at once."""
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopFlag":
-        if threading_main():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal_name is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        print(f"\n{self.signal_name}: stopping after this step and writing a checkpoint "
-              "(Ctrl-C again to abort without one)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    @property
-    def set(self) -> bool:
-        return self.signal_name is not None
-
-
-def threading_main() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,8 +85,8 @@ class Trainer:
             if data is None:
                 raise ConfigError("data.path: no training data (pass --data DIR or set data.path in the config)")
             self.data_arg, self.init_from = str(data), (str(init_from) if init_from is not None else None)
-            if self.init_from is not None:  # fail before anything is written
-                checkpoint.resolve(self.init_from)
+            if self.init_from is not None:  # fail before anything is written; record the model actually trained
+                self._take_checkpoint_model()
             if self.d.main:
                 self._start_run_dir()
         if self.d.enabled:
@@ -168,6 +130,17 @@ class Trainer:
             self.train_model = DDP(self.train_model, device_ids=[self.d.device] if self.d.device.type == "cuda" else None)
 
     # ---- setup ----------------------------------------------------------------------------------
+
+    def _take_checkpoint_model(self) -> None:
+        """Fine-tuning trains the checkpoint's model: its config replaces [model] (in config.toml too), said once."""
+        model = GPTConfig.from_checkpoint(self.init_from)
+        if model != self.config.model and self.d.main:
+            shape = lambda m: f"{m.n_layer} layers, d_model {m.d_model}, {m.n_head} heads, n_ctx {m.n_ctx}"  # noqa: E731
+            print(f"note: fine-tuning {self.init_from}: its model ({shape(model)}) replaces [model] of the config "
+                  f"({shape(self.config.model)})", file=sys.stderr)
+        explicit = self.config.explicit
+        self.config = replace(self.config, model=model)
+        self.config.explicit = explicit
 
     def _start_run_dir(self) -> None:
         run = {"data": self.data_arg, "init_from": self.init_from, "world_size": self.d.world,
@@ -231,6 +204,16 @@ class Trainer:
             torch.set_rng_state(per_rank[self.d.rank])
         if self.d.main:
             print(f"resuming {self.run_dir} from {path.name} (step {self.step})", file=sys.stderr)
+        saved = Schedule(**state["schedule"]) if "schedule" in state else self.schedule
+        if saved.same_settings(self.schedule):
+            self.schedule = saved  # exactly the schedule the run was on: the curve of an uninterrupted run
+        else:
+            self.schedule = self.schedule.continued(saved, self.step)
+            if self.d.main:
+                print(f"note: the schedule changed at step {self.step} (to {self.schedule.total} steps, peak "
+                      f"{self.schedule.peak:g}, floor {self.schedule.floor:g}): the learning rate goes on from "
+                      f"{self.schedule.lr(self.step):.3g} and falls to {self.schedule.floor:g} by step "
+                      f"{self.schedule.total}, without restarting its warmup", file=sys.stderr)
 
     # ---- the loop -------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -32,15 +32,35 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 
 @dataclass(frozen=True)
 class Schedule:
-    """Linear warmup to `peak`, then cosine decay to `floor` at `total` steps."""
+    """Linear warmup to `peak`, then cosine decay to `floor` at `total` steps.
+
+    A run resumed with another step count (or learning rates) goes on from where it was: from
+    `from_step` on, the rate falls along a cosine from `from_lr` (the old schedule's rate there) to
+    `floor` at the new `total`, instead of jumping back up the new schedule (see `continued`).
+    """
 
     peak: float
     floor: float
     warmup: int
     total: int
+    from_step: int = 0
+    from_lr: float | None = None
+
+    def continued(self, old: "Schedule", step: int) -> "Schedule":
+        """This schedule (the new settings) taking over at `step` from `old` without a jump in the rate."""
+        if step < old.warmup or step >= self.total:
+            return self  # still warming up (the new peak is the target), or nothing left to decay
+        return replace(self, from_step=step, from_lr=old.lr(step))
+
+    def same_settings(self, other: "Schedule") -> bool:
+        """Whether both come from the same peak, floor, warmup and total."""
+        return (self.peak, self.floor, self.warmup, self.total) == (other.peak, other.floor, other.warmup, other.total)
 
     def lr(self, step: int) -> float:
         """Learning rate of optimizer step `step` (0-based)."""
+        if self.from_lr is not None and step >= self.from_step:
+            progress = min(1.0, (step - self.from_step) / max(1, self.total - self.from_step))
+            return self.floor + 0.5 * (self.from_lr - self.floor) * (1.0 + math.cos(math.pi * progress))
         if step < self.warmup:
             return self.peak * (step + 1) / self.warmup
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))

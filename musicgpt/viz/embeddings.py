@@ -1,4 +1,8 @@
-"""PNGs of a model's learned embeddings, from numpy arrays (no torch): what `musicgpt info --plot` draws."""
+"""PNGs of a model's learned embeddings, from numpy arrays (no torch): what `musicgpt info --plot` draws.
+
+The arrays come from `musicgpt.model.inspect.embedding_arrays(model, note_on_ids)`; `plot_embeddings`
+draws them all.
+"""
 
 from __future__ import annotations
 
@@ -77,3 +81,17 @@ def position_similarity_png(emb: np.ndarray, path: Path) -> Path:
     fig.colorbar(image, ax=ax, shrink=0.8, label="cosine similarity")
     ax.set_title("absolute position embeddings: cosine similarity")
     return _save(fig, path)
+
+
+def plot_embeddings(arrays: dict, out_dir: str | Path) -> list[Path]:
+    """Every PNG the arrays of `musicgpt.model.inspect.embedding_arrays` allow, into `out_dir`; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [relative_embeddings_png(emb, layer, out_dir / f"relative_embeddings_layer{layer}.png")
+               for layer, emb in enumerate(arrays.get("relative") or [])]
+    if arrays.get("positions") is not None:
+        written.append(position_similarity_png(arrays["positions"], out_dir / "position_embedding_similarity.png"))
+    if arrays.get("note_on") is not None:
+        written.append(note_on_similarity_png(arrays["note_on"], np.arange(len(arrays["note_on"])),
+                                              out_dir / "note_on_similarity.png"))
+    return written
