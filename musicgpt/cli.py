@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "NLL per event, perplexity and accuracy of a checkpoint on MIDI data",
     "generate": "continue a primer (or start from nothing) and write MIDI, arcs and a viewer",
     "attend": "compute attention arcs over the notes of an existing MIDI file",
+    "heads": "a head atlas: what every attention head attends to, averaged over pieces (JSON and PNGs)",
     "view": "render an arcs.json file as a self-contained HTML viewer (or a PNG)",
     "info": "print a checkpoint's modules, parameter counts and tensors; plot its embeddings",
     "plot": "draw the train/valid curves of a training run to PNG",

@@ -184,3 +184,73 @@ def test_viz_never_imports_torch():
     code = ("import musicgpt.viz, musicgpt.viz.png, musicgpt.commands.view, musicgpt.arcs.format, sys; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_grid_png_has_one_cell_per_layer_and_head_with_that_heads_arcs(small, tmp_path, capsys):
+    from matplotlib.patches import PathPatch
+
+    from musicgpt.viz.png import grid_figure
+
+    names = [[f"name {layer}.{head}" if head % 2 == 0 else None for head in range(4)] for layer in range(2)]
+    d = {**small, "head_names": names}
+    fig, q = grid_figure(d, 50, top=3, threshold=0.02)
+    assert q == 50 and len(fig.axes) == d["n_layer"] * d["n_head"]
+    limits = {ax.get_xlim() for ax in fig.axes}
+    assert len(limits) == 1 and len({ax.get_ylim() for ax in fig.axes}) == 1  # one time and pitch range
+    lo, hi = limits.pop()
+    for i, ax in enumerate(fig.axes):
+        layer, head = divmod(i, d["n_head"])
+        want = select_arcs(d, 50, layers=[layer], heads=[head], top=3, threshold=0.02)
+        assert len([p for p in ax.patches if isinstance(p, PathPatch)]) == len(want), (layer, head)
+        assert all(lo <= d["notes"][a["key"]]["start"] for a in want)  # every key note inside the window
+        assert ax.get_title() == f"L{layer} H{head}" + (f" · name {layer}.{head}" if head % 2 == 0 else "")
+    assert sum(len(select_arcs(d, 50, layers=[layer], heads=[head], top=3, threshold=0.02))
+               for layer in range(2) for head in range(4)) > 8
+    fig, _ = grid_figure(d, 50, layers=[1], heads=[0, 3])
+    assert [ax.get_title() for ax in fig.axes] == ["L1 H0 · name 1.0", "L1 H3"]
+
+    out = tmp_path / "grid.png"
+    assert main(["view", str(SMALL), "--png", str(out), "--grid", "--note", "50", "--dpi", "60"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out} (note 50; layers x heads grid; ")
+    width, height = _png_size(out)
+    assert width == round(60 * (0.6 + 1.9 * 4)) and height == round(60 * (0.9 + 1.25 * 2))
+    assert main(["view", str(SMALL), "--grid"]) == 1
+    assert "--grid draws a PNG" in capsys.readouterr().err
+
+
+def test_notes_of_an_attended_piece_are_called_the_piece(small, tmp_path):
+    from matplotlib.figure import Figure
+
+    from musicgpt.arcs.format import document_kind, notes_label
+    from musicgpt.viz.png import draw_arcs
+
+    piece = {**small, "source": "musicgpt attend bach.mid", "notes": [{**n, "primer": False} for n in small["notes"]]}
+    assert document_kind(small) == "generated" and notes_label(small) == "continuation"
+    assert document_kind(piece) == "piece" and notes_label(piece) == "piece"
+    assert document_kind({**piece, "kind": "generated"}) == "generated"  # the explicit key wins
+    assert document_kind({**small, "kind": "piece"}) == "piece"
+    # an attended file that kept its primer track is primer + continuation
+    assert document_kind({**small, "source": "musicgpt attend sample_00.mid"}) == "generated"
+    ax = Figure().add_subplot()
+    draw_arcs(ax, piece, 50)
+    assert ", piece) attends to" in ax.get_title(loc="left")
+    assert [t.get_text() for t in ax.get_legend().get_texts() if t.get_text() in ("primer", "piece", "continuation")] \
+        == ["piece"]
+    ax = Figure().add_subplot()
+    draw_arcs(ax, small, 50)
+    assert ", continuation) attends to" in ax.get_title(loc="left")
+    assert viewer_payload(piece, "t")["label"] == "piece" and viewer_payload(small, "t")["label"] == "continuation"
+    assert viewer_payload(small, "t")["head_names"] is None
+
+
+def test_plot_prints_what_it_wrote(tmp_path, capsys):
+    from musicgpt.training.log import MetricsLog
+
+    log = MetricsLog(tmp_path, tensorboard=False)
+    for step in range(1, 6):
+        log.log(step, train_loss=5.0 - step / 2, lr=0.1)
+    log.log(5, valid_nll=2.5)
+    log.close()
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'c.png'} (5 train and 1 valid points, steps up to 5)\n"
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

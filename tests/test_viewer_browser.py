@@ -231,3 +231,35 @@ def test_large_piece_stays_correct(browser, tmp_path):
     assert _errors(browser) == []
     print(f"large page: {len(d['notes'])} notes, {len(d['arcs'])} arcs, load {load_s:.2f} s, select {select_s * 1000:.0f} ms "
           "(shared machine: indicative only)")
+
+
+def test_head_names_are_tooltips_and_a_piece_is_called_the_piece(browser, small_page, tmp_path):
+    d, generated = small_page
+    names = [["previous-token head", None, "broad", "local"], [None, "same-pitch head", None, "broad"]]
+    piece = {**d, "source": "musicgpt attend bach.mid", "notes": [{**n, "primer": False} for n in d["notes"]],
+             "head_names": names}
+    _open(browser, write_html(piece, tmp_path / "piece.html", title="piece"))
+    thumbs = browser.find_elements("css selector", "#grid .thumb")
+    assert len(thumbs) == 8
+    for t in thumbs:
+        layer, head = int(t.get_attribute("data-l")), int(t.get_attribute("data-h"))
+        name = names[layer][head]
+        assert t.get_attribute("title") == f"layer {layer}, head {head}" + (f": {name}" if name else "") + " (click to solo)"
+    stats = browser.find_element("id", "stats").text
+    assert stats.startswith(f"{len(d['notes'])} notes (piece) ·") and "continuation" not in stats
+    assert browser.find_element("id", "legend-cont").text == "piece"
+    assert not any(e.is_displayed() for e in browser.find_elements("css selector", ".legend .primer-only"))
+    browser.execute_script("window.musicgptViewer.select(arguments[0])", 50)
+    assert browser.find_element("css selector", "#note-info .badge").text == "PIECE"
+    assert _errors(browser) == []
+
+    _open(browser, generated)  # primer + continuation, no names
+    q = next(i for i, n in enumerate(d["notes"]) if not n["primer"])
+    browser.execute_script("window.musicgptViewer.select(arguments[0])", q)
+    assert browser.find_element("css selector", "#note-info .badge").text == "CONTINUATION"
+    assert browser.find_element("id", "legend-cont").text == "continuation"
+    assert all(e.is_displayed() for e in browser.find_elements("css selector", ".legend .primer-only"))
+    assert "primer, " in browser.find_element("id", "stats").text
+    assert browser.find_element("css selector", '#grid .thumb[data-l="0"][data-h="0"]').get_attribute("title") == \
+        "layer 0, head 0 (click to solo)"
+    assert _errors(browser) == []

@@ -13,6 +13,16 @@ a layer < n_layer and a head < n_head, its key note starts no later than its que
 weight lies in (0, 1], no (query, key, layer, head) appears twice, and the weights of one
 (query, layer, head) sum to at most 1 (they are shares of one softmax row). Extra top-level
 keys (seed, primer file, ...) are allowed and kept.
+
+Optional top-level keys with a meaning (a file without them is read as before; version stays 1):
+
+    "kind": "piece" | "generated"   what the non-primer notes are: an existing piece (`musicgpt attend`
+                                    on a file without a primer track) or music the model wrote; without
+                                    it, a file whose "source" starts with "musicgpt attend" and that has
+                                    no primer notes is a piece, anything else generated (`document_kind`)
+    "head_names": [[name or null per head] per layer]   what each head does, from a head atlas
+                                    (`musicgpt heads`); names are strings of 1..60 characters; the
+                                    viewer shows them as tooltips of its model view
 """
 
 from __future__ import annotations
@@ -133,6 +143,40 @@ def validate_arcs(d: Any, source: str = "arcs data") -> None:
         fail(f"'arcs' must be a list, got {type(arcs).__name__}")
     _validate_notes(notes, fail)
     _validate_arcs(arcs, notes, d["n_layer"], d["n_head"], fail)
+    _validate_optional(d, fail)
+
+
+KINDS = ("piece", "generated")
+MAX_HEAD_NAME = 60
+
+
+def _validate_optional(d: dict, fail) -> None:
+    if "kind" in d and d["kind"] not in KINDS:
+        fail(f"'kind' must be one of {', '.join(map(repr, KINDS))}, got {d['kind']!r}")
+    if "head_names" in d:
+        names, n_layer, n_head = d["head_names"], d["n_layer"], d["n_head"]
+        ok = lambda v: v is None or (isinstance(v, str) and 0 < len(v) <= MAX_HEAD_NAME)
+        if not (isinstance(names, list) and len(names) == n_layer and all(
+                isinstance(row, list) and len(row) == n_head and all(ok(v) for v in row) for row in names)):
+            fail(f"'head_names' must be {n_layer} lists (layers) of {n_head} names (heads): strings of "
+                 f"1..{MAX_HEAD_NAME} characters or null")
+
+
+def document_kind(d: Mapping[str, Any]) -> str:
+    """'piece' (an existing piece's notes: label them "piece") or 'generated' (primer and continuation).
+
+    The "kind" key when there is one; else a file that `musicgpt attend` wrote ("source" starts with
+    "musicgpt attend") without primer notes is a piece (files written before the key existed)."""
+    if d.get("kind") in KINDS:
+        return d["kind"]
+    source = d.get("source")
+    from_attend = isinstance(source, str) and source.startswith("musicgpt attend")
+    return "piece" if from_attend and not any(n["primer"] for n in d["notes"]) else "generated"
+
+
+def notes_label(d: Mapping[str, Any]) -> str:
+    """What to call the non-primer notes of a document: 'piece' or 'continuation'."""
+    return "piece" if document_kind(d) == "piece" else "continuation"
 
 
 def _validate_notes(notes: list, fail) -> None:

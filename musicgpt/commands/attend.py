@@ -1,7 +1,10 @@
 """`musicgpt attend [CKPT] FILE.mid`: attention arcs over the notes of an existing piece (teacher forcing).
 
 Writes DIR/NAME.arcs.json and the viewer DIR/NAME.html. A file written by `musicgpt generate`
-keeps its primer/continuation split: notes of a track named "primer" are marked as primer notes.
+keeps its primer/continuation split: notes of a track named "primer" are marked as primer notes;
+in any other file every note is the piece's, and the viewer and `view --png` label them "piece"
+(`musicgpt.arcs.format.document_kind`: no primer notes and "source" "musicgpt attend ...").
+`--heads heads.json` (a head atlas of the same model, `musicgpt heads`) adds its head names.
 
 Long pieces: the whole piece is read (cut it with --seconds or --tokens), in chunks, with a
 progress bar. Attention rows are aggregated to note arcs chunk by chunk
@@ -41,6 +44,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html-max-arcs", type=int, default=HTML_MAX_ARCS, metavar="N",
                         help=f"the viewer page embeds at most N arcs, the heaviest (default {HTML_MAX_ARCS:,}; "
                              "arcs.json keeps them all); 0: no page")
+    parser.add_argument("--heads", type=Path, metavar="HEADS.json",
+                        help="a head atlas of the same model (musicgpt heads): its head names go into arcs.json "
+                             "and the viewer's model view")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -78,17 +84,28 @@ def run(args: argparse.Namespace) -> int:
     if args.html_max_arcs < 0:
         raise ConfigError(f"--html-max-arcs: must be >= 0 (0: no page), got {args.html_max_arcs}")
     config = ArcsConfig(row_top_k=args.row_top_k, top_n=args.top_n, min_weight=args.min_weight)
+    atlas = None
+    if args.heads is not None:
+        from musicgpt.viz.heads import read_heads
+
+        atlas = read_heads(args.heads)  # before the model runs: a bad file fails at once
     model, tokenizer = load_model_and_tokenizer(checkpoint_of(args))
     notes = read_notes(source)
     ids = np.r_[tokenizer.bos_id, primer_ids(notes, tokenizer, seconds=args.seconds, tokens=args.tokens)]
     primer_mask = _primer_mask(tokenizer, ids, primer_track_notes(source))
+    extra = {}
+    if atlas is not None:
+        from musicgpt.viz.heads import head_names_for
+
+        extra["head_names"] = head_names_for(atlas, {"n_layer": model.config.n_layer, "n_head": model.config.n_head,
+                                                     "model": model.config.to_dict()}, source=str(args.heads))
     if args.threads:
         torch.set_num_threads(args.threads)
     stream = attend_notes(model, ids, tokenizer, config=config, progress=not args.quiet)
     arcs = stream.result()
     no_arcs = NoteArcs(*(np.zeros(0, np.int64) for _ in range(5)), note_token=arcs.note_token)
     doc = note_document(stream.notes, no_arcs, tokenizer, model.config, config, primer_mask=primer_mask,
-                        source=f"musicgpt attend {source.name}")  # notes and header, validated; arcs follow
+                        source=f"musicgpt attend {source.name}", **extra)  # notes and header, validated; arcs follow
     del stream
     out = args.out or source.parent
     out.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Draw the curves and print where they went."""
+    from pathlib import Path
+
+    from musicgpt.training.log import read_metrics
     from musicgpt.viz.curves import plot_curves
 
     out = plot_curves(args.run_dir, args.out, smooth=args.smooth)
-    print(out)
+    rows = read_metrics(Path(args.run_dir) / "metrics.csv")
+    n_train = sum(r["train_loss"] is not None for r in rows)
+    n_valid = sum(r["valid_nll"] is not None for r in rows)
+    last = max((r["step"] for r in rows), default=0)
+    print(f"wrote {out} ({n_train} train and {n_valid} valid points, steps up to {last})")
     return 0

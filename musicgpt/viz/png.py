@@ -1,4 +1,5 @@
-"""Static rendering of attention arcs with matplotlib: piano roll + the arcs of one note (papers, notebooks).
+"""Static rendering of attention arcs with matplotlib: piano roll + the arcs of one note (papers, notebooks),
+or the arcs of one note as a layers x heads grid of small piano rolls (`render_grid_png`).
 
 No pyplot: figures are built on the object API, so this never touches a notebook's global state.
 """
@@ -17,7 +18,7 @@ from matplotlib.patches import Patch, PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
 
 from musicgpt._atomic import atomic_savefig
-from musicgpt.arcs.format import arcs_by_query, filter_arcs
+from musicgpt.arcs.format import arcs_by_query, filter_arcs, notes_label
 from musicgpt.errors import MusicGPTError
 
 # The HTML viewer's light-theme palette, so a PNG and a screenshot of the page agree.
@@ -76,10 +77,14 @@ def draw_arcs(
     threshold: float = 0.02,
     full: bool = False,
     legend: bool = True,
+    window: tuple[float, float] | None = None,
+    compact: bool = False,
 ) -> int | None:
     """Draw the piano roll and the arcs of `note` (default: see default_note) on `ax`; returns the note drawn.
 
-    `layers` defaults to the last layer, `heads` to all, as in the HTML viewer.
+    `layers` defaults to the last layer, `heads` to all, as in the HTML viewer. `window` (t_lo, t_hi)
+    fixes the time range (default: the note's context, or the piece with `full`); `compact` leaves out
+    the title, legend, axis label and primer labels and draws thinner arcs (a cell of a grid).
     """
     notes, n_head = d["notes"], d["n_head"]
     layers = _check_choice(layers, d["n_layer"], "layer") or [d["n_layer"] - 1]
@@ -93,7 +98,10 @@ def draw_arcs(
     arcs.sort(key=lambda a: a["weight"])  # heavy arcs on top
 
     duration = max((n["end"] for n in notes), default=1.0)
-    if full or note is None:
+    label = notes_label(d)
+    if window is not None:
+        t_lo, t_hi = window
+    elif full or note is None:
         t_lo, t_hi = 0.0, duration
     else:
         q = notes[note]
@@ -130,7 +138,8 @@ def draw_arcs(
     if boundary is not None and any(n["primer"] for n in notes) and t_lo <= boundary <= t_hi:
         ax.axvspan(t_lo, boundary, color=PRIMER_COLOR, alpha=0.12, lw=0, zorder=0)
         ax.axvline(boundary, color=BOUNDARY_COLOR, ls=(0, (5, 4)), lw=1.3, zorder=1)
-        ax.text(boundary, p_hi + headroom, " continuation ▸", color=BOUNDARY_COLOR, fontsize=8, va="top", ha="left", weight="bold")
+    if boundary is not None and any(n["primer"] for n in notes) and t_lo <= boundary <= t_hi and not compact:
+        ax.text(boundary, p_hi + headroom, f" {label} ▸", color=BOUNDARY_COLOR, fontsize=8, va="top", ha="left", weight="bold")
         ax.text(boundary, p_hi + headroom, "◂ primer ", color=BOUNDARY_COLOR, fontsize=8, va="top", ha="right", weight="bold")
 
     span = t_hi - t_lo
@@ -147,7 +156,7 @@ def draw_arcs(
             top_y = max(yq, yk) + headroom * (0.18 + 0.8 * min(1.0, dx / span)) * spread
             verts = [(xq, yq), (xq - 0.12 * dx, top_y), (xk + 0.12 * dx, top_y), (xk, yk)]
         path = MplPath(verts, [MplPath.MOVETO, MplPath.CURVE4, MplPath.CURVE4, MplPath.CURVE4])
-        ax.add_patch(PathPatch(path, fill=False, lw=0.6 + 4.0 * w, alpha=0.3 + 0.7 * w ** 0.5,
+        ax.add_patch(PathPatch(path, fill=False, lw=(0.6 + 4.0 * w) * (0.5 if compact else 1.0), alpha=0.3 + 0.7 * w ** 0.5,
                                edgecolor=head_color(a["head"], n_head), capstyle="round", zorder=3))
 
     ax.set_xlim(t_lo, t_hi)
@@ -156,13 +165,16 @@ def draw_arcs(
     ax.set_yticks(cs, [note_name(p) for p in cs])
     for p in cs:
         ax.axhline(p - 0.5, color="#e4e0d6", lw=0.6, zorder=0)
-    ax.set_xlabel("time (s)")
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
+    if compact:
+        return note
+    ax.set_xlabel("time (s)")
     if legend:
         drawn = sorted({a["head"] for a in arcs})
         handles = [Line2D([], [], color=head_color(h, n_head), lw=2.5, label=f"head {h}") for h in drawn]
-        handles += [Patch(color=PRIMER_COLOR, label="primer"), Patch(color=CONT_COLOR, label="continuation")]
+        handles += [Patch(color=PRIMER_COLOR, label="primer")] if any(n["primer"] for n in notes) else []
+        handles += [Patch(color=CONT_COLOR, label=label)]
         handles += [Line2D([], [], color="#555555", lw=0.6 + 4.0 * w, label=f"weight {w:g}") for w in (0.05, 0.3, 1.0)]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     if note is not None:
@@ -170,7 +182,7 @@ def draw_arcs(
         heads_txt = "all heads" if heads is None else "heads " + ",".join(map(str, heads))
         layers_txt = ("layer " if len(layers) == 1 else "layers ") + ",".join(map(str, layers))
         ax.set_title(
-            f"note {note} ({note_name(qn['pitch'])}, {qn['start']:.2f} s, {'primer' if qn['primer'] else 'continuation'})"
+            f"note {note} ({note_name(qn['pitch'])}, {qn['start']:.2f} s, {'primer' if qn['primer'] else label})"
             f" attends to · {layers_txt} · {heads_txt} · top {top} per head · weight ≥ {threshold:g}",
             fontsize=10, loc="left")
     else:
@@ -203,3 +215,65 @@ def render_png(
     drawn = draw_arcs(ax, d, note, layers=layers, heads=heads, top=top, threshold=threshold, full=full)
     atomic_savefig(fig, path, make_parents=True, format="png")
     return drawn
+
+
+def grid_figure(
+    d: dict,
+    note: int | None = None,
+    *,
+    layers: Iterable[int] | None = None,
+    heads: Iterable[int] | None = None,
+    top: int | None = 6,
+    threshold: float = 0.02,
+    full: bool = False,
+    dpi: int = 150,
+) -> tuple[Figure, int | None]:
+    """(the figure, the note drawn): the arcs of one note as a layers x heads grid of small piano rolls (rows:
+    layers, columns: heads; every cell the same time and pitch range). `layers` and `heads` default to all;
+    the note defaults as in `default_note` over them. Cells are titled with the document's head names."""
+    n_layer, n_head, notes = d["n_layer"], d["n_head"], d["notes"]
+    layers = _check_choice(layers, n_layer, "layer") or list(range(n_layer))
+    heads = _check_choice(heads, n_head, "head") or list(range(n_head))
+    if note is None:
+        note = default_note(d, layers=layers, heads=heads, top=top, threshold=threshold)
+    elif not 0 <= note < len(notes):
+        raise MusicGPTError(f"note {note} does not exist (this file has notes 0..{len(notes) - 1})")
+    duration = max((n["end"] for n in notes), default=1.0)
+    if full or note is None:
+        window = (0.0, duration)
+    else:  # the context of every arc drawn in any cell, so the cells share one time axis
+        arcs = filter_arcs([a for a in d["arcs"] if a["query"] == note], layers=layers, heads=heads, top=top,
+                           threshold=threshold)
+        q = notes[note]
+        window = (max(0.0, min([notes[a["key"]]["start"] for a in arcs] + [q["start"] - 2.0]) - 0.6),
+                  min(duration, q["end"] + 1.5))
+    names = d.get("head_names")
+    fig = Figure(figsize=(0.6 + 1.9 * len(heads), 0.9 + 1.25 * len(layers)), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(len(layers), len(heads), squeeze=False, sharex=True, sharey=True)
+    for row, layer in enumerate(layers):
+        for col, head in enumerate(heads):
+            ax = grid[row][col]
+            draw_arcs(ax, d, note, layers=[layer], heads=[head], top=top, threshold=threshold, legend=False,
+                      window=window, compact=True)
+            name = names[layer][head] if names else None
+            ax.set_title(f"L{layer} H{head}" + (f" · {name}" if name else ""), fontsize=7, pad=2,
+                         color=head_color(head, n_head))
+            ax.tick_params(labelsize=6)
+            if row == len(layers) - 1:
+                ax.set_xlabel("time (s)", fontsize=7)
+    if note is None:
+        fig.suptitle("no arcs to draw", fontsize=10)
+    else:
+        qn = notes[note]
+        fig.suptitle(f"note {note} ({note_name(qn['pitch'])}, {qn['start']:.2f} s, "
+                     f"{'primer' if qn['primer'] else notes_label(d)}) attends to · rows: layers, columns: heads · "
+                     f"top {top} per head · weight ≥ {threshold:g}", fontsize=10)
+    return fig, note
+
+
+def render_grid_png(d: dict, path: str | os.PathLike, note: int | None = None, *, dpi: int = 150, **kwargs) -> int | None:
+    """Write `grid_figure(d, note, **kwargs)` as a PNG; returns the note drawn."""
+    fig, note = grid_figure(d, note, dpi=dpi, **kwargs)
+    atomic_savefig(fig, path, make_parents=True, format="png")
+    return note

@@ -3,6 +3,8 @@
 The arcs.json content is embedded as JSON inside a <script type="application/json"> tag, in a
 columnar layout the page reads directly: note columns, and arc columns sorted by (query, layer,
 head, -weight, key) with per-query offsets, so the page finds a note's arcs without scanning.
+`label` names the non-primer notes ("piece" for an existing piece, else "continuation"), and
+`head_names` (layers x heads, or null) are the tooltips of the model view.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import numpy as np
 
 from musicgpt._atomic import atomic_write_text
 from musicgpt._version import __version__
-from musicgpt.arcs.format import NOTE_KEYS, validate_arcs
+from musicgpt.arcs.format import NOTE_KEYS, notes_label, validate_arcs
 from musicgpt.errors import printable
 
-_CORE_KEYS = {"version", "n_layer", "n_head", "model", "tokenizer", "notes", "arcs"}
+_CORE_KEYS = {"version", "n_layer", "n_head", "model", "tokenizer", "notes", "arcs", "head_names"}
 # Inside <script>, "</script" or "<!--" would end or confuse the block; JSON may spell any
 # character as \uXXXX, so these never appear raw. U+2028/2029 are escaped for old JS parsers.
 _SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -53,6 +55,8 @@ def viewer_payload(d: dict, title: str) -> dict:
             "weight": weight[order].tolist(),
         },
         "offsets": offsets.tolist(),
+        "label": notes_label(d),
+        "head_names": d.get("head_names"),
         "model": d["model"],
         "tokenizer": d["tokenizer"],
         "meta": {key: value for key, value in d.items() if key not in _CORE_KEYS},

@@ -25,6 +25,10 @@
   if (!N) { pMin = 48; pMax = 72; }
   const P_HI = Math.min(127, pMax + 2), P_LO = Math.max(0, pMin - 2), ROWS = P_HI - P_LO + 1;
   const boundary = hasPrimer && isFinite(contStart) ? contStart : null;
+  // What the non-primer notes are: 'continuation' (generated) or 'piece' (an existing piece, musicgpt attend).
+  const LABEL = D.label === 'piece' ? 'piece' : 'continuation';
+  const HEAD_NAMES = Array.isArray(D.head_names) ? D.head_names : null;  // [layer][head]: name or null
+  const headName = (l, h) => (HEAD_NAMES && HEAD_NAMES[l] && HEAD_NAMES[l][h]) || null;
 
   const NAMES = ['C', 'C♯', 'D', 'D♯', 'E', 'F', 'F♯', 'G', 'G♯', 'A', 'A♯', 'B'];
   const BLACK = [0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0];
@@ -183,7 +187,7 @@
       html += '<rect class="primer-shade" x="0" y="0" width="' + xb + '" height="' + Hgt + '"/>';
       html += '<line class="boundary" x1="' + xb + '" x2="' + xb + '" y1="0" y2="' + Hgt + '"/>';
       html += '<text class="boundary-label" x="' + (X(boundary) - 6) + '" y="14" text-anchor="end">◀ PRIMER</text>';
-      html += '<text class="boundary-label" x="' + (X(boundary) + 6) + '" y="14">CONTINUATION ▶</text>';
+      html += '<text class="boundary-label" x="' + (X(boundary) + 6) + '" y="14">' + LABEL.toUpperCase() + ' ▶</text>';
     }
     gBg.innerHTML = html;
   }
@@ -323,7 +327,7 @@
     const stored = OFF[q + 1] - OFF[q];
     let best = -1;
     for (let i = OFF[q]; i < OFF[q + 1]; i++) if (best < 0 || AW[i] > AW[best]) best = i;
-    const kind = PRIMER[q] ? '<span class="badge primer">PRIMER</span>' : '<span class="badge cont">CONTINUATION</span>';
+    const kind = PRIMER[q] ? '<span class="badge primer">PRIMER</span>' : '<span class="badge cont">' + LABEL.toUpperCase() + '</span>';
     box.innerHTML = '<div class="big">#' + q + ' · ' + noteName(P[q]) + kind + '</div><div class="kv">' +
       '<span>onset</span><span>' + T0[q].toFixed(3) + ' s (' + fmtTime(T0[q]) + ')</span>' +
       '<span>length</span><span>' + (T1[q] - T0[q]).toFixed(3) + ' s</span>' +
@@ -356,7 +360,9 @@
       grid.appendChild(r);
       for (let h = 0; h < NH; h++) {
         const t = document.createElement('div');
-        t.className = 'thumb'; t.title = 'layer ' + l + ', head ' + h + ' (click to solo)';
+        const name = headName(l, h);
+        t.className = 'thumb'; t.title = 'layer ' + l + ', head ' + h + (name ? ': ' + name : '') + ' (click to solo)';
+        if (name) t.dataset.name = name;
         t.dataset.l = l; t.dataset.h = h;
         t.innerHTML = '<svg viewBox="0 0 100 70" preserveAspectRatio="none"></svg>';
         t.addEventListener('click', () => { S.layers = new Set([l]); S.heads = new Set([h]); syncControls(); render(); });
@@ -661,8 +667,10 @@
   document.title = D.title;
   $('title').textContent = D.title;
   const nArcs = AK.length, nPrimer = PRIMER.reduce((a, b) => a + b, 0);
-  $('stats').textContent = N + ' notes (' + nPrimer + ' primer, ' + (N - nPrimer) + ' continuation) · ' + fmtTime(duration) +
+  $('stats').textContent = N + ' notes (' + (nPrimer ? nPrimer + ' primer, ' + (N - nPrimer) + ' ' + LABEL : LABEL) + ') · ' + fmtTime(duration) +
     ' · ' + nArcs.toLocaleString('en-US') + ' arcs · ' + NL + ' layers × ' + NH + ' heads';
+  $('legend-cont').textContent = LABEL;
+  document.querySelectorAll('.legend .primer-only').forEach((e) => { e.hidden = !hasPrimer; });
   $('model-info').textContent = JSON.stringify({ model: D.model, tokenizer: D.tokenizer, ...D.meta }, null, 2);
   makeChips();
   document.body.classList.toggle('light', S.light);
@@ -677,6 +685,6 @@
   // A small handle for notebooks, debugging and the browser tests.
   window.musicgptViewer = {
     state: S, visibleArcs: (q) => visibleArcs(q, true), select: (q) => select(q, true),
-    play, pause, seek, nNotes: N, nLayer: NL, nHead: NH,
+    play, pause, seek, nNotes: N, nLayer: NL, nHead: NH, label: LABEL, headName,
   };
 })();
