@@ -1,4 +1,4 @@
-"""Features of every MIDI file under a folder; unreadable or empty files are skipped with a reason."""
+"""Features (or notes) of every MIDI file under a folder; unreadable or empty files are skipped with a reason."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from tqdm import tqdm
 
 from musicgpt.errors import MusicGPTError
 from musicgpt.metrics.features import piece_features
-from musicgpt.music.midi import midi_files, read_midi
-
+from musicgpt.music.midi import MIDI_SUFFIXES, midi_files, read_midi
+from musicgpt.music.notes import Notes
 
 
 class FolderError(MusicGPTError):
@@ -27,13 +27,30 @@ class FolderFeatures:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
+@dataclass
+class FolderNotes:
+    """The notes of the readable files of one folder (or one file), and the files skipped with reasons."""
+
+    directory: Path
+    files: list[Path] = field(default_factory=list)
+    notes: list[Notes] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
 def find_midi_files(directory: str | Path, limit: int | None = None) -> list[Path]:
-    """MIDI files under `directory`, recursively, in sorted path order (the first `limit` if given)."""
+    """MIDI files under `directory`, recursively, in sorted path order (the first `limit` if given).
+
+    `directory` may also be one MIDI file: the list of that file.
+    """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise FolderError(f"{directory}: not a directory")
     if limit is not None and limit < 1:
         raise FolderError(f"limit must be at least 1, got {limit}")
+    if directory.is_file():
+        if directory.suffix.lower() not in MIDI_SUFFIXES:
+            raise FolderError(f"{directory}: not a MIDI file (.mid or .midi) nor a folder")
+        return [directory]
+    if not directory.is_dir():
+        raise FolderError(f"{directory}: not a directory")
     files = midi_files(directory)
     if not files:
         raise FolderError(f"{directory}: no .mid or .midi files found")
@@ -57,4 +74,25 @@ def folder_features(
             continue
         result.files.append(path)
         result.pieces.append(features)
+    return result
+
+
+def folder_notes(
+    directory: str | Path, limit: int | None = None, progress: bool = True, sustain: bool = True
+) -> FolderNotes:
+    """Read every MIDI file under `directory` (or the one file it names) with read_midi; skip, with a reason,
+    files that cannot be read or hold no notes."""
+    result = FolderNotes(Path(directory))
+    files = find_midi_files(directory, limit)
+    for path in tqdm(files, desc=f"reading {Path(directory).name}", unit="file", disable=not progress):
+        try:
+            notes = read_midi(path, sustain=sustain)
+        except Exception as exc:  # one bad file must not abort a check of hundreds
+            result.skipped.append((path, f"{type(exc).__name__}: {exc}"))
+            continue
+        if not len(notes):
+            result.skipped.append((path, "no notes"))
+            continue
+        result.files.append(path)
+        result.notes.append(notes)
     return result
