@@ -133,6 +133,16 @@ def test_atlas_averages_pieces_and_round_trips(tmp_path):
     assert render_measure_png(atlas, "previous", tmp_path / "p.png").read_bytes()[:8] == PNG
 
 
+def test_atlas_refuses_tokenizers_without_note_on_tokens():
+    from musicgpt.errors import ConfigError
+
+    pytest.importorskip("miditok")
+    from musicgpt.tokens.miditok import miditok_tokenizer
+
+    with pytest.raises(ConfigError, match="has no NOTE_ON tokens"):
+        head_atlas(tiny_model(), miditok_tokenizer("REMI"), [PRIMER])
+
+
 def test_heads_json_is_checked(tmp_path):
     good = {"format": "musicgpt-heads", "version": 1, "n_layer": 1, "n_head": 2, "model": {}, "tokenizer": {},
             "thresholds": {}, "queries": {}, "pieces": [], "names": [["local", None]],

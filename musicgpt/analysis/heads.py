@@ -205,6 +205,10 @@ def head_atlas(model, tokenizer, pieces: Iterable, *, max_tokens: int = MAX_TOKE
         raise ConfigError(f"heads max_tokens: must be at least 2 (BOS and one token), got {max_tokens}")
     if chunk < 1:
         raise ConfigError(f"heads chunk: must be at least 1, got {chunk}")
+    missing = [t for t in ("NOTE_ON", "VELOCITY") if t not in tokenizer.type_names]
+    if missing:
+        raise ConfigError(f"heads: the tokenizer ({tokenizer.to_dict().get('type', type(tokenizer).__name__)}) has no "
+                          f"{missing[0]} tokens; the head atlas reads performance-event tokens (as attention arcs do)")
     cfg = model.config
     per_piece, pattern, excerpt = [], None, None
     pieces = list(pieces)
