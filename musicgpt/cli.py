@@ -21,7 +21,7 @@ COMMANDS: dict[str, str] = {
     "view": "render an arcs.json file as a self-contained HTML viewer (or a PNG)",
     "info": "print a checkpoint's modules, parameter counts and tensors; plot its embeddings",
     "plot": "draw the train/valid curves of a training run to PNG",
-    "metrics": "compare generated MIDI against reference MIDI with musical statistics",
+    "metrics": "compare generated MIDI against reference MIDI with musical statistics, or check it for copies",
     "bench": "run the project's benchmarks and render docs/benchmarks.md",
 }
 
