@@ -121,7 +121,7 @@ class HeadMeasures:
     def add(self, positions, key_start: int, probs: torch.Tensor) -> None:
         """Rows at token `positions` (R,) as probabilities (L, R, H, n) over keys key_start … key_start+n-1."""
         positions = torch.as_tensor(np.asarray(positions, np.int64))
-        p = probs.detach().float().transpose(1, 2)  # (L, H, R, n)
+        p = probs.detach().float().cpu().transpose(1, 2)  # (L, H, R, n), reduced on the CPU whatever the model's device
         n = p.shape[-1]
         if self.pattern_tokens and self.pattern is None and key_start == 0 and int(positions[0]) == 0:
             k = min(self.pattern_tokens, n, len(positions))
