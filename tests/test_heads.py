@@ -186,6 +186,14 @@ def test_cli_heads_writes_the_atlas_and_view_and_attend_show_the_names(checkpoin
     assert atlas["checkpoint"] == str(checkpoint) and atlas["max_tokens"] == 150
     for m in MEASURES + ("patterns",):
         assert (tmp_path / "atlas" / f"heads_{m}.png").read_bytes()[:8] == PNG
+    # without CKPT the optional slot must not swallow the first piece (a file or a folder of pieces)
+    for i, first in enumerate((folder / PRIMER.name, folder)):
+        assert main(["heads", str(first), str(FIXTURES / "pop909_331.mid"), "--checkpoint", str(checkpoint),
+                     "--out", str(tmp_path / f"b{i}"), "--max-tokens", "50", "--pattern-tokens", "0", "--quiet"]) == 0
+        assert "and 8 PNGs" in capsys.readouterr().out  # no pattern grid with --pattern-tokens 0
+        b = read_heads(tmp_path / f"b{i}" / "heads.json")
+        assert len(b["pieces"]) == (2 if first.is_file() else 3) and b["checkpoint"] == str(checkpoint)
+        assert not (tmp_path / f"b{i}" / "heads_patterns.png").exists()
 
     # names from the atlas into the page, and into arcs.json with attend --heads
     assert main(["attend", str(checkpoint), str(PRIMER), "--tokens", "60", "--out", str(tmp_path / "a"), "--quiet",

@@ -10,6 +10,9 @@ Writes DIR/heads.json, DIR/heads_<measure>.png (one layers x heads heatmap per m
 DIR/heads_patterns.png (a layers x heads grid of the attention of the first piece's opening tokens).
 `musicgpt view ARCS --heads DIR/heads.json` and `musicgpt attend ... --heads DIR/heads.json` show
 the names as the tooltips of the viewer's model view.
+
+CKPT may be left out (the bundled model): a first argument that is a file, or a folder that is neither
+a checkpoint nor a training run directory, is the first piece.
 """
 
 from __future__ import annotations
@@ -57,6 +60,20 @@ def pieces_of(inputs: list[Path]) -> list[Path]:
     return pieces
 
 
+def _piece_not_model(name) -> bool:
+    """Whether the optional CKPT slot caught the first piece (`musicgpt heads a.mid b.mid`): an existing file, or
+    a folder that is neither a checkpoint nor a training run directory."""
+    from musicgpt import checkpoint
+
+    if name is None or (str(name) == checkpoint.BUNDLED and not Path(name).exists()):
+        return False
+    path = Path(name)
+    if path.is_file():
+        return True
+    markers = (checkpoint.CONFIG, "run.json", checkpoint.RUN_BEST, checkpoint.RUN_CHECKPOINTS)
+    return path.is_dir() and not any((path / m).exists() for m in markers)
+
+
 def run(args: argparse.Namespace) -> int:
     """Measure every head over the pieces; write heads.json and the PNGs."""
     import torch
@@ -70,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-tokens: must be at least 2, got {args.max_tokens}")
     if args.pattern_tokens < 0:
         raise ConfigError(f"--pattern-tokens: must be >= 0, got {args.pattern_tokens}")
+    if _piece_not_model(args.checkpoint):
+        args.inputs, args.checkpoint = [Path(args.checkpoint), *args.inputs], None
     pieces = pieces_of(args.inputs)
     checkpoint = checkpoint_of(args)
     if args.threads:
