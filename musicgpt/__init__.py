@@ -9,8 +9,9 @@ The package is laid out by pipeline stage (docs/design.md):
     training/    configs, batches, the loop, run directories, evaluation
     generation/  sampling under the grammar, the generation loop, primers
     arcs/        attention arcs: captured from the model, stored as arcs.json
-    viz/         HTML viewer, PNGs of arcs, embeddings and training curves  (no torch)
-    metrics/     musical statistics of pieces and sets                      (no torch)
+    viz/         HTML viewer, PNGs of arcs, embeddings, curves, head atlases (no torch)
+    metrics/     musical statistics of pieces and sets, copy check          (no torch)
+    analysis/    the head atlas: what every attention head attends to
     commands/    one module per `musicgpt` subcommand
 
 The names below are the public API; they load on first use, so `import musicgpt` is instant and
@@ -42,6 +43,7 @@ _LAZY = {
     "pipeline": ("musicgpt.generation.pipeline", "pipeline"),
     "set_seed": ("musicgpt.generation.pipeline", "set_seed"),
     "state_dict_summary": ("musicgpt.model.inspect", "state_dict_summary"),
+    "head_atlas": ("musicgpt.analysis.heads", "head_atlas"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -4,6 +4,7 @@
     png.py         `render_png(d, path, ...)`, `draw_arcs(ax, d, ...)`: one note's arcs over a piano roll
     embeddings.py  relative-position and NOTE_ON embedding plots from numpy arrays (`musicgpt info --plot`)
     curves.py      `plot_curves(run_dir)`: train/valid curves of a run (`musicgpt plot`)
+    heads.py       heads.json (a head atlas): read, write, validate, and its heatmaps and pattern grid
 
 Everything here draws from plain data (arcs.json dicts, arrays, metrics.csv); matplotlib loads only
 when a PNG module does.
@@ -17,6 +18,7 @@ from musicgpt.viz.viewer import render_html, write_html
 _LAZY = {
     "render_png": ("musicgpt.viz.png", "render_png"),
     "draw_arcs": ("musicgpt.viz.png", "draw_arcs"),
+    "render_grid_png": ("musicgpt.viz.png", "render_grid_png"),
     "plot_curves": ("musicgpt.viz.curves", "plot_curves"),
 }
 
