@@ -20,6 +20,10 @@ def arcs_table(d):
     return {(a["query"], a["key"], a["layer"], a["head"]): a["weight"] for a in d["arcs"]}
 
 
+def without_nll(notes):
+    return [{k: v for k, v in n.items() if k != "nll"} for n in notes]
+
+
 def test_aggregation_by_hand():
     # BOS, VEL, ON 60 (note 0), ON 64 (note 1), SHIFT, OFF 60, VEL, ON 67 (note 2)
     ids = [TOK.bos_id, TOK.velocity(5), TOK.note_on(60), TOK.note_on(64), TOK.time_shift(50), TOK.note_off(60),
@@ -61,7 +65,8 @@ def test_generation_arcs_equal_teacher_forced_arcs(config):
     for s in samples:
         assert len(s.ids) > 2 * model.config.n_ctx  # the window slid during prefill and generation
         forced = attend(model, s.ids, TOK, config=config, primer_length=s.primer_length)
-        assert forced["notes"] == s.arcs["notes"]
+        # "nll" differs where generate closed a note at the end (its NOTE_OFF was not predicted: test_surprisal)
+        assert without_nll(forced["notes"]) == without_nll(s.arcs["notes"])
         a, b = arcs_table(s.arcs), arcs_table(forced)
         assert len(a) > 1000
         same = [abs(a[k] - b[k]) / a[k] < 1e-3 for k in a.keys() & b.keys()]  # the file keeps 4 digits

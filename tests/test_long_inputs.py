@@ -188,10 +188,15 @@ def test_attend_api_is_the_whole_piece_document():
     model = tiny_model()
     ids = np.r_[TOK.bos_id, TOK.encode(CHOPIN).ids].astype(np.int64)[:1500]
     recorder = AttentionRecorder(ArcsConfig())
-    teacher_force(model, torch.from_numpy(ids)[None], model.new_cache(), [recorder], query_rows(TOK, ids)[None])
-    from musicgpt.arcs.capture import arcs_document
+    token_nll = np.full((1, len(ids)), np.nan)
+    teacher_force(model, torch.from_numpy(ids)[None], model.new_cache(), [recorder], query_rows(TOK, ids)[None],
+                  token_nll=token_nll)
+    from musicgpt.arcs.capture import arcs_document, note_nll, token_owners
 
-    assert attend(model, ids, TOK, primer_length=300, x=1) == arcs_document(TOK, ids, recorder, model.config, 300, x=1)
+    notes, note_index, _, _ = token_owners(TOK, ids)
+    nll = note_nll(note_index, token_nll[0], len(notes))  # the notes' surprisal, which attend's document holds
+    assert attend(model, ids, TOK, primer_length=300, x=1) == \
+        arcs_document(TOK, ids, recorder, model.config, 300, nll=nll, x=1)
 
 
 # ---- attend: the command ---------------------------------------------------------------------------------
@@ -237,7 +242,8 @@ def test_streamed_writer_checks_the_arcs_and_writes_nothing_when_broken(checkpoi
     ids = np.r_[tok.bos_id, primer_ids(long_file, tok, tokens=600)]
     stream = attend_notes(model, ids, tok)
     arcs = stream.result()
-    doc = note_document(stream.notes, arcs, tok, model.config, stream.config)
+    doc = note_document(stream.notes, arcs, tok, model.config, stream.config, nll=stream.note_nll())
+    assert all(n["nll"] > 0 for n in doc["notes"])  # each note's surprisal goes through the streamed writer too
     write_arcs(doc, tmp_path / "expected.json")
     head = dict(doc, arcs=[])
     write_arcs_columns(head, arcs, tmp_path / "streamed.json")

@@ -95,6 +95,13 @@ def test_embedded_data_matches_the_file(small, page):
         assert got == want
 
 
+def test_notes_nll_becomes_a_column_only_when_the_file_has_it(small):
+    assert "nll" not in viewer_payload(small, "t")["notes"]
+    nll = [None if i == 3 else i / 10 for i in range(len(small["notes"]))]
+    d = {**small, "notes": [{**n, "nll": v} for n, v in zip(small["notes"], nll)]}
+    assert _embedded(render_html(d))["notes"]["nll"] == nll  # null stays null
+
+
 def test_hostile_strings_cannot_break_out_of_the_script(small):
     evil = "</script><script>alert(1)</script><!-- \u2028 & é"
     d = {**small, "comment": evil, "model": {"name": evil}}

@@ -21,10 +21,16 @@ notes first and aggregates each chunk's rows to note arcs as soon as the chunk i
 them: what it holds is the note arcs so far, at most notes x L x H x top_n of them in compact numpy
 arrays (20 bytes per arc), plus one chunk's rows. A query note's arcs depend only on its own
 NOTE_ON row and on which notes own the keys, so the result equals the whole-piece aggregation.
+
+Surprisal. Teacher forcing also keeps, per token, its NLL -log p(token | the tokens before it) from the
+chunk's logits (log_softmax in float32 of the raw logits: one float per token, not the logits); the
+first token (BOS) is not predicted (NaN). A note's NLL (`note_nll`) sums its tokens of the token->note
+map (NOTE_ON, the VELOCITY right before it, its NOTE_OFF); tokens not predicted count 0.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -153,6 +159,16 @@ def token_owners(tokenizer, ids) -> tuple[Any, np.ndarray, np.ndarray, np.ndarra
     return notes, note_index, owner, note_token
 
 
+def note_nll(note_index: np.ndarray, token_nll: np.ndarray, n_notes: int) -> np.ndarray:
+    """Per note: the sum of `token_nll` over its tokens (`note_index`, as decode_with_index gives it); NaN
+    tokens (not predicted) count 0, and a note with no predicted token is NaN. (n_notes,) float64."""
+    note_index, token_nll = np.asarray(note_index).reshape(-1), np.asarray(token_nll, np.float64).reshape(-1)
+    mine = (note_index >= 0) & ~np.isnan(token_nll)
+    total = np.bincount(note_index[mine], weights=token_nll[mine], minlength=n_notes)
+    counted = np.bincount(note_index[mine], minlength=n_notes)
+    return np.where(counted > 0, total, np.nan)
+
+
 def aggregate(entries: dict[str, np.ndarray], owner: np.ndarray, query_note: np.ndarray, n_layer: int,
               n_head: int, config: ArcsConfig) -> NoteArcs:
     """Token-level entries -> per (query note, layer, head) the top_n key notes by summed weight."""
@@ -217,8 +233,9 @@ class NoteArcsStream:
         ids = np.asarray(ids, np.int64).reshape(-1)
         self.config = config or ArcsConfig()
         self.n_layer, self.n_head = int(n_layer), int(n_head)
-        self.notes, note_index, self.owner, self.note_token = token_owners(tokenizer, ids)
-        self.query_note = _query_notes(tokenizer, ids, note_index)
+        self.notes, self.note_index, self.owner, self.note_token = token_owners(tokenizer, ids)
+        self.query_note = _query_notes(tokenizer, ids, self.note_index)
+        self.token_nll = np.full(len(ids), np.nan)  # filled by teacher_force(..., token_nll=...)
         queried = self.query_note[self.query_note >= 0]
         # A note has one NOTE_ON row in anything a tokenizer writes; should two rows share a note, their
         # weights add up, so the rows are kept to the end (no streaming) and aggregated together.
@@ -229,6 +246,10 @@ class NoteArcsStream:
         self._arrays: list[np.ndarray] = [np.zeros(0, dtype) for _, dtype in _COLUMNS]  # the note arcs, reserved
         self.n_arcs = 0
         self._sorted = True
+
+    def note_nll(self) -> np.ndarray:
+        """Per note: the NLL of its tokens (see `note_nll`), from `token_nll`."""
+        return note_nll(self.note_index, self.token_nll, len(self.notes))
 
     def add(self, positions, key_start: int, probs: Tensor) -> None:
         """Rows at token `positions`, as AttentionRecorder.add."""
@@ -273,26 +294,34 @@ class NoteArcsStream:
 
 
 def note_document(notes, arcs: NoteArcs, tokenizer, model_config, config: ArcsConfig, primer_length: int = 0,
-                  primer_mask: np.ndarray | None = None, **extra: Any) -> dict:
-    """The arcs.json dict (validated) of decoded `notes` and their `arcs`; primer notes as in `arcs_document`."""
+                  primer_mask: np.ndarray | None = None, nll: np.ndarray | None = None, **extra: Any) -> dict:
+    """The arcs.json dict (validated) of decoded `notes` and their `arcs`; primer notes as in `arcs_document`;
+    `nll` (per note, NaN: unknown) becomes each note's "nll"."""
     primer = arcs.note_token < primer_length if primer_mask is None else np.asarray(primer_mask, bool)
     note_rows = [{"pitch": int(notes.pitch[i]), "start": float(notes.start[i]), "end": float(notes.end[i]),
                   "velocity": int(notes.velocity[i]), "token": int(arcs.note_token[i]),
                   "primer": bool(primer[i])} for i in range(len(notes))]
+    if nll is not None:
+        for row, value in zip(note_rows, np.asarray(nll, np.float64).tolist()):
+            row["nll"] = None if math.isnan(value) else value
     return build_arcs(note_rows, arcs.as_dict_rows(), n_layer=model_config.n_layer, n_head=model_config.n_head,
                       model=model_config.to_dict(), tokenizer=tokenizer.to_dict(), arcs_params=config.to_dict(),
                       **extra)
 
 
 def arcs_document(tokenizer, ids, recorder, model_config, primer_length: int = 0,
-                  primer_mask: np.ndarray | None = None, **extra: Any) -> dict:
+                  primer_mask: np.ndarray | None = None, nll: np.ndarray | None = None, **extra: Any) -> dict:
     """The arcs.json dict (validated) of a piece: notes with their NOTE_ON positions, arcs, model and tokenizer.
 
     A note is a primer note when its NOTE_ON lies in the first `primer_length` tokens, or where
-    `primer_mask` (bool per decoded note) says so. `recorder`: as in `note_arcs`.
+    `primer_mask` (bool per decoded note) says so. `recorder`: as in `note_arcs`. `nll`: each note's NLL
+    (default: a NoteArcsStream's `note_nll()`, else none).
     """
     notes, arcs = note_arcs(tokenizer, ids, recorder, model_config.n_layer, model_config.n_head)
-    return note_document(notes, arcs, tokenizer, model_config, recorder.config, primer_length, primer_mask, **extra)
+    if nll is None and isinstance(recorder, NoteArcsStream):
+        nll = recorder.note_nll()
+    return note_document(notes, arcs, tokenizer, model_config, recorder.config, primer_length, primer_mask, nll,
+                         **extra)
 
 
 def query_rows(tokenizer, ids) -> np.ndarray:
@@ -300,14 +329,22 @@ def query_rows(tokenizer, ids) -> np.ndarray:
     return tokenizer.token_type(np.asarray(ids, np.int64)) == tokenizer.type_names.index("NOTE_ON")
 
 
+def _token_nll(logits: Tensor, targets: Tensor) -> np.ndarray:
+    """-log p(target) per row: log_softmax in float32 of logits (..., V), picked at targets (...)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return (-logp.gather(-1, targets[..., None].to(logp.device))[..., 0]).cpu().numpy()
+
+
 @torch.no_grad()
 def teacher_force(model, ids: Tensor, cache, recorders: list | None = None, queries: np.ndarray | None = None,
-                  chunk: int = 256, progress=None) -> Tensor:
+                  chunk: int = 256, progress=None, token_nll: np.ndarray | None = None) -> Tensor:
     """Feed ids (B, T) into `cache` in chunks; record the attention rows marked in `queries` (B, T).
 
     `recorders` (one per sequence: AttentionRecorder or NoteArcsStream) get each chunk's rows, then
-    `end_chunk()`. `progress(n)` is called with the tokens of each chunk fed. Returns the logits of the
-    last position, (B, vocab). Positions count from the cache's length.
+    `end_chunk()`. `progress(n)` is called with the tokens of each chunk fed. `token_nll`, a (B, T) float
+    array, gets -log p(ids[:, t] | what came before) for t >= 1 from the chunks' logits (t = 0 is predicted
+    by logits from before this call: left as is). Returns the logits of the last position, (B, vocab).
+    Positions count from the cache's length.
     """
     b, t = ids.shape
     logits = None
@@ -318,6 +355,10 @@ def teacher_force(model, ids: Tensor, cache, recorders: list | None = None, quer
         rows = None if recorders is None else [np.flatnonzero(queries[i, start : start + chunk]) for i in range(b)]
         want = rows is not None and any(len(r) for r in rows)
         out = model(part, cache=cache, return_attention=want)
+        if token_nll is not None:  # row j predicts token j + 1; the previous chunk's last row this chunk's first
+            if logits is not None:
+                token_nll[:, start] = _token_nll(logits, part[:, 0])
+            token_nll[:, start + 1 : start + part.shape[1]] = _token_nll(out.logits[:, :-1], part[:, 1:])
         logits = out.logits[:, -1]
         if want:
             probs = torch.stack(out.attentions)  # (L, B, H, Lq, n)
@@ -334,7 +375,8 @@ def teacher_force(model, ids: Tensor, cache, recorders: list | None = None, quer
 
 def attend_notes(model, ids, tokenizer, *, config: ArcsConfig | None = None, chunk: int = 256,
                  progress: bool = False) -> NoteArcsStream:
-    """Teacher-force `ids` (starting with BOS) and aggregate as it goes; the stream holds notes and arcs.
+    """Teacher-force `ids` (starting with BOS) and aggregate as it goes; the stream holds notes and arcs,
+    and each token's NLL (`token_nll`, NaN for BOS) and each note's (`note_nll()`).
 
     Memory stays bounded by the arcs kept (see NoteArcsStream), whatever the length. progress: a tqdm
     bar over tokens on stderr.
@@ -350,7 +392,8 @@ def attend_notes(model, ids, tokenizer, *, config: ArcsConfig | None = None, chu
     try:
         device = next(model.parameters()).device
         teacher_force(model, torch.from_numpy(ids)[None].to(device), model.new_cache(), [stream],
-                      query_rows(tokenizer, ids)[None], chunk=chunk, progress=bar.update)
+                      query_rows(tokenizer, ids)[None], chunk=chunk, progress=bar.update,
+                      token_nll=stream.token_nll[None])
     finally:
         bar.close()
         model.train(was_training)
@@ -362,8 +405,9 @@ def attend(model, ids, tokenizer, *, config: ArcsConfig | None = None, primer_le
     """Arcs (the arcs.json dict) of an existing token sequence, by teacher forcing through the model.
 
     `ids` is what the model reads, starting with BOS (as `musicgpt generate` writes it); primer
-    notes as in `arcs_document`. Rows are aggregated chunk by chunk (`attend_notes`); the dict itself
-    holds every arc as a Python dict (a long piece: write it with `musicgpt attend`, which streams).
+    notes as in `arcs_document`; each note's "nll" is its surprisal (see `note_nll`). Rows are aggregated
+    chunk by chunk (`attend_notes`); the dict itself holds every arc as a Python dict (a long piece: write
+    it with `musicgpt attend`, which streams).
     """
     stream = attend_notes(model, ids, tokenizer, config=config, chunk=chunk, progress=progress)
     return arcs_document(tokenizer, ids, stream, model.config, primer_length, primer_mask, **extra)

@@ -23,6 +23,18 @@ Optional top-level keys with a meaning (a file without them is read as before; v
     "head_names": [[name or null per head] per layer]   what each head does, from a head atlas
                                     (`musicgpt heads`); names are strings of 1..60 characters; the
                                     viewer shows them as tooltips of its model view
+
+Optional per-note key (notes with and without it may be mixed; version stays 1):
+
+    "nll": 3.217 | null             surprisal: the sum in nats of -log p(token | all tokens before it)
+                                    (log_softmax of the model's raw logits in float32, before temperature,
+                                    top-k/p, min-p or grammar mask) over the note's tokens in the
+                                    tokenizer's token->note map: its NOTE_ON, the VELOCITY right before
+                                    it (only where the velocity changes) and the NOTE_OFF that ends it.
+                                    Tokens the model did not predict count 0 (BOS; the NOTE_OFFs
+                                    `musicgpt generate` appends to close notes still sounding at the
+                                    end). 4 significant digits, >= 0; null: unknown. Written by `musicgpt
+                                    attend` and `musicgpt generate --arcs`.
 """
 
 from __future__ import annotations
@@ -64,6 +76,11 @@ def _round_weight(w: float) -> float:
     return min(1.0, float(f"{w:.4g}"))
 
 
+def _round_nll(x: Any) -> float | None:
+    """A note's NLL as stored: 4 significant digits (None stays None)."""
+    return None if x is None else float(f"{float(x):.4g}")
+
+
 def build_arcs(
     notes: Iterable[Mapping[str, Any]],
     arcs: Iterable[Mapping[str, Any]],
@@ -76,8 +93,9 @@ def build_arcs(
 ) -> dict:
     """Assemble (and validate) an arcs.json dict; times keep microseconds, weights 4 significant digits.
 
-    `notes` need pitch, start, end, velocity, token and primer (id is set to the position);
-    `arcs` need query, key, layer, head and weight. Plain Python numbers or numpy scalars both work.
+    `notes` need pitch, start, end, velocity, token and primer (id is set to the position), and may have
+    "nll" (kept, 4 significant digits); `arcs` need query, key, layer, head and weight. Plain Python
+    numbers or numpy scalars both work.
     """
     note_list = [
         {
@@ -88,6 +106,7 @@ def build_arcs(
             "velocity": int(n["velocity"]),
             "token": int(n["token"]),
             "primer": bool(n["primer"]),
+            **({"nll": _round_nll(n["nll"])} if "nll" in n else {}),
         }
         for i, n in enumerate(notes)
     ]
@@ -209,6 +228,8 @@ def _validate_notes(notes: list, fail) -> None:
         tokens.add(n["token"])
         if not isinstance(n["primer"], bool):
             fail(f"{where} has primer {n['primer']!r}; expected true or false")
+        if "nll" in n and n["nll"] is not None and not (_is_number(n["nll"]) and n["nll"] >= 0):
+            fail(f"{where} has nll {n['nll']!r}; expected a finite number of nats >= 0, or null")
 
 
 def _validate_arcs(arcs: list, notes: list, n_layer: int, n_head: int, fail) -> None:

@@ -1,8 +1,10 @@
 """`musicgpt attend [CKPT] FILE.mid`: attention arcs over the notes of an existing piece (teacher forcing).
 
-Writes DIR/NAME.arcs.json and the viewer DIR/NAME.html. A file written by `musicgpt generate`
-keeps its primer/continuation split: notes of a track named "primer" are marked as primer notes;
-in any other file every note is the piece's, and the viewer and `view --png` label them "piece"
+Writes DIR/NAME.arcs.json and the viewer DIR/NAME.html; each note carries its surprisal ("nll": the
+model's NLL of the note's tokens, in nats; see `musicgpt.arcs.format`), and the summary line the mean
+NLL per predicted token. A file written by `musicgpt generate` keeps its primer/continuation split:
+notes of a track named "primer" are marked as primer notes; in any other file every note is the
+piece's, and the viewer and `view --png` label them "piece"
 (`musicgpt.arcs.format.document_kind`: no primer notes and "source" "musicgpt attend ...").
 `--heads heads.json` (a head atlas of the same model, `musicgpt heads`) adds its head names.
 
@@ -105,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     arcs = stream.result()
     no_arcs = NoteArcs(*(np.zeros(0, np.int64) for _ in range(5)), note_token=arcs.note_token)
     doc = note_document(stream.notes, no_arcs, tokenizer, model.config, config, primer_mask=primer_mask,
-                        source=f"musicgpt attend {source.name}", **extra)  # notes and header, validated; arcs follow
+                        nll=stream.note_nll(), source=f"musicgpt attend {source.name}",
+                        **extra)  # notes (with their surprisal) and header, validated; arcs follow
+    mean_nll = float(np.nanmean(stream.token_nll)) if len(stream.token_nll) > 1 else float("nan")
     del stream
     out = args.out or source.parent
     out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         write_html(page, html_path, title=source.name)
         written.append(str(html_path))
     print(f"wrote {', '.join(written)} ({len(doc['notes'])} notes, {n_arcs} arcs, "
-          f"{doc['n_layer']} layers x {doc['n_head']} heads)")
+          f"{doc['n_layer']} layers x {doc['n_head']} heads, NLL {mean_nll:.4f} nats a token)")
     return 0
 
 

@@ -11,7 +11,9 @@ as one batch. Each step masks tokens the grammar forbids (`musicgpt.generation.c
 with one seeded generator (same seed, same settings, same model: the same samples; see
 `musicgpt.generation.sampling`), and stops a sample at EOS (unless `stop_at_eos=False`, which masks
 EOS), at `seconds` of new music, or after `max_new_tokens`. At the end, notes still sounding are
-closed with NOTE_OFFs; EOS is not kept in `ids`.
+closed with NOTE_OFFs; EOS is not kept in `ids`. Each token's NLL under the model (log_softmax of the
+step's raw logits, before temperature, filters and masks; the primer's from the prefill) is kept:
+`Sample.token_nll` and, summed over each note's tokens, `Sample.note_nll` (arcs.json's "nll").
 
 `generate` checks the arguments into `GenerationSettings` and runs a `Generation`: the state of
 one batch (cache, grammar, clocks, sequences) that `step()` advances by one token per unfinished
@@ -29,7 +31,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from musicgpt.arcs.capture import ArcsConfig, AttentionRecorder, arcs_document, query_rows, teacher_force, token_owners
+from musicgpt.arcs.capture import (ArcsConfig, AttentionRecorder, arcs_document, note_nll, query_rows, teacher_force,
+                                   token_owners)
 from musicgpt.errors import ConfigError
 from musicgpt.generation.constraints import GrammarMask, LongNoteLimit
 from musicgpt.generation.primer import primer_ids
@@ -174,8 +177,11 @@ class Generation:
         self.cache = model.new_cache()
         x = torch.from_numpy(prompt)[None].expand(batch, -1).contiguous().to(self.device)  # (B, T)
         queries = np.broadcast_to(self.is_note_on[prompt], (batch, len(prompt)))  # (B, T)
+        prompt_nll = np.full((batch, len(prompt)), np.nan)  # BOS is not predicted
         with torch.no_grad():
-            self.logits = teacher_force(model, x, self.cache, self.recorders, queries, chunk=settings.chunk)  # (B, V)
+            self.logits = teacher_force(model, x, self.cache, self.recorders, queries, chunk=settings.chunk,
+                                        token_nll=prompt_nll)  # (B, V)
+        self.token_nll = [row.tolist() for row in prompt_nll]  # per sample, one NLL per token of seqs[b]
         self.decoder = Decoder.for_model(model)
         self.noise = GumbelNoise(make_generator(settings.seed), batch, model.config.vocab_size)
         self.seqs = [prompt.tolist() for _ in range(batch)]
@@ -209,6 +215,7 @@ class Generation:
         if settings.return_logits:
             for b in active:
                 self.kept_logits[b].append(logits[b].clone())
+        logp = torch.log_softmax(logits, dim=-1).numpy()  # the model's own distribution, before filters and masks
         blocked = self.long_notes.apply(self.grammar.blocked, active)  # (B, V)
         tokens = sample(logits, settings.sampling, None, blocked=blocked,
                         noise=None if settings.sampling.greedy else self.noise.next(), types=self.grammar.types).tolist()
@@ -220,6 +227,7 @@ class Generation:
                 self.grammar.finish(b)
                 continue
             self.seqs[b].append(t)
+            self.token_nll[b].append(-float(logp[b, t]))
             self.grammar.push(b, t)
             self.long_notes.push(b, t)
             self.clock[b] += self.shift_seconds[t]
@@ -247,16 +255,19 @@ class Generation:
             seq = self.seqs[b]
             closing, drop = self.grammar.closing_tokens(b, seq[n_prompt:])
             ids = np.asarray(seq[: len(seq) - drop] + closing, np.int64)
-            notes, _, _, note_token = token_owners(tokenizer, ids)
+            # the closing tokens were not predicted by the model: NaN, counting 0 in the notes' sums
+            token_nll = np.r_[self.token_nll[b][: len(seq) - drop], np.full(len(closing), np.nan)]
+            notes, note_index, _, note_token = token_owners(tokenizer, ids)
+            nll = note_nll(note_index, token_nll, len(notes))
             arcs = None
             if self.recorders is not None:
                 arcs = arcs_document(tokenizer, ids, self.recorders[b], self.model.config, primer_length=n_prompt,
-                                     source="musicgpt generate", seed=settings.seed, sample=b,
+                                     nll=nll, source="musicgpt generate", seed=settings.seed, sample=b,
                                      sampling=asdict(settings.sampling))
             kept = self.kept_logits[b]
             out.append(Sample(ids=ids, primer_length=n_prompt, n_generated=len(seq) - n_prompt,
                               stop_reason=self.reasons[b] or "length", seed=settings.seed, tokenizer=tokenizer,
-                              notes=notes, note_token=note_token, arcs=arcs,
+                              notes=notes, note_token=note_token, arcs=arcs, token_nll=token_nll, note_nll=nll,
                               logits=torch.stack(kept) if settings.return_logits and kept else None))
         return out
 

@@ -24,7 +24,8 @@ __all__ = ["Sample"]
 
 @dataclass
 class Sample:
-    """One generated piece: token ids, the notes they decode to, and (if asked) arcs and logits."""
+    """One generated piece: token ids, the notes they decode to, the model's NLL of each token and note, and
+    (if asked) arcs and logits."""
 
     ids: np.ndarray = field(repr=False)  # (T,) int64: [BOS] + primer + continuation (+ closing NOTE_OFFs)
     primer_length: int  # tokens of [BOS] + primer at the start of `ids`
@@ -36,6 +37,13 @@ class Sample:
     note_token: np.ndarray = field(repr=False)  # (N,) position of each note's NOTE_ON in ids
     arcs: dict | None = field(default=None, repr=False)  # the arcs.json dict
     logits: torch.Tensor | None = field(default=None, repr=False)  # (n_generated, vocab) float32 when asked
+    # (T,) per token of ids: -log p(token | the tokens before it) in nats under the model's own distribution
+    # (log_softmax of its raw logits in float32, before temperature, top-k/p, min-p and the grammar mask);
+    # NaN where the model did not predict the token (BOS, the closing NOTE_OFFs)
+    token_nll: np.ndarray | None = field(default=None, repr=False)
+    # (N,) per note: the sum of token_nll over its tokens (NOTE_ON, the VELOCITY right before it, its
+    # NOTE_OFF), tokens not predicted counting 0: the note's surprisal, arcs.json's "nll"
+    note_nll: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def primer_notes(self) -> np.ndarray:

@@ -4,7 +4,9 @@ The arcs.json content is embedded as JSON inside a <script type="application/jso
 columnar layout the page reads directly: note columns, and arc columns sorted by (query, layer,
 head, -weight, key) with per-query offsets, so the page finds a note's arcs without scanning.
 `label` names the non-primer notes ("piece" for an existing piece, else "continuation"), and
-`head_names` (layers x heads, or null) are the tooltips of the model view.
+`head_names` (layers x heads, or null) are the tooltips of the model view. Notes with an "nll" (their
+surprisal under the model) get a column `nll`: the page can shade notes by it and lists the most
+surprising ones.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def viewer_payload(d: dict, title: str) -> dict:
     n = len(notes)
     cols = {k: [note[k] for note in notes] for k in NOTE_KEYS if k != "id"}
     cols["primer"] = [int(p) for p in cols["primer"]]
+    if any("nll" in note for note in notes):  # the notes' surprisal (null where unknown)
+        cols["nll"] = [note.get("nll") for note in notes]
     arcs = d["arcs"]
     q = np.array([a["query"] for a in arcs], dtype=np.int64)
     k = np.array([a["key"] for a in arcs], dtype=np.int64)
