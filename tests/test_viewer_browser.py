@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from musicgpt.arcs.format import read_arcs, select_arcs
@@ -262,4 +263,61 @@ def test_head_names_are_tooltips_and_a_piece_is_called_the_piece(browser, small_
     assert "primer, " in browser.find_element("id", "stats").text
     assert browser.find_element("css selector", '#grid .thumb[data-l="0"][data-h="0"]').get_attribute("title") == \
         "layer 0, head 0 (click to solo)"
+    assert _errors(browser) == []
+
+
+def test_surprisal_shades_the_notes_and_lists_the_most_surprising(browser, small_page, tmp_path):
+    from selenium.webdriver.support.ui import Select
+
+    d, plain = small_page
+    _open(browser, plain)  # no "nll" in the file: no selector, no list
+    assert not browser.find_element("id", "shade-group").is_displayed()
+    assert not browser.find_element("id", "surprise-card").is_displayed()
+    assert browser.execute_script("return window.musicgptViewer.hasNll") is False
+
+    rng = np.random.default_rng(3)
+    nll = rng.uniform(0.5, 6.0, len(d["notes"])).round(3).tolist()
+    top, low, unknown = 40, 12, 5
+    nll[top], nll[low], nll[unknown] = 20.0, 0.01, None
+    doc = {**d, "notes": [{**n, "nll": v} for n, v in zip(d["notes"], nll)]}
+    path = write_html(doc, tmp_path / "surprisal.html", title="surprisal")
+    _open(browser, path)
+    assert browser.find_element("id", "shade-group").is_displayed()
+    assert browser.find_element("id", "surprise-card").is_displayed()
+    fill = lambda i: browser.execute_script(
+        "return getComputedStyle(document.querySelector('#notes rect[data-i=\"' + arguments[0] + '\"]')).fill", i)
+    before = [fill(i) for i in (top, low, unknown)]
+    assert not browser.find_element("id", "nll-legend").is_displayed()
+
+    Select(browser.find_element("id", "shade")).select_by_value("nll")
+    assert fill(top) == "rgb(222, 38, 76)" != before[0]  # the top of the scale (the highest NLL clamps to it)
+    assert fill(low) == "rgb(49, 104, 196)" != before[1]  # the bottom
+    muted = browser.execute_script("return getComputedStyle(document.body).getPropertyValue('--muted').trim()")
+    assert fill(unknown) == browser.execute_script(
+        "const e = document.createElement('div'); e.style.color = arguments[0]; document.body.appendChild(e);"
+        "const c = getComputedStyle(e).color; e.remove(); return c", muted)  # null: grey
+    assert "shade=nll" in browser.current_url and browser.find_element("id", "nll-legend").is_displayed()
+
+    items = browser.find_elements("css selector", "#surprise-list li")
+    known = [(v, i) for i, v in enumerate(nll) if v is not None]
+    want = [i for v, i in sorted(known, key=lambda x: (-x[0], x[1]))[:10]]
+    assert [int(li.get_attribute("data-i")) for li in items] == want and want[0] == top
+    name = ["C", "C♯", "D", "D♯", "E", "F", "F♯", "G", "G♯", "A", "A♯", "B"][d["notes"][top]["pitch"] % 12]
+    assert items[0].text.split() [:2] == [f"#{top}", name + str(d["notes"][top]["pitch"] // 12 - 1)]
+    assert items[0].text.endswith("20.00")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", items[0])
+    items[0].click()
+    _park_mouse(browser)
+    assert browser.execute_script("return window.musicgptViewer.state.sel") == top
+    assert f"note={top}" in browser.current_url and "sel" in items[0].get_attribute("class")
+    assert "surprisal20.000 nats (rank 1 of" in browser.find_element("id", "note-info").text.replace("\n", "")
+    assert _count(browser) == len(select_arcs(doc, top, **_filters(browser)))  # its arcs, as a click on the note
+
+    Select(browser.find_element("id", "shade")).select_by_value("velocity")
+    assert [fill(i) for i in (top, low, unknown)] == before and "shade=" not in browser.current_url
+    browser.find_element("css selector", "body").send_keys("s")  # the key toggles it too
+    assert fill(top) == "rgb(222, 38, 76)"
+    _open(browser, path, "#shade=nll")  # and a link reopens it
+    assert fill(top) == "rgb(222, 38, 76)" and Select(browser.find_element("id", "shade")).first_selected_option \
+        .get_attribute("value") == "nll"
     assert _errors(browser) == []

@@ -29,6 +29,22 @@
   const LABEL = D.label === 'piece' ? 'piece' : 'continuation';
   const HEAD_NAMES = Array.isArray(D.head_names) ? D.head_names : null;  // [layer][head]: name or null
   const headName = (l, h) => (HEAD_NAMES && HEAD_NAMES[l] && HEAD_NAMES[l][h]) || null;
+  // Surprisal (arcs.json's optional per-note "nll": the model's NLL of the note's tokens, in nats); NaN: unknown.
+  const NLL = Array.isArray(D.notes.nll) ? Float64Array.from(D.notes.nll, (v) => (typeof v === 'number' ? v : NaN)) : null;
+  const BY_NLL = NLL ? [...Array(N).keys()].filter((i) => isFinite(NLL[i])).sort((a, b) => NLL[b] - NLL[a] || a - b) : [];
+  const HAS_NLL = BY_NLL.length > 0;
+  const NLL_RANK = new Int32Array(N).fill(-1);
+  BY_NLL.forEach((i, r) => { NLL_RANK[i] = r; });
+  // Colour scale from the 2nd to the 98th percentile of the notes' NLL (outliers clamp): blue low, red high.
+  const nllQuantile = (p) => NLL[BY_NLL[Math.round((1 - p) * (BY_NLL.length - 1))]];
+  const NLL_LO = HAS_NLL ? nllQuantile(0.02) : 0, NLL_HI = HAS_NLL ? Math.max(nllQuantile(0.98), NLL_LO + 1e-6) : 1;
+  const RAMP = [[49, 104, 196], [64, 182, 196], [235, 220, 92], [245, 142, 52], [222, 38, 76]];
+  const rampColor = (x) => {
+    x = Math.max(0, Math.min(1, x)) * (RAMP.length - 1);
+    const i = Math.min(RAMP.length - 2, Math.floor(x)), f = x - i;
+    return 'rgb(' + RAMP[i].map((a, j) => Math.round(a + (RAMP[i + 1][j] - a) * f)).join(',') + ')';
+  };
+  const nllColor = (i) => (NLL && isFinite(NLL[i]) ? rampColor((NLL[i] - NLL_LO) / (NLL_HI - NLL_LO)) : null);
 
   const NAMES = ['C', 'C♯', 'D', 'D♯', 'E', 'F', 'F♯', 'G', 'G♯', 'A', 'A♯', 'B'];
   const BLACK = [0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0];
@@ -60,7 +76,7 @@
   const S = {
     sel: -1, hover: -1,
     layers: new Set([NL - 1]), heads: new Set([...Array(NH).keys()]),
-    top: Math.min(maxRun, 6), thr: 0.02, zoom: null, light: false,
+    top: Math.min(maxRun, 6), thr: 0.02, zoom: null, light: false, shade: 'velocity',
     playing: false, now: 0,
   };
   function parseList(v, n) {
@@ -77,6 +93,7 @@
     if (h.has('thr')) { const t = +h.get('thr'); if (t >= 0 && t <= 1) S.thr = t; }
     if (h.has('zoom')) { const z = +h.get('zoom'); if (z > 0) S.zoom = z; }
     if (h.get('theme') === 'light') S.light = true;
+    if (h.get('shade') === 'nll' && HAS_NLL) S.shade = 'nll';
   }
   const listText = (set, n) => set.size === n ? 'all' : set.size === 0 ? 'none' : [...set].sort((a, b) => a - b).join(',');
   function writeHash() {
@@ -84,6 +101,7 @@
     if (S.sel >= 0) parts.push('note=' + S.sel);
     parts.push('layers=' + listText(S.layers, NL), 'heads=' + listText(S.heads, NH), 'top=' + S.top, 'thr=' + S.thr, 'zoom=' + Math.round(S.zoom));
     if (S.light) parts.push('theme=light');
+    if (S.shade === 'nll') parts.push('shade=nll');
     try { history.replaceState(null, '', '#' + parts.join('&')); } catch (e) { /* some file:// setups refuse; the status line still shows it */ }
   }
 
@@ -236,11 +254,15 @@
       c.fillStyle = cs.getPropertyValue('--boundary');
       c.fillRect(4 + boundary * sx, 0, 1, h);
     }
-    for (const primer of [1, 0]) {
-      c.fillStyle = cs.getPropertyValue(primer ? '--primer' : '--cont');
-      for (let i = 0; i < N; i++) {
-        if (PRIMER[i] !== primer) continue;
-        c.fillRect(4 + T0[i] * sx, 3 + (P_HI - P[i]) * sy, Math.max(1, (T1[i] - T0[i]) * sx), Math.max(1, sy));
+    const box = (i) => c.fillRect(4 + T0[i] * sx, 3 + (P_HI - P[i]) * sy, Math.max(1, (T1[i] - T0[i]) * sx), Math.max(1, sy));
+    if (S.shade === 'nll') {  // the least surprising first, so the surprising ones stay on top
+      c.fillStyle = cs.getPropertyValue('--muted');
+      for (let i = 0; i < N; i++) if (NLL_RANK[i] < 0) box(i);
+      for (let r = BY_NLL.length - 1; r >= 0; r--) { c.fillStyle = nllColor(BY_NLL[r]); box(BY_NLL[r]); }
+    } else {
+      for (const primer of [1, 0]) {
+        c.fillStyle = cs.getPropertyValue(primer ? '--primer' : '--cont');
+        for (let i = 0; i < N; i++) if (PRIMER[i] === primer) box(i);
       }
     }
     placeViewportBox();
@@ -312,6 +334,7 @@
     gMarks.innerHTML = marks;
     roll.classList.toggle('focus', q >= 0);
     drawNoteInfo(q, ids.length);
+    markSurprising(q);
     drawGrid(q);
     drawStatus(q, ids.length);
   }
@@ -333,6 +356,7 @@
       '<span>length</span><span>' + (T1[q] - T0[q]).toFixed(3) + ' s</span>' +
       '<span>pitch / velocity</span><span>' + P[q] + ' / ' + VEL[q] + '</span>' +
       '<span>token</span><span>' + TOKEN[q] + '</span>' +
+      (NLL_RANK[q] >= 0 ? '<span>surprisal</span><span>' + NLL[q].toFixed(3) + ' nats (rank ' + (NLL_RANK[q] + 1) + ' of ' + BY_NLL.length + ')</span>' : '') +
       '<span>arcs</span><span>' + nShown + ' shown of ' + stored + ' stored</span>' +
       (best >= 0 ? '<span>strongest</span><span>L' + AL[best] + ' H' + AH[best] + ' → #' + AK[best] + ' (' + noteName(P[AK[best]]) + ') · ' + fmtW(AW[best]) + '</span>' : '') +
       '</div>';
@@ -404,6 +428,46 @@
       t.firstChild.innerHTML = s;
     });
   }
+
+  // ---------------------------------------------------------------- surprisal: note shading and the most surprising notes
+  const shadeIn = $('shade'), surpriseList = $('surprise-list');
+  let shadeColored = false;
+  function applyShade() {
+    const on = S.shade === 'nll';
+    if (on && !shadeColored) {  // each note's colour once; CSS uses it only while shading by surprisal
+      for (let i = 0; i < N; i++) { const c = nllColor(i); if (c) noteEls[i].style.setProperty('--nf', c); }
+      shadeColored = true;
+    }
+    roll.classList.toggle('shade-nll', on);
+    $('nll-legend').hidden = !on;
+    shadeIn.value = S.shade;
+    drawOverview();
+  }
+  function setShade(mode) {
+    S.shade = mode === 'nll' && HAS_NLL ? 'nll' : 'velocity';
+    applyShade(); writeHash();
+  }
+  (function makeSurprising() {
+    $('shade-group').hidden = $('surprise-card').hidden = !HAS_NLL;
+    if (!HAS_NLL) return;
+    $('nll-lo').textContent = '≤ ' + NLL_LO.toFixed(1);
+    $('help').textContent += ' · s shade by surprisal';
+    $('nll-hi').textContent = '≥ ' + NLL_HI.toFixed(1);
+    document.querySelector('.nll-bar').style.background =
+      'linear-gradient(90deg, ' + RAMP.map((c, j) => 'rgb(' + c.join(',') + ') ' + (100 * j / (RAMP.length - 1)) + '%').join(', ') + ')';
+    let html = '';
+    for (const i of BY_NLL.slice(0, 10)) {
+      html += '<li data-i="' + i + '" title="note #' + i + ' (click to select)"><span class="sw" style="background:' + nllColor(i) +
+        '"></span><span>#' + i + ' ' + noteName(P[i]) + ' · ' + fmtTime(T0[i]) + (PRIMER[i] ? ' · primer' : '') +
+        '</span><span class="nll">' + NLL[i].toFixed(2) + '</span></li>';
+    }
+    surpriseList.innerHTML = html;
+    surpriseList.addEventListener('click', (e) => { const li = e.target.closest('li'); if (li) select(+li.dataset.i, true); });
+  })();
+  function markSurprising(q) {
+    surpriseList.querySelectorAll('li').forEach((li) => li.classList.toggle('sel', +li.dataset.i === q));
+  }
+  shadeIn.addEventListener('change', () => { shadeIn.blur(); setShade(shadeIn.value); });
 
   // ---------------------------------------------------------------- controls
   const layerBox = $('layers'), headBox = $('heads');
@@ -633,7 +697,7 @@
 
   document.addEventListener('keydown', (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
-    const onSlider = e.target && e.target.tagName === 'INPUT' && e.target.type === 'range';
+    const onSlider = e.target && ((e.target.tagName === 'INPUT' && e.target.type === 'range') || e.target.tagName === 'SELECT');
     const current = shown() >= 0 ? shown() : -1;
     switch (e.key) {
       case ' ':
@@ -656,6 +720,7 @@
       case 'Home': seek(0); scrollToTime(0, 0); break;
       case 'Escape': select(-1, false); break;
       case 't': S.light = !S.light; applyTheme(); writeHash(); break;
+      case 's': if (!HAS_NLL) return; setShade(S.shade === 'nll' ? 'velocity' : 'nll'); break;
       default: return;
     }
   });
@@ -680,11 +745,13 @@
   S.zoom = pps;
   syncControls();
   layout();
+  if (S.shade === 'nll') applyShade();
   if (S.sel >= 0) select(S.sel, true);
 
   // A small handle for notebooks, debugging and the browser tests.
   window.musicgptViewer = {
     state: S, visibleArcs: (q) => visibleArcs(q, true), select: (q) => select(q, true),
     play, pause, seek, nNotes: N, nLayer: NL, nHead: NH, label: LABEL, headName,
+    hasNll: HAS_NLL, mostSurprising: BY_NLL.slice(0, 10), setShade,
   };
 })();
