@@ -21,6 +21,7 @@ _LAZY = {
     "arcs_document": ("musicgpt.arcs.capture", "arcs_document"),
     "attend": ("musicgpt.arcs.capture", "attend"),
     "note_arcs": ("musicgpt.arcs.capture", "note_arcs"),
+    "note_nll": ("musicgpt.arcs.capture", "note_nll"),
     "query_rows": ("musicgpt.arcs.capture", "query_rows"),
     "teacher_force": ("musicgpt.arcs.capture", "teacher_force"),
     "token_owners": ("musicgpt.arcs.capture", "token_owners"),
