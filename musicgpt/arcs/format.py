@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from musicgpt._atomic import atomic_write, atomic_write_text
+from musicgpt._jsonfile import read_json
 from musicgpt.errors import MusicGPTError
 
 ARCS_VERSION = 1
@@ -273,17 +274,7 @@ def _validate_arcs(arcs: list, notes: list, n_layer: int, n_head: int, fail) -> 
 
 def read_arcs(path: str | os.PathLike) -> dict:
     """Load and validate an arcs.json file; errors name the file and the problem."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ArcsFormatError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArcsFormatError(f"{path}: cannot read ({exc})") from None
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ArcsFormatError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    d = read_json(path, ArcsFormatError)
     validate_arcs(d, source=str(path))
     return d
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from musicgpt._atomic import atomic_savefig, atomic_write_text
+from musicgpt._jsonfile import read_json
 from musicgpt.errors import MusicGPTError
 
 HEADS_VERSION = 1
@@ -90,15 +91,7 @@ def validate_heads(d: Any, source: str = "heads data") -> None:
 
 def read_heads(path: str | os.PathLike) -> dict:
     """Load and validate a heads.json file; errors name the file and the problem."""
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HeadsFormatError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HeadsFormatError(f"{path}: cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise HeadsFormatError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    d = read_json(path, HeadsFormatError)
     validate_heads(d, source=str(path))
     return d
 
