@@ -72,7 +72,7 @@ def test_a_long_primer_is_cut_to_its_first_context_with_a_warning(long_file):
     assert s.primer_length <= model.config.n_ctx
     seconds = TOK.seconds_per_id()
     expected = (f"primer cut to its first {len(kept)} tokens ({seconds[kept].sum():.1f} s of "
-                f"{seconds[whole].sum():.1f} s); pass --primer-seconds or --primer-tokens to choose")
+                f"{seconds[whole].sum():.1f} s); pass primer_seconds or primer_tokens to choose")
     assert str(caught[0].message) == expected
     assert caught[0].filename == __file__  # points at the caller of generate
 

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     """Generate, write the files, print one line per sample (and a note line when the primer is cut to fit)."""
     from musicgpt.arcs.capture import ArcsConfig
     from musicgpt.generation.loop import load_model_and_tokenizer
-    from musicgpt.generation.primer import PrimerCutWarning
+    from musicgpt.generation.primer import CLI_CUT_CHOICE, CUT_CHOICE, PrimerCutWarning
 
     arcs_config = ArcsConfig(row_top_k=args.arcs_row_top_k, top_n=args.arcs_top_n,
                              min_weight=args.arcs_min_weight) if args.arcs else None
@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_and_tokenizer(checkpoint_of(args))
     with warnings.catch_warnings():
         warnings.simplefilter("always", PrimerCutWarning)
-        warnings.showwarning = _notes_as_lines(warnings.showwarning, PrimerCutWarning)
+        warnings.showwarning = _notes_as_lines(warnings.showwarning, PrimerCutWarning,
+                                               {CUT_CHOICE: CLI_CUT_CHOICE})
         samples = _generate(args, model, tokenizer, arcs_config)
     for i, s in enumerate(samples):
         written = s.save(args.out, f"sample_{i:02d}", wav=args.wav, soundfont=args.soundfont)
@@ -80,11 +81,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _notes_as_lines(show, notes: type[Warning]):
-    """A warnings.showwarning that prints warnings of class `notes` as one 'note: ...' line on stderr, others as `show`."""
+def _notes_as_lines(show, notes: type[Warning], wording: dict[str, str]):
+    """A warnings.showwarning that prints warnings of class `notes` as one 'note: ...' line on stderr (the Python
+    API's words replaced by the CLI's, per `wording`), others as `show`."""
     def showwarning(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, notes):
-            print(f"note: {message}", file=sys.stderr, flush=True)
+            text = str(message)
+            for python_words, cli_words in wording.items():
+                text = text.replace(python_words, cli_words)
+            print(f"note: {text}", file=sys.stderr, flush=True)
         else:
             show(message, category, filename, lineno, file, line)
     return showwarning

@@ -69,6 +69,11 @@ def primer_ids(source, tokenizer, *, seconds: float | None = None, tokens: int |
     return ids
 
 
+# How to choose the primer's length, in the Python API's words; the CLI says its flags instead (CLI_CUT_CHOICE).
+CUT_CHOICE = "primer_seconds or primer_tokens"
+CLI_CUT_CHOICE = "--primer-seconds or --primer-tokens"
+
+
 def cut_note(kept: np.ndarray, whole: np.ndarray, tokenizer) -> str:
     """What the default cut kept: 'primer cut to its first N tokens (X s of Y s); ...'."""
     if isinstance(tokenizer, PerformanceEvents):
@@ -76,8 +81,7 @@ def cut_note(kept: np.ndarray, whole: np.ndarray, tokenizer) -> str:
         span = f"{shift[kept].sum():.1f} s of {shift[whole].sum():.1f} s"
     else:
         span = f"of {len(whole)}"
-    return (f"primer cut to its first {len(kept)} tokens ({span}); pass --primer-seconds or --primer-tokens "
-            "to choose")
+    return f"primer cut to its first {len(kept)} tokens ({span}); pass {CUT_CHOICE} to choose"
 
 
 def _tokens_before(ids: np.ndarray, tokenizer, seconds: float) -> int:
