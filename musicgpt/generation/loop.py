@@ -52,12 +52,13 @@ TOKENS_PER_SECOND_CAP = 200  # with `seconds` alone, stop after this many tokens
 
 def load_model_and_tokenizer(model: MusicGPT | str | os.PathLike | None = None, tokenizer: Tokenizer | None = None,
                              device: str | torch.device | None = None) -> tuple[MusicGPT, Tokenizer]:
-    """(model, tokenizer): a MusicGPT as given, or a checkpoint directory (None: the bundled model)."""
+    """(model, tokenizer): a MusicGPT as given, or loaded from a checkpoint or run directory or 'bundled' (None)."""
     if model is None or isinstance(model, (str, os.PathLike)):
         model, saved = load_checkpoint(model, device=device or "cpu")
         tokenizer = tokenizer or saved
     elif not isinstance(model, MusicGPT):
-        raise ConfigError(f"model: expected a MusicGPT or a checkpoint directory, got {type(model).__name__}")
+        raise ConfigError(f"model: expected a MusicGPT, a checkpoint or run directory, or 'bundled', "
+                          f"got {type(model).__name__}")
     elif device is not None:
         model = model.to(device)
     if tokenizer is None:
@@ -94,7 +95,8 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
     primer_seconds / primer_tokens: use the primer's first S seconds / N tokens. With neither, a primer
     longer than the model's context is cut to its first n_ctx - 1 tokens ([BOS] + primer fills the
     context) with a `PrimerCutWarning` that says how much was kept.
-    model: a MusicGPT, or a checkpoint directory, or None for the bundled model. Length: `max_new_tokens`
+    model: a MusicGPT, or a checkpoint directory, a training run directory (its best/, else its latest
+    checkpoint), 'bundled' or None for the bundled model. Length: `max_new_tokens`
     and/or `seconds` of new music (default 1024 tokens). Sampling: temperature (0 = greedy), top_k,
     top_p, min_p. seed: None draws one (kept in `Sample.seed`). max_note_seconds: a note that has
     sounded this long is ended at the next step (None or 0: never; see `LongNoteLimit`).
