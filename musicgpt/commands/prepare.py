@@ -16,6 +16,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="split ratios for hashed splits (default 0.9,0.05,0.05; maestro uses its own split)")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--tokenizer", metavar="JSON", help="tokenizer.json to use (default: PerformanceTokenizer())")
+    parser.add_argument("--composer-from", choices=("metadata", "folder", "none"), default="metadata",
+                        help="where each file's composer (the composer control) comes from: the corpus's metadata "
+                             "(ASAP, MAESTRO, GiantMIDI names, a folder's metadata.csv; default), the first folder "
+                             "below SOURCE_DIR (folder recipe), or none")
     parser.add_argument("--no-sustain", action="store_true", help="ignore the sustain pedal (CC64)")
     parser.add_argument("--force", action="store_true", help="re-tokenize every file, ignoring the previous run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -33,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ratios: expected three numbers like 0.9,0.05,0.05, got {args.ratios!r}") from None
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     result = prepare(args.source, args.out, recipe=args.recipe, ratios=ratios, tokenizer=tokenizer,
-                     jobs=args.jobs, sustain=not args.no_sustain, force=args.force, progress=not args.quiet)
+                     jobs=args.jobs, sustain=not args.no_sustain, force=args.force, progress=not args.quiet,
+                     composer_from=args.composer_from)
     print(result.summary())
     return 0

@@ -160,6 +160,7 @@ def prepare(
     sustain: bool = True,
     force: bool = False,
     progress: bool = True,
+    composer_from: str = "metadata",
 ) -> PrepareResult:
     """Tokenize a corpus folder into OUT (see the module docstring); bad files are skipped, not fatal."""
     began = time.perf_counter()
@@ -167,7 +168,7 @@ def prepare(
     tokenizer = tokenizer or PerformanceTokenizer()
     if tokenizer.vocab_size > np.iinfo(TOKEN_DTYPE).max + 1:
         raise DatasetError(f"tokenizer vocab_size {tokenizer.vocab_size} does not fit the uint16 shards")
-    name, sources = collect(source_dir, recipe, ratios)
+    name, sources = collect(source_dir, recipe, ratios, composer_from)
     if not sources:
         raise DatasetError(f"{source_dir}: no MIDI files found for recipe '{name}'")
     root = Path(source_dir).resolve()
@@ -238,7 +239,8 @@ def prepare(
                 for doc, i in enumerate(members):
                     manifest["sources"].append({"path": sources[i].rel, "sha256": hashes[i], "split": split,
                                                 "group": sources[i].group, "doc": doc,
-                                                "n_notes": int(results[i][1]), "n_tokens": int(lengths[doc])})
+                                                "n_notes": int(results[i][1]), "n_tokens": int(lengths[doc]),
+                                                **({"composer": sources[i].composer} if sources[i].composer else {})})
                 manifest["splits"][split] = {"n_docs": len(members), "n_tokens": int(offsets[-1]),
                                              "n_notes": int(sum(results[i][1] for i in members))}
                 manifest["shards"].update(record)

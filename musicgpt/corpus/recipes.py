@@ -11,6 +11,12 @@ of one group (a piece, a song) always share a split, so no piece leaks from trai
   without the YouTube id (one piece, several recordings).
 - folder: every `*.mid` / `*.midi` below the folder; group = the relative path.
 
+Composer (the `composer` control, see `musicgpt.tokens.controls`), when the corpus says it: ASAP's
+`composer`, MAESTRO's `canonical_composer`, GiantMIDI's surname (the file name's first field), a
+folder's `metadata.csv` (a `composer` column and the file in `path`, `file`, `midi_filename` or
+`midi_performance`, relative to the folder), or, with composer_from="folder", each file's first
+folder below the corpus folder (`Chopin/ballade1.mid`). Otherwise None (the `unknown` composer).
+
 Hashed split: u = the first 8 bytes of sha256(group) as a fraction in [0, 1); train when
 u < ratio_train, valid when u < ratio_train + ratio_valid, else test. This is deterministic and
 stable: adding files never moves another file to a different split. One exception keeps small
@@ -44,6 +50,7 @@ class Source:
     rel: str  # relative to the corpus folder, '/'-separated: the name in the manifest
     split: str
     group: str  # files of one group share a split
+    composer: str | None = None  # from the corpus's metadata, None when it does not say
 
 
 def split_fraction(key: str) -> float:
@@ -91,16 +98,18 @@ def _read_csv(path: Path, required: set[str]) -> list[dict]:
     return rows
 
 
-def _grouped(root: Path, files: list[tuple[Path, str]], ratios) -> list[Source]:
+def _grouped(root: Path, files: list[tuple[Path, str]], ratios, composers: dict[Path, str] | None = None) -> list[Source]:
     splits = hashed_splits([group for _, group in files], ratios)
-    return [Source(path, _rel(path, root), splits[group], group) for path, group in files]
+    composers = composers or {}
+    return [Source(path, _rel(path, root), splits[group], group, composers.get(path)) for path, group in files]
 
 
 def asap(root: Path, ratios=DEFAULT_RATIOS) -> list[Source]:
     """ASAP performances from metadata.csv, split by piece (composer + title)."""
     rows = _read_csv(root / "metadata.csv", {"composer", "title", "midi_performance"})
     files = [(root / row["midi_performance"], f"{row['composer']}|{row['title']}") for row in rows]
-    return _grouped(root, sorted(files), ratios)
+    composers = {root / row["midi_performance"]: row["composer"].strip() or None for row in rows}
+    return _grouped(root, sorted(files), ratios, composers)
 
 
 def maestro(root: Path, ratios=DEFAULT_RATIOS) -> list[Source]:
@@ -116,7 +125,7 @@ def maestro(root: Path, ratios=DEFAULT_RATIOS) -> list[Source]:
             raise ConfigError(f"{csvs[-1]}: unknown split {row['split']!r} for {row['midi_filename']}")
         path = root / row["midi_filename"]
         out.append(Source(path, _rel(path, root), names[row["split"]],
-                          f"{row['canonical_composer']}|{row['canonical_title']}"))
+                          f"{row['canonical_composer']}|{row['canonical_title']}", row["canonical_composer"].strip() or None))
     return sorted(out, key=lambda s: s.rel)
 
 
@@ -130,12 +139,30 @@ def pop909(root: Path, ratios=DEFAULT_RATIOS) -> list[Source]:
 def giantmidi(root: Path, ratios=DEFAULT_RATIOS) -> list[Source]:
     """GiantMIDI-Piano files, split by piece (the file name without its trailing YouTube id)."""
     files = [(p, p.stem.rsplit(",", 1)[0].strip() if "," in p.stem else p.stem) for p in midi_files(root)]
-    return _grouped(root, files, ratios)
+    composers = {p: p.stem.split(",", 1)[0].strip() or None for p, _ in files if "," in p.stem}
+    return _grouped(root, files, ratios, composers)
 
 
-def folder(root: Path, ratios=DEFAULT_RATIOS) -> list[Source]:
-    """Every MIDI file below root, split by hashed relative path."""
-    return _grouped(root, [(p, _rel(p, root)) for p in midi_files(root)], ratios)
+FILE_COLUMNS = ("path", "file", "midi_filename", "midi_performance")
+
+
+def folder(root: Path, ratios=DEFAULT_RATIOS, composer_from: str = "metadata") -> list[Source]:
+    """Every MIDI file below root, split by hashed relative path; composers from metadata.csv or folder names."""
+    files = [(p, _rel(p, root)) for p in midi_files(root)]
+    composers: dict[Path, str] = {}
+    if composer_from == "folder":
+        composers = {p: rel.split("/")[0] for p, rel in files if "/" in rel}
+    elif composer_from == "metadata" and (root / "metadata.csv").is_file():
+        rows = _read_csv(root / "metadata.csv", {"composer"})
+        column = next((c for c in FILE_COLUMNS if rows and c in rows[0]), None)
+        if column is None:
+            raise ConfigError(f"{root / 'metadata.csv'}: has a composer column but no file column "
+                              f"(one of: {', '.join(FILE_COLUMNS)})")
+        composers = {(root / row[column]).resolve(): row["composer"].strip() for row in rows if row["composer"].strip()}
+        composers = {p: composers[p.resolve()] for p, _ in files if p.resolve() in composers}
+    elif composer_from not in ("metadata", "none"):
+        raise ConfigError(f"composer_from {composer_from!r}: expected metadata, folder or none")
+    return _grouped(root, files, ratios, composers)
 
 
 RECIPES: dict[str, Callable[..., list[Source]]] = {
@@ -160,8 +187,12 @@ def detect_recipe(root: Path) -> str:
     return "folder"
 
 
-def collect(root: str | Path, recipe: str | None = None, ratios=DEFAULT_RATIOS) -> tuple[str, list[Source]]:
-    """(recipe name, sources) of a corpus folder; the recipe is detected when not given."""
+def collect(root: str | Path, recipe: str | None = None, ratios=DEFAULT_RATIOS,
+            composer_from: str = "metadata") -> tuple[str, list[Source]]:
+    """(recipe name, sources) of a corpus folder; the recipe is detected when not given.
+
+    composer_from: "metadata" (what the recipe's files say), "folder" (each file's first folder; folder
+    recipe only) or "none"."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise ConfigError(f"{root}: not a folder" if root.exists() else f"{root}: no such folder")
@@ -169,4 +200,13 @@ def collect(root: str | Path, recipe: str | None = None, ratios=DEFAULT_RATIOS) 
     if name not in RECIPES:
         raise ConfigError(f"recipe {name!r}: unknown (known: {', '.join(RECIPES)})")
     check_ratios(ratios)
-    return name, RECIPES[name](root, ratios)
+    if composer_from == "folder" and name != "folder":
+        raise ConfigError(f"composer from folder names: only with the folder recipe (this is '{name}')")
+    if name == "folder":
+        return name, folder(root, ratios, composer_from)
+    sources = RECIPES[name](root, ratios)
+    if composer_from == "none":
+        sources = [Source(s.path, s.rel, s.split, s.group) for s in sources]
+    elif composer_from != "metadata":
+        raise ConfigError(f"composer_from {composer_from!r}: expected metadata, folder or none")
+    return name, sources

@@ -24,6 +24,8 @@ class GrammarState:
     Always (the rules that make decoding mean what was sampled): after EOS only PAD; BOS only as
     the first token; never PAD before EOS; after VELOCITY only a NOTE_ON; NOTE_ON only for a pitch
     not sounding; NOTE_OFF only for a pitch sounding since an earlier time step.
+    CONTROL and GAP tokens are skipped, and so is a suffix block (INFILL_SUFFIX ... INFILL_PREFIX: a time
+    line of its own, see `musicgpt.tokens.infill`); none of them is ever allowed next.
     canonical=True adds the encoder's order (exactly what `encode` emits): within a time step
     NOTE_OFFs before NOTE_ONs, each in ascending pitch; VELOCITY only when the bin changes and a
     NOTE_ON can follow; the first NOTE_ON needs a VELOCITY; a TIME_SHIFT shorter than the maximum
@@ -42,6 +44,7 @@ class GrammarState:
         self.last_off = -1  # highest NOTE_OFF pitch in this step
         self.last_on = -1  # highest NOTE_ON pitch in this step
         self.bin = -1  # current velocity bin (-1: none yet)
+        self.in_suffix = False  # inside an infilling sequence's suffix block
         self._pitches = np.arange(128)
         self._names = [tokenizer.type_names[k] for k in tokenizer._type_of.tolist()]  # per id, plain Python
         self._values = tokenizer._value_of.tolist()
@@ -52,6 +55,13 @@ class GrammarState:
         inside = 0 <= token < tok.vocab_size
         name = self._names[token] if inside else None
         value = self._values[token] if inside else 0
+        if name in ("CONTROL", "GAP"):
+            return
+        if name == "INFILL":
+            self.in_suffix = value == 0
+            return
+        if self.in_suffix:
+            return
         self.started = True
         if self.ended or name in (None, "PAD", "BOS"):
             return
@@ -110,9 +120,14 @@ class GrammarState:
         return mask
 
     def accepts(self, ids) -> bool:
-        """True when every token of `ids` is allowed after the tokens before it."""
+        """True when every token of `ids` is allowed after the tokens before it (skipped tokens: see the class)."""
         for token in np.asarray(ids).reshape(-1):
-            if not (0 <= token < self.tok.vocab_size) or not self.allowed()[token]:
+            if not (0 <= token < self.tok.vocab_size):
+                return False
+            if self.in_suffix or self._names[token] in ("CONTROL", "GAP", "INFILL"):
+                self.push(token)
+                continue
+            if not self.allowed()[token]:
                 return False
             self.push(token)
         return True

@@ -10,6 +10,12 @@ Vocabulary: specials first, then one contiguous range per event type, all derive
     VELOCITY   bin 0..31             ids 359 .. 390
     vocab_size 391
 
+Optional tokens, appended after VELOCITY so the ids above keep their meaning (a plain checkpoint's
+embeddings extend to them): `controls` ({name: [values]}, see `musicgpt.tokens.controls`) adds one
+CONTROL token per (name, value); `infill=True` adds INFILL_SUFFIX and INFILL_PREFIX and GAP tokens of
+0.5 .. 20 s (see `musicgpt.tokens.infill` for the fill-in-the-middle layout). Without them the
+tokenizer, its ids and its tokenizer.json are exactly the plain one's.
+
 Encoding (the canonical token order; `encode` always produces it, `GrammarState(canonical=True)`
 accepts exactly it):
 - Times are rounded to the nearest step (`time_step`, 10 ms); times before 0 become 0. The
@@ -42,6 +48,8 @@ Decoding is total (any integer sequence decodes without error):
 - A NOTE_ON before any VELOCITY plays at velocity 64 (`default_velocity`).
 - A note never closed ends at the time of the last token, but at most `max_unclosed_duration`
   (5 s) after its onset and at least one step after it.
+- CONTROL and GAP tokens are skipped. A suffix block (INFILL_SUFFIX ... INFILL_PREFIX) is decoded on its
+  own and placed at the end of the rest (where an infilled middle ends); see `musicgpt.tokens.infill`.
 `decode(encode(notes).ids)` equals `encode(notes).notes` exactly.
 
 Helpers for the other parts: `ranges`, `type_names`, `token_type(ids)` / `token_value(ids)`
@@ -61,11 +69,12 @@ from musicgpt.errors import ConfigError
 from musicgpt.music.notes import Notes
 from musicgpt.tokens.base import Encoding, PerformanceEvents
 from musicgpt.tokens.grammar import GrammarState
+from musicgpt.tokens.special import SpecialTokens, checked_controls
 
 __all__ = ["PerformanceTokenizer"]
 
 
-class PerformanceTokenizer(PerformanceEvents):
+class PerformanceTokenizer(SpecialTokens, PerformanceEvents):
     """Performance events: NOTE_ON/NOTE_OFF per pitch, TIME_SHIFT steps, VELOCITY bins."""
 
     type = "performance"
@@ -79,6 +88,8 @@ class PerformanceTokenizer(PerformanceEvents):
         max_shift_steps: int = 100,
         velocity_bins: int = 32,
         max_unclosed_duration: float = 5.0,
+        controls: dict[str, list[str]] | None = None,
+        infill: bool = False,
     ) -> None:
         if not (time_step > 0 and math.isfinite(time_step)):
             raise ConfigError(f"tokenizer time_step: must be a positive number of seconds, got {time_step!r}")
@@ -92,11 +103,18 @@ class PerformanceTokenizer(PerformanceEvents):
         self.max_shift_steps = int(max_shift_steps)
         self.velocity_bins = int(velocity_bins)
         self.max_unclosed_duration = float(max_unclosed_duration)
+        self.controls = checked_controls(controls)
+        self.infill = bool(infill)
         self.velocity_bin_size = math.ceil(127 / self.velocity_bins)
         self._bin_of_velocity = (np.clip(np.arange(128), 1, 127) - 1) // self.velocity_bin_size
 
         counts = {"PAD": 1, "BOS": 1, "EOS": 1, "NOTE_ON": self.N_PITCHES, "NOTE_OFF": self.N_PITCHES,
                   "TIME_SHIFT": self.max_shift_steps, "VELOCITY": self.velocity_bins}
+        self._control_of = [(name, value) for name, values in self.controls.items() for value in values]
+        if self._control_of:
+            counts["CONTROL"] = len(self._control_of)
+        if self.infill:
+            counts |= {"INFILL": 2, "GAP": self.GAP_BINS}
         self.ranges: dict[str, tuple[int, int]] = {}
         first = 0
         for name, count in counts.items():
@@ -110,8 +128,11 @@ class PerformanceTokenizer(PerformanceEvents):
         self._shift0 = self.ranges["TIME_SHIFT"][0]
         self._vel0 = self.ranges["VELOCITY"][0]
         # id -> argument: pitch for NOTE_ON/OFF, steps for TIME_SHIFT, bin for VELOCITY, 0 for specials
+        # CONTROL: index into _control_of; INFILL: 0 suffix, 1 prefix; GAP: bins 1..GAP_BINS (x GAP_STEP seconds)
         self._value_of = np.concatenate([np.zeros(3, np.int64), np.arange(128), np.arange(128),
-                                         np.arange(1, self.max_shift_steps + 1), np.arange(self.velocity_bins)])
+                                         np.arange(1, self.max_shift_steps + 1), np.arange(self.velocity_bins),
+                                         np.arange(len(self._control_of)),
+                                         np.arange(2 if self.infill else 0), np.arange(1, self.GAP_BINS + 1)[: self.infill * self.GAP_BINS]])
 
     # ---- vocabulary helpers -------------------------------------------------------------------
     @property
@@ -183,8 +204,14 @@ class PerformanceTokenizer(PerformanceEvents):
         kind = int(self.token_type(token))
         if kind < 0:
             return f"UNKNOWN_{token}"
-        name = self.type_names[kind]
-        return name if name in self.SPECIALS else f"{name}_{int(self.token_value(token))}"
+        name, value = self.type_names[kind], int(self.token_value(token))
+        if name == "CONTROL":
+            return "CONTROL_{}={}".format(*self._control_of[value])
+        if name == "INFILL":
+            return ("INFILL_SUFFIX", "INFILL_PREFIX")[value]
+        if name == "GAP":
+            return f"GAP_{value * self.GAP_STEP:g}s"
+        return name if name in self.SPECIALS else f"{name}_{value}"
 
     def grammar(self, canonical: bool = False) -> GrammarState:
         """A fresh GrammarState for this tokenizer (which tokens may come next)."""
@@ -268,6 +295,14 @@ class PerformanceTokenizer(PerformanceEvents):
     def decode_with_index(self, ids) -> tuple[Notes, np.ndarray]:
         """Token ids -> (Notes, note_index per token into those notes, -1 where none)."""
         ids = np.asarray(ids).reshape(-1).astype(np.int64)
+        if self.infill and (ids == self.suffix_id).any():
+            from musicgpt.tokens.infill import decode_with_suffix
+
+            return decode_with_suffix(self, ids)
+        return self._decode(ids)
+
+    def _decode(self, ids: np.ndarray) -> tuple[Notes, np.ndarray]:
+        """decode_with_index of one timeline (a suffix block's tokens are read as plain music)."""
         note_index = np.full(len(ids), -1, np.int64)
         eos = np.flatnonzero(ids == self.eos_id)
         length = int(eos[0]) if len(eos) else len(ids)
@@ -321,11 +356,16 @@ class PerformanceTokenizer(PerformanceEvents):
     # ---- persistence --------------------------------------------------------------------------
     def params(self) -> dict:
         """The constructor arguments."""
-        return {"time_step": self.time_step, "max_shift_steps": self.max_shift_steps,
-                "velocity_bins": self.velocity_bins, "max_unclosed_duration": self.max_unclosed_duration}
+        params = {"time_step": self.time_step, "max_shift_steps": self.max_shift_steps,
+                  "velocity_bins": self.velocity_bins, "max_unclosed_duration": self.max_unclosed_duration}
+        if self.controls:  # only when used: a plain tokenizer's JSON and fingerprint stay what they were
+            params["controls"] = {name: list(values) for name, values in self.controls.items()}
+        if self.infill:
+            params["infill"] = True
+        return params
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        args = ", ".join(f"{k}={v!r}" if k != "controls" else f"controls={list(v)}" for k, v in self.params().items())
         return f"PerformanceTokenizer({args}; vocab_size={self.vocab_size})"
 
     def layout(self) -> str:
@@ -334,7 +374,11 @@ class PerformanceTokenizer(PerformanceEvents):
         meaning = {"PAD": "padding", "BOS": "begin of sequence", "EOS": "end of sequence",
                    "NOTE_ON": "pitch 0..127 starts", "NOTE_OFF": "pitch 0..127 ends",
                    "TIME_SHIFT": f"advance 1..{self.max_shift_steps} steps of {unit}",
-                   "VELOCITY": f"bin 0..{self.velocity_bins - 1} ({self.velocity_bin_size} velocities per bin)"}
+                   "VELOCITY": f"bin 0..{self.velocity_bins - 1} ({self.velocity_bin_size} velocities per bin)",
+                   "CONTROL": "; ".join(f"{n}: {', '.join(v)}" for n, v in self.controls.items()),
+                   "INFILL": "INFILL_SUFFIX opens the suffix block, INFILL_PREFIX closes it",
+                   "GAP": f"the gap to fill: {self.GAP_STEP:g}..{self.GAP_BINS * self.GAP_STEP:g} s in "
+                          f"{self.GAP_STEP:g} s bins"}
         lines = [repr(self), "", f"{'type':<11} {'ids':>11} {'count':>6}  meaning"]
         for name, (first, count) in self.ranges.items():
             ids = f"{first}" if count == 1 else f"{first}..{first + count - 1}"
@@ -342,4 +386,9 @@ class PerformanceTokenizer(PerformanceEvents):
         lines += ["", f"vocab_size {self.vocab_size}",
                   "order within a time step: NOTE_OFFs (ascending pitch), then NOTE_ONs (ascending pitch),",
                   "each NOTE_ON preceded by VELOCITY when its bin differs from the previous NOTE_ON's"]
+        if self.controls:
+            lines.append("a sequence opens with its CONTROL tokens (names in the order above, each at most once), then BOS")
+        if self.infill:
+            lines.append("infilling: [CONTROL*] INFILL_SUFFIX suffix INFILL_PREFIX [BOS] prefix GAP middle")
         return "\n".join(lines)
+

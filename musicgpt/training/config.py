@@ -36,8 +36,23 @@ class DataConfig:
     valid_windows: int = 64  # full windows of the valid split per evaluation; 0 means all of them
     prefetch: int = 4  # batches prepared ahead by a background thread; 0 loads in the loop
     workers: int = 8  # parallel tokenizer processes when a MIDI folder is prepared on the fly
+    # Steering (musicgpt.tokens.controls, musicgpt.training.conditioning); all off by default
+    controls: list[str] = field(default_factory=list)  # control tokens to learn: composer, density, dynamics
+    control_dropout: float = 0.3  # each control left out of a crop with this probability...
+    uncond_rate: float = 0.2  # ...and all of them with this one, so the model also works without controls
+    infill_rate: float = 0.0  # share of crops trained as fill-in-the-middle; > 0 adds the infilling tokens
+    composer_min_files: int = 3  # composers with fewer training files are 'unknown'
 
     def __post_init__(self) -> None:
+        from musicgpt.tokens.controls import KNOWN_CONTROLS
+
+        unknown = [c for c in self.controls if c not in KNOWN_CONTROLS]
+        _require({"controls": (not unknown and len(set(self.controls)) == len(self.controls),
+                               f"list distinct names among {', '.join(KNOWN_CONTROLS)} (got {self.controls})"),
+                  "control_dropout": (0 <= self.control_dropout <= 1, "be in [0, 1]"),
+                  "uncond_rate": (0 <= self.uncond_rate <= 1, "be in [0, 1]"),
+                  "infill_rate": (0 <= self.infill_rate <= 1, "be in [0, 1]"),
+                  "composer_min_files": (self.composer_min_files >= 1, "be >= 1")})
         _require({"transpose": (0 <= self.transpose <= 12, "be in 0..12"),
                   "stretch": (0 <= self.stretch < 0.5, "be in [0, 0.5)"),
                   "valid_windows": (self.valid_windows >= 0, "be >= 0"),

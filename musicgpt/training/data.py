@@ -1,6 +1,7 @@
 """Training data: the corpus a run reads, random crops from its shards, augmented on the fly, prefetched.
 
-Each document is read as [BOS] + tokens + [EOS]. A training batch is a pure function of
+Each document is read as [BOS] + tokens + [EOS]; a `Conditioner` (musicgpt.training.conditioning) may
+put control tokens before a crop or cut it for infilling. A training batch is a pure function of
 (seed, rank, batch index): a resumed run, or one rank of a distributed run, asks for the same
 index and gets the same crops, so the "data position" to checkpoint is a single integer and a
 background thread can prepare batches ahead without touching any shared random state.
@@ -55,12 +56,14 @@ class CropSampler:
         augment: Augment | None = None,
         specials: Specials = Specials(),
         stretch_margin: float = 0.0,
+        conditioner=None,
     ) -> None:
         lengths = split.lengths
         if split.n_docs == 0 or lengths.sum() == 0:
             raise MusicGPTError("training split is empty: no documents to crop from")
         self.split, self.context, self.batch_size = split, context, batch_size
         self.seed, self.rank, self.augment, self.specials = seed, rank, augment, specials
+        self.conditioner = conditioner if conditioner is not None and conditioner.active else None
         # Crops are uniform over token positions: a document is chosen by its extended length.
         extended = lengths + 2  # BOS and EOS
         self._cumulative = np.cumsum(extended)
@@ -100,6 +103,8 @@ class CropSampler:
             if at_end or len(body) + (start == 0) >= need:
                 break
             raw_len *= 2  # a strong stretch merged many time shifts; read more
+        if self.conditioner is not None:
+            return self.conditioner.shape(body, d, start == 0, at_end, need, rng)
         parts = [[self.specials.bos]] if start == 0 else []
         parts.append(body)
         if at_end:

@@ -33,7 +33,10 @@ from musicgpt.model.config import GPTConfig
 from musicgpt.model.gpt import MusicGPT, load_checkpoint, load_model, save_model
 from musicgpt.training import rundir
 from musicgpt.training.config import Config
-from musicgpt.corpus.shards import open_split
+from musicgpt.corpus.shards import open_split, read_manifest
+from musicgpt.tokens.base import Tokenizer
+from musicgpt.tokens.registry import load_tokenizer
+from musicgpt.training.conditioning import Conditioner, carry_over, doc_composers, run_tokenizer
 from musicgpt.training.data import (BatchStream, CropSampler, load_data_tokenizer, make_augment, optional_split,
                                     resolve_data, specials_of, valid_windows)
 from musicgpt.training.evaluate import score
@@ -93,12 +96,15 @@ class Trainer:
             dist.barrier()
 
         self.data_dir = resolve_data(self.data_arg, self.run_dir, config.data.workers, self.d)
-        self.tokenizer = load_data_tokenizer(self.data_dir)
+        self.manifest = read_manifest(self.data_dir)
+        self.tokenizer = self._run_tokenizer(resume)
         self.specials = specials_of(self.tokenizer)
         self.amp_dtype = autocast_dtype(tc.precision, self.d.device)
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         self.model = self._build_model(resume)
+        if not resume and self.model.config != self.config.model:  # the vocabulary comes from the tokenizer
+            self.config = rundir.with_model(self.config, self.model.config, self.run_dir if self.d.main else None)
         self.schedule, self.total_steps = schedule_for(config, finetune=self.init_from is not None)
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.model, config.optim.weight_decay), lr=self.schedule.lr(0),
@@ -114,8 +120,11 @@ class Trainer:
         context = self.model.config.n_ctx
         self.train_split = open_split(self.data_dir, "train")
         augment = make_augment(self.tokenizer, config.data.transpose, config.data.stretch)
+        conditioner = Conditioner(self.tokenizer, doc_composers(self.manifest, "train"), config.data.control_dropout,
+                                  config.data.uncond_rate, config.data.infill_rate)
         self.sampler = CropSampler(self.train_split, context, tc.batch_size, tc.seed, self.d.rank, augment,
-                                   self.specials, stretch_margin=config.data.stretch if augment else 0.0)
+                                   self.specials, stretch_margin=config.data.stretch if augment else 0.0,
+                                   conditioner=conditioner)
         valid = optional_split(self.data_dir, "valid")
         items = valid_windows(valid, context, config.data.valid_windows, self.specials) if valid else []
         self.valid_items = items[self.d.rank :: self.d.world]
@@ -138,9 +147,7 @@ class Trainer:
             shape = lambda m: f"{m.n_layer} layers, d_model {m.d_model}, {m.n_head} heads, n_ctx {m.n_ctx}"  # noqa: E731
             print(f"note: fine-tuning {self.init_from}: its model ({shape(model)}) replaces [model] of the config "
                   f"({shape(self.config.model)})", file=sys.stderr)
-        explicit = self.config.explicit
-        self.config = replace(self.config, model=model)
-        self.config.explicit = explicit
+        self.config = rundir.with_model(self.config, model, None)
 
     def _start_run_dir(self) -> None:
         run = {"data": self.data_arg, "init_from": self.init_from, "world_size": self.d.world,
@@ -173,8 +180,10 @@ class Trainer:
         elif self.init_from is not None:
             model, tokenizer = load_checkpoint(self.init_from)
             if tokenizer is not None and tokenizer.to_dict() != self.tokenizer.to_dict():
-                raise CheckpointError(f"--init-from {self.init_from}: its tokenizer differs from the one of "
-                                      f"{self.data_dir} (prepare the data with the checkpoint's tokenizer)")
+                model, note = carry_over(model, tokenizer, self.tokenizer, f"--init-from {self.init_from}",
+                                         seed=self.config.train.seed)
+                if self.d.main:
+                    print(f"note: fine-tuning {self.init_from}: {note}", file=sys.stderr)
             model.train()
         else:
             cfg = self.config.model
@@ -186,6 +195,13 @@ class Trainer:
                 cfg = replace(cfg, vocab_size=vocab)
             model = MusicGPT(cfg)
         return model.to(self.d.device)
+
+    def _run_tokenizer(self, resume: bool) -> Tokenizer:
+        """The corpus's tokenizer with the config's controls and infilling tokens (a resumed run: its own)."""
+        dirs = checkpoint_dirs(self.run_dir) if resume else []
+        if dirs and (dirs[-1] / "tokenizer.json").is_file():
+            return load_tokenizer(dirs[-1] / "tokenizer.json")
+        return run_tokenizer(load_data_tokenizer(self.data_dir), self.manifest, self.config.data)
 
     def _load_latest(self) -> None:
         dirs = checkpoint_dirs(self.run_dir)

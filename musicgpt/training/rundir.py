@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,17 @@ def start_run_dir(run_dir: Path, config: Config, run: dict[str, Any]) -> None:
         raise WriteError(f"{run_dir}: cannot create the run directory ({exc.strerror or exc})") from None
     atomic_write_text(run_dir / CONFIG_TOML, dump_toml(config))
     _write_run_json(run_dir, run)
+
+
+def with_model(config: Config, model: Any, run_dir: Path | None) -> Config:
+    """`config` with the model actually built (its vocabulary comes from the run's tokenizer), rewritten into
+    RUN_DIR/config.toml when run_dir is given (rank 0), so the record tells the truth."""
+    explicit = config.explicit
+    config = replace(config, model=model)
+    config.explicit = explicit
+    if run_dir is not None:
+        atomic_write_text(run_dir / CONFIG_TOML, dump_toml(config))
+    return config
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:
