@@ -24,6 +24,7 @@ from musicgpt._version import __version__
 # public name -> (module, attribute), imported when first asked for
 _LAZY = {
     "generate": ("musicgpt.generation.loop", "generate"),
+    "infill": ("musicgpt.generation.infilling", "infill"),
     "attend": ("musicgpt.arcs.capture", "attend"),
     "load_model": ("musicgpt.model.gpt", "load_model"),
     "save_model": ("musicgpt.model.gpt", "save_model"),

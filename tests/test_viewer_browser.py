@@ -321,3 +321,38 @@ def test_surprisal_shades_the_notes_and_lists_the_most_surprising(browser, small
     assert fill(top) == "rgb(222, 38, 76)" and Select(browser.find_element("id", "shade")).first_selected_option \
         .get_attribute("value") == "nll"
     assert _errors(browser) == []
+
+
+def test_an_infilled_piece_shows_its_gap_its_suffix_and_forward_arcs(browser, tmp_path):
+    import musicgpt
+    from musicgpt.tokens.controls import controls_vocabulary
+    from musicgpt.tokens.performance import PerformanceTokenizer
+    from musicgpt.training.conditioning import carry_over
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import PRIMER, tiny_model
+
+    plain = PerformanceTokenizer()
+    tok = PerformanceTokenizer(controls=controls_vocabulary(["density"]), infill=True)
+    model, _ = carry_over(tiny_model(), plain, tok, "test")
+    (s,) = musicgpt.infill(model.eval(), PRIMER, 3.0, 6.0, tokenizer=tok, seed=1, arcs=True)
+    path = write_html(s.arcs, tmp_path / "infill.html", title="infill")
+    _open(browser, path, "#layers=all&heads=all&top=64&thr=0")
+    assert not _errors(browser)
+    assert browser.execute_script("return window.musicgptViewer.infill") == [3.0, 6.0]
+    assert browser.find_element("id", "legend-infill").is_displayed()
+    assert len(browser.find_elements("css selector", "#bg .gap-shade")) == 1
+    notes = s.arcs["notes"]
+    suffix = [n["id"] for n in notes if n["part"] == "suffix"]
+    fill = lambda i: browser.execute_script(
+        "return getComputedStyle(document.querySelector('#notes rect[data-i=\"' + arguments[0] + '\"]')).fill", i)
+    prefix = next(n["id"] for n in notes if n["part"] == "prefix")
+    assert suffix and fill(suffix[0]) != fill(prefix)
+    # a middle note attending to a later suffix note: the arc is drawn, dashed
+    fwd = [a for a in s.arcs["arcs"] if notes[a["key"]]["part"] == "suffix" and notes[a["query"]]["part"] == "middle"]
+    assert fwd
+    browser.execute_script("window.musicgptViewer.select(arguments[0])", fwd[0]["query"])
+    assert browser.find_elements("css selector", "#arcs path.arc.fwd")
+    assert "SUFFIX" not in browser.find_element("id", "note-info").text
+    browser.execute_script("window.musicgptViewer.select(arguments[0])", suffix[0])
+    assert "SUFFIX" in browser.find_element("id", "note-info").text

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from musicgpt.arcs.format import build_arcs
 from musicgpt.errors import ConfigError
+from musicgpt.tokens.infill import spans as infill_spans
 
 
 @dataclass(frozen=True)
@@ -294,13 +295,16 @@ class NoteArcsStream:
 
 
 def note_document(notes, arcs: NoteArcs, tokenizer, model_config, config: ArcsConfig, primer_length: int = 0,
-                  primer_mask: np.ndarray | None = None, nll: np.ndarray | None = None, **extra: Any) -> dict:
+                  primer_mask: np.ndarray | None = None, nll: np.ndarray | None = None,
+                  parts: list[str] | None = None, **extra: Any) -> dict:
     """The arcs.json dict (validated) of decoded `notes` and their `arcs`; primer notes as in `arcs_document`;
-    `nll` (per note, NaN: unknown) becomes each note's "nll"."""
+    `nll` (per note, NaN: unknown) becomes each note's "nll", `parts` each note's "part" (infilling)."""
     primer = arcs.note_token < primer_length if primer_mask is None else np.asarray(primer_mask, bool)
     note_rows = [{"pitch": int(notes.pitch[i]), "start": float(notes.start[i]), "end": float(notes.end[i]),
                   "velocity": int(notes.velocity[i]), "token": int(arcs.note_token[i]),
                   "primer": bool(primer[i])} for i in range(len(notes))]
+    for row, part in zip(note_rows, parts or ()):
+        row["part"] = part
     if nll is not None:
         for row, value in zip(note_rows, np.asarray(nll, np.float64).tolist()):
             row["nll"] = None if math.isnan(value) else value
@@ -320,8 +324,10 @@ def arcs_document(tokenizer, ids, recorder, model_config, primer_length: int = 0
     notes, arcs = note_arcs(tokenizer, ids, recorder, model_config.n_layer, model_config.n_head)
     if nll is None and isinstance(recorder, NoteArcsStream):
         nll = recorder.note_nll()
+    spans = infill_spans(tokenizer, ids)  # an infilling sequence: say which notes are prefix, middle, suffix
+    parts = None if spans is None else [spans.part_of(int(t)) for t in arcs.note_token]
     return note_document(notes, arcs, tokenizer, model_config, recorder.config, primer_length, primer_mask, nll,
-                         **extra)
+                         parts, **extra)
 
 
 def query_rows(tokenizer, ids) -> np.ndarray:

@@ -35,6 +35,14 @@ Optional per-note key (notes with and without it may be mixed; version stays 1):
                                     `musicgpt generate` appends to close notes still sounding at the
                                     end). 4 significant digits, >= 0; null: unknown. Written by `musicgpt
                                     attend` and `musicgpt generate --arcs`.
+    "part": "prefix" | "middle" | "suffix"   in an infilled piece (`musicgpt generate --infill`): kept
+                                    before the gap, written into it, kept after it. The model reads the
+                                    suffix before the middle, so a middle note may attend to a suffix
+                                    note that starts later: such an arc is valid when its key note is a
+                                    suffix note whose token comes before the query's (every other arc
+                                    still needs a key that starts no later than its query).
+
+Optional top-level key of an infilled piece: "infill": [START, END] seconds, the gap that was filled.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from musicgpt.errors import MusicGPTError
 
 ARCS_VERSION = 1
 NOTE_KEYS = ("id", "pitch", "start", "end", "velocity", "token", "primer")
+PARTS = ("prefix", "middle", "suffix")
 ARC_KEYS = ("query", "key", "layer", "head", "weight")
 # Rounding slack when checking that one softmax row's shares sum to at most 1.
 _ROW_SUM_TOLERANCE = 1e-3
@@ -108,6 +117,7 @@ def build_arcs(
             "token": int(n["token"]),
             "primer": bool(n["primer"]),
             **({"nll": _round_nll(n["nll"])} if "nll" in n else {}),
+            **({"part": str(n["part"])} if "part" in n else {}),
         }
         for i, n in enumerate(notes)
     ]
@@ -173,6 +183,10 @@ MAX_HEAD_NAME = 60
 def _validate_optional(d: dict, fail) -> None:
     if "kind" in d and d["kind"] not in KINDS:
         fail(f"'kind' must be one of {', '.join(map(repr, KINDS))}, got {d['kind']!r}")
+    if "infill" in d:
+        gap = d["infill"]
+        if not (isinstance(gap, list) and len(gap) == 2 and all(_is_number(t) for t in gap) and 0 <= gap[0] < gap[1]):
+            fail(f"'infill' must be [start, end] seconds with 0 <= start < end, got {gap!r}")
     if "head_names" in d:
         names, n_layer, n_head = d["head_names"], d["n_layer"], d["n_head"]
         ok = lambda v: v is None or (isinstance(v, str) and 0 < len(v) <= MAX_HEAD_NAME)
@@ -231,6 +245,8 @@ def _validate_notes(notes: list, fail) -> None:
             fail(f"{where} has primer {n['primer']!r}; expected true or false")
         if "nll" in n and n["nll"] is not None and not (_is_number(n["nll"]) and n["nll"] >= 0):
             fail(f"{where} has nll {n['nll']!r}; expected a finite number of nats >= 0, or null")
+        if "part" in n and n["part"] not in PARTS:
+            fail(f"{where} has part {n['part']!r}; expected one of {', '.join(PARTS)}")
 
 
 def _validate_arcs(arcs: list, notes: list, n_layer: int, n_head: int, fail) -> None:
@@ -254,7 +270,8 @@ def _validate_arcs(arcs: list, notes: list, n_layer: int, n_head: int, fail) -> 
             fail(f"{where} has head {head!r}; expected 0..{n_head - 1} (n_head = {n_head})")
         if not _is_number(w) or not 0 < w <= 1:
             fail(f"{where} has weight {w!r}; expected a number in (0, 1]")
-        if notes[k]["start"] > notes[q]["start"]:
+        read_first = notes[k].get("part") == "suffix" and notes[k]["token"] < notes[q]["token"]
+        if notes[k]["start"] > notes[q]["start"] and not read_first:
             fail(
                 f"{where}: key note {k} starts at {notes[k]['start']} s, after its query note {q} "
                 f"({notes[q]['start']} s); a note can only attend to notes that start no later"

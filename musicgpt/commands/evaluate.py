@@ -22,6 +22,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
                         help="fp32 (default, exact figures) or bf16 autocast (faster on AMX CPUs and GPUs)")
+    steer = parser.add_mutually_exclusive_group()
+    steer.add_argument("--control", action="append", default=[], metavar="NAME=VALUE",
+                       help="a model trained with controls: score under this control (repeatable), e.g. composer=Mozart "
+                            "(default: each document's own composer where the prepared corpus records it)")
+    steer.add_argument("--no-controls", action="store_true", help="score without any control (the plain model)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -35,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
     result = evaluate_checkpoint(checkpoint_of(args), args.data, split=args.split, context=args.context,
                                  stride=args.stride, batch_size=args.batch_size, device=args.device,
-                                 precision=args.precision, progress=not args.quiet)
+                                 precision=args.precision, progress=not args.quiet, controls=args.control,
+                                 own_controls=not args.no_controls)
     print(result.format())
     if args.json:
         print(f"wrote {write_json(result, args.json)}")

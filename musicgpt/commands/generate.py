@@ -1,4 +1,5 @@
-"""`musicgpt generate`: continue a primer (or start from nothing); write MIDI, and arcs + viewer with --arcs."""
+"""`musicgpt generate`: continue a primer (or start from nothing), or fill a span of it (--infill); steer with
+--control; write MIDI, and arcs + viewer with --arcs."""
 
 from __future__ import annotations
 
@@ -50,6 +51,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     audio.add_argument("--wav", action="store_true", help="also render sample_NN.wav offline (FluidSynth or TinySoundFont)")
     audio.add_argument("--soundfont", metavar="SF2", help="soundfont for --wav (default: a system GM soundfont or "
                                                           "pretty_midi's TimGM6mb.sf2)")
+    steer = parser.add_argument_group("steering (a model trained with controls / infilling)")
+    steer.add_argument("--control", action="append", default=[], metavar="NAME=VALUE",
+                       help="condition on a control, e.g. composer=Chopin or density=high (repeatable)")
+    steer.add_argument("--list-controls", action="store_true",
+                       help="print the controls and values the checkpoint knows, and whether it can infill; then exit")
+    steer.add_argument("--guidance", type=float, default=1.0, metavar="G",
+                       help="classifier-free guidance towards the controls (1 = off, the default; 2-3 = stronger; "
+                            "costs a second pass)")
+    steer.add_argument("--infill", nargs=2, type=float, metavar=("START", "END"),
+                       help="regenerate the primer's notes with onsets in [START, END) seconds, keeping the rest")
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads (default 1: fastest for one piece)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -68,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         if not available_renderers():  # say so before spending minutes on generation
             raise AudioError(f"--wav: {NO_RENDERER}")
     model, tokenizer = load_model_and_tokenizer(checkpoint_of(args))
+    if args.list_controls:
+        print(describe_controls(tokenizer))
+        return 0
     with warnings.catch_warnings():
         warnings.simplefilter("always", PrimerCutWarning)
         warnings.showwarning = _notes_as_lines(warnings.showwarning, PrimerCutWarning,
@@ -76,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
     for i, s in enumerate(samples):
         written = s.save(args.out, f"sample_{i:02d}", wav=args.wav, soundfont=args.soundfont)
         n_primer = int(s.primer_notes.sum())
-        print(f"wrote {', '.join(str(p) for p in written)} ({len(s.notes) - n_primer} new notes after {n_primer} "
-              f"primer notes, {s.seconds:.1f} s, {s.n_generated} tokens, stopped by {s.stop_reason}, seed {s.seed})")
+        what = (f"{len(s.notes) - n_primer} new notes in {s.infill[0]:g}-{s.infill[1]:g} s, {n_primer} kept" if s.infill
+                else f"{len(s.notes) - n_primer} new notes after {n_primer} primer notes")
+        print(f"wrote {', '.join(str(p) for p in written)} ({what}, {s.seconds:.1f} s, {s.n_generated} tokens, "
+              f"stopped by {s.stop_reason}, seed {s.seed})")
     return 0
 
 
@@ -95,13 +111,40 @@ def _notes_as_lines(show, notes: type[Warning], wording: dict[str, str]):
     return showwarning
 
 
+def describe_controls(tokenizer) -> str:
+    """What a checkpoint can be steered with: its controls and values, and whether it infills."""
+    controls = getattr(tokenizer, "controls", None) or {}
+    lines = [f"{name}: {', '.join(values)}" for name, values in controls.items()] or \
+        ["no controls (a plain model: train with data.controls to add them)"]
+    if getattr(tokenizer, "infill", False):
+        lines.append("infill: yes (--infill START END)")
+    else:
+        lines.append("infill: no (train with data.infill_rate > 0)")
+    return "\n".join(lines)
+
+
 def _generate(args: argparse.Namespace, model, tokenizer, arcs_config):
+    from musicgpt.errors import ConfigError
     from musicgpt.generation.loop import DEFAULT_MAX_NOTE_SECONDS, generate
 
+    if args.infill:
+        from musicgpt.generation.infilling import infill
+
+        ignored = [flag for flag, value in (("--primer-seconds", args.primer_seconds), ("--primer-tokens", args.primer_tokens),
+                                            ("--seconds", args.seconds), ("--max-new-tokens", args.max_new_tokens))
+                   if value is not None]
+        if not args.primer or ignored:
+            raise ConfigError("--infill START END: needs --primer FILE (the piece to fill), and takes its length from "
+                              "the gap" + (f" (drop {', '.join(ignored)})" if ignored else ""))
+        return infill(model, args.primer, args.infill[0], args.infill[1], tokenizer=tokenizer, controls=args.control,
+                      guidance=args.guidance, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                      min_p=args.min_p, seed=args.seed, num_samples=args.num_samples, arcs=args.arcs,
+                      arcs_config=arcs_config, progress=not args.quiet, threads=args.threads)
     return generate(model, args.primer, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens,
                     seconds=args.seconds, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     min_p=args.min_p, seed=args.seed, num_samples=args.num_samples, arcs=args.arcs,
                     arcs_config=arcs_config, primer_seconds=args.primer_seconds, primer_tokens=args.primer_tokens,
                     stop_at_eos=not args.ignore_eos, progress=not args.quiet, threads=args.threads,
                     max_note_seconds=DEFAULT_MAX_NOTE_SECONDS if args.max_note_seconds is None
-                    else args.max_note_seconds, keep_type_mass=not args.plain_mask)
+                    else args.max_note_seconds, keep_type_mass=not args.plain_mask, controls=args.control,
+                    guidance=args.guidance)

@@ -17,7 +17,7 @@ from torch import Tensor
 from musicgpt.tokens.base import PerformanceEvents, Tokenizer
 from musicgpt.tokens.grammar import GrammarState
 
-__all__ = ["GrammarMask", "LongNoteLimit"]
+__all__ = ["GrammarMask", "LongNoteLimit", "TimeLimit"]
 
 
 class GrammarMask:
@@ -243,4 +243,40 @@ class LongNoteLimit:
         for b in rows:
             blocked[b] = True
             blocked[b, torch.from_numpy(self._off_id[np.flatnonzero(overdue[b])])] = False
+        return blocked
+
+
+class TimeLimit:
+    """Keeps each sequence's clock at or before `steps` TIME_SHIFT steps after the prompt (an infilled middle
+    ends at END exactly): a TIME_SHIFT longer than what is left is blocked, and `reached(b)` says when none is.
+
+    Only for tokenizers with performance events; `steps` None leaves everything alone.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, batch: int, steps: int | None):
+        self.enabled = steps is not None and isinstance(tokenizer, PerformanceEvents)
+        if not self.enabled:
+            return
+        ids = np.arange(tokenizer.vocab_size)
+        shift = tokenizer.token_type(ids) == tokenizer.type_code("TIME_SHIFT")
+        self._steps = np.where(shift, tokenizer.token_value(ids), 0)  # (V,) steps each id moves the clock
+        self.left = np.full(batch, int(steps))  # steps left per sequence
+
+    def push(self, b: int, token: int) -> None:
+        """Advance sequence b by one token."""
+        if self.enabled and 0 <= token < len(self._steps):
+            self.left[b] -= self._steps[token]
+
+    def reached(self, b: int) -> bool:
+        """Sequence b's clock is at the limit."""
+        return self.enabled and self.left[b] <= 0
+
+    def apply(self, blocked: Tensor, active: list[int]) -> Tensor:
+        """`blocked` (B, V), or a copy in which no TIME_SHIFT runs past the limit."""
+        if not self.enabled:
+            return blocked
+        blocked = blocked.clone()
+        too_long = torch.from_numpy(self._steps[None, :] > self.left[:, None])  # (B, V)
+        width = too_long.shape[1]
+        blocked[active, :width] |= too_long[active]
         return blocked

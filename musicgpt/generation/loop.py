@@ -34,16 +34,19 @@ import torch
 from musicgpt.arcs.capture import (ArcsConfig, AttentionRecorder, arcs_document, note_nll, query_rows, teacher_force,
                                    token_owners)
 from musicgpt.errors import ConfigError
-from musicgpt.generation.constraints import GrammarMask, LongNoteLimit
+from musicgpt.generation.constraints import GrammarMask, LongNoteLimit, TimeLimit
+from musicgpt.generation.guidance import Guidance
 from musicgpt.generation.primer import primer_ids
 from musicgpt.generation.sample import Sample
 from musicgpt.generation.sampling import GumbelNoise, SamplingConfig, make_generator, sample
 from musicgpt.model.decode_step import Decoder
 from musicgpt.model.gpt import MusicGPT, load_checkpoint
 from musicgpt.tokens.base import PerformanceEvents, Tokenizer
+from musicgpt.tokens.controls import parse_controls
+from musicgpt.tokens.infill import timeline
 from musicgpt.tokens.performance import PerformanceTokenizer
 
-__all__ = ["generate", "Generation", "GenerationSettings", "load_model_and_tokenizer"]
+__all__ = ["generate", "Generation", "GenerationSettings", "load_model_and_tokenizer", "control_header"]
 
 DEFAULT_NEW_TOKENS = 1024
 DEFAULT_MAX_NOTE_SECONDS = 10.0  # real piano holds 0.08% of its notes longer (ASAP, pedal folded)
@@ -89,7 +92,8 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
              primer_tokens: int | None = None, stop_at_eos: bool = True, return_logits: bool = False,
              progress: bool = False, threads: int | None = 1, chunk: int = 256,
              device: str | torch.device | None = None,
-             max_note_seconds: float | None = DEFAULT_MAX_NOTE_SECONDS, keep_type_mass: bool = True) -> list[Sample]:
+             max_note_seconds: float | None = DEFAULT_MAX_NOTE_SECONDS, keep_type_mass: bool = True,
+             controls: dict[str, str] | list[str] | None = None, guidance: float = 1.0) -> list[Sample]:
     """Continue `primer` (a MIDI/MusicXML/ABC path, Notes, token ids or None) and return `num_samples` Samples.
 
     primer_seconds / primer_tokens: use the primer's first S seconds / N tokens. With neither, a primer
@@ -101,7 +105,9 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
     top_p, min_p. seed: None draws one (kept in `Sample.seed`). max_note_seconds: a note that has
     sounded this long is ended at the next step (None or 0: never; see `LongNoteLimit`).
     keep_type_mass: the grammar mask hands the mass it removes to the allowed tokens of the same
-    event type (see `musicgpt.generation.sampling.sample`); False masks plainly. arcs:
+    event type (see `musicgpt.generation.sampling.sample`); False masks plainly. controls: {name: value}
+    or ["name=value", ...] (a model trained with them: `musicgpt generate --list-controls`), read before
+    [BOS]; guidance: classifier-free guidance scale G (1: off; see `musicgpt.generation.guidance`). arcs:
     capture attention and attach the arcs.json dict. threads: CPU threads while generating (1 is fastest for one sequence; None
     leaves torch's setting).
     """
@@ -118,16 +124,33 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens: must be an integer >= 0, got {max_new_tokens!r}")
     _shift_seconds(tokenizer, needed=seconds is not None)  # fail before any work
+    header = control_header(tokenizer, controls, guidance)
     if seed is None:
         seed = random.randrange(2**31)  # Python's generator: random at start-up, repeatable after set_seed
     settings = GenerationSettings(
         max_new_tokens=int(max_new_tokens), seconds=seconds, sampling=sampling, seed=int(seed),
         num_samples=int(num_samples), arcs=(arcs_config or ArcsConfig()) if arcs else None, stop_at_eos=stop_at_eos,
-        return_logits=return_logits, chunk=chunk, max_note_seconds=max_note_seconds or 0.0)
-    prompt = np.r_[tokenizer.bos_id, primer_ids(primer, tokenizer, seconds=primer_seconds, tokens=primer_tokens,
-                                                max_tokens=model.config.n_ctx - 1, stacklevel=3)]
+        return_logits=return_logits, chunk=chunk, max_note_seconds=max_note_seconds or 0.0, guidance=float(guidance))
+    music = np.r_[tokenizer.bos_id, primer_ids(primer, tokenizer, seconds=primer_seconds, tokens=primer_tokens,
+                                               max_tokens=model.config.n_ctx - 1 - len(header), stacklevel=3)]
+    prompt = np.r_[header, music].astype(np.int64)
     with _eval_threads(model, threads if next(model.parameters()).device.type == "cpu" else None):
-        return _run(Generation(model, tokenizer, prompt.astype(np.int64), settings), progress)
+        return _run(Generation(model, tokenizer, prompt, settings, uncond_prompt=music.astype(np.int64)), progress)
+
+
+def control_header(tokenizer: Tokenizer, controls, guidance: float) -> np.ndarray:
+    """The CONTROL ids for `controls` (checked against the tokenizer), and a check of the guidance scale."""
+    if not (isinstance(guidance, (int, float)) and 0 < guidance < float("inf")):
+        raise ConfigError(f"guidance: must be a positive number (1 = off), got {guidance!r}")
+    values = parse_controls(controls)
+    if not values:
+        if guidance != 1:
+            raise ConfigError("guidance: steers towards controls; give some (--control NAME=VALUE) or leave it at 1")
+        return np.zeros(0, np.int64)
+    if not getattr(tokenizer, "controls", None):
+        raise ConfigError("controls: this model was trained without control tokens (train with data.controls, "
+                          "or use a model that has them)")
+    return tokenizer.header(values)
 
 
 def _shift_seconds(tokenizer, needed: bool) -> np.ndarray:
@@ -153,6 +176,8 @@ class GenerationSettings:
     return_logits: bool  # keep the logits of every step in the samples
     chunk: int  # prefill chunk (tokens)
     max_note_seconds: float  # a note that has sounded this long is ended (0: never)
+    guidance: float = 1.0  # classifier-free guidance scale (1: off)
+    end_steps: int | None = None  # stop each sample when its clock reaches this many steps (an infilled middle)
 
 
 class Generation:
@@ -163,7 +188,8 @@ class Generation:
     notes still sounding and returns the finished pieces.
     """
 
-    def __init__(self, model: MusicGPT, tokenizer: Tokenizer, prompt: np.ndarray, settings: GenerationSettings):
+    def __init__(self, model: MusicGPT, tokenizer: Tokenizer, prompt: np.ndarray, settings: GenerationSettings,
+                 uncond_prompt: np.ndarray | None = None):
         self.model, self.tokenizer, self.prompt, self.settings = model, tokenizer, prompt, settings
         batch = settings.num_samples
         self.device = next(model.parameters()).device
@@ -172,9 +198,11 @@ class Generation:
         self.is_note_on = query_rows(tokenizer, np.arange(tokenizer.vocab_size))  # (V,) bool: rows the arcs need
         self.grammar = GrammarMask(tokenizer, batch, allow_eos=settings.stop_at_eos, width=model.config.vocab_size)
         self.long_notes = LongNoteLimit(tokenizer, batch, settings.max_note_seconds)
+        self.time_limit = TimeLimit(tokenizer, batch, settings.end_steps)
+        line = timeline(tokenizer, prompt)  # an infilling prompt's suffix has a clock of its own
         for b in range(batch):
-            self.grammar.feed(b, prompt)
-            self.long_notes.feed(b, prompt)
+            self.grammar.feed(b, line)
+            self.long_notes.feed(b, line)
         self.recorders = [AttentionRecorder(settings.arcs) for _ in range(batch)] if settings.arcs else None
         self.cache = model.new_cache()
         x = torch.from_numpy(prompt)[None].expand(batch, -1).contiguous().to(self.device)  # (B, T)
@@ -185,10 +213,12 @@ class Generation:
                                         token_nll=prompt_nll)  # (B, V)
         self.token_nll = [row.tolist() for row in prompt_nll]  # per sample, one NLL per token of seqs[b]
         self.decoder = Decoder.for_model(model)
+        guided = settings.guidance != 1 and uncond_prompt is not None
+        self.guidance = Guidance(model, uncond_prompt, batch, settings.guidance, settings.chunk) if guided else None
         self.noise = GumbelNoise(make_generator(settings.seed), batch, model.config.vocab_size)
         self.seqs = [prompt.tolist() for _ in range(batch)]
         self.clock = np.zeros(batch)  # seconds of new music per sample
-        self.reasons: list[str | None] = [None] * batch  # why each sample stopped: "eos", "seconds", None (running)
+        self.reasons: list[str | None] = [None] * batch  # why each stopped: "eos", "seconds", "end", None (running)
         self.kept_logits: list[list[torch.Tensor]] = [[] for _ in range(batch)]
         self.feed = torch.zeros(batch, dtype=torch.long)  # (B,) the tokens fed each step, written through a numpy view
         self._feed_np = self.feed.numpy()
@@ -218,7 +248,9 @@ class Generation:
             for b in active:
                 self.kept_logits[b].append(logits[b].clone())
         logp = torch.log_softmax(logits, dim=-1).numpy()  # the model's own distribution, before filters and masks
-        blocked = self.long_notes.apply(self.grammar.blocked, active)  # (B, V)
+        if self.guidance is not None:
+            logits = self.guidance.mix(logits)  # (B, V) what is sampled from; the NLL stays the model's own
+        blocked = self.time_limit.apply(self.long_notes.apply(self.grammar.blocked, active), active)  # (B, V)
         tokens = sample(logits, settings.sampling, None, blocked=blocked,
                         noise=None if settings.sampling.greedy else self.noise.next(), types=self.grammar.types).tolist()
         self.n_steps += 1
@@ -232,9 +264,13 @@ class Generation:
             self.token_nll[b].append(-float(logp[b, t]))
             self.grammar.push(b, t)
             self.long_notes.push(b, t)
+            self.time_limit.push(b, t)
             self.clock[b] += self.shift_seconds[t]
             if settings.seconds is not None and self.clock[b] >= settings.seconds - 1e-9:
                 self.reasons[b] = "seconds"
+                self.grammar.finish(b)
+            elif self.time_limit.reached(b):
+                self.reasons[b] = "end"
                 self.grammar.finish(b)
         for b in range(settings.num_samples):
             self._feed_np[b] = tokens[b] if b in active and tokens[b] != eos else pad
@@ -247,6 +283,8 @@ class Generation:
                 probs = torch.stack(attentions)  # (L, B, H, n)
                 for b in capture:
                     self.recorders[b].add([position], key_start, probs[:, b : b + 1])
+        if self.guidance is not None and not self.done:
+            self.guidance.feed(self.feed)
         return tokens
 
     def samples(self) -> list[Sample]:

@@ -2,8 +2,9 @@
 
 MIDI output (`Sample.to_midi`): format 1, 120 qpm, 1000 ticks per quarter (0.5 ms per tick, as
 `musicgpt.music.midi.write_midi`), two piano tracks: track "primer" with the notes whose NOTE_ON lies in
-the primer, track "continuation" with the generated notes. `musicgpt.music.midi.read_midi` merges
-them back into one table.
+the primer, track "continuation" with the generated notes (an infilled piece: "piece", the notes kept,
+and "infill", the notes written into the gap). `musicgpt.music.midi.read_midi` merges them back into one
+table.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Sample:
     ids: np.ndarray = field(repr=False)  # (T,) int64: [BOS] + primer + continuation (+ closing NOTE_OFFs)
     primer_length: int  # tokens of [BOS] + primer at the start of `ids`
     n_generated: int  # tokens sampled by the model (closing tokens not counted)
-    stop_reason: str  # "length", "seconds" or "eos"
+    stop_reason: str  # "length", "seconds", "eos" or "end" (an infilled middle reached END)
     seed: int
     tokenizer: Any = field(repr=False)
     notes: Notes = field(repr=False)
@@ -44,6 +45,7 @@ class Sample:
     # (N,) per note: the sum of token_nll over its tokens (NOTE_ON, the VELOCITY right before it, its
     # NOTE_OFF), tokens not predicted counting 0: the note's surprisal, arcs.json's "nll"
     note_nll: np.ndarray | None = field(default=None, repr=False)
+    infill: tuple[float, float] | None = None  # (START, END) seconds: the gap this sample filled (musicgpt.infill)
 
     @property
     def primer_notes(self) -> np.ndarray:
@@ -56,10 +58,11 @@ class Sample:
         return self.notes.end_time
 
     def to_midi(self, path: str | os.PathLike) -> Path:
-        """Write primer and continuation as two piano tracks ("primer", "continuation")."""
+        """Write primer and continuation as two piano tracks ("primer", "continuation"; infilled: "piece", "infill")."""
         path = Path(path)
         primer = self.primer_notes
-        write_tracks([("primer", self.notes[primer]), ("continuation", self.notes[~primer])], path)
+        names = ("piece", "infill") if self.infill else ("primer", "continuation")
+        write_tracks([(names[0], self.notes[primer]), (names[1], self.notes[~primer])], path)
         return path
 
     def save(self, out_dir: str | os.PathLike, name: str, *, wav: bool = False,

@@ -173,17 +173,29 @@ def windows(
     length: int,
     stride: int | None = None,
     specials: Specials = Specials(),
+    headers: list[np.ndarray] | None = None,
 ) -> Iterator[tuple[np.ndarray, int]]:
     """Evaluation windows over every document, each token scored exactly once.
 
     Yields (window, n_scored): `window` holds up to `length + 1` ids of [BOS] + doc (inputs are
     window[:-1], targets window[1:]); only the last `n_scored` targets are new and count. With
     stride S < length every scored token after the first window sees at least length - S tokens
-    of context.
+    of context. `headers[d]`: CONTROL ids that open every window of document d (as in training,
+    where every crop starts with its controls); they take room from the window and are not scored.
     """
     stride = length if stride is None else stride
     if not 0 < stride <= length:
         raise MusicGPTError(f"stride must be in 1..{length} (the window length), got {stride}")
+    if headers is not None:
+        for d in range(split.n_docs):
+            header = np.asarray(headers[d], np.int64)
+            inner = length - len(header)
+            if inner < 1:
+                raise MusicGPTError(f"a window of {length} tokens has no room after {len(header)} control tokens")
+            one = Split(split.doc(d), np.array([0, split.lengths[d]], np.int64))
+            for window, n_scored in windows(one, inner, min(stride, inner), specials):
+                yield np.r_[header, window], n_scored
+        return
     for d in range(split.n_docs):
         seq = np.concatenate([[specials.bos], np.asarray(split.doc(d), dtype=np.int64)])
         n_targets = len(seq) - 1

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from musicgpt.corpus.shards import Split, open_split, verify
+from musicgpt.corpus.shards import Split, open_split, read_manifest, verify
 from musicgpt.music.midi import midi_files
 from musicgpt.device import autocast_dtype, pick_device
+from musicgpt.training.conditioning import doc_composers
 from musicgpt.training.data import IGNORE_INDEX, Specials, batch_windows, windows
 from musicgpt._atomic import atomic_write_text
 from musicgpt.errors import ConfigError, DatasetError, MidiError, MusicGPTError
@@ -95,6 +96,7 @@ class EvalReport:
     accuracy: float
     per_type: dict[str, dict[str, float]]
     skipped: list[str] = field(default_factory=list)
+    controls: str = "none"  # what the windows were told: none, NAME=VALUE..., or each file's own metadata
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures."""
@@ -106,6 +108,7 @@ class EvalReport:
         lines = [f"checkpoint  {self.checkpoint}",
                  f"data        {where}: {self.n_docs} documents, {self.n_tokens:,} events",
                  f"context     {self.context} (trained on {self.trained_context}), stride {self.stride}",
+                 *([f"controls    {self.controls}"] if self.controls != "none" else []),
                  f"nll {self.nll:.6f}",
                  f"perplexity {self.perplexity:.4f}",
                  f"accuracy {self.accuracy:.4f}"]
@@ -184,8 +187,12 @@ def check_context(model_config, context: int) -> None:
 
 def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Path], *, split: str = "test",
                         context: int | None = None, stride: int | None = None, batch_size: int = 8,
-                        device: str = "auto", precision: str = "fp32", progress: bool = True) -> EvalReport:
-    """Load a checkpoint (default: the bundled model) and score it on a prepared split or MIDI files."""
+                        device: str = "auto", precision: str = "fp32", progress: bool = True,
+                        controls: dict[str, str] | list[str] | None = None, own_controls: bool = True) -> EvalReport:
+    """Load a checkpoint (default: the bundled model) and score it on a prepared split or MIDI files.
+
+    A model trained with controls reads `controls` before every window; without them, each document's
+    own composer where the prepared corpus records it (own_controls=False: none, the plain model)."""
     from musicgpt import checkpoint
     from musicgpt.model.gpt import load_checkpoint
 
@@ -202,12 +209,14 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
         from musicgpt.tokens.registry import load_tokenizer
 
         made_with = load_tokenizer(paths[0] / "tokenizer.json")
-        if made_with.to_dict() != tokenizer.to_dict():
+        if not extends(tokenizer, made_with):
             raise DatasetError(f"{paths[0]}: prepared with a different tokenizer than the checkpoint's "
                                "(evaluate on the MIDI files instead, or prepare them with the checkpoint's tokenizer)")
         verify(paths[0])
         docs, used_split = open_split(paths[0], split), split
+        composers = doc_composers(read_manifest(paths[0]), split)
     else:
+        composers = []
         docs, skipped = tokenize_files(paths, tokenizer)
         used_split = None
     context = context or model.config.n_ctx
@@ -216,6 +225,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
     if not 0 < stride <= context:
         raise ConfigError(f"--stride: must be in 1..{context} (the context), got {stride}")
     specials = Specials(tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
+    headers, described = _headers(tokenizer, docs.n_docs, controls, composers if own_controls else [])
     type_of = tokenizer.token_type(np.arange(model.config.vocab_size))
     type_of = np.where(type_of < 0, 0, type_of)
     bar = None
@@ -224,7 +234,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
 
         bar = tqdm(total=docs.n_tokens, unit="tok", desc="evaluate", file=sys.stderr, dynamic_ncols=True)
     try:
-        totals = score(model, windows(docs, context, stride, specials), context, batch_size, dev,
+        totals = score(model, windows(docs, context, stride, specials, headers), context, batch_size, dev,
                        autocast_dtype(precision, dev), type_of, bar)
     finally:
         if bar is not None:
@@ -232,7 +242,32 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
     return report(totals, tokenizer.type_names,
                   checkpoint=str(checkpoint.resolve(checkpoint_path)), data=", ".join(map(str, paths)),
                   split=used_split, context=context, stride=stride, trained_context=model.config.n_ctx,
-                  n_docs=docs.n_docs, n_tokens=docs.n_tokens, skipped=skipped)
+                  n_docs=docs.n_docs, n_tokens=docs.n_tokens, skipped=skipped, controls=described)
+
+
+def extends(tokenizer, base) -> bool:
+    """Whether `tokenizer` reads `base`'s ids as `base` does (equal, or `base` plus CONTROL / infilling tokens)."""
+    if tokenizer.to_dict() == base.to_dict():
+        return True
+    plain = {k: v for k, v in tokenizer.to_dict().items() if k not in ("controls", "infill", "vocab_size")}
+    return plain == {k: v for k, v in base.to_dict().items() if k != "vocab_size"}
+
+
+def _headers(tokenizer, n_docs: int, controls, composers: list) -> tuple[list[np.ndarray] | None, str]:
+    """(CONTROL ids per document or None, a description): the given controls, else each document's composer."""
+    from musicgpt.tokens.controls import parse_controls
+
+    values = parse_controls(controls)
+    if values:
+        if not getattr(tokenizer, "controls", None):
+            raise ConfigError("--control: this model was trained without control tokens")
+        header = tokenizer.header(values)
+        return [header] * n_docs, " ".join(f"{k}={v}" for k, v in values.items())
+    if "composer" not in (getattr(tokenizer, "controls", None) or {}) or not any(composers):
+        return None, "none"
+    headers = [tokenizer.header({"composer": c}) if c else np.zeros(0, np.int64)
+               for c in (composers + [None] * n_docs)[:n_docs]]
+    return headers, f"each document's own composer ({sum(1 for c in composers[:n_docs] if c)} of {n_docs} known)"
 
 
 def write_json(result: EvalReport, path: str | Path) -> Path:

@@ -6,7 +6,8 @@ head, -weight, key) with per-query offsets, so the page finds a note's arcs with
 `label` names the non-primer notes ("piece" for an existing piece, else "continuation"), and
 `head_names` (layers x heads, or null) are the tooltips of the model view. Notes with an "nll" (their
 surprisal under the model) get a column `nll`: the page can shade notes by it and lists the most
-surprising ones.
+surprising ones. An infilled piece's notes get a column `part` (prefix, middle, suffix) and `meta.infill`
+the gap: the page shades the gap, colours suffix notes apart and dashes arcs that point forward in time.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def viewer_payload(d: dict, title: str) -> dict:
     cols["primer"] = [int(p) for p in cols["primer"]]
     if any("nll" in note for note in notes):  # the notes' surprisal (null where unknown)
         cols["nll"] = [note.get("nll") for note in notes]
+    if any("part" in note for note in notes):  # an infilled piece: prefix, middle or suffix
+        cols["part"] = [note.get("part") for note in notes]
     arcs = d["arcs"]
     q = np.array([a["query"] for a in arcs], dtype=np.int64)
     k = np.array([a["key"] for a in arcs], dtype=np.int64)

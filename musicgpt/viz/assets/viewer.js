@@ -24,9 +24,14 @@
   }
   if (!N) { pMin = 48; pMax = 72; }
   const P_HI = Math.min(127, pMax + 2), P_LO = Math.max(0, pMin - 2), ROWS = P_HI - P_LO + 1;
-  const boundary = hasPrimer && isFinite(contStart) ? contStart : null;
-  // What the non-primer notes are: 'continuation' (generated) or 'piece' (an existing piece, musicgpt attend).
-  const LABEL = D.label === 'piece' ? 'piece' : 'continuation';
+  // An infilled piece (arcs.json "infill": [start, end], notes' "part"): prefix and suffix kept, middle written.
+  // The model read the suffix first, so a middle note may attend forward in time to a suffix note.
+  const INFILL = D.meta && Array.isArray(D.meta.infill) ? D.meta.infill : null;
+  const PART = Array.isArray(D.notes.part) ? D.notes.part : null;
+  const isSuffix = (i) => PART !== null && PART[i] === 'suffix';
+  const boundary = !INFILL && hasPrimer && isFinite(contStart) ? contStart : null;
+  // What the non-primer notes are: 'continuation' (generated), 'piece' (an existing piece, musicgpt attend), 'infill'.
+  const LABEL = INFILL ? 'infill' : D.label === 'piece' ? 'piece' : 'continuation';
   const HEAD_NAMES = Array.isArray(D.head_names) ? D.head_names : null;  // [layer][head]: name or null
   const headName = (l, h) => (HEAD_NAMES && HEAD_NAMES[l] && HEAD_NAMES[l][h]) || null;
   // Surprisal (arcs.json's optional per-note "nll": the model's NLL of the note's tokens, in nats); NaN: unknown.
@@ -144,7 +149,7 @@
     const frag = document.createDocumentFragment();
     for (let i = 0; i < N; i++) {
       const r = document.createElementNS(SVGNS, 'rect');
-      r.setAttribute('class', PRIMER[i] ? 'p' : 'c');
+      r.setAttribute('class', PRIMER[i] ? (isSuffix(i) ? 'p s' : 'p') : 'c');
       r.setAttribute('data-i', i);
       r.setAttribute('fill-opacity', (0.45 + 0.55 * VEL[i] / 127).toFixed(2));
       frag.appendChild(r);
@@ -207,6 +212,14 @@
       html += '<text class="boundary-label" x="' + (X(boundary) - 6) + '" y="14" text-anchor="end">◀ PRIMER</text>';
       html += '<text class="boundary-label" x="' + (X(boundary) + 6) + '" y="14">' + LABEL.toUpperCase() + ' ▶</text>';
     }
+    if (INFILL) {  // the gap that was filled, between the kept prefix and suffix
+      const xa = X(INFILL[0]).toFixed(1), xb = X(INFILL[1]).toFixed(1);
+      html += '<rect class="gap-shade" x="' + xa + '" y="0" width="' + (xb - xa).toFixed(1) + '" height="' + Hgt + '"/>';
+      for (const x of [xa, xb]) html += '<line class="boundary" x1="' + x + '" x2="' + x + '" y1="0" y2="' + Hgt + '"/>';
+      html += '<text class="boundary-label" x="' + (xa - 6) + '" y="14" text-anchor="end">◀ PREFIX</text>';
+      html += '<text class="boundary-label" x="' + (+xa + 6) + '" y="14">INFILL</text>';
+      html += '<text class="boundary-label" x="' + (+xb + 6) + '" y="14">SUFFIX (read first) ▶</text>';
+    }
     gBg.innerHTML = html;
   }
 
@@ -250,10 +263,8 @@
     c.clearRect(0, 0, w, h);
     const cs = getComputedStyle(document.body);
     const sx = (w - 8) / duration, sy = (h - 6) / ROWS;
-    if (boundary !== null) {
-      c.fillStyle = cs.getPropertyValue('--boundary');
-      c.fillRect(4 + boundary * sx, 0, 1, h);
-    }
+    c.fillStyle = cs.getPropertyValue('--boundary');
+    for (const t of INFILL || (boundary !== null ? [boundary] : [])) c.fillRect(4 + t * sx, 0, 1, h);
     const box = (i) => c.fillRect(4 + T0[i] * sx, 3 + (P_HI - P[i]) * sy, Math.max(1, (T1[i] - T0[i]) * sx), Math.max(1, sy));
     if (S.shade === 'nll') {  // the least surprising first, so the surprising ones stay on top
       c.fillStyle = cs.getPropertyValue('--muted');
@@ -262,8 +273,10 @@
     } else {
       for (const primer of [1, 0]) {
         c.fillStyle = cs.getPropertyValue(primer ? '--primer' : '--cont');
-        for (let i = 0; i < N; i++) if (PRIMER[i] === primer) box(i);
+        for (let i = 0; i < N; i++) if (PRIMER[i] === primer && !isSuffix(i)) box(i);
       }
+      c.fillStyle = cs.getPropertyValue('--suffix');
+      for (let i = 0; i < N; i++) if (isSuffix(i)) box(i);
     }
     placeViewportBox();
   }
@@ -298,7 +311,7 @@
     }
     const dx = xq - xk;
     const spread = 0.88 + 0.3 * (l * NH + h) / Math.max(1, NL * NH - 1);  // keeps heads on the same key apart
-    const lift = Math.max(14, Math.min(dx * 0.42, Hgt * 0.85)) * spread;
+    const lift = Math.max(14, Math.min(Math.abs(dx) * 0.42, Hgt * 0.85)) * spread;  // dx < 0: a suffix key, later in time
     const top = Math.max(3, Math.min(yq, yk) - lift);
     return 'M' + xq.toFixed(1) + ' ' + yq.toFixed(1) + 'C' + (xq - dx * 0.12).toFixed(1) + ' ' + top.toFixed(1) + ' ' +
       (xk + dx * 0.12).toFixed(1) + ' ' + top.toFixed(1) + ' ' + xk.toFixed(1) + ' ' + yk.toFixed(1);
@@ -314,7 +327,7 @@
     const keyBest = new Map();
     for (const i of ids) {
       const k = AK[i], l = AL[i], h = AH[i], w = AW[i], col = headColor(h);
-      arcs += '<path class="arc" data-l="' + l + '" data-h="' + h + '" data-k="' + k + '" d="' + arcPath(q, k, l, h) +
+      arcs += '<path class="arc' + (T0[k] > T0[q] ? ' fwd' : '') + '" data-l="' + l + '" data-h="' + h + '" data-k="' + k + '" d="' + arcPath(q, k, l, h) +
         '" stroke="' + col + '" stroke-width="' + (0.7 + 5 * w).toFixed(2) + '" stroke-opacity="' +
         (0.3 + 0.7 * Math.sqrt(w)).toFixed(2) + '"/>';
       if (!keyBest.has(k) || AW[keyBest.get(k)] < w) keyBest.set(k, i);
@@ -350,7 +363,9 @@
     const stored = OFF[q + 1] - OFF[q];
     let best = -1;
     for (let i = OFF[q]; i < OFF[q + 1]; i++) if (best < 0 || AW[i] > AW[best]) best = i;
-    const kind = PRIMER[q] ? '<span class="badge primer">PRIMER</span>' : '<span class="badge cont">' + LABEL.toUpperCase() + '</span>';
+    const kind = isSuffix(q) ? '<span class="badge suffix">SUFFIX · read before the gap</span>'
+      : PRIMER[q] ? '<span class="badge primer">' + (INFILL ? 'PREFIX' : 'PRIMER') + '</span>'
+      : '<span class="badge cont">' + LABEL.toUpperCase() + '</span>';
     box.innerHTML = '<div class="big">#' + q + ' · ' + noteName(P[q]) + kind + '</div><div class="kv">' +
       '<span>onset</span><span>' + T0[q].toFixed(3) + ' s (' + fmtTime(T0[q]) + ')</span>' +
       '<span>length</span><span>' + (T1[q] - T0[q]).toFixed(3) + ' s</span>' +
@@ -736,6 +751,7 @@
     ' · ' + nArcs.toLocaleString('en-US') + ' arcs · ' + NL + ' layers × ' + NH + ' heads';
   $('legend-cont').textContent = LABEL;
   document.querySelectorAll('.legend .primer-only').forEach((e) => { e.hidden = !hasPrimer; });
+  $('legend-infill').hidden = !INFILL;
   $('model-info').textContent = JSON.stringify({ model: D.model, tokenizer: D.tokenizer, ...D.meta }, null, 2);
   makeChips();
   document.body.classList.toggle('light', S.light);
@@ -752,6 +768,7 @@
   window.musicgptViewer = {
     state: S, visibleArcs: (q) => visibleArcs(q, true), select: (q) => select(q, true),
     play, pause, seek, nNotes: N, nLayer: NL, nHead: NH, label: LABEL, headName,
-    hasNll: HAS_NLL, mostSurprising: BY_NLL.slice(0, 10), setShade,
+    hasNll: HAS_NLL, mostSurprising: BY_NLL.slice(0, 10), setShade, infill: INFILL,
+    part: (i) => (PART ? PART[i] : null),
   };
 })();

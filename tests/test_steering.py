@@ -1,0 +1,172 @@
+"""Steering a model (issue #15): generation with controls and guidance, infilling, evaluation under a control, the CLI.
+
+A tiny random model grown to a vocabulary with controls and infilling tokens stands in for a trained one:
+these tests pin the mechanics (what the model reads, the clock, the files), not the music.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import mido
+import numpy as np
+import pretty_midi
+import pytest
+import torch
+
+import musicgpt
+from musicgpt.arcs.format import validate_arcs
+from musicgpt.cli import main
+from musicgpt.errors import ConfigError
+from musicgpt.generation.loop import Generation, GenerationSettings
+from musicgpt.generation.sampling import SamplingConfig
+from musicgpt.music.scores import read_notes
+from musicgpt.tokens.controls import controls_vocabulary
+from musicgpt.tokens.performance import PerformanceTokenizer
+from musicgpt.training.conditioning import carry_over
+
+from tiny_models import FIXTURES, PRIMER, tiny_model
+
+PLAIN = PerformanceTokenizer()
+TOK = PerformanceTokenizer(controls=controls_vocabulary(["composer", "density"], ["Bach", "Chopin"]), infill=True)
+
+
+@pytest.fixture(scope="module")
+def model():
+    grown, _ = carry_over(tiny_model(), PLAIN, TOK, "test")
+    return grown.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, tmp_path_factory):
+    return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "steer", tokenizer=TOK)
+
+
+def test_controls_open_the_prompt_and_guidance_one_changes_nothing(model):
+    header = TOK.header({"composer": "Chopin", "density": "high"})
+    kw = dict(tokenizer=TOK, max_new_tokens=20, seed=3, primer_tokens=30, stop_at_eos=False)
+    (a,) = musicgpt.generate(model, PRIMER, controls=["composer=Chopin", "density=high"], **kw)
+    (b,) = musicgpt.generate(model, PRIMER, controls={"composer": "chopin", "density": "high"}, guidance=1.0, **kw)
+    (plain,) = musicgpt.generate(model, PRIMER, **kw)
+    assert a.ids[: len(header)].tolist() == header.tolist() and a.ids[len(header)] == TOK.bos_id
+    assert a.ids.tolist() == b.ids.tolist()
+    assert plain.ids[0] == TOK.bos_id and len(plain.ids) == len(a.ids) - len(header)
+    with torch.no_grad():  # the model reads the header: its next-token distribution moves
+        after = model(torch.from_numpy(a.ids[: a.primer_length])[None]).logits[0, -1]
+        without = model(torch.from_numpy(plain.ids[: plain.primer_length])[None]).logits[0, -1]
+    assert not torch.allclose(after, without)
+    assert len(a.notes) == len(TOK.decode(a.ids))  # CONTROL tokens decode to nothing
+
+
+def test_guidance_mixes_the_two_passes_as_full_forward_passes_say(model):
+    header = TOK.header({"composer": "Bach"})
+    music = np.r_[TOK.bos_id, TOK.encode(PRIMER).ids[:40]]
+    settings = GenerationSettings(max_new_tokens=5, seconds=None, sampling=SamplingConfig(), seed=1, num_samples=2,
+                                  arcs=None, stop_at_eos=False, return_logits=False, chunk=16, max_note_seconds=0.0,
+                                  guidance=2.5)
+    g = Generation(model, TOK, np.r_[header, music], settings, uncond_prompt=music)
+    for _ in range(5):
+        seqs = [np.asarray(s) for s in g.seqs]
+        with torch.no_grad():
+            cond = torch.log_softmax(model(torch.from_numpy(np.stack(seqs))).logits[:, -1], -1)
+            uncond = torch.log_softmax(model(torch.from_numpy(np.stack([s[len(header):] for s in seqs]))).logits[:, -1], -1)
+        torch.testing.assert_close(g.guidance.mix(g.logits), uncond + 2.5 * (cond - uncond), atol=2e-4, rtol=0)
+        g.step()
+
+
+def test_bad_controls_and_guidance_are_refused(model):
+    with pytest.raises(ConfigError, match="trained without control tokens"):
+        musicgpt.generate(tiny_model(), None, tokenizer=PLAIN, controls={"composer": "Bach"}, max_new_tokens=2)
+    with pytest.raises(ConfigError, match="guidance: steers towards controls"):
+        musicgpt.generate(model, None, tokenizer=TOK, guidance=2.0, max_new_tokens=2)
+    with pytest.raises(ConfigError, match="guidance: must be a positive number"):
+        musicgpt.generate(model, None, tokenizer=TOK, controls={"density": "low"}, guidance=0, max_new_tokens=2)
+    with pytest.raises(ConfigError, match="density='fast': unknown value"):
+        musicgpt.generate(model, None, tokenizer=TOK, controls={"density": "fast"}, max_new_tokens=2)
+    with pytest.raises(ConfigError, match="not trained for infilling"):
+        musicgpt.infill(tiny_model(), PRIMER, 1.0, 2.0, tokenizer=PLAIN)
+    with pytest.raises(ConfigError, match="0 <= START < END"):
+        musicgpt.infill(model, PRIMER, 5.0, 5.0, tokenizer=TOK)
+
+
+@pytest.mark.parametrize("start,end", [(3.0, 6.5), (0.0, 1.5), (60.0, 90.0)])
+def test_infill_keeps_the_rest_exactly_and_fills_only_the_gap(model, start, end, tmp_path):
+    original = read_notes(PRIMER)
+    samples = musicgpt.infill(model, PRIMER, start, end, tokenizer=TOK, seed=2, num_samples=2, arcs=True,
+                              controls={"composer": "Bach"}, guidance=1.5)
+    outside = (original.start < start) | (original.start >= end)
+    for s in samples:
+        assert s.stop_reason == "end" and s.infill == (start, end)
+        kept, new = s.notes[s.primer_notes], s.notes[~s.primer_notes]
+        np.testing.assert_array_equal(kept.start, original.start[outside])  # exact: not re-quantized
+        np.testing.assert_array_equal(kept.pitch, original.pitch[outside])
+        assert (kept.end <= original.end[outside]).all()  # cut only where a new note of the pitch begins
+        assert len(new) and (new.start >= start).all() and (new.start < end).all() and (new.end <= end + 1e-9).all()
+        assert np.isfinite(s.note_nll[~s.primer_notes]).all() and np.isnan(s.note_nll[s.primer_notes]).all()
+        validate_arcs(s.arcs)
+        notes = s.arcs["notes"]
+        assert s.arcs["infill"] == [start, end] and {n["part"] for n in notes} <= {"prefix", "middle", "suffix"}
+        assert all(n["start"] >= end - 0.006 for n in notes if n["part"] == "suffix")
+        forward = [a for a in s.arcs["arcs"] if notes[a["key"]]["start"] > notes[a["query"]]["start"]]
+        assert all(notes[a["key"]]["part"] == "suffix" != notes[a["query"]]["part"] for a in forward)
+        assert bool(forward) == any(n["part"] == "suffix" for n in notes)  # read first, attended to
+        path = s.save(tmp_path, "x")[0]
+        midi = pretty_midi.PrettyMIDI(str(path))
+        assert [i.name for i in midi.instruments] == ["piece", "infill"]
+        assert sum(len(i.notes) for i in midi.instruments) == len(s.notes)
+        mido.MidiFile(path)  # parses
+
+
+def test_every_infill_of_random_spans_is_valid_midi(model, tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        start = float(rng.uniform(0, 70))
+        end = start + float(rng.uniform(0.2, 8))
+        (s,) = musicgpt.infill(model, PRIMER, start, end, tokenizer=TOK, seed=i, temperature=1.3)
+        path = s.save(tmp_path, f"s{i}")[0]
+        notes = pretty_midi.PrettyMIDI(str(path)).instruments
+        for pitch in range(128):  # no two notes of one pitch overlap
+            spans = sorted((n.start, n.end) for inst in notes for n in inst.notes if n.pitch == pitch)
+            assert all(a[1] <= b[0] + 1e-6 for a, b in zip(spans, spans[1:]))
+
+
+def test_cli_lists_controls_generates_with_them_and_infills(checkpoint, tmp_path, capsys):
+    assert main(["generate", str(checkpoint), "--list-controls"]) == 0
+    out = capsys.readouterr().out
+    assert "composer: Bach, Chopin, unknown" in out and "density: low, medium, high" in out and "infill: yes" in out
+    assert main(["generate", str(checkpoint), "--primer", str(PRIMER), "--primer-tokens", "40", "--max-new-tokens",
+                 "12", "--control", "composer=Chopin", "--guidance", "2", "--seed", "1", "--quiet", "--out",
+                 str(tmp_path / "g")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(["generate", str(checkpoint), "--primer", str(PRIMER), "--infill", "2", "4", "--seed", "1", "--arcs",
+                 "--quiet", "--out", str(tmp_path / "i")]) == 0
+    assert "new notes in 2-4 s" in capsys.readouterr().out
+    assert json.loads((tmp_path / "i" / "sample_00.arcs.json").read_text())["infill"] == [2.0, 4.0]
+    html = (tmp_path / "i" / "sample_00.html").read_text()
+    assert "suffix" in html
+    assert main(["generate", str(checkpoint), "--infill", "2", "4", "--quiet"]) == 1
+    assert "needs --primer FILE" in capsys.readouterr().err
+    assert main(["generate", "--control", "composer=Bach", "--max-new-tokens", "2", "--quiet"]) == 1  # bundled: plain
+    assert "trained without control tokens" in capsys.readouterr().err
+
+
+def test_evaluate_reads_each_files_composer_or_the_given_control(checkpoint, tmp_path, capsys):
+    from musicgpt.corpus.prepare import prepare
+    from musicgpt.training.evaluate import evaluate_checkpoint
+
+    corpus = tmp_path / "corpus"
+    for composer, name in (("Bach", "pop909_331.mid"), ("Chopin", "pop909_806.mid")):
+        (corpus / composer).mkdir(parents=True)
+        shutil.copy(FIXTURES / name, corpus / composer / "a.mid")
+    prepared = tmp_path / "prepared"
+    prepare(corpus, prepared, composer_from="folder", ratios=(1, 0, 0), jobs=1, progress=False)
+    own = evaluate_checkpoint(checkpoint, [prepared], split="train", progress=False)
+    given = evaluate_checkpoint(checkpoint, [prepared], split="train", progress=False, controls=["composer=Bach"])
+    plain = evaluate_checkpoint(checkpoint, [prepared], split="train", progress=False, own_controls=False)
+    assert own.controls == "each document's own composer (2 of 2 known)" and given.controls == "composer=Bach"
+    assert plain.controls == "none" and own.n_tokens == given.n_tokens == plain.n_tokens
+    assert len({round(r.nll, 6) for r in (own, given, plain)}) == 3  # three different readings
+    assert main(["evaluate", str(checkpoint), "--data", str(prepared), "--split", "train", "--control",
+                 "composer=Bach", "--quiet"]) == 0
+    assert "controls    composer=Bach" in capsys.readouterr().out
