@@ -42,7 +42,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "musicgpt.trainlog": ("musicgpt.training.log", "musicgpt.viz.curves"),
     "musicgpt.sampling": ("musicgpt.generation.sampling", "musicgpt.generation.constraints"),
     "musicgpt.primer": ("musicgpt.generation.primer", "musicgpt.music.scores", "musicgpt.music.midi"),
-    "musicgpt.arcs_format": ("musicgpt.arcs.format",),
+    "musicgpt.arcs_format": ("musicgpt.arcs.format", "musicgpt.arcs.select"),
     "musicgpt.embedding_plots": ("musicgpt.viz.embeddings",),
     "musicgpt.host": ("musicgpt._cpuinfo",),
 }

@@ -13,10 +13,10 @@ from musicgpt.arcs.format import (
     ArcsFormatError,
     build_arcs,
     read_arcs,
-    select_arcs,
     validate_arcs,
     write_arcs,
 )
+from musicgpt.arcs.select import select_arcs
 from musicgpt.errors import MusicGPTError
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -27,8 +27,10 @@ ROOMS = {
     "musicgpt.checkpoint": "checkpoint", "musicgpt.device": "device", "musicgpt.model": "model",
     "musicgpt.training": "training", "musicgpt.training.log": "training.log",
     "musicgpt.generation": "generation",
-    "musicgpt.arcs": "arcs.format", "musicgpt.arcs.format": "arcs.format", "musicgpt.arcs.capture": "arcs.capture",
+    "musicgpt.arcs": "arcs.format", "musicgpt.arcs.format": "arcs.format", "musicgpt.arcs.select": "arcs.format",
+    "musicgpt.arcs.capture": "arcs.capture",
     "musicgpt.viz": "viz", "musicgpt.metrics": "metrics", "musicgpt.analysis": "analysis",
+    "musicgpt.studio": "studio",
 }
 # room -> the rooms it may import (besides itself). Later pipeline stages import earlier ones, never the
 # reverse; the model knows token ids only (no tokens room); viz and metrics draw plain data (no model, no torch);
@@ -49,8 +51,11 @@ ALLOWED = {
     "generation": {"base", "music", "tokens", "checkpoint", "model", "arcs.format", "arcs.capture", "viz"},
     "metrics": {"base", "music"},
     "analysis": {"base", "music", "tokens", "checkpoint", "model", "arcs.format", "arcs.capture", "generation", "viz"},
+    # the studio (a web app) serves generation live; only the command line starts it
+    "studio": {"base", "music", "tokens", "checkpoint", "device", "model", "generation", "arcs.format", "arcs.capture",
+               "viz"},
     "cli": {"base", "music", "tokens", "corpus", "checkpoint", "device", "model", "training", "training.log",
-            "generation", "arcs.format", "arcs.capture", "viz", "metrics", "analysis", "cli", "bench"},
+            "generation", "arcs.format", "arcs.capture", "viz", "metrics", "analysis", "studio", "cli", "bench"},
     "facade": {"base", "music", "tokens", "corpus", "checkpoint", "device", "model", "training", "training.log",
                "generation", "arcs.format", "arcs.capture", "viz", "metrics", "analysis"},
 }

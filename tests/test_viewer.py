@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicgpt.arcs.format import read_arcs, select_arcs, write_arcs
+from musicgpt.arcs.format import read_arcs, write_arcs
+from musicgpt.arcs.select import select_arcs
 from musicgpt.cli import main
 from musicgpt.errors import MusicGPTError
 from musicgpt.viz.viewer import render_html, script_json, viewer_payload

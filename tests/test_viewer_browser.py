@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicgpt.arcs.format import read_arcs, select_arcs
+from musicgpt.arcs.format import read_arcs
+from musicgpt.arcs.select import select_arcs
 from musicgpt.viz.viewer import write_html
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -2,7 +2,8 @@
 
     capture.py  from the model (torch): record attention rows while generating or teacher-forcing a
                 piece, aggregate them to notes, `attend(model, ids, tokenizer)` -> the arcs.json dict
-    format.py   arcs.json (no torch): `build_arcs`, `validate_arcs`, `read_arcs`, `write_arcs`, `select_arcs`
+    format.py   arcs.json (no torch): `build_arcs`, `validate_arcs`, `read_arcs`, `write_arcs`
+    select.py   which arcs to draw (no torch): `select_arcs`, `filter_arcs`, `arcs_by_query`
 
 The format's names are imported here directly; the capture names load torch on first use, so
 `from musicgpt.arcs import read_arcs` stays torch-free.
@@ -10,7 +11,8 @@ The format's names are imported here directly; the capture names load torch on f
 
 import importlib
 
-from musicgpt.arcs.format import ArcsFormatError, build_arcs, read_arcs, select_arcs, validate_arcs, write_arcs
+from musicgpt.arcs.format import ArcsFormatError, build_arcs, read_arcs, validate_arcs, write_arcs
+from musicgpt.arcs.select import select_arcs
 
 # name -> (module, attribute), imported when first asked for
 _LAZY = {

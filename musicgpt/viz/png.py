@@ -18,7 +18,8 @@ from matplotlib.patches import Patch, PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
 
 from musicgpt._atomic import atomic_savefig
-from musicgpt.arcs.format import arcs_by_query, filter_arcs, notes_label
+from musicgpt.arcs.format import notes_label
+from musicgpt.arcs.select import arcs_by_query, filter_arcs
 from musicgpt.errors import MusicGPTError
 
 # The HTML viewer's light-theme palette, so a PNG and a screenshot of the page agree.
