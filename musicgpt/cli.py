@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "info": "print a checkpoint's modules, parameter counts and tensors; plot its embeddings",
     "plot": "draw the train/valid curves of a training run to PNG",
     "metrics": "compare generated MIDI against reference MIDI with musical statistics, or check it for copies",
+    "studio": "a local web app: generate from a primer and watch the notes and their attention arcs appear live",
     "bench": "run the project's benchmarks and render docs/benchmarks.md",
 }
 

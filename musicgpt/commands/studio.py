@@ -1,0 +1,59 @@
+"""`musicgpt studio`: a local web app that generates and shows notes and attention arcs live (musicgpt.studio)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, checkpoint_of
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `musicgpt studio`."""
+    add_checkpoint_argument(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; another address lets "
+                             "other machines generate with this one, and the command warns)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    parser.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
+                        help="largest primer file accepted (default 20)")
+    parser.add_argument("--examples", type=Path, metavar="DIR",
+                        help="folder of primers the page offers (default: the checkout's examples/, if any)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads while generating (default 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, serve the app, open the page; runs until Ctrl-C."""
+    from musicgpt.checkpoint import DEFAULT_DIR
+    from musicgpt.errors import ConfigError
+    from musicgpt.generation.loop import load_model_and_tokenizer
+    from musicgpt.studio.app import create_app
+    from musicgpt.studio.server import StudioServer, is_loopback
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port: must lie in 0..65535, got {args.port}")
+    if args.examples is not None and not args.examples.is_dir():
+        raise ConfigError(f"--examples {args.examples}: no such folder")
+    path = checkpoint_of(args)
+    name = "bundled" if path.resolve() == DEFAULT_DIR.resolve() else str(path)
+    model, tokenizer = load_model_and_tokenizer(path)
+    app = create_app(model, tokenizer, model_name=name, upload_limit_mb=args.max_upload_mb, examples=args.examples,
+                     threads=args.threads, hosts=None if is_loopback(args.host) else ["*"])
+    server = StudioServer(app, args.host, args.port)
+    if not is_loopback(args.host):
+        print(f"warning: listening on {args.host}: anyone who can reach this machine on port {server.port} can use "
+              "the studio (it has no login); use the default --host 127.0.0.1 to keep it to this machine",
+              file=sys.stderr)
+    print(f"musicgpt studio: {name} ({model.config.n_layer} layers x {model.config.n_head} heads) at {server.url} "
+          "(Ctrl-C stops it)", flush=True)
+    if not args.no_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        server.run()
+    finally:
+        app.state.studio.close()  # the worker and the temporary files, also when uvicorn did not start
+    return 0

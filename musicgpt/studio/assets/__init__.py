@@ -1,0 +1,1 @@
+"""Package data of the studio: its page, CSS and JavaScript."""

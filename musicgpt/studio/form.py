@@ -1,0 +1,111 @@
+"""The fields of `POST /api/generate`, read into a checked `TakeRequest`.
+
+Every field is optional; an empty value means "not given". A value that is not a number, out of its range,
+or a field this server does not know is a `ConfigError` naming the field, sent back as one `error` event.
+The sampling fields keep the names and meanings of `musicgpt generate`'s options (top_p is --top-p, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from musicgpt.errors import ConfigError
+from musicgpt.generation.sampling import SamplingConfig
+
+MAX_SAMPLES = 8  # one batch; more would only slow every sample down
+MAX_SECONDS = 600.0  # of new music per take
+MAX_NEW_TOKENS = 50_000
+DEFAULT_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class TakeRequest:
+    """What one take asks for, checked."""
+
+    seconds: float | None = DEFAULT_SECONDS  # of new music (None: only max_new_tokens counts)
+    max_new_tokens: int | None = None  # None: musicgpt.generate's default for `seconds`
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None  # None: drawn, and reported in the `done` event
+    num_samples: int = 1
+    primer_seconds: float | None = None  # use the primer's first S seconds
+    primer_tokens: int | None = None  # ... or its first N tokens
+    example: str | None = None  # a bundled example by name, instead of an uploaded primer
+    ignore_eos: bool = False
+    max_note_seconds: float = 10.0
+    # Issue #15 (controls and infilling) will add its fields here: the controls, and the span of a take to
+    # regenerate; the page's hook is `extraFields()` in studio.js.
+    primer_path: Path | None = None  # set by the server: the uploaded primer or the example's file
+    primer_name: str | None = None  # how errors and the page name the primer
+
+    def __post_init__(self):
+        if self.seconds is not None and not 0 < self.seconds <= MAX_SECONDS:
+            raise ConfigError(f"seconds: must lie in (0, {MAX_SECONDS:g}], got {self.seconds!r}")
+        if self.max_new_tokens is not None and not 0 < self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise ConfigError(f"max_new_tokens: must lie in 1..{MAX_NEW_TOKENS}, got {self.max_new_tokens!r}")
+        if self.seconds is None and self.max_new_tokens is None:
+            raise ConfigError("seconds or max_new_tokens: give at least one length")
+        if not 1 <= self.num_samples <= MAX_SAMPLES:
+            raise ConfigError(f"num_samples: must lie in 1..{MAX_SAMPLES}, got {self.num_samples!r}")
+        if self.primer_seconds is not None and self.primer_tokens is not None:
+            raise ConfigError("primer_seconds and primer_tokens: give the primer's length one way, not both")
+        if not self.max_note_seconds >= 0:
+            raise ConfigError(f"max_note_seconds: must be >= 0 (0 = no limit), got {self.max_note_seconds!r}")
+        self.sampling()  # its own checks: before the take is queued, not when it starts
+
+    def sampling(self) -> SamplingConfig:
+        """The sampling settings (temperature, top-k, top-p, min-p), checked."""
+        return SamplingConfig(self.temperature, self.top_k, self.top_p, self.min_p)
+
+
+def _number(kind: Callable[[str], Any]) -> Callable[[str, str], Any]:
+    def parse(name: str, text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ConfigError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{name}: expected a finite number, got {text!r}")
+        return value
+    return parse
+
+
+def _flag(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "on", "yes"):
+        return True
+    if value in ("0", "false", "off", "no"):
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {text!r}")
+
+
+def _text(name: str, text: str) -> str:
+    return text.strip()
+
+
+PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "seconds": _number(float), "max_new_tokens": _number(int), "temperature": _number(float),
+    "top_k": _number(int), "top_p": _number(float), "min_p": _number(float), "seed": _number(int),
+    "num_samples": _number(int), "primer_seconds": _number(float), "primer_tokens": _number(int),
+    "example": _text, "ignore_eos": _flag, "max_note_seconds": _number(float),
+}
+FIELDS = tuple(PARSERS)  # what a client may send besides the `primer` file
+
+
+def parse_fields(form: Mapping[str, str]) -> TakeRequest:
+    """A TakeRequest from text fields; unknown fields and bad values are ConfigErrors naming the field."""
+    unknown = sorted(set(form) - set(PARSERS))
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(unknown)}; known: primer (a file), {', '.join(FIELDS)}")
+    values: dict[str, Any] = {}
+    for name, text in form.items():
+        if text.strip() != "":
+            values[name] = PARSERS[name](name, text.strip())
+    if "seconds" not in values and "max_new_tokens" in values:
+        values["seconds"] = None  # a length in tokens alone
+    known = {f.name for f in fields(TakeRequest)}
+    return TakeRequest(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,188 @@
+"""One take: a `TakeRequest` generated step by step in the worker thread, its events streamed, its files stored.
+
+The take runs the library's own `Generation` (the loop `musicgpt.generate` runs), so a take with a seed
+gives the same music as `musicgpt.generate` with that seed and settings. Events are sent in batches at
+most every `FLUSH_SECONDS` (each batch ends with a `progress` event), except that the first new note is
+sent at once: the page shows it as soon as it exists, and a batch per step would cost the generation
+thread a wake-up of the server's loop per token.
+
+After the `done` event, a writer thread writes each sample's arcs.json and viewer page while the worker
+goes on with the next job (a download that comes first makes its file itself, once); a WAV is rendered
+when first asked for.
+"""
+
+from __future__ import annotations
+
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+import random
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from musicgpt.arcs.capture import ArcsConfig
+from musicgpt.arcs.format import write_arcs
+from musicgpt.errors import MusicGPTError
+from musicgpt.generation.loop import DEFAULT_NEW_TOKENS, TOKENS_PER_SECOND_CAP, Generation, GenerationSettings
+from musicgpt.generation.primer import CUT_CHOICE, PrimerCutWarning, primer_ids
+from musicgpt.generation.sample import Sample
+from musicgpt.studio.files import FileStore, StoredFile
+from musicgpt.studio.form import TakeRequest
+from musicgpt.studio.jobs import Event, Job
+from musicgpt.studio.stream import LiveGeneration
+
+FLUSH_SECONDS = 0.05
+
+
+def _make(entry: StoredFile) -> None:
+    try:
+        entry.ensure()
+    except OSError:  # kept in the entry: its download answers with the reason
+        pass
+FORM_WORDS = {CUT_CHOICE: "primer_seconds or primer_tokens (fields)"}  # the cut note in the API's words
+
+
+class TakeRunner:
+    """Runs jobs of `TakeRequest`s with one model (called by the worker thread, one job at a time)."""
+
+    def __init__(self, model, tokenizer, files: FileStore, *, threads: int = 1, wav: bool = False,
+                 arcs_config: ArcsConfig | None = None):
+        self.model, self.tokenizer, self.files = model.eval(), tokenizer, files
+        self.threads, self.wav = threads, wav
+        self.arcs_config = arcs_config or ArcsConfig()
+        self._numbers = itertools.count(1)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musicgpt-studio-files")
+
+    def close(self) -> None:
+        """Stop writing files (the server is stopping and removes its folder)."""
+        self._writer.shutdown(wait=False, cancel_futures=True)
+
+    def __call__(self, job: Job) -> str:
+        """Run one take to its end; returns its outcome (done, stopped, disconnected or error)."""
+        request: TakeRequest = job.request
+        torch.set_num_threads(self.threads)  # generation of one batch is fastest on one thread
+        try:
+            prompt, notice = self._prompt(request)
+            settings = self._settings(request)
+            started = time.perf_counter()
+            generation = Generation(self.model, self.tokenizer, prompt, settings)
+            live = LiveGeneration(generation)
+            take = next(self._numbers)
+            head = {"job": job.id, "take": take, "state": "running", "seed": settings.seed,
+                    "primer_tokens": len(prompt) - 1, "primer": request.primer_name,
+                    "primer_end": round(float(self.tokenizer.seconds_per_id()[prompt].sum()), 6),
+                    "max_new_tokens": settings.max_new_tokens, "seconds": settings.seconds,
+                    "num_samples": settings.num_samples, "notice": notice}
+            job.send([("progress", head)] + live.start())
+            self._steps(job, generation, live, started)
+            if job.cancel_reason == "disconnected":
+                return "disconnected"
+            samples = generation.samples()
+            events = live.finish(samples)
+            stored = [self._store(take, b, sample) for b, sample in enumerate(samples)]
+            job.send(events + [("done", self._done(job, take, samples, stored, started))])
+            for files in stored:  # written beside the next take, not before it: a new take starts at once
+                for kind, (_, entry) in files.items():
+                    if kind != "wav":
+                        self._writer.submit(_make, entry)
+            return "stopped" if job.cancelled else "done"
+        except MusicGPTError as exc:
+            job.send([("error", {"job": job.id, "message": self._named(str(exc), request)})])
+            return "error"
+        finally:
+            if request.primer_path is not None and request.example is None:
+                request.primer_path.unlink(missing_ok=True)  # an upload is read once
+
+    def _steps(self, job: Job, generation: Generation, live: LiveGeneration, started: float) -> None:
+        """Step until done or cancelled, sending events in batches."""
+        pending: list[Event] = []
+        sent, first_new = time.perf_counter(), True
+        while not generation.done and not job.cancelled:
+            generation.step()
+            events = live.after_step()
+            if events:
+                pending += events
+            now = time.perf_counter()
+            new_note = first_new and any(name == "note" and not data.get("primer", True) for name, data in events)
+            if pending and (new_note or now - sent >= FLUSH_SECONDS):
+                first_new = first_new and not new_note
+                job.send(pending + [("progress", self._progress(job, generation, started))])
+                pending, sent = [], now
+        job.send(pending + [("progress", self._progress(job, generation, started))])
+
+    @staticmethod
+    def _progress(job: Job, generation: Generation, started: float) -> dict[str, Any]:
+        elapsed = time.perf_counter() - started
+        return {"job": job.id, "state": "running", "tokens": generation.n_steps,
+                "max_new_tokens": generation.settings.max_new_tokens,
+                "music_seconds": round(float(generation.clock.max()), 3), "elapsed_s": round(elapsed, 3)}
+
+    def _prompt(self, request: TakeRequest) -> tuple[np.ndarray, str | None]:
+        """[BOS] + the primer's ids, and the note saying it was cut to fit (or None)."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PrimerCutWarning)
+            ids = primer_ids(request.primer_path, self.tokenizer, seconds=request.primer_seconds,
+                             tokens=request.primer_tokens, max_tokens=self.model.config.n_ctx - 1)
+        notes = [str(w.message) for w in caught if issubclass(w.category, PrimerCutWarning)]
+        notice = None
+        if notes:
+            notice = notes[0]
+            for python_words, form_words in FORM_WORDS.items():
+                notice = notice.replace(python_words, form_words)
+        return np.r_[self.tokenizer.bos_id, ids].astype(np.int64), notice
+
+    def _settings(self, request: TakeRequest) -> GenerationSettings:
+        """The Generation's settings, as `musicgpt.generate` builds them from the same arguments."""
+        max_new = request.max_new_tokens
+        if max_new is None:
+            max_new = DEFAULT_NEW_TOKENS if request.seconds is None else max(256, int(request.seconds *
+                                                                                    TOKENS_PER_SECOND_CAP))
+        return GenerationSettings(
+            max_new_tokens=int(max_new), seconds=request.seconds,
+            sampling=request.sampling(),
+            seed=random.randrange(2**31) if request.seed is None else int(request.seed),
+            num_samples=request.num_samples, arcs=self.arcs_config, stop_at_eos=not request.ignore_eos,
+            return_logits=False, chunk=256, max_note_seconds=request.max_note_seconds)
+
+    def _store(self, take: int, b: int, sample: Sample) -> dict[str, tuple[str, StoredFile]]:
+        """The sample's files, kind -> (id, entry): MIDI now; arcs.json and the viewer page made after `done`;
+        WAV when first asked for."""
+        from musicgpt.viz.viewer import write_html
+
+        stem = f"take_{take:02d}_sample_{b:02d}"
+        files = {"midi": self.files.add(f"{stem}.mid", sample.to_midi)}
+        files["midi"][1].ensure()
+        if sample.arcs is not None:
+            doc = sample.arcs
+            files["arcs"] = self.files.add(f"{stem}.arcs.json", partial(write_arcs, doc))
+            files["viewer"] = self.files.add(f"{stem}.html", lambda path: write_html(doc, path, title=stem))
+        if self.wav:
+            from musicgpt.music.audio import render_wav
+
+            files["wav"] = self.files.add(f"{stem}.wav", partial(render_wav, files["midi"][1].path))
+        return files
+
+    def _done(self, job: Job, take: int, samples: list[Sample], stored: list[dict], started: float) -> dict[str, Any]:
+        out = []
+        for b, (sample, files) in enumerate(zip(samples, stored)):
+            n_primer = int(sample.primer_notes.sum())
+            stop = "stopped" if job.cancelled and sample.stop_reason == "length" else sample.stop_reason
+            out.append({"sample": b, "stop_reason": stop, "tokens": sample.n_generated, "notes": len(sample.notes),
+                        "new_notes": len(sample.notes) - n_primer, "seconds": round(sample.seconds, 3),
+                        "files": {kind: self.files.url(file_id) for kind, (file_id, _) in files.items()}})
+        elapsed = time.perf_counter() - started
+        tokens = max((s.n_generated for s in samples), default=0)
+        return {"job": job.id, "take": take, "stopped": job.cancelled, "seed": samples[0].seed if samples else None,
+                "elapsed_s": round(elapsed, 3), "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1), "samples": out}
+
+    @staticmethod
+    def _named(message: str, request: TakeRequest) -> str:
+        """An error about the uploaded primer names the upload, not the server's temporary file."""
+        if request.primer_path is not None and request.primer_name:
+            message = message.replace(str(request.primer_path), f"primer {request.primer_name!r}")
+        return " ".join(message.split())  # one line
