@@ -6,8 +6,10 @@ these tests pin the mechanics (what the model reads, the clock, the files), not 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import mido
 import numpy as np
@@ -29,6 +31,7 @@ from musicgpt.training.conditioning import carry_over
 from tiny_models import FIXTURES, PRIMER, tiny_model
 
 PLAIN = PerformanceTokenizer()
+ROOT = Path(__file__).resolve().parents[1]
 TOK = PerformanceTokenizer(controls=controls_vocabulary(["composer", "density"], ["Bach", "Chopin"]), infill=True)
 
 
@@ -170,3 +173,19 @@ def test_evaluate_reads_each_files_composer_or_the_given_control(checkpoint, tmp
     assert main(["evaluate", str(checkpoint), "--data", str(prepared), "--split", "train", "--control",
                  "composer=Bach", "--quiet"]) == 0
     assert "controls    composer=Bach" in capsys.readouterr().out
+
+
+def test_the_steering_benchmark_accepts_a_true_infill_and_catches_a_moved_kept_note(model, tmp_path):
+    spec = importlib.util.spec_from_file_location("steering_bench", ROOT / "bench" / "steering.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    original = read_notes(PRIMER)
+    (s,) = musicgpt.infill(model, PRIMER, 3.0, 6.5, tokenizer=TOK, seed=4)
+    path = s.save(tmp_path, "x")[0]
+    problems, error = bench._check_infill(path, original, 3.0, 6.5)
+    assert problems == [] and error <= 0.25e-3 + 1e-9  # ticks are 0.5 ms: writing rounds by at most half of one
+    moved = original.start.copy()
+    moved[np.flatnonzero(original.start >= 6.5)[0]] += 0.005
+    shifted = type(original)(moved, original.end + (moved - original.start), original.pitch, original.velocity)
+    problems, error = bench._check_infill(path, shifted, 3.0, 6.5)
+    assert problems == ["a kept note moved by 5.00 ms"], problems
