@@ -11,13 +11,14 @@ from musicgpt.studio import StudioServer, create_app
 from musicgpt.tokens.performance import PerformanceTokenizer
 from tiny_models import FIXTURES, PRIMER, tiny_model
 
-__all__ = ["FIXTURES", "PRIMER", "serve_tiny", "read_events", "wait_until"]
+__all__ = ["FIXTURES", "PRIMER", "serve_tiny", "read_events", "wait_until", "steering_model"]
 
 
 @contextmanager
-def serve_tiny(examples: Path | None = None, **kwargs):
-    """(server, app) of the studio on the tiny model, on a free port of 127.0.0.1."""
-    model, tokenizer = tiny_model(), PerformanceTokenizer()
+def serve_tiny(examples: Path | None = None, steer: bool = False, **kwargs):
+    """(server, app) of the studio on the tiny model (`steer`: with controls and infilling), on a free port of
+    127.0.0.1."""
+    model, tokenizer = steering_model() if steer else (tiny_model(), PerformanceTokenizer())
     app = create_app(model, tokenizer, model_name="tiny", examples=examples or FIXTURES, **kwargs)
     server = StudioServer(app, port=0).start()
     try:
@@ -49,3 +50,15 @@ def wait_until(condition, timeout: float = 10.0, step: float = 0.05) -> bool:
             return True
         time.sleep(step)
     return bool(condition())
+
+
+def steering_model():
+    """(model, tokenizer): the tiny model grown to a vocabulary with controls and infilling tokens (as
+    tests/test_steering.py builds it; random weights: the mechanics, not the music)."""
+    from musicgpt.tokens.controls import controls_vocabulary
+    from musicgpt.training.conditioning import carry_over
+
+    tokenizer = PerformanceTokenizer(controls=controls_vocabulary(["composer", "density"], ["Bach", "Chopin"]),
+                                     infill=True)
+    model, _ = carry_over(tiny_model(), PerformanceTokenizer(), tokenizer, "test")
+    return model.eval(), tokenizer

@@ -78,7 +78,10 @@ class Studio:
                 "vocab": config.vocab_size, "n_ctx": config.n_ctx, "d_model": config.d_model,
                 "parameters": sum(p.numel() for p in self.model.parameters()), "busy": self.worker.busy,
                 "queued": self.worker.queued, "upload_limit_mb": self.upload_limit / 2**20, "wav": self.wav,
-                "max_samples": MAX_SAMPLES, "fields": ["primer", *FIELDS], "examples": sorted(self.examples)}
+                "max_samples": MAX_SAMPLES, "fields": ["primer", *FIELDS], "examples": sorted(self.examples),
+                "controls": {name: list(values) for name, values in (getattr(self.tokenizer, "controls", None)
+                                                                     or {}).items()},
+                "infill": bool(getattr(self.tokenizer, "infill", False))}
 
     def close(self) -> None:
         """Stop the worker and the file writer, and remove the files."""
@@ -142,15 +145,15 @@ def _foreign(request: Request) -> bool:
     return origin is not None and urlsplit(origin).netloc != request.headers.get("host")
 
 
-def _text_fields(form) -> dict[str, str]:
-    """The form's fields besides `primer` (a file where a text belongs is a ConfigError naming the field)."""
-    values = {}
+def _text_fields(form) -> list[tuple[str, str]]:
+    """The form's fields besides `primer`, in order (a file where a text belongs is a ConfigError naming the field)."""
+    values = []
     for name, value in form.multi_items():
         if name == "primer":
             continue
         if not isinstance(value, str):
             raise ConfigError(f"{name}: expected a text field, got a file")
-        values[name] = value
+        values.append((name, value))
     return values
 
 
@@ -190,19 +193,29 @@ async def generate(request: Request) -> Response:
         return _error(413, str(exc))
     except HTTPException as exc:
         return _error(400, f"request body: {exc.detail}")
+    upload = None
     try:
         take = parse_fields(_text_fields(form))
         path, name = await save_primer(form.get("primer"), studio.files, studio.upload_limit)
+        upload = path
         if take.example is not None:
             if path is not None:
                 raise ConfigError("primer and example: give an uploaded primer or an example, not both")
             if take.example not in studio.examples:
                 raise ConfigError(f"example {take.example!r}: unknown; known: {', '.join(studio.examples) or 'none'}")
             path, name = studio.examples[take.example], studio.examples[take.example].name
+        take.header(studio.tokenizer)  # controls and guidance checked against the model before the take queues
+        if take.infilling and not getattr(studio.tokenizer, "infill", False):
+            raise ConfigError("infill_start, infill_end: this model was not trained for infilling (its tokenizer "
+                              "has no INFILL tokens)")
+        if take.infilling and path is None:
+            raise ConfigError("infill_start, infill_end: need a primer (a file or an example): the piece to refill")
         take = replace(take, primer_path=path, primer_name=name)
     except UploadTooLarge as exc:
         return _error(413, str(exc))
     except MusicGPTError as exc:
+        if upload is not None:
+            upload.unlink(missing_ok=True)  # refused before the worker (which removes uploads) ever saw it
         return error_stream(str(exc))
     finally:
         await form.close()

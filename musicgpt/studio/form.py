@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable
+
+import numpy as np
 
 from musicgpt.errors import ConfigError
+from musicgpt.generation.loop import control_header
 from musicgpt.generation.sampling import SamplingConfig
 
 MAX_SAMPLES = 8  # one batch; more would only slow every sample down
@@ -37,8 +40,10 @@ class TakeRequest:
     example: str | None = None  # a bundled example by name, instead of an uploaded primer
     ignore_eos: bool = False
     max_note_seconds: float = 10.0
-    # Issue #15 (controls and infilling) will add its fields here: the controls, and the span of a take to
-    # regenerate; the page's hook is `extraFields()` in studio.js.
+    controls: tuple[str, ...] = ()  # "name=value" each (field `control`, repeated): a model trained with controls
+    guidance: float = 1.0  # classifier-free guidance towards the controls (1: off)
+    infill_start: float | None = None  # regenerate the primer's notes with onsets in [infill_start, infill_end)
+    infill_end: float | None = None
     primer_path: Path | None = None  # set by the server: the uploaded primer or the example's file
     primer_name: str | None = None  # how errors and the page name the primer
 
@@ -55,7 +60,21 @@ class TakeRequest:
             raise ConfigError("primer_seconds and primer_tokens: give the primer's length one way, not both")
         if not self.max_note_seconds >= 0:
             raise ConfigError(f"max_note_seconds: must be >= 0 (0 = no limit), got {self.max_note_seconds!r}")
+        if (self.infill_start is None) != (self.infill_end is None):
+            raise ConfigError("infill_start and infill_end: give both (the span to regenerate, in seconds) or neither")
+        if self.infilling and not 0 <= self.infill_start < self.infill_end:
+            raise ConfigError(f"infill_start, infill_end: need 0 <= start < end, got {self.infill_start!r}, "
+                              f"{self.infill_end!r}")
         self.sampling()  # its own checks: before the take is queued, not when it starts
+
+    @property
+    def infilling(self) -> bool:
+        """Whether the take regenerates a span of its primer instead of continuing it."""
+        return self.infill_start is not None
+
+    def header(self, tokenizer) -> np.ndarray:
+        """The CONTROL ids the prompt opens with; a ConfigError for controls or guidance the model cannot take."""
+        return control_header(tokenizer, list(self.controls), self.guidance)
 
     def sampling(self) -> SamplingConfig:
         """The sampling settings (temperature, top-k, top-p, min-p), checked."""
@@ -91,20 +110,31 @@ PARSERS: dict[str, Callable[[str, str], Any]] = {
     "seconds": _number(float), "max_new_tokens": _number(int), "temperature": _number(float),
     "top_k": _number(int), "top_p": _number(float), "min_p": _number(float), "seed": _number(int),
     "num_samples": _number(int), "primer_seconds": _number(float), "primer_tokens": _number(int),
-    "example": _text, "ignore_eos": _flag, "max_note_seconds": _number(float),
+    "example": _text, "ignore_eos": _flag, "max_note_seconds": _number(float), "control": _text,
+    "guidance": _number(float), "infill_start": _number(float), "infill_end": _number(float),
 }
 FIELDS = tuple(PARSERS)  # what a client may send besides the `primer` file
+REPEATED = {"control": "controls"}  # fields that may come more than once -> the TakeRequest tuple they fill
+MAX_VALUES = 64  # text fields in one request (the form parser's cap)
 
 
-def parse_fields(form: Mapping[str, str]) -> TakeRequest:
-    """A TakeRequest from text fields; unknown fields and bad values are ConfigErrors naming the field."""
-    unknown = sorted(set(form) - set(PARSERS))
+def parse_fields(form: Iterable[tuple[str, str]]) -> TakeRequest:
+    """A TakeRequest from (name, text) fields; unknown fields and bad values are ConfigErrors naming the field."""
+    pairs = list(form.items()) if hasattr(form, "items") else list(form)
+    unknown = sorted({name for name, _ in pairs} - set(PARSERS))
     if unknown:
         raise ConfigError(f"unknown field(s) {', '.join(unknown)}; known: primer (a file), {', '.join(FIELDS)}")
     values: dict[str, Any] = {}
-    for name, text in form.items():
-        if text.strip() != "":
-            values[name] = PARSERS[name](name, text.strip())
+    for name, text in pairs:
+        if text.strip() == "":
+            continue
+        value = PARSERS[name](name, text.strip())
+        if name in REPEATED:
+            values[REPEATED[name]] = (*values.get(REPEATED[name], ()), value)
+        elif name in values:
+            raise ConfigError(f"{name}: given more than once (only {', '.join(REPEATED)} may repeat)")
+        else:
+            values[name] = value
     if "seconds" not in values and "max_new_tokens" in values:
         values["seconds"] = None  # a length in tokens alone
     known = {f.name for f in fields(TakeRequest)}

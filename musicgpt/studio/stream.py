@@ -26,6 +26,7 @@ from musicgpt.arcs.format import _round_nll  # arcs.json's rounding: streamed va
 from musicgpt.generation.loop import Generation
 from musicgpt.generation.sample import Sample
 from musicgpt.studio.tracker import LiveNote, NoteTracker
+from musicgpt.tokens.infill import spans
 
 Event = tuple[str, dict[str, Any]]  # (SSE event name, its JSON data)
 
@@ -74,8 +75,12 @@ class RowTee:
 class LiveGeneration:
     """Follows a Generation: `start()` gives the primer's events, `after_step()` each step's, `finish()` the last."""
 
-    def __init__(self, generation: Generation):
+    def __init__(self, generation: Generation, infill_start: float | None = None):
         self.generation = generation
+        # an infilling prompt reads the suffix first, on a clock of its own: its notes are not followed live (they
+        # come with the finished take), and the prefix's clock is moved so that the gap starts at infill_start
+        self.infill_start = infill_start
+        self.offset = 0.0  # seconds added to every time the trackers read
         config = generation.model.config
         self.n_layer, self.n_head = config.n_layer, config.n_head
         self.arcs_config = generation.settings.arcs
@@ -96,10 +101,17 @@ class LiveGeneration:
         """The primer's notes (in token order), each followed by its arcs, for every sample."""
         g = self.generation
         events: list[Event] = []
+        prompt = g.prompt.tolist()
+        suffix = spans(g.tokenizer, g.prompt) if self.infill_start is not None else None
+        if suffix is not None:  # the block and its two sentinels read as padding: positions kept, no notes, no time
+            lo, hi = suffix.suffix
+            prompt[lo - 1 : hi + 1] = [g.tokenizer.pad_id] * (hi + 1 - (lo - 1))
         for b, tracker in enumerate(self.trackers):
             nll = g.token_nll[b]
-            for position, token in enumerate(g.prompt.tolist()):
+            for position, token in enumerate(prompt):
                 tracker.push(token, nll[position])
+            if self.infill_start is not None:
+                self.offset = self.infill_start - tracker.steps * tracker.time_step
             arcs = self._primer_arcs(b, tracker)
             for position in sorted(tracker.notes):
                 note = tracker.notes[position]
@@ -152,7 +164,8 @@ class LiveGeneration:
         return events
 
     def _note(self, b: int, note: LiveNote) -> dict[str, Any]:
-        seconds = self.trackers[b].seconds
+        def seconds(step: int | None) -> float | None:
+            return None if step is None else round(step * self.trackers[b].time_step + self.offset, 6)
         return {"sample": b, "id": note.position, "pitch": note.pitch, "velocity": note.velocity,
                 "start": seconds(note.start_step), "end": seconds(note.end_step), "primer": note.primer,
                 "surprisal": _round_nll(note.nll) if note.predicted else None}

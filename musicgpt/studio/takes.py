@@ -20,7 +20,7 @@ import time
 import warnings
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -29,14 +29,28 @@ from musicgpt.arcs.capture import ArcsConfig
 from musicgpt.arcs.format import write_arcs
 from musicgpt.errors import MusicGPTError
 from musicgpt.generation.loop import DEFAULT_NEW_TOKENS, TOKENS_PER_SECOND_CAP, Generation, GenerationSettings
+# _infilled is musicgpt.infill's own last step (the piece around the new middle): one rule for both
+from musicgpt.generation.infilling import _infilled as infilled, infill_prompt
 from musicgpt.generation.primer import CUT_CHOICE, PrimerCutWarning, primer_ids
 from musicgpt.generation.sample import Sample
+from musicgpt.music.notes import Notes
+from musicgpt.music.scores import read_notes
 from musicgpt.studio.files import FileStore, StoredFile
 from musicgpt.studio.form import TakeRequest
 from musicgpt.studio.jobs import Event, Job
 from musicgpt.studio.stream import LiveGeneration
 
 FLUSH_SECONDS = 0.05
+
+
+class Prompt(NamedTuple):
+    """What a take's Generation reads first."""
+
+    ids: np.ndarray  # the prompt
+    plain: np.ndarray  # the same without its CONTROL header (what guidance's unconditional pass reads)
+    notice: str | None  # the note saying the primer was cut to fit, or None
+    gap_steps: int | None  # an infilling take: the span's length in clock steps
+    piece: Notes | None  # an infilling take: the whole piece read from the primer
 
 
 def _make(entry: StoredFile) -> None:
@@ -67,23 +81,28 @@ class TakeRunner:
         request: TakeRequest = job.request
         torch.set_num_threads(self.threads)  # generation of one batch is fastest on one thread
         try:
-            prompt, notice = self._prompt(request)
-            settings = self._settings(request)
+            prompt = self._prompt(request)
+            settings = self._settings(request, prompt.gap_steps)
             started = time.perf_counter()
-            generation = Generation(self.model, self.tokenizer, prompt, settings)
-            live = LiveGeneration(generation)
+            generation = Generation(self.model, self.tokenizer, prompt.ids, settings, uncond_prompt=prompt.plain)
+            live = LiveGeneration(generation, request.infill_start)
             take = next(self._numbers)
             head = {"job": job.id, "take": take, "state": "running", "seed": settings.seed,
-                    "primer_tokens": len(prompt) - 1, "primer": request.primer_name,
-                    "primer_end": round(float(self.tokenizer.seconds_per_id()[prompt].sum()), 6),
+                    "primer_tokens": len(prompt.ids) - 1, "primer": request.primer_name,
+                    "primer_end": request.infill_start if request.infilling else
+                    round(float(self.tokenizer.seconds_per_id()[prompt.ids].sum()), 6),
                     "max_new_tokens": settings.max_new_tokens, "seconds": settings.seconds,
-                    "num_samples": settings.num_samples, "notice": notice}
+                    "num_samples": settings.num_samples, "notice": prompt.notice, "controls": list(request.controls),
+                    "guidance": settings.guidance,
+                    "infill": [request.infill_start, request.infill_end] if request.infilling else None}
             job.send([("progress", head)] + live.start())
             self._steps(job, generation, live, started)
             if job.cancel_reason == "disconnected":
                 return "disconnected"
             samples = generation.samples()
             events = live.finish(samples)
+            if request.infilling:  # the whole piece: its own notes outside the span, the new ones inside
+                samples = [infilled(s, prompt.piece, request.infill_start, request.infill_end) for s in samples]
             stored = [self._store(take, b, sample) for b, sample in enumerate(samples)]
             job.send(events + [("done", self._done(job, take, samples, stored, started))])
             for files in stored:  # written beside the next take, not before it: a new take starts at once
@@ -122,32 +141,46 @@ class TakeRunner:
                 "max_new_tokens": generation.settings.max_new_tokens,
                 "music_seconds": round(float(generation.clock.max()), 3), "elapsed_s": round(elapsed, 3)}
 
-    def _prompt(self, request: TakeRequest) -> tuple[np.ndarray, str | None]:
-        """[BOS] + the primer's ids, and the note saying it was cut to fit (or None)."""
+    def _prompt(self, request: TakeRequest) -> Prompt:
+        """The prompt: [CONTROL*] [BOS] + the primer's ids, or an infilling prompt (as musicgpt.infill builds it)."""
+        header = request.header(self.tokenizer)
+        n_ctx = self.model.config.n_ctx
+        if request.infilling:
+            piece = read_notes(request.primer_path)
+            ids, plain, gap = infill_prompt(self.tokenizer, piece, request.infill_start, request.infill_end, n_ctx,
+                                            header)
+            return Prompt(ids, plain, None, gap, piece)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PrimerCutWarning)
             ids = primer_ids(request.primer_path, self.tokenizer, seconds=request.primer_seconds,
-                             tokens=request.primer_tokens, max_tokens=self.model.config.n_ctx - 1)
+                             tokens=request.primer_tokens, max_tokens=n_ctx - 1 - len(header))
         notes = [str(w.message) for w in caught if issubclass(w.category, PrimerCutWarning)]
         notice = None
         if notes:
             notice = notes[0]
             for python_words, form_words in FORM_WORDS.items():
                 notice = notice.replace(python_words, form_words)
-        return np.r_[self.tokenizer.bos_id, ids].astype(np.int64), notice
+        music = np.r_[self.tokenizer.bos_id, ids].astype(np.int64)
+        return Prompt(np.r_[header, music].astype(np.int64), music, notice, None, None)
 
-    def _settings(self, request: TakeRequest) -> GenerationSettings:
-        """The Generation's settings, as `musicgpt.generate` builds them from the same arguments."""
+    def _settings(self, request: TakeRequest, gap_steps: int | None) -> GenerationSettings:
+        """The Generation's settings, as `musicgpt.generate` (or `musicgpt.infill`) builds them from the same
+        arguments."""
+        seed = random.randrange(2**31) if request.seed is None else int(request.seed)
+        if gap_steps is not None:  # the middle: held to the span by its clock
+            return GenerationSettings(
+                max_new_tokens=int(gap_steps * self.tokenizer.time_step * TOKENS_PER_SECOND_CAP) + 64, seconds=None,
+                sampling=request.sampling(), seed=seed, num_samples=request.num_samples, arcs=self.arcs_config,
+                stop_at_eos=False, return_logits=False, chunk=256, max_note_seconds=0.0, guidance=request.guidance,
+                end_steps=gap_steps)
         max_new = request.max_new_tokens
         if max_new is None:
             max_new = DEFAULT_NEW_TOKENS if request.seconds is None else max(256, int(request.seconds *
                                                                                     TOKENS_PER_SECOND_CAP))
         return GenerationSettings(
-            max_new_tokens=int(max_new), seconds=request.seconds,
-            sampling=request.sampling(),
-            seed=random.randrange(2**31) if request.seed is None else int(request.seed),
+            max_new_tokens=int(max_new), seconds=request.seconds, sampling=request.sampling(), seed=seed,
             num_samples=request.num_samples, arcs=self.arcs_config, stop_at_eos=not request.ignore_eos,
-            return_logits=False, chunk=256, max_note_seconds=request.max_note_seconds)
+            return_logits=False, chunk=256, max_note_seconds=request.max_note_seconds, guidance=request.guidance)
 
     def _store(self, take: int, b: int, sample: Sample) -> dict[str, tuple[str, StoredFile]]:
         """The sample's files, kind -> (id, entry): MIDI now; arcs.json and the viewer page made after `done`;

@@ -18,7 +18,7 @@ from musicgpt.errors import ConfigError, MusicGPTError, printable
 from musicgpt.music.midi import MIDI_SUFFIXES
 from musicgpt.music.scores import SCORE_SUFFIXES
 from musicgpt.studio.files import FileStore
-from musicgpt.studio.form import FIELDS
+from musicgpt.studio.form import MAX_VALUES
 
 DEFAULT_UPLOAD_MB = 20.0
 FORM_SLACK = 16 * 1024  # bytes of the body besides the file: the text fields and multipart headers
@@ -51,7 +51,7 @@ async def read_form(request: Request, limit: int) -> FormData:
                 raise _too_large(limit)
         return message
 
-    return await Request(request.scope, receive).form(max_files=1, max_fields=len(FIELDS) + 1)
+    return await Request(request.scope, receive).form(max_files=1, max_fields=MAX_VALUES)
 
 
 async def save_primer(upload: UploadFile | str | None, files: FileStore, limit: int) -> tuple[Path | None, str | None]:
