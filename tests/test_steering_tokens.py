@@ -171,3 +171,15 @@ def test_fine_tuning_adds_the_steering_tokens_and_records_the_model(tmp_path, ca
     resumed = train(micro_config(data={"controls": ["density", "dynamics"], "infill_rate": 0.5},
                                  finetune={"steps": 3}), tmp_path / "ft", resume=True)
     assert load_checkpoint(resumed.last_checkpoint)[1] == tokenizer
+
+
+def test_the_layout_of_a_saved_steerable_tokenizer_prints_its_controls(tmp_path, capsys):
+    from musicgpt.tokens.__main__ import main
+
+    TOK.save(tmp_path / "tokenizer.json")
+    assert main(["--tokenizer", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "composer: Bach, Chopin, unknown" in out and "INFILL_SUFFIX" in out and "GAP" in out
+    assert f"vocab_size {TOK.vocab_size}" in out
+    assert main(["--tokenizer", str(tmp_path / "missing")]) == 1
+    assert "missing" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`python -m musicgpt.tokens [FILE.mid ...]`: print the vocabulary layout, or tokenize files in brief."""
+"""`python -m musicgpt.tokens [--tokenizer PATH] [FILE.mid ...]`: print a vocabulary layout, or tokenize files in brief."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 
 from musicgpt.errors import MusicGPTError
 from musicgpt.tokens.performance import PerformanceTokenizer
+from musicgpt.tokens.registry import load_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,12 +16,15 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Print the vocabulary layout, or tokenize MIDI files.")
     parser.add_argument("files", nargs="*", help="MIDI files to tokenize (prints counts and the first tokens)")
     parser.add_argument("--show", type=int, default=24, help="how many leading tokens to print per file")
+    parser.add_argument("--tokenizer", metavar="PATH",
+                        help="a tokenizer.json, or a folder holding one (a checkpoint, a prepared corpus): its layout, "
+                             "with the controls and infilling tokens of a steerable model (default: the plain one)")
     args = parser.parse_args(argv)
-    tokenizer = PerformanceTokenizer()
-    if not args.files:
-        print(tokenizer.layout())
-        return 0
     try:
+        tokenizer = PerformanceTokenizer() if args.tokenizer is None else load_tokenizer(args.tokenizer)
+        if not args.files:
+            print(tokenizer.layout() if isinstance(tokenizer, PerformanceTokenizer) else repr(tokenizer))
+            return 0
         for path in args.files:
             enc = tokenizer.encode(path)
             head = " ".join(tokenizer.token_name(t) for t in enc.ids[: args.show])
