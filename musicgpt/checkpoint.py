@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from musicgpt._atomic import atomic_directory, atomic_write, atomic_write_text, recover_directories
+from musicgpt._atomic import atomic_directory, atomic_write, atomic_write_text, recover_directories, umask
 from musicgpt.errors import CheckpointError, WriteError
 from musicgpt.tokens.base import Tokenizer
 
@@ -128,8 +129,8 @@ def write(path: str | Path, *, model_config: dict[str, Any], tensors: dict[str, 
                 config["tokenizer"] = {"type": tokenizer.type, "vocab_size": tokenizer.vocab_size,
                                        "fingerprint": tokenizer.fingerprint()}
             (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-            save_file({k: _for_saving(t, dtype) for k, t in tensors.items()}, str(tmp / WEIGHTS),
-                      metadata={"format": FORMAT})
+            _save_tensors({k: _for_saving(t, dtype) for k, t in tensors.items()}, tmp / WEIGHTS,
+                          metadata={"format": FORMAT})
             if tokenizer is not None:
                 tokenizer.save(tmp / TOKENIZER)
             for name, state in (states or {}).items():
@@ -253,10 +254,16 @@ def has_state(path: str | Path, name: str) -> bool:
     return (path / f"{name}.json").is_file() and (path / f"{name}.safetensors").is_file()
 
 
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """save_file, then the umask's permissions: safetensors creates its files 0600, unreadable by others."""
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~umask())
+
+
 def _write_state(directory: Path, name: str, state: Any) -> None:
     """NAME.safetensors and NAME.json in a directory being built (it is renamed into place as a whole)."""
     tensors, text = _state_files(name, state)
-    save_file(tensors, str(directory / f"{name}.safetensors"))
+    _save_tensors(tensors, directory / f"{name}.safetensors")
     (directory / f"{name}.json").write_text(text, encoding="utf-8")
 
 

@@ -207,6 +207,8 @@ def test_a_run_directory_stands_for_its_best_else_its_latest_checkpoint(tmp_path
     assert path == run / "best" and "best checkpoint" in note and "(step 3)" in note
     assert MusicGPT.from_pretrained(run).config.n_layer == 1 and load_checkpoint(run)[0].config.n_layer == 1
     assert stat.S_IMODE(os.stat(run / "best").st_mode) == 0o777 & ~umask()  # readable by others, as the umask says
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in (run / "best").iterdir()} == \
+        {f.name: 0o666 & ~umask() for f in (run / "best").iterdir()}  # safetensors alone would make its file 0600
     assert checkpoint.locate("bundled") == (checkpoint.DEFAULT_DIR, None) == checkpoint.locate(None)
     # the same CKPT shape for every command, --checkpoint as its alias; a run directory is named
     assert main(["info", str(run)]) == 0 and "note: " in capsys.readouterr().err
