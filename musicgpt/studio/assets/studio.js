@@ -8,6 +8,7 @@
   const S = {
     health: null, primer: null, primerLabel: '', example: '', takes: [], sel: null, sample: 0, focus: -1,
     view: 'live', light: false, follow: true, pps: 60, scrollT: 0, shade: 'velocity', layer: 'all', top: 2,
+    span: null, canInfill: false,
   };
   const NAMES = ['C', 'C♯', 'D', 'D♯', 'E', 'F', 'F♯', 'G', 'G♯', 'A', 'A♯', 'B'];
   const noteName = (p) => NAMES[p % 12] + (Math.floor(p / 12) - 1);
@@ -41,7 +42,55 @@
     document.querySelector('input[name=num_samples]').max = h.max_samples;
     for (const name of h.examples) $('example').add(new Option(name, name));
     if (!h.examples.length) $('example').hidden = true;
+    showSteering(h);
   }).catch(() => status('cannot reach the studio server', true));
+
+  // ------------------------------------------------------------------ steering: controls, guidance, a span
+  // Offered only as far as the model was trained for them (/api/health: controls, infill); otherwise disabled
+  // with a note saying why.
+  function showSteering(h) {
+    const names = Object.keys(h.controls || {});
+    for (const name of names) {
+      const select = document.createElement('select');
+      select.dataset.control = name;
+      select.add(new Option('any', ''));
+      for (const value of h.controls[name]) select.add(new Option(value, value));
+      const label = document.createElement('label');
+      label.className = 'field';
+      label.append(name + ' ', select);
+      $('controls').appendChild(label);
+    }
+    document.querySelector('input[name=guidance]').disabled = !names.length;
+    const notes = [];
+    if (!names.length) notes.push('This model was trained without controls.');
+    if (!h.infill) notes.push('It cannot regenerate a span (no infilling tokens).');
+    $('steer-note').textContent = notes.join(' ');
+    S.canInfill = !!h.infill;
+    $('span-info').textContent = h.infill ? 'Shift+drag over a finished take to choose a span' : '';
+    $('infill').hidden = !h.infill;
+  }
+  function spanText() {
+    const sp = S.span;
+    return sp ? 'span ' + sp.t0.toFixed(2) + '–' + sp.t1.toFixed(2) + ' s of take ' + sp.take.n + ' sample ' + sp.sample : '';
+  }
+  function setSpan(span) {
+    S.span = span && span.t1 - span.t0 >= 0.05 ? span : null;
+    const files = S.span && S.span.take.samples[S.span.sample].files;
+    $('infill').disabled = !(S.canInfill && files && files.midi);
+    $('span-info').textContent = S.span ? spanText() + (files ? '' : ' (wait until the take is finished)')
+      : S.canInfill ? 'Shift+drag over a finished take to choose a span' : '';
+    requestDraw();
+  }
+  // The chosen span of a finished take: its MIDI becomes the primer, the span the part regenerated.
+  async function regenerateSpan() {
+    const sp = S.span, files = sp && sp.take.samples[sp.sample].files;
+    if (!files || !files.midi) return;
+    const blob = await (await fetch(files.midi)).blob();
+    const name = 'take_' + sp.take.n + '_sample_' + sp.sample + '.mid';
+    generate({ primer: new File([blob], name, { type: 'audio/midi' }), infill_start: sp.t0.toFixed(3),
+      infill_end: sp.t1.toFixed(3), label: name + ' ' + sp.t0.toFixed(1) + '–' + sp.t1.toFixed(1) + ' s' });
+  }
+  $('infill').addEventListener('click', (e) => { e.currentTarget.blur(); regenerateSpan(); });
 
   // ------------------------------------------------------------------ primer: file, drop, example, recording
   function setPrimer(file, label) {
@@ -121,27 +170,36 @@
   }
 
   // ------------------------------------------------------------------ generating a take
-  // Issue #15 (controls and infilling) adds its fields here: the controls chosen and the span to regenerate.
-  function extraFields(form) { return form; }
-
-  function settingsForm() {
+  // The form of a take: the settings, the controls chosen, and the primer (or, regenerating a span, the take's MIDI).
+  function settingsForm(span) {
     const form = new FormData();
     for (const input of document.querySelectorAll('#settings input[name], #primer_seconds')) {
-      if (input.value !== '') form.append(input.name, input.value);
+      if (span && input.id === 'primer_seconds') continue;  // the whole piece is refilled
+      if (input.value !== '' && !input.disabled) form.append(input.name, input.value);
     }
-    if (S.primer) form.append('primer', S.primer, S.primer.name);
+    for (const select of document.querySelectorAll('#controls select')) {
+      if (select.value) form.append('control', select.dataset.control + '=' + select.value);
+    }
+    if (span) {
+      form.append('primer', span.primer, span.primer.name);
+      form.append('infill_start', span.infill_start); form.append('infill_end', span.infill_end);
+    } else if (S.primer) form.append('primer', S.primer, S.primer.name);
     else if (S.example) form.append('example', S.example);
-    return extraFields(form);
+    return form;
   }
 
   function newTake(form) {
     const get = (k) => form.get(k);
+    const controls = form.getAll('control');
     const take = {
       n: null, job: null, state: 'queued', message: '', samples: [], ahead: 0, stopAsked: false,
       primer: S.primer ? S.primer.name : S.example || null, primerEnd: 0, front: 0, progress: 0,
       summary: [get('seconds') ? get('seconds') + ' s' : null, 'T ' + (get('temperature') || 1),
         get('top_p') ? 'p ' + get('top_p') : null, get('top_k') && get('top_k') !== '0' ? 'k ' + get('top_k') : null,
-        get('min_p') && get('min_p') !== '0' ? 'min-p ' + get('min_p') : null].filter(Boolean).join(' · '),
+        get('min_p') && get('min_p') !== '0' ? 'min-p ' + get('min_p') : null, ...controls,
+        get('guidance') && get('guidance') !== '1' ? 'G ' + get('guidance') : null,
+        get('infill_start') ? 'refill ' + (+get('infill_start')).toFixed(1) + '–' + (+get('infill_end')).toFixed(1) + ' s' : null,
+      ].filter(Boolean).join(' · '),
       numSamples: +(get('num_samples') || 1), seed: get('seed') || null, posted: performance.now(),
       firstNoteMs: null, controller: new AbortController(), events: 0,
     };
@@ -150,9 +208,10 @@
   }
   const newSample = () => ({ notes: new Map(), arcs: new Map(), latest: -1, nNew: 0, nArcs: 0, files: null });
 
-  async function generate() {
-    const form = settingsForm();
+  async function generate(span) {
+    const form = settingsForm(span && span.primer ? span : null);
     const take = newTake(form);
+    if (span && span.label) take.primer = span.label;
     S.takes.unshift(take);
     selectTake(take, 0);
     status('sending the request…');
@@ -218,6 +277,7 @@
         if (take.state !== 'running') status('generating take ' + (take.n || '') + '…');
         take.state = 'running';
         if (d.primer_end !== undefined) take.primerEnd = d.primer_end;
+        if (d.infill) take.infill = d.infill;
         if (d.seconds !== undefined) take.seconds = d.seconds;
         if (d.seed !== undefined) take.seed = d.seed;
         if (d.notice) status('note: ' + d.notice);
@@ -445,6 +505,14 @@
       c.beginPath(); c.moveTo(X(take.primerEnd), 0); c.lineTo(X(take.primerEnd), H); c.stroke();
       c.setLineDash([]);
     }
+    // the gap an infilling take refills, and the span chosen for the next one
+    for (const [span, alpha] of [[take.infill, 0.10], [S.span && S.span.take === take && S.span.sample === S.sample ?
+      [S.span.t0, S.span.t1] : null, 0.18]]) {
+      if (!span) continue;
+      c.fillStyle = css('--focus'); c.globalAlpha = alpha;
+      c.fillRect(Math.max(KEYS, X(span[0])), TOP, Math.max(0, X(span[1]) - Math.max(KEYS, X(span[0]))), H - TOP);
+      c.globalAlpha = 1;
+    }
     // notes
     const scale = S.shade === 'nll' ? nllScale(sample) : null;
     const primerColor = css('--primer'), contColor = css('--cont'), muted = css('--muted');
@@ -586,13 +654,27 @@
     return found;
   }
   let drag = null;
-  canvas.addEventListener('mousedown', (e) => { drag = { x: e.clientX, t: S.scrollT, moved: false }; });
+  const timeAt = (clientX) => (clientX - canvas.getBoundingClientRect().left - KEYS) / S.pps + S.scrollT;
+  canvas.addEventListener('mousedown', (e) => {
+    if (e.shiftKey && S.sel && geo) {  // Shift+drag: the span to regenerate
+      e.preventDefault();
+      drag = { span: true, from: Math.max(0, timeAt(e.clientX)) };
+      return;
+    }
+    drag = { x: e.clientX, t: S.scrollT, moved: false };
+  });
   window.addEventListener('mousemove', (e) => {
     if (!drag) return;
+    if (drag.span) {
+      const t = Math.max(0, timeAt(e.clientX));
+      setSpan({ take: S.sel, sample: S.sample, t0: Math.min(drag.from, t), t1: Math.max(drag.from, t) });
+      return;
+    }
     if (Math.abs(e.clientX - drag.x) > 3) { drag.moved = true; canvas.classList.add('grab'); }
     if (drag.moved) { S.follow = $('follow').checked = false; S.scrollT = Math.max(0, drag.t - (e.clientX - drag.x) / S.pps); requestDraw(); }
   });
   window.addEventListener('mouseup', (e) => {
+    if (drag && drag.span) { drag = null; return; }
     if (drag && !drag.moved) {
       const r = canvas.getBoundingClientRect();
       S.focus = noteAt(e.clientX - r.left, e.clientY - r.top);
@@ -625,10 +707,11 @@
 
   // A handle for notebooks and the browser tests: the takes as plain data, and where a note is drawn.
   window.musicgptStudio = {
-    state: S, generate, stop, selectTake: (i, b) => selectTake(S.takes[i], b || 0), showView,
+    state: S, generate, stop, selectTake: (i, b) => selectTake(S.takes[i], b || 0), showView, regenerateSpan,
+    setSpan: (i, b, t0, t1) => setSpan({ take: S.takes[i], sample: b || 0, t0, t1 }),
     takes: () => S.takes.map((t) => ({
       n: t.n, job: t.job, state: t.state, message: t.message, firstNoteMs: t.firstNoteMs, events: t.events,
-      samples: t.samples.map((s) => ({ notes: s.notes.size, newNotes: s.nNew, arcs: s.nArcs, files: s.files, latest: s.latest })),
+      infill: t.infill || null, samples: t.samples.map((s) => ({ notes: s.notes.size, newNotes: s.nNew, arcs: s.nArcs, files: s.files, latest: s.latest })),
     })),
     notePoint: (id) => {  // the canvas point (CSS px) at the middle of a note's start, for clicking it
       const sample = S.sel && S.sel.samples[S.sample], n = sample && sample.notes.get(id);

@@ -1,0 +1,159 @@
+"""The studio's page in a real headless Chromium (Debian's chromium + chromedriver, driven by selenium), on a tiny
+model: load it, open a primer, generate, see notes and arcs arrive before the take is done, click a note, stop;
+and with a steerable model, choose controls and regenerate a span dragged over the roll.
+
+Skipped when chromium, chromedriver or selenium are missing; `.ci/run` installs them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+
+import pytest
+
+from studio_fixtures import PRIMER, serve_tiny
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+try:
+    import selenium  # noqa: F401
+except ImportError:
+    selenium = None
+
+pytestmark = pytest.mark.skipif(
+    selenium is None or CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver) "
+           "and selenium (pip install -e '.[dev]')",
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="musicgpt-chromium-")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,900", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def takes(driver) -> list[dict]:
+    return driver.execute_script("return window.musicgptStudio.takes()")
+
+
+def wait_for(driver, condition, timeout: float = 60.0, what: str = "the page"):
+    """Poll `condition(driver)` until it returns something true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition(driver)
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; takes: {takes(driver)}")
+
+
+def errors(driver) -> list:
+    return [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def open_page(driver, server, model: str):
+    driver.get(server.url)
+    wait_for(driver, lambda d: model in d.find_element("id", "model").text, 20, "the health line")
+
+
+def long_takes(driver):
+    """Takes that run until stopped: the tiny random model may otherwise end a take with EOS at once."""
+    driver.execute_script("""const i = document.createElement('input'); i.type = 'hidden'; i.name = 'ignore_eos';
+        i.value = 'true'; document.getElementById('settings').appendChild(i);
+        document.querySelector('input[name=seconds]').value = '600';""")
+
+
+def test_open_a_primer_generate_watch_notes_and_arcs_arrive_click_a_note_and_stop(browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    with serve_tiny() as (server, _):
+        open_page(browser, server, "tiny")
+        assert "trained without controls" in browser.find_element("id", "steer-note").text
+        assert not browser.find_element("css selector", "input[name=guidance]").is_enabled()
+        browser.find_element("id", "primer-file").send_keys(str(PRIMER))
+        assert PRIMER.name in browser.find_element("id", "primer-info").text
+        browser.find_element("id", "primer_seconds").send_keys("3")
+        long_takes(browser)
+        browser.find_element("id", "generate").click()
+        live = wait_for(browser, lambda d: [t for t in takes(d) if t["state"] == "running" and
+                                            t["samples"][0]["newNotes"] >= 5 and t["samples"][0]["arcs"] > 0],
+                        60, "new notes with arcs while the take runs")
+        assert live[0]["samples"][0]["files"] is None  # not done: the notes and arcs came before completion
+        assert browser.find_element("id", "stop").is_enabled()
+        assert "notes" in browser.find_element("id", "live-stats").text
+
+        browser.find_element("id", "follow").click()  # stop following: the roll holds still for the click
+        latest = takes(browser)[0]["samples"][0]["latest"]
+        point = browser.execute_script("return window.musicgptStudio.notePoint(arguments[0])", latest)
+        canvas = browser.find_element("id", "live-roll")
+        size = canvas.size
+        ActionChains(browser).move_to_element_with_offset(canvas, point["x"] - size["width"] / 2,
+                                                          point["y"] - size["height"] / 2).click().perform()
+        assert browser.execute_script("return window.musicgptStudio.focus()") == latest
+        card = browser.find_element("id", "note-card")
+        assert card.is_displayed() and "surprisal" in card.text and "new" in card.text
+
+        browser.find_element("id", "stop").click()
+        done = wait_for(browser, lambda d: [t for t in takes(d) if t["state"] == "stopped"], 30, "the take to stop")
+        files = done[0]["samples"][0]["files"]
+        assert files["midi"].endswith(".mid") and files["arcs"].endswith(".arcs.json")
+        # the finished take opens in the arcs viewer (its playback and model view)
+        wait_for(browser, lambda d: d.find_element("id", "viewer").is_displayed(), 20, "the viewer")
+        assert browser.find_elements("css selector", "#takes a.dl-midi")
+        assert not errors(browser)
+
+
+def test_controls_and_a_span_dragged_over_the_roll_are_regenerated(browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    with serve_tiny(steer=True) as (server, app):
+        open_page(browser, server, "tiny")
+        selects = browser.find_elements("css selector", "#controls select")
+        assert [s.get_attribute("data-control") for s in selects] == ["composer", "density"]
+        assert browser.find_element("css selector", "input[name=guidance]").is_enabled()
+        browser.execute_script("document.querySelector('#controls select[data-control=composer]').value = 'Chopin'")
+        browser.find_element("id", "primer-file").send_keys(str(PRIMER))
+        browser.find_element("id", "primer_seconds").send_keys("2")
+        seconds = browser.find_element("css selector", "input[name=seconds]")
+        seconds.clear()
+        seconds.send_keys("3")
+        browser.find_element("id", "generate").click()
+        wait_for(browser, lambda d: [t for t in takes(d) if t["state"] in ("done", "stopped")], 60, "the first take")
+        assert "composer=Chopin" in browser.find_element("css selector", "#takes .meta").text
+        browser.find_element("id", "tab-live").click()
+        canvas = browser.find_element("id", "live-roll")
+        # Shift+drag over the roll: from 1 s to 2 s (the roll shows 60 px a second after its 30 px of keys)
+        browser.execute_script("window.musicgptStudio.state.scrollT = 0")
+        left = -canvas.size["width"] / 2 + 30
+        (ActionChains(browser).key_down(Keys.SHIFT).move_to_element_with_offset(canvas, left + 60, 0).click_and_hold()
+         .move_by_offset(60, 0).release().key_up(Keys.SHIFT).perform())
+        span = browser.execute_script("const s = window.musicgptStudio.state.span; return s && [s.t0, s.t1]")
+        assert span and abs(span[0] - 1) < 0.1 and abs(span[1] - 2) < 0.1, span
+        assert browser.find_element("id", "infill").is_enabled()
+        browser.find_element("id", "infill").click()
+        refill = wait_for(browser, lambda d: [t for t in takes(d) if t["infill"] and t["state"] in ("done", "stopped", "error")],
+                          60, "the regenerated span")
+        assert refill[0]["state"] == "done", refill
+        assert refill[0]["infill"] == [round(span[0], 3), round(span[1], 3)]
+        assert not errors(browser)
