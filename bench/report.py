@@ -555,6 +555,21 @@ def section_gpu(d: dict, img: Path) -> tuple[list[str], str]:
 # ---- the document -----------------------------------------------------------------------------------
 
 # name -> (results file, title, renderer, how to run it alone)
+def section_studio(d: dict, img: Path) -> tuple[list[str], str]:
+    """The studio: POST to the first streamed new note, and its tokens/s against musicgpt.generate."""
+    first, ratios, targets = d.get("first_note_s") or {}, d.get("tokens_per_s_ratio") or {}, d.get("targets") or {}
+    lines = [f"Model {d.get('model')}, primer {d.get('primer_seconds')} s of `{d.get('primer')}`, "
+             f"{d.get('seconds')} s of new music per take, {len(d.get('rounds') or [])} interleaved rounds "
+             "(the studio through a real server and HTTP client, and `musicgpt.generate` with arcs, same seed).", ""]
+    rows = [["POST -> first new note (s)", fmt(first.get("median")), f"{fmt(first.get('min'))} - {fmt(first.get('max'))}",
+             f"<= {targets.get('first_note_s')}"],
+            ["streamed / direct tokens/s", fmt(ratios.get("median")), f"{fmt(ratios.get('min'))} - {fmt(ratios.get('max'))}",
+             f">= {1 - targets.get('overhead', 0.1):g}"]]
+    lines += table(["measure", "median", "range", "target"], rows)
+    lines += ["Ratios of one run only: the machine's speed drifts between runs.", ""]
+    return lines, f"first note {fmt(first.get('median'))} s, {rx(ratios.get('median'))} generate"
+
+
 SECTIONS: dict[str, tuple[str, str, Callable[..., tuple[list[str], str]], str]] = {
     "tokenize": ("tokenize.json", "Tokenizer speed", section_tokenize, "python bench/tokenizer_speed.py"),
     "roundtrip": ("roundtrip.json", "Codec round trip", section_roundtrip, "python bench/roundtrip.py"),
@@ -565,6 +580,8 @@ SECTIONS: dict[str, tuple[str, str, Callable[..., tuple[list[str], str]], str]] 
     "metrics": ("metrics.json", "Music metrics", section_metrics, "python bench/metrics.py"),
     "attend_memory": ("attend_memory.json", "Attention arcs of a long piece: memory", section_attend_memory,
                       "python bench/attend_memory.py"),
+    "studio": ("studio_latency.json", "Studio: first streamed note and streaming overhead", section_studio,
+               "python bench/studio_latency.py"),
     "gpu": ("gpu.json", "GPU: relative attention and generation", section_gpu, "python bench/gpu.py (needs CUDA)"),
     "lengthgen-full": ("lengthgen-full.json", "Length generalization (full run)",
                        lambda d, img: section_lengthgen(d, img, "lengthgen-full"),

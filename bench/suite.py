@@ -92,6 +92,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               _by_size(["--minutes", "1"], ["--minutes", "5"], [])),
     Benchmark("lengthgen", "length_generalization.py", "lengthgen.json",
               _by_size(["--size", "quick", "--steps", "100"], ["--size", "quick"], ["--size", "full", "--reuse"])),
+    Benchmark("studio", "studio_latency.py", "studio_latency.json",
+              _by_size(["--rounds", "1", "--seconds", "10"], ["--rounds", "5"], ["--rounds", "9"])),
 )}
 
 

@@ -89,6 +89,10 @@ def write_results(directory: Path, skip: tuple[str, ...] = ()) -> None:
                                    {"minutes": 60, "peak_rss_mb": 12297, "outcome": "killed at the cap"}]}},
         "lengthgen.json": lengthgen_result("quick"),
         "lengthgen-full.json": lengthgen_result("full"),
+        "studio_latency.json": {"machine": {"cpus": 2}, "model": "bundled", "primer": "examples/x.mid", "primer_seconds": 20,
+                                "seconds": 30, "rounds": [{}, {}, {}], "targets": {"first_note_s": 0.5, "overhead": 0.1},
+                                "first_note_s": {"median": 0.2, "min": 0.19, "max": 0.7},
+                                "tokens_per_s_ratio": {"median": 0.95, "min": 0.9, "max": 1.02}},
         "gpu.json": {"device": "Test GPU", "torch": "2.11.0+cu130", "date": "2026-01-01T00:00:00",
                      "shape": {"n_layer": 1}, "precision": "bf16",
                      "train": [{"length": 64, "batch": 2, "errors": {},
@@ -155,6 +159,8 @@ def test_report_renders_tables_ratios_and_plots(tmp_path):
         assert (out.parent / "img" / png).read_bytes()[:4] == b"\x89PNG"
         assert f"(img/{png})" in text
     assert "Measured on: CPU Test CPU, 2 cores" in text
+    studio = section(text, "Studio: first streamed note and streaming overhead")
+    assert "| POST -> first new note (s) | 0.2 | 0.19 - 0.7 | <= 0.5 |" in studio and "3 interleaved rounds" in studio
 
 
 def test_missing_and_malformed_results_are_reported_not_fatal(tmp_path):
@@ -204,7 +210,7 @@ def test_option_parsing():
     assert parser.parse_args([]).size == "default" and parser.parse_args(["--full"]).size == "full"
     assert suite.parse_only(None) == list(suite.BENCHMARKS)
     assert list(suite.BENCHMARKS) == ["tokenize", "roundtrip", "attention", "train", "generate", "metrics",
-                                      "attend_memory", "lengthgen"]
+                                      "attend_memory", "lengthgen", "studio"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--quick", "--full"])
     for bad in ("attention,nope", ",", ""):
