@@ -32,6 +32,7 @@ class StoredFile:
 
     @property
     def media_type(self) -> str:
+        """The Content-Type it is served with (by its suffix)."""
         return MEDIA_TYPES.get(Path(self.name).suffix, "application/octet-stream")
 
     def ensure(self) -> Path:

@@ -12,6 +12,10 @@ Each note's arcs (`arcs` events) follow its first `note` event: its NOTE_ON's at
 notes exactly as `musicgpt.arcs.capture.aggregate` does for arcs.json (the same top-n, minimum weight and
 tie order, weights rounded as arcs.json stores them), so the last `note` of every id and its arcs equal the
 finished sample's arcs.json, with note ids mapped through `token`.
+
+An infilling take streams its prefix (as primer notes) and the middle it writes, on the piece's clock; the
+suffix, read first on a clock of its own, is not followed (arcs to its notes are left out of the stream),
+and the finished files hold the whole piece.
 """
 
 from __future__ import annotations

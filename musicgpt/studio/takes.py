@@ -1,7 +1,8 @@
 """One take: a `TakeRequest` generated step by step in the worker thread, its events streamed, its files stored.
 
 The take runs the library's own `Generation` (the loop `musicgpt.generate` runs), so a take with a seed
-gives the same music as `musicgpt.generate` with that seed and settings. Events are sent in batches at
+gives the same music as `musicgpt.generate` with that seed and settings (controls and guidance included);
+a take with `infill_start`/`infill_end` builds its prompt and finishes its piece as `musicgpt.infill` does. Events are sent in batches at
 most every `FLUSH_SECONDS` (each batch ends with a `progress` event), except that the first new note is
 sent at once: the page shows it as soon as it exists, and a batch per step would cost the generation
 thread a wake-up of the server's loop per token.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 import random
+import threading
 import time
 import warnings
 from functools import partial
@@ -53,12 +55,24 @@ class Prompt(NamedTuple):
     piece: Notes | None  # an infilling take: the whole piece read from the primer
 
 
-def _make(entry: StoredFile) -> None:
+FORM_WORDS = {CUT_CHOICE: "primer_seconds or primer_tokens (fields)"}  # the cut note in the API's words
+
+
+QUIET_WAIT_S = 30.0  # the longest the file writer waits for a take to reach its first new note
+WRITE_DELAY_S = 0.5  # after `done`: a client that starts its next take at once does so before the writer
+
+
+def _make(entry: StoredFile, quiet: threading.Event, not_before: float) -> None:
+    """Make a file in the writer thread, once no take is starting; a failure stays in the entry (its download
+    answers with the reason)."""
+    # writing a long take's arcs.json and viewer page holds the GIL for a second or more: a take that starts
+    # meanwhile would wait for it before its first note (measured: 0.6 s instead of 0.2 s after a 20 s primer)
+    time.sleep(max(0.0, not_before - time.monotonic()))
+    quiet.wait(QUIET_WAIT_S)
     try:
         entry.ensure()
-    except OSError:  # kept in the entry: its download answers with the reason
+    except OSError:
         pass
-FORM_WORDS = {CUT_CHOICE: "primer_seconds or primer_tokens (fields)"}  # the cut note in the API's words
 
 
 class TakeRunner:
@@ -71,6 +85,8 @@ class TakeRunner:
         self.arcs_config = arcs_config or ArcsConfig()
         self._numbers = itertools.count(1)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musicgpt-studio-files")
+        self._quiet = threading.Event()  # clear from a take's start to its first new note: the writer waits
+        self._quiet.set()
 
     def close(self) -> None:
         """Stop writing files (the server is stopping and removes its folder)."""
@@ -80,6 +96,7 @@ class TakeRunner:
         """Run one take to its end; returns its outcome (done, stopped, disconnected or error)."""
         request: TakeRequest = job.request
         torch.set_num_threads(self.threads)  # generation of one batch is fastest on one thread
+        self._quiet.clear()
         try:
             prompt = self._prompt(request)
             settings = self._settings(request, prompt.gap_steps)
@@ -105,15 +122,17 @@ class TakeRunner:
                 samples = [infilled(s, prompt.piece, request.infill_start, request.infill_end) for s in samples]
             stored = [self._store(take, b, sample) for b, sample in enumerate(samples)]
             job.send(events + [("done", self._done(job, take, samples, stored, started))])
+            not_before = time.monotonic() + WRITE_DELAY_S
             for files in stored:  # written beside the next take, not before it: a new take starts at once
                 for kind, (_, entry) in files.items():
                     if kind != "wav":
-                        self._writer.submit(_make, entry)
+                        self._writer.submit(_make, entry, self._quiet, not_before)
             return "stopped" if job.cancelled else "done"
         except MusicGPTError as exc:
             job.send([("error", {"job": job.id, "message": self._named(str(exc), request)})])
             return "error"
         finally:
+            self._quiet.set()
             if request.primer_path is not None and request.example is None:
                 request.primer_path.unlink(missing_ok=True)  # an upload is read once
 
@@ -131,6 +150,8 @@ class TakeRunner:
             if pending and (new_note or now - sent >= FLUSH_SECONDS):
                 first_new = first_new and not new_note
                 job.send(pending + [("progress", self._progress(job, generation, started))])
+                if new_note:
+                    self._quiet.set()
                 pending, sent = [], now
         job.send(pending + [("progress", self._progress(job, generation, started))])
 
