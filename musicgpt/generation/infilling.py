@@ -35,7 +35,7 @@ from musicgpt.music.notes import Notes
 from musicgpt.music.scores import read_notes
 from musicgpt.tokens import infill as fim
 
-__all__ = ["infill", "infill_prompt", "assemble"]
+__all__ = ["infill", "infill_prompt", "infilled_sample", "assemble"]
 
 MIDDLE_TOKENS_PER_SECOND = 60  # room kept for the middle (dense piano writes ~35-50 tokens a second)
 PREFIX_SHARE = 0.6
@@ -109,11 +109,11 @@ def infill(model=None, piece=None, start: float = 0.0, end: float = 0.0, *, toke
     with _eval_threads(model, threads if next(model.parameters()).device.type == "cpu" else None):
         raw = _run(Generation(model, tokenizer, prompt, settings, uncond_prompt=unconditional), progress)
     start_s, end_s = float(start), float(end)
-    return [_infilled(sample, notes, start_s, end_s) for sample in raw]
+    return [infilled_sample(sample, notes, start_s, end_s) for sample in raw]
 
 
-def _infilled(sample: Sample, notes: Notes, start: float, end: float) -> Sample:
-    """The Sample of the whole piece: the input's notes outside the gap, the model's inside."""
+def infilled_sample(sample: Sample, notes: Notes, start: float, end: float) -> Sample:
+    """A raw infilling Sample made the whole piece: the input's notes outside the gap, the model's inside."""
     tok = sample.tokenizer
     spans = fim.spans(tok, sample.ids)
     # the ids' clock starts where the kept prefix starts (a long piece's prefix is cut): move it to the piece's

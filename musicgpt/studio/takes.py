@@ -31,8 +31,8 @@ from musicgpt.arcs.capture import ArcsConfig
 from musicgpt.arcs.format import write_arcs
 from musicgpt.errors import MusicGPTError
 from musicgpt.generation.loop import DEFAULT_NEW_TOKENS, TOKENS_PER_SECOND_CAP, Generation, GenerationSettings
-# _infilled is musicgpt.infill's own last step (the piece around the new middle): one rule for both
-from musicgpt.generation.infilling import _infilled as infilled, infill_prompt
+# infilled_sample is musicgpt.infill's own last step (the piece around the new middle): one rule for both
+from musicgpt.generation.infilling import infill_prompt, infilled_sample as infilled
 from musicgpt.generation.primer import CUT_CHOICE, PrimerCutWarning, primer_ids
 from musicgpt.generation.sample import Sample
 from musicgpt.music.notes import Notes
