@@ -130,9 +130,11 @@ def run_info(run_dir: Path, step: int | None = None) -> dict[str, Any]:
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     finished = datetime.datetime.fromtimestamp((run_dir / "metrics.csv").stat().st_mtime) if rows else None
     resumes = run_json.get("resumes") or []  # `--resume RUN --set ...`: what changed, from which checkpoint
-    planned = config.get("train", {}).get("steps")
+    # a fine-tune (--init-from) runs [finetune].steps when set, and its resumes change that key
+    steps_key = "finetune.steps" if run_json.get("init_from") and config.get("finetune", {}).get("steps") else "train.steps"
+    planned = config.get(steps_key.split(".")[0], {}).get("steps")
     for resume in resumes:
-        planned = resume.get("changed", {}).get("train.steps", [None, planned])[1]
+        planned = resume.get("changed", {}).get(steps_key, [None, planned])[1]
     return {
         "dir": _rel(run_dir), "config": config, "config_file": _rel(config_file) if config_file else None,
         "command": command, "data": data, "started": run_json.get("started"),
@@ -458,6 +460,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="comma list of parts to skip: eval,fp32,pieces,abs,samples")
     parser.add_argument("--label", default="final", help="'final', or e.g. 'intermediate (step 1500)' for dev runs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON output (default %(default)s)")
+    parser.add_argument("--base", type=Path, metavar="RESULTS.json",
+                        help="a fine-tune: the results JSON of the model it was fine-tuned from (its training, figures "
+                             "and absolute twin go on the card as the base)")
+    parser.add_argument("--steering", type=Path, metavar="STEERING.json",
+                        help="bench/steering.py's results for these weights (controls, infilling, guidance) for the card")
     parser.add_argument("--update", action="store_true",
                         help="keep the parts of an existing --out (same weights) that this call skips, e.g. "
                              "--update --skip eval,fp32,pieces,samples --abs-run DIR adds the twin later")
@@ -500,6 +507,11 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": info, "installed": installed or result.get("installed"),
         "run": run, "data": {"asap": data_info(args.data), "pop909": data_info(args.pop909) if args.pop909 else None},
     })
+    if args.base is not None:
+        base = json.loads(args.base.read_text())
+        result["base"] = {k: base.get(k) for k in ("checkpoint", "run", "evaluations", "absolute_twin", "command")}
+    if args.steering is not None:
+        result["steering"] = json.loads(args.steering.read_text())
     if "eval" not in skip:
         print(f"evaluating {ckpt}", file=sys.stderr)
         result["evaluations"] = evaluate_all(ckpt, data, pop909, contexts, args)

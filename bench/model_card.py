@@ -125,15 +125,14 @@ def render(r: dict[str, Any]) -> str:
         f"encoding (NOTE_ON, NOTE_OFF, TIME_SHIFT, VELOCITY; {model['vocab_size']} tokens). It continues a primer "
         "with expressive solo piano, and it is what `musicgpt generate`, `evaluate`, `attend`, `info` and "
         "`MusicGPT.from_pretrained()` use when no checkpoint is given. Nothing is downloaded: the weights ship "
-        "inside the package.", ""]
+        "inside the package. " + _can_steer(ck), ""]
     summary_rows = [
         ["weights", f"`model.safetensors`: {ck['weights_bytes']:,} bytes, {', '.join(ck['stored_dtypes'])}"
          + (f", sha256 `{meta['weights_sha256'][:16]}…`" if meta.get("weights_sha256") else "")],
         ["license", f"**{LICENSE_NAME}** ([terms]({LICENSE_URL})), inherited from the ASAP training data: "
                     "non-commercial use, share alike, attribution. See `LICENSE` in this folder. "
                     "(The musicgpt code is MIT.)"],
-        ["training", f"{_n(meta.get('step'))} steps, {_n(meta.get('tokens'))} tokens seen, "
-                     f"{_hours(run.get('seconds_at_checkpoint'))} on {_trained_on(run, machine)}"],
+        ["training", _training_summary(r)],
     ]
     test_nll = _nll(evals, test_key)
     if test_nll is not None:
@@ -142,7 +141,16 @@ def render(r: dict[str, Any]) -> str:
                                               f"(target ≤ {NLL_TARGET}: {verdict})"])
     lines += _table(["", ""], summary_rows) + [""]
 
-    lines += _data_section(r) + _model_section(ck) + _training_section(r) + _evaluation_section(r)
+    lines += _data_section(r) + _model_section(ck)
+    if r.get("base"):
+        base = r["base"]
+        lines += _training_section({**r, "run": base["run"], "checkpoint": base["checkpoint"]},
+                                   "## Training: the plain base model")
+        lines += _training_section(r, "## Training: the fine-tune for steering")
+    else:
+        lines += _training_section(r)
+    lines += _evaluation_section(r)
+    lines += steering_section(r)
     if r.get("samples"):
         lines += _samples_section(r["samples"], r.get("samples_uncapped"))
     lines += _limitations(r) + _reproduce(r)
@@ -183,14 +191,42 @@ def _model_section(ck: dict) -> list[str]:
                f"{tok.get('velocity_bins', '?')} velocity bins.", ""])
 
 
-def _training_section(r: dict) -> list[str]:
+def _training_summary(r: dict) -> str:
+    """The summary row: steps, tokens and time, and the base's when the weights are a fine-tune."""
+    run, meta, machine = r["run"], r["checkpoint"]["meta"], r["machine"]
+    text = (f"{_n(meta.get('step'))} steps, {_n(meta.get('tokens'))} tokens seen, "
+            f"{_hours(run.get('seconds_at_checkpoint'))} on {_trained_on(run, machine)}")
+    base = r.get("base")
+    if not base:
+        return text
+    bm = base["checkpoint"]["meta"]
+    return (f"the plain base model: {_n(bm.get('step'))} steps, {_n(bm.get('tokens'))} tokens, "
+            f"{_hours(base['run'].get('seconds_at_checkpoint'))} on {_trained_on(base['run'], machine)}; then "
+            f"fine-tuned for steering: {text}")
+
+
+def _can_steer(ck: dict) -> str:
+    """One sentence: which controls the tokenizer has and whether it infills."""
+    tok = ck.get("tokenizer") or {}
+    controls = tok.get("controls") or {}
+    if not controls and not tok.get("infill"):
+        return ("It has no control or infilling tokens: `--control`, `--guidance` and `--infill` need a model "
+                "trained for them (the README's Steering section; figures under Steering when measured).")
+    names = ", ".join(f"{name} ({len(values)} values)" for name, values in controls.items())
+    return (f"It can be steered: controls {names or 'none'}"
+            + ("; it fills gaps (`--infill START END`)." if tok.get("infill") else "."))
+
+
+def _training_section(r: dict, title: str = "## Training") -> list[str]:
     run, ck, machine = r["run"], r["checkpoint"], r["machine"]
     cfg = run["config"]
     train, optim = cfg.get("train", {}), cfg.get("optim", {})
+    if run.get("init_from") and cfg.get("finetune"):  # a fine-tune runs the [finetune] schedule
+        optim = {**optim, **{k: v for k, v in cfg["finetune"].items() if k != "steps"}}
     meta = ck["meta"]
     step_tokens = train.get("batch_size", 0) * train.get("grad_accum", 1) * ck["model"]["n_ctx"]
     hardware = _hardware_row(run, machine, train.get("precision"))
-    lines = ["## Training", "",
+    lines = [title, "",
              "```bash",
              f"musicgpt prepare {(r['data']['asap'].get('source_dir') or '../shared/corpora/asap')} --out {run['data']}",
              run["command"], "```", ""]
@@ -277,10 +313,24 @@ def _evaluation_section(r: dict) -> list[str]:
         lines += _table(["composer", "piece", "performances", "events", "NLL", "accuracy"],
                         [[p["composer"], p["title"], str(p["performances"]), f"{p['events']:,}", f"{p['nll']:.4f}",
                           f"{p['accuracy']:.4f}"] for p in pp["pieces"]]) + [""]
+    base = r.get("base")
+    if base and base.get("evaluations"):
+        lines += ["### Against the plain model it was fine-tuned from", "",
+                  f"The same evaluations of the base model (sha256 `{base['checkpoint']['meta'].get('weights_sha256', '')[:16]}…`, "
+                  "measured by this script when it was the bundled model); lower is better:", ""]
+        rows = [[key.replace("/", " "), _f(_nll(base["evaluations"], key), 4), _f(_nll(evals, key), 4),
+                 f"{_nll(evals, key) - _nll(base['evaluations'], key):+.4f}"]
+                for key in evals if _nll(base["evaluations"], key) is not None and _nll(evals, key) is not None]
+        lines += _table(["corpus split context", "base (plain)", "these weights", "difference"], rows) + [""]
     twin = r.get("absolute_twin")
     if twin:
         lines += _twin_section(r, twin)
+    elif base and base.get("absolute_twin"):
+        lines += _twin_section({**r, "evaluations": base["evaluations"]}, base["absolute_twin"],
+                               "### The base model's relative attention vs its absolute-position twin (same budget)")
     curve = r["run"].get("valid_curve") or []
+    if base:
+        twin = None  # the fine-tune's steps are not the twin's
     if curve:
         twin_curve = {v["step"]: v["valid_nll"] for v in (twin or {}).get("run", {}).get("valid_curve", [])}
         every = max(1, len(curve) // 12)
@@ -299,10 +349,11 @@ def _changes(resume: dict) -> str:
     return ", ".join(f"`{k}` {v[0]} → {v[1]}" for k, v in resume.get("changed", {}).items())
 
 
-def _twin_section(r: dict, twin: dict) -> list[str]:
+def _twin_section(r: dict, twin: dict,
+                  title: str = "### Relative attention vs the absolute-position twin (same budget)") -> list[str]:
     rel, ab = r.get("evaluations") or {}, twin.get("evaluations") or {}
     tm = twin["checkpoint"]["meta"]
-    lines = ["### Relative attention vs the absolute-position twin (same budget)", "",
+    lines = [title, "",
              f"The twin (`{twin['run']['config_file'] or twin['run']['dir']}`) is the same model and recipe with "
              "learned "
              f"absolute position embeddings instead of relative attention ({twin['checkpoint']['parameters']:,} "
@@ -318,6 +369,63 @@ def _twin_section(r: dict, twin: dict) -> list[str]:
         rows.append([key.replace("/", " "), _f(a, 4), _f(b, 4), diff])
     lines += _table(["corpus split context", "relative", "absolute", "absolute − relative"], rows) + [""]
     return lines
+
+
+def steering_section(r: dict) -> list[str]:
+    """Controls, infilling and guidance as bench/steering.py measured them (on these weights or another's)."""
+    st = r.get("steering")
+    if not st:
+        return []
+    ours = st.get("weights_sha256") and st.get("weights_sha256") == r["checkpoint"]["meta"].get("weights_sha256")
+    lines = ["## Steering", "",
+             ("Measured on these weights" if ours else
+              f"**Measured on another checkpoint** (`{st.get('checkpoint')}`, a fine-tune of this model for steering; "
+              "these weights cannot be steered)")
+             + " with `bench/steering.py` on ASAP's test split (split by piece: no test piece was trained on)"
+             + (" (a quick run: few documents)" if st.get("quick") else "") + ".", ""]
+    plain = st.get("plain") or {}
+    if plain.get("baseline"):
+        lines += [f"- Plain continuation (no control), ASAP test NLL at context 1024 over {_n(plain['model']['n_docs'])} "
+                  f"documents: **{plain['model']['nll']:.4f}** against {plain['baseline']['nll']:.4f} for the plain "
+                  f"model (`{plain['baseline']['checkpoint']}`): {plain['difference']:+.4f}."]
+    iv = st.get("infill_validity")
+    if iv:
+        lines += [f"- Infilling: **{iv['valid']}/{iv['infills']} valid** MIDI files (parse in mido and pretty_midi, "
+                  "the kept notes are the input's, new notes only in the gap, no overlapping notes of one pitch); kept "
+                  f"onsets exact in memory in {iv.get('kept_onsets_exact_in_memory', '?')}/{iv['infills']}, at most "
+                  f"{iv.get('kept_onset_error_max_ms', float('nan')):.2f} ms off once written (0.5 ms MIDI ticks); "
+                  f"{iv['new_notes_mean']:.0f} new notes per gap on average."]
+    nll = st.get("infill_nll")
+    if nll:
+        n = nll["nll"]
+        lines += [f"- The suffix helps: NLL per event of the true middle of {nll['gaps']} random 3-8 s gaps "
+                  f"({_n(nll['middle_tokens'])} events) given prefix and suffix **{n['prefix_and_suffix']:.4f}**, "
+                  f"given the prefix alone {n['prefix_alone']:.4f}, given the prefix and an empty suffix "
+                  f"{n['prefix_empty_suffix']:.4f}; lower with the suffix in {100 * nll['suffix_helped_share']:.0f}% "
+                  "of the gaps."]
+    g = st.get("guidance")
+    if g:
+        by = {(x["guidance"], x["asked"]): x for x in g["runs"]}
+        nps = "; ".join(f"guidance {scale:g}: low {by[(scale, 'low')]['notes_per_second']:.1f}, high "
+                        f"{by[(scale, 'high')]['notes_per_second']:.1f} notes/s"
+                        for scale in sorted({k[0] for k in by}) if (scale, "low") in by and (scale, "high") in by)
+        lines += [f"- Density control and guidance ({g['samples']} continuations of {g['seconds']:g} s per setting, "
+                  f"asked low or high): the share measuring as asked is {100 * g['match_share_g1']:.0f}% without "
+                  f"guidance and {100 * g['match_share_g2.5']:.0f}% at guidance 2.5 ({nps}); guided sampling runs at "
+                  f"{g['guided_over_unguided_tokens_per_s']:.2f}x the unguided tokens/s (interleaved runs)."]
+    comp = st.get("composers")
+    if comp:
+        rows_ok = sum(comp["true_below_none"].values())
+        lines += [f"- Composer control: for the test documents of each composer (rows; their first "
+                  f"{comp['windows_per_doc']} windows of 1024 events), NLL per event when told each composer "
+                  f"(columns), `unknown` or nothing. Told the true composer, NLL is lower than with no control for "
+                  f"{rows_ok} of {len(comp['rows'])} composers, and the lowest of its row for "
+                  f"{sum(comp['diagonal_lowest'].values())}.", ""]
+        header = ["true / told", "docs"] + comp["columns"]
+        rows = [[c, str(comp["docs"][c])] + [("**%.3f**" if told == c else "%.3f") % comp["nll"][c][told]
+                                            for told in comp["columns"]] for c in comp["rows"]]
+        lines += _table(header, rows)
+    return lines + [""]
 
 
 def _samples_section(s: dict, uncapped: dict | None = None) -> list[str]:
@@ -371,7 +479,10 @@ def _limitations(r: dict) -> list[str]:
             f"- ASAP holds {_n(r['data']['asap'].get('n_pieces'))} pieces by {_n(r['data']['asap'].get('n_composers'))} "
             f"composers, so the style range is narrow; the test split has "
             f"{_n((r['data']['asap'].get('splits') or {}).get('test', {}).get('n_pieces'))} pieces.",
-            "- The weights are for non-commercial use only (CC BY-NC-SA 4.0).", ""]
+            "- The weights are for non-commercial use only (CC BY-NC-SA 4.0).",
+            *(["- Controls are read once, at the start: past the context (1024 events, about 10-20 s of dense "
+               "piano) the sliding window no longer holds them."] if (r["checkpoint"].get("tokenizer") or {})
+              .get("controls") else []), ""]
 
 
 def _reproduce(r: dict) -> list[str]:

@@ -283,6 +283,8 @@ def main() -> int:
     model.eval()
     result = {"benchmark": "steering", "machine": machine_info(), "caveat": CAVEAT, "gpu": NO_GPU,
               "checkpoint": str(checkpoint.resolve(args.checkpoint)), "data": str(args.data),
+              "weights_sha256": checkpoint.read_config(checkpoint.resolve(args.checkpoint)).get("meta", {}).get(
+                  "weights_sha256"),
               "tokenizer": tok.to_dict(), "quick": args.quick}
     max_docs = 5 if args.quick else None
     result["plain"] = {"model": plain_nll(args.checkpoint, args.data, max_docs)}

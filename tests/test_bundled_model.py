@@ -173,3 +173,46 @@ def test_card_renders_from_the_measured_results(tmp_path):
     nll = data["evaluations"][f"asap/test/{data['checkpoint']['model']['n_ctx']}"]["nll"]
     assert f"{nll:.4f}" in text
     assert data["run"]["command"] in text
+
+
+def test_card_renders_a_fine_tune_with_its_base_and_steering_figures(tmp_path):
+    results = ROOT / "bench" / "results" / "bundled_model.json"
+    if not results.is_file():
+        pytest.skip(f"{results} not measured yet (python bench/bundled_model.py)")
+    card = _load_script("model_card", ROOT / "bench" / "model_card.py")
+    base = json.loads(results.read_text())
+    tuned = json.loads(results.read_text())
+    tuned["checkpoint"]["meta"]["weights_sha256"] = "ab" * 32
+    tuned["checkpoint"]["tokenizer"].update(controls={"composer": ["Bach", "unknown"]}, infill=True)
+    tuned["run"] = {**tuned["run"], "init_from": "bundled", "config": {**tuned["run"]["config"],
+                    "finetune": {"lr": 1.5e-4, "min_lr": 1.5e-5, "warmup_steps": 50, "steps": 1200}}}
+    tuned["evaluations"]["asap/test/1024"]["nll"] = 2.0011
+    del tuned["absolute_twin"]  # the fine-tune has no twin of its own: the base's is shown
+    tuned["base"] = {k: base[k] for k in ("checkpoint", "run", "evaluations", "absolute_twin", "command")}
+    runs = [{"guidance": g, "asked": a, "measured": [a], "match_share": m, "notes_per_second": n, "tokens_per_s": 50}
+            for g, a, m, n in ((1.0, "low", 0.5, 7.0), (1.0, "high", 0.5, 12.0), (2.5, "low", 1.0, 5.0),
+                               (2.5, "high", 1.0, 16.0))]
+    tuned["steering"] = {
+        "checkpoint": "musicgpt/pretrained", "weights_sha256": "ab" * 32, "quick": False,
+        "plain": {"model": {"nll": 2.0011, "n_docs": 57, "checkpoint": "x"},
+                  "baseline": {"nll": 1.9933, "checkpoint": "runs/plain"}, "difference": 0.0078},
+        "composers": {"rows": ["Bach", "Liszt"], "columns": ["Bach", "Liszt", "unknown", "none"], "windows_per_doc": 2,
+                      "docs": {"Bach": 18, "Liszt": 29},
+                      "nll": {"Bach": {"Bach": 1.9, "Liszt": 2.0, "unknown": 1.95, "none": 1.96},
+                              "Liszt": {"Bach": 2.1, "Liszt": 2.05, "unknown": 2.06, "none": 2.07}},
+                      "diagonal_lowest": {"Bach": True, "Liszt": True}, "true_below_none": {"Bach": True, "Liszt": True}},
+        "infill_nll": {"gaps": 60, "middle_tokens": 12345, "suffix_helped_share": 0.8,
+                       "nll": {"prefix_and_suffix": 1.81, "prefix_alone": 1.93, "prefix_empty_suffix": 1.95}},
+        "infill_validity": {"infills": 50, "valid": 50, "kept_onsets_exact_in_memory": 50,
+                            "kept_onset_error_max_ms": 0.25, "new_notes_mean": 61.2},
+        "guidance": {"samples": 4, "seconds": 15.0, "runs": runs, "match_share_g1": 0.5, "match_share_g2.5": 1.0,
+                     "guided_over_unguided_tokens_per_s": 0.55}}
+    text = card.render(tuned)
+    assert "## Training: the plain base model" in text and "## Training: the fine-tune for steering" in text
+    assert "then fine-tuned for steering" in text and "It can be steered: controls composer (2 values)" in text
+    assert "Measured on these weights" in text and "**50/50 valid**" in text and "**2.0011** against 1.9933" in text
+    assert "| Bach | 18 | **1.900** | 2.000 | 1.950 | 1.960 |" in text and "+0.0078" in text
+    assert "guidance 2.5: low 5.0, high 16.0 notes/s" in text and "lr 0.00015" in text
+    assert "The base model's relative attention vs its absolute-position twin" in text
+    plain = card.render({**base, "steering": {**tuned["steering"], "weights_sha256": None}})
+    assert "**Measured on another checkpoint**" in plain and "It has no control or infilling tokens" in plain
