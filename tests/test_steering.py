@@ -189,3 +189,24 @@ def test_the_steering_benchmark_accepts_a_true_infill_and_catches_a_moved_kept_n
     shifted = type(original)(moved, original.end + (moved - original.start), original.pitch, original.velocity)
     problems, error = bench._check_infill(path, shifted, 3.0, 6.5)
     assert problems == ["a kept note moved by 5.00 ms"], problems
+
+
+def test_the_png_of_an_infilled_piece_shades_the_gap_and_dashes_arcs_to_later_notes(model, tmp_path):
+    from matplotlib.figure import Figure
+    from matplotlib.patches import PathPatch
+
+    from musicgpt.viz.png import SUFFIX_COLOR, draw_arcs, render_png
+
+    (s,) = musicgpt.infill(model, PRIMER, 3.0, 6.5, tokenizer=TOK, seed=2, arcs=True)
+    d, notes = s.arcs, s.arcs["notes"]
+    forward = [a for a in d["arcs"] if notes[a["key"]]["start"] > notes[a["query"]]["start"]]
+    q = forward[0]["query"]
+    ax = Figure().add_subplot()
+    assert draw_arcs(ax, d, q, layers=[forward[0]["layer"]], top=None, threshold=0.0) == q
+    dashed = [p for p in ax.patches if isinstance(p, PathPatch) and p.get_linestyle() not in ("-", "solid")]
+    assert dashed, "an arc to a later (suffix) note is drawn dashed"
+    role = {"prefix": "kept, before the gap", "middle": "infilled"}[notes[q]["part"]]  # the suffix is read first
+    assert role in ax.get_title(loc="left") and [t.get_text() for t in ax.texts] == [" infill ▸"]
+    faces = [tuple(round(c, 3) for c in fc[:3]) for coll in ax.collections for fc in coll.get_facecolors()]
+    assert tuple(round(int(SUFFIX_COLOR[i:i + 2], 16) / 255, 3) for i in (1, 3, 5)) in faces
+    assert render_png(d, tmp_path / "infill.png", q).__eq__(q) and (tmp_path / "infill.png").stat().st_size > 0

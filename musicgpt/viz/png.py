@@ -25,6 +25,7 @@ from musicgpt.errors import MusicGPTError
 # The HTML viewer's light-theme palette, so a PNG and a screenshot of the page agree.
 HEAD_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#e377c2", "#8c9a1c", "#8c564b", "#3b4cc0"]
 PRIMER_COLOR, CONT_COLOR, BOUNDARY_COLOR = "#9fb6e3", "#253455", "#e07b00"
+SUFFIX_COLOR = "#8cc9b4"  # the kept notes after an infilled gap (arcs.json "part": "suffix")
 NAMES = ["C", "C♯", "D", "D♯", "E", "F", "F♯", "G", "G♯", "A", "A♯", "B"]
 
 
@@ -107,7 +108,8 @@ def draw_arcs(
     else:
         q = notes[note]
         t_lo = max(0.0, min([notes[a["key"]]["start"] for a in arcs] + [q["start"] - 2.0]) - 0.6)
-        t_hi = min(duration, q["end"] + 1.5)
+        later = [notes[a["key"]]["start"] + 0.5 for a in arcs if notes[a["key"]]["start"] > q["start"]]  # suffix keys
+        t_hi = min(duration, max([q["end"]] + later) + 1.5)
     shown = [n for n in notes if n["end"] >= t_lo and n["start"] <= t_hi] or notes
     p_lo = min((n["pitch"] for n in shown), default=48) - 2
     p_hi = max((n["pitch"] for n in shown), default=72) + 2
@@ -125,7 +127,7 @@ def draw_arcs(
         alpha = 0.45 + 0.55 * n["velocity"] / 127
         if focus and i != note and i not in keys_best:
             alpha *= 0.5
-        base = PRIMER_COLOR if n["primer"] else CONT_COLOR
+        base = SUFFIX_COLOR if n.get("part") == "suffix" else PRIMER_COLOR if n["primer"] else CONT_COLOR
         faces.append((*_rgb(base), alpha))
         if i == note:
             edges.append("#000000"), widths.append(1.8)
@@ -135,7 +137,16 @@ def draw_arcs(
             edges.append("none"), widths.append(0.0)
     ax.add_collection(PatchCollection(rects, facecolors=faces, edgecolors=edges, linewidths=widths, zorder=2))
 
-    boundary = min((n["start"] for n in notes if not n["primer"]), default=None)
+    gap = d.get("infill")
+    if gap is not None:  # an infilled piece: the gap shaded and bounded, no primer/continuation boundary
+        ax.axvspan(max(t_lo, gap[0]), min(t_hi, gap[1]), color=BOUNDARY_COLOR, alpha=0.08, lw=0, zorder=0)
+        for edge in gap:
+            if t_lo <= edge <= t_hi:
+                ax.axvline(edge, color=BOUNDARY_COLOR, ls=(0, (5, 4)), lw=1.3, zorder=1)
+        if not compact and t_lo <= gap[0] <= t_hi:
+            ax.text(gap[0], p_hi + headroom, " infill ▸", color=BOUNDARY_COLOR, fontsize=8, va="top", ha="left",
+                    weight="bold")
+    boundary = None if gap is not None else min((n["start"] for n in notes if not n["primer"]), default=None)
     if boundary is not None and any(n["primer"] for n in notes) and t_lo <= boundary <= t_hi:
         ax.axvspan(t_lo, boundary, color=PRIMER_COLOR, alpha=0.12, lw=0, zorder=0)
         ax.axvline(boundary, color=BOUNDARY_COLOR, ls=(0, (5, 4)), lw=1.3, zorder=1)
@@ -157,8 +168,10 @@ def draw_arcs(
             top_y = max(yq, yk) + headroom * (0.18 + 0.8 * min(1.0, dx / span)) * spread
             verts = [(xq, yq), (xq - 0.12 * dx, top_y), (xk + 0.12 * dx, top_y), (xk, yk)]
         path = MplPath(verts, [MplPath.MOVETO, MplPath.CURVE4, MplPath.CURVE4, MplPath.CURVE4])
+        forward = k["start"] > qn["start"]  # to a suffix note that sounds later but was read first: dashed
         ax.add_patch(PathPatch(path, fill=False, lw=(0.6 + 4.0 * w) * (0.5 if compact else 1.0), alpha=0.3 + 0.7 * w ** 0.5,
-                               edgecolor=head_color(a["head"], n_head), capstyle="round", zorder=3))
+                               edgecolor=head_color(a["head"], n_head), capstyle="round", zorder=3,
+                               linestyle=(0, (4, 3)) if forward else "solid"))
 
     ax.set_xlim(t_lo, t_hi)
     ax.set_ylim(p_lo - 0.5, p_hi + headroom + 0.5)
@@ -174,8 +187,13 @@ def draw_arcs(
     if legend:
         drawn = sorted({a["head"] for a in arcs})
         handles = [Line2D([], [], color=head_color(h, n_head), lw=2.5, label=f"head {h}") for h in drawn]
-        handles += [Patch(color=PRIMER_COLOR, label="primer")] if any(n["primer"] for n in notes) else []
-        handles += [Patch(color=CONT_COLOR, label=label)]
+        if gap is not None:
+            handles += [Patch(color=PRIMER_COLOR, label="kept before the gap"), Patch(color=CONT_COLOR, label="infilled"),
+                        Patch(color=SUFFIX_COLOR, label="kept after (read first)")]
+            handles += [Line2D([], [], color="#555555", lw=1.5, ls=(0, (4, 3)), label="arc to a later note")]
+        else:
+            handles += [Patch(color=PRIMER_COLOR, label="primer")] if any(n["primer"] for n in notes) else []
+            handles += [Patch(color=CONT_COLOR, label=label)]
         handles += [Line2D([], [], color="#555555", lw=0.6 + 4.0 * w, label=f"weight {w:g}") for w in (0.05, 0.3, 1.0)]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     if note is not None:
@@ -183,12 +201,20 @@ def draw_arcs(
         heads_txt = "all heads" if heads is None else "heads " + ",".join(map(str, heads))
         layers_txt = ("layer " if len(layers) == 1 else "layers ") + ",".join(map(str, layers))
         ax.set_title(
-            f"note {note} ({note_name(qn['pitch'])}, {qn['start']:.2f} s, {'primer' if qn['primer'] else label})"
+            f"note {note} ({note_name(qn['pitch'])}, {qn['start']:.2f} s, {_role(qn, label)})"
             f" attends to · {layers_txt} · {heads_txt} · top {top} per head · weight ≥ {threshold:g}",
             fontsize=10, loc="left")
     else:
         ax.set_title("no arcs to draw", fontsize=10, loc="left")
     return note
+
+
+def _role(n: dict, label: str) -> str:
+    """What a note is, for titles: its infill part, else primer or the document's label."""
+    part = n.get("part")
+    if part is not None:
+        return {"prefix": "kept, before the gap", "middle": "infilled", "suffix": "kept, after the gap"}[part]
+    return "primer" if n["primer"] else label
 
 
 def _rgb(hex_color: str) -> tuple[float, float, float]:
@@ -268,7 +294,7 @@ def grid_figure(
     else:
         qn = notes[note]
         fig.suptitle(f"note {note} ({note_name(qn['pitch'])}, {qn['start']:.2f} s, "
-                     f"{'primer' if qn['primer'] else notes_label(d)}) attends to · rows: layers, columns: heads · "
+                     f"{_role(qn, notes_label(d))}) attends to · rows: layers, columns: heads · "
                      f"top {top} per head · weight ≥ {threshold:g}", fontsize=10)
     return fig, note
 
