@@ -62,7 +62,7 @@ from musicgpt.generation.loop import DEFAULT_MAX_NOTE_SECONDS  # noqa: E402
 from musicgpt._cpuinfo import cpu_flags, cpu_model  # noqa: E402
 from musicgpt import checkpoint  # noqa: E402
 from musicgpt.model import GPTConfig, load_checkpoint, load_model  # noqa: E402
-from musicgpt.training.config import load_config  # noqa: E402
+from musicgpt.training.config import config_to_dict, load_config  # noqa: E402
 from musicgpt.corpus.shards import Split, open_split  # noqa: E402
 from musicgpt.training.data import Specials, windows  # noqa: E402
 from musicgpt.errors import ConfigError, MusicGPTError  # noqa: E402
@@ -98,15 +98,23 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
-def config_file_for(run_dir: Path) -> Path | None:
-    """configs/<run name>.toml when it gives the same config as the run's own config.toml."""
-    candidate = ROOT / "configs" / f"{run_dir.name}.toml"
-    try:
-        if candidate.is_file() and load_config(candidate) == load_config(run_dir / "config.toml"):
-            return candidate
-    except MusicGPTError:
-        pass
-    return None
+def config_file_for(run_dir: Path, fine_tune: bool = False) -> Path | None:
+    """configs/<run name>.toml when it gives the same config as the run's own config.toml; for a fine-tune (whose
+    [model] is the checkpoint's), the preset that gives the same config but for [model]."""
+    def same(candidate: Path) -> bool:
+        try:
+            a, b = config_to_dict(load_config(candidate)), config_to_dict(load_config(run_dir / "config.toml"))
+        except MusicGPTError:
+            return False
+        if fine_tune:
+            a.pop("model", None), b.pop("model", None)
+        for d in (a, b):  # a display setting (off when the run's output is not a terminal), not the recipe
+            d.get("train", {}).pop("progress", None)
+        return a == b
+
+    named = ROOT / "configs" / f"{run_dir.name}.toml"
+    candidates = [named] + (sorted((ROOT / "configs").glob("*.toml")) if fine_tune else [])
+    return next((c for c in candidates if c.is_file() and same(c)), None)
 
 
 def run_info(run_dir: Path, step: int | None = None) -> dict[str, Any]:
@@ -118,7 +126,7 @@ def run_info(run_dir: Path, step: int | None = None) -> dict[str, Any]:
     with open(run_dir / "config.toml", "rb") as f:
         config = tomllib.load(f)
     rows = read_metrics(run_dir)
-    config_file = config_file_for(run_dir)
+    config_file = config_file_for(run_dir, fine_tune=bool(run_json.get("init_from")))
     data = run_json.get("data") or "DATA"
     config_arg = _rel(config_file) if config_file else _rel(run_dir / "config.toml")
     command = f"musicgpt train --config {config_arg} --data {data} --out {_rel(run_dir)}"

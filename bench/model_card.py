@@ -230,6 +230,11 @@ def _training_section(r: dict, title: str = "## Training") -> list[str]:
              "```bash",
              f"musicgpt prepare {(r['data']['asap'].get('source_dir') or '../shared/corpora/asap')} --out {run['data']}",
              run["command"], "```", ""]
+    base = r.get("base")
+    if run.get("init_from") == "bundled" and base and base["run"] is not run:
+        lines += [f"`bundled` was then the plain base model above (sha256 "
+                  f"`{base['checkpoint']['meta'].get('weights_sha256', '')[:16]}…`), which these weights replace as the "
+                  "bundled model.", ""]
     rows = [
         ["config", f"`{run['config_file'] or run['dir'] + '/config.toml'}`"
                    + ("" if run["config_file"] else " (the run's own copy)")],
@@ -416,11 +421,14 @@ def steering_section(r: dict) -> list[str]:
     comp = st.get("composers")
     if comp:
         rows_ok = sum(comp["true_below_none"].values())
+        spread = max(max(v.values()) - min(v.values()) for v in comp["nll"].values())
         lines += [f"- Composer control: for the test documents of each composer (rows; their first "
                   f"{comp['windows_per_doc']} windows of 1024 events), NLL per event when told each composer "
                   f"(columns), `unknown` or nothing. Told the true composer, NLL is lower than with no control for "
                   f"{rows_ok} of {len(comp['rows'])} composers, and the lowest of its row for "
-                  f"{sum(comp['diagonal_lowest'].values())}.", ""]
+                  f"{sum(comp['diagonal_lowest'].values())}; but no row spans more than {spread:.4f} nats"
+                  + (", so the composer control changes the predictions very little: it is barely learned yet."
+                     if spread < 0.01 else "."), ""]
         header = ["true / told", "docs"] + comp["columns"]
         rows = [[c, str(comp["docs"][c])] + [("**%.3f**" if told == c else "%.3f") % comp["nll"][c][told]
                                             for told in comp["columns"]] for c in comp["rows"]]
@@ -472,7 +480,10 @@ def _samples_section(s: dict, uncapped: dict | None = None) -> list[str]:
 def _limitations(r: dict) -> list[str]:
     return ["## Limitations", "",
             f"- A small model ({_n(r['checkpoint']['parameters'])} parameters) trained for "
-            f"{_hours(r['run'].get('train_seconds'))} on {_trained_on(r['run'], r['machine'])}: expect plausible "
+            + (f"{_hours(r['base']['run'].get('train_seconds'))} on {_trained_on(r['base']['run'], r['machine'])} and "
+               f"fine-tuned for {_hours(r['run'].get('train_seconds'))} on {_trained_on(r['run'], r['machine'])}"
+               if r.get("base") else f"{_hours(r['run'].get('train_seconds'))} on {_trained_on(r['run'], r['machine'])}")
+            + ": expect plausible "
             "piano texture and local continuity, "
             "not long-range form. It knows solo classical piano; pop or other instruments are out of its domain "
             "(see the POP909 row).",

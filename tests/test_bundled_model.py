@@ -53,8 +53,14 @@ def test_bundled_files_config_and_tokenizer_agree():
     tokenizer = checkpoint.load_tokenizer()
     assert raw["format"] == checkpoint.FORMAT
     assert isinstance(tokenizer, PerformanceTokenizer)
-    assert tokenizer.vocab_size == config.vocab_size == 391  # the pinned default layout
-    assert tokenizer == PerformanceTokenizer()  # the codec users get by default encodes what the model learned
+    assert tokenizer.vocab_size == config.vocab_size
+    # steerable: the default codec's 391 tokens first, unchanged, so what PerformanceTokenizer() encodes is what the
+    # model learned; then the controls and infilling tokens (issue #15)
+    plain = PerformanceTokenizer()
+    assert {k: v for k, v in tokenizer.params().items() if k not in ("controls", "infill")} == plain.params()
+    assert [tokenizer.token_name(i) for i in range(plain.vocab_size)] == [plain.token_name(i) for i in range(391)]
+    assert set(tokenizer.controls) == {"composer", "density", "dynamics"} and tokenizer.infill
+    assert {"Bach", "Chopin", "Liszt", "unknown"} <= set(tokenizer.controls["composer"])
     assert config.position == "relative"
     assert (BUNDLED / checkpoint.WEIGHTS).stat().st_size <= MAX_BYTES
     card = (BUNDLED / "MODEL_CARD.md").read_text()
@@ -180,14 +186,20 @@ def test_card_renders_a_fine_tune_with_its_base_and_steering_figures(tmp_path):
     if not results.is_file():
         pytest.skip(f"{results} not measured yet (python bench/bundled_model.py)")
     card = _load_script("model_card", ROOT / "bench" / "model_card.py")
-    base = json.loads(results.read_text())
-    tuned = json.loads(results.read_text())
+    measured = json.loads(results.read_text())
+    # the plain model's results: the base of the measured fine-tune, or the measured results themselves
+    base = measured.get("base") or {k: measured.get(k) for k in ("checkpoint", "run", "evaluations", "absolute_twin")}
+    base = {**measured, **base}
+    base.pop("base", None), base.pop("steering", None)
+    base["checkpoint"]["tokenizer"] = {k: v for k, v in base["checkpoint"]["tokenizer"].items()
+                                       if k not in ("controls", "infill")}
+    tuned = json.loads(json.dumps(base))
     tuned["checkpoint"]["meta"]["weights_sha256"] = "ab" * 32
     tuned["checkpoint"]["tokenizer"].update(controls={"composer": ["Bach", "unknown"]}, infill=True)
     tuned["run"] = {**tuned["run"], "init_from": "bundled", "config": {**tuned["run"]["config"],
                     "finetune": {"lr": 1.5e-4, "min_lr": 1.5e-5, "warmup_steps": 50, "steps": 1200}}}
     tuned["evaluations"]["asap/test/1024"]["nll"] = 2.0011
-    del tuned["absolute_twin"]  # the fine-tune has no twin of its own: the base's is shown
+    tuned.pop("absolute_twin", None)  # the fine-tune has no twin of its own: the base's is shown
     tuned["base"] = {k: base[k] for k in ("checkpoint", "run", "evaluations", "absolute_twin", "command")}
     runs = [{"guidance": g, "asked": a, "measured": [a], "match_share": m, "notes_per_second": n, "tokens_per_s": 50}
             for g, a, m, n in ((1.0, "low", 0.5, 7.0), (1.0, "high", 0.5, 12.0), (2.5, "low", 1.0, 5.0),
@@ -210,6 +222,7 @@ def test_card_renders_a_fine_tune_with_its_base_and_steering_figures(tmp_path):
     text = card.render(tuned)
     assert "## Training: the plain base model" in text and "## Training: the fine-tune for steering" in text
     assert "then fine-tuned for steering" in text and "It can be steered: controls composer (2 values)" in text
+    assert "`bundled` was then the plain base model above" in text and "and fine-tuned for" in text
     assert "Measured on these weights" in text and "**50/50 valid**" in text and "**2.0011** against 1.9933" in text
     assert "| Bach | 18 | **1.900** | 2.000 | 1.950 | 1.960 |" in text and "+0.0078" in text
     assert "guidance 2.5: low 5.0, high 16.0 notes/s" in text and "lr 0.00015" in text
