@@ -88,6 +88,13 @@ def test_resume_with_overrides_records_them_in_run_json(tmp_path, reference, dat
     assert resumes[0]["from"] == "step-0000003" and resumes[0]["changed"] == {"train.steps": [6, 8]}
     hw = run["hardware"]  # what the run trained on, for model cards
     assert hw["device"] == "cpu" and hw["gpu"] is None and hw["cores"] >= 1 and hw["torch"] == torch.__version__
+    # a later resume goes on from the changed config: a plain --resume keeps 8, and going back to 6 is on the record
+    assert resume_config(run_dir).train.steps == 8
+    assert resume_config(run_dir, ["train.steps=6"]).train.steps == 6
+    shutil.rmtree(run_dir / "checkpoints" / "step-0000008")
+    train(resume_config(run_dir, ["train.steps=7"]), run_dir, resume=True)
+    resumes = json.loads((run_dir / "run.json").read_text())["resumes"]
+    assert [r["changed"] for r in resumes] == [{"train.steps": [6, 8]}, {"train.steps": [8, 7]}]
 
 
 def _wait_for_step(run_dir: Path, proc, step: int, timeout: float = 60.0) -> None:

@@ -182,8 +182,21 @@ def config_changes(before: Config, after: Config) -> dict[str, list]:
 
 
 def resume_config(run_dir: str | Path, overrides=()) -> Config:
-    """The config a run was started with (RUN_DIR/config.toml), with `key=value` overrides."""
+    """The config a run goes on with: RUN_DIR/config.toml, the changes earlier resumes made (run.json), then
+    `key=value` overrides; so a later plain --resume keeps an earlier --set instead of reverting it."""
     path = Path(run_dir) / CONFIG_TOML
     if not path.is_file():
         raise CheckpointError(f"--resume {run_dir}: not a training run directory ({CONFIG_TOML} is missing)")
-    return load_config(path, overrides)
+    run = read_run_json(Path(run_dir)) if (Path(run_dir) / RUN_JSON).is_file() else {}
+    earlier = [f"{key}={_toml_value(after)}" for resume in run.get("resumes") or []
+               for key, (_, after) in resume.get("changed", {}).items()]
+    return load_config(path, [*earlier, *overrides])
+
+
+def _toml_value(value: Any) -> str:
+    """A value as TOML text, as `--set key=TEXT` reads it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)  # strings and lists of them: JSON's quoting is valid TOML here
