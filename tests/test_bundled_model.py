@@ -168,12 +168,17 @@ def test_missing_bundled_model_is_named(tmp_path, monkeypatch, capsys):
 
 # ---- the card renderer ----
 
-def test_card_renders_from_the_measured_results(tmp_path):
+def _measured() -> dict:
+    """bench/results/bundled_model.json (skip the test when it has not been measured)."""
     results = ROOT / "bench" / "results" / "bundled_model.json"
     if not results.is_file():
         pytest.skip(f"{results} not measured yet (python bench/bundled_model.py)")
+    return json.loads(results.read_text())
+
+
+def test_card_renders_from_the_measured_results(tmp_path):
+    data = _measured()
     card = _load_script("model_card", ROOT / "bench" / "model_card.py")
-    data = json.loads(results.read_text())
     text = card.write_card(data, tmp_path / "MODEL_CARD.md").read_text()
     assert "CC BY-NC-SA 4.0" in text
     nll = data["evaluations"][f"asap/test/{data['checkpoint']['model']['n_ctx']}"]["nll"]
@@ -182,11 +187,8 @@ def test_card_renders_from_the_measured_results(tmp_path):
 
 
 def test_card_renders_a_fine_tune_with_its_base_and_steering_figures(tmp_path):
-    results = ROOT / "bench" / "results" / "bundled_model.json"
-    if not results.is_file():
-        pytest.skip(f"{results} not measured yet (python bench/bundled_model.py)")
+    measured = _measured()
     card = _load_script("model_card", ROOT / "bench" / "model_card.py")
-    measured = json.loads(results.read_text())
     # the plain model's results: the base of the measured fine-tune, or the measured results themselves
     base = measured.get("base") or {k: measured.get(k) for k in ("checkpoint", "run", "evaluations", "absolute_twin")}
     base = {**measured, **base}

@@ -7,49 +7,20 @@ Skipped when chromium, chromedriver or selenium are missing; `.ci/run` installs 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 
 import pytest
 
+from headless import chromium, console_errors, needs_chromium
 from studio_fixtures import PRIMER, serve_tiny
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-try:
-    import selenium  # noqa: F401
-except ImportError:
-    selenium = None
-
-pytestmark = pytest.mark.skipif(
-    selenium is None or CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver) "
-           "and selenium (pip install -e '.[dev]')",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="musicgpt-chromium-")
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,900", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
+    with chromium("1400,900") as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def takes(driver) -> list[dict]:
@@ -65,10 +36,6 @@ def wait_for(driver, condition, timeout: float = 60.0, what: str = "the page"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}; takes: {takes(driver)}")
-
-
-def errors(driver) -> list:
-    return [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
 
 
 def open_page(driver, server, model: str):
@@ -133,7 +100,7 @@ def test_open_a_primer_generate_watch_notes_and_arcs_arrive_click_a_note_and_sto
         # the finished take opens in the arcs viewer (its playback and model view)
         wait_for(browser, lambda d: d.find_element("id", "viewer").is_displayed(), 20, "the viewer")
         assert browser.find_elements("css selector", "#takes a.dl-midi")
-        assert not errors(browser)
+        assert not console_errors(browser)
 
 
 def test_controls_and_a_span_dragged_over_the_roll_are_regenerated(browser):
@@ -169,4 +136,4 @@ def test_controls_and_a_span_dragged_over_the_roll_are_regenerated(browser):
                           60, "the regenerated span")
         assert refill[0]["state"] == "done", refill
         assert refill[0]["infill"] == [round(span[0], 3), round(span[1], 3)]
-        assert not errors(browser)
+        assert not console_errors(browser)

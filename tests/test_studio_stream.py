@@ -33,15 +33,19 @@ def streamed(model, primer, seed: int, num_samples: int = 2, max_new: int = 300,
     prompt = np.r_[TOK.bos_id, ids].astype(np.int64)
     settings = GenerationSettings(max_new, None, SamplingConfig(), seed, num_samples, arcs or ArcsConfig(), True,
                                   False, 256, 10.0)
-    generation = Generation(model, TOK, prompt, settings)
+    events, samples = follow(Generation(model, TOK, prompt, settings))
+    return [(name, json.loads(to_json(data))) for name, data in events], samples
+
+
+def follow(generation: Generation) -> tuple[list, list]:
+    """Run a generation to its end as the studio does: (its live events, the finished samples)."""
     live = LiveGeneration(generation)
     events = live.start()
     while not generation.done:
         generation.step()
         events += live.after_step()
     samples = generation.samples()
-    events += live.finish(samples)
-    return [(name, json.loads(to_json(data))) for name, data in events], samples
+    return events + live.finish(samples), samples
 
 
 def final_state(events, b: int):
@@ -108,13 +112,7 @@ def test_without_arcs_only_notes_stream():
     model = tiny_model()
     prompt = np.array([TOK.bos_id], np.int64)
     settings = GenerationSettings(60, None, SamplingConfig(), 1, 1, None, True, False, 256, 10.0)
-    generation = Generation(model, TOK, prompt, settings)
-    live = LiveGeneration(generation)
-    events = live.start()
-    while not generation.done:
-        generation.step()
-        events += live.after_step()
-    events += live.finish(generation.samples())
+    events, _ = follow(Generation(model, TOK, prompt, settings))
     assert events and {name for name, _ in events} == {"note"}
 
 

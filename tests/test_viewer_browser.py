@@ -3,62 +3,28 @@
 Skipped when chromium, chromedriver or selenium are missing; `.ci/run` installs them.
 """
 
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from headless import chromium, console_errors, needs_chromium
 from musicgpt.arcs.format import read_arcs
 from musicgpt.arcs.select import select_arcs
 from musicgpt.viz.viewer import write_html
 
 FIXTURES = Path(__file__).parent / "fixtures"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-try:
-    import selenium  # noqa: F401
-except ImportError:
-    selenium = None
-
-pytestmark = pytest.mark.skipif(
-    selenium is None or CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver) "
-           "and selenium (pip install -e '.[dev]')",
-)
+pytestmark = needs_chromium
 
 ARC = "#arcs path.arc"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="musicgpt-chromium-")
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required",
-                 "--window-size=1500,950", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
+    with chromium("1500,950", "--autoplay-policy=no-user-gesture-required") as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def _errors(driver) -> list:
-    return [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
 
 
 def _open(driver, path: Path, fragment: str = ""):
@@ -111,7 +77,7 @@ def small_page(tmp_path_factory):
 def test_viewer_interactions(browser, small_page):
     d, path = small_page
     _open(browser, path)
-    assert _errors(browser) == []
+    assert console_errors(browser) == []
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0  # no network at all
     assert len(browser.find_elements("css selector", "#notes rect")) == len(d["notes"])
     assert len(browser.find_elements("css selector", "#grid .thumb")) == d["n_layer"] * d["n_head"]
@@ -200,7 +166,7 @@ def test_viewer_interactions(browser, small_page):
     x = float(browser.find_element("id", "cursor").get_attribute("x1"))
     assert 190 < x < 215
 
-    assert _errors(browser) == []
+    assert console_errors(browser) == []
 
 
 def test_hash_restores_the_view(browser, small_page):
@@ -210,7 +176,7 @@ def test_hash_restores_the_view(browser, small_page):
     want = select_arcs(d, q, layers=range(d["n_layer"]), heads=[1, 2], top=2, threshold=0.05)
     assert _count(browser) == len(want) > 0
     assert "light" in browser.find_element("css selector", "body").get_attribute("class")
-    assert _errors(browser) == []
+    assert console_errors(browser) == []
 
 
 def test_large_piece_stays_correct(browser, tmp_path):
@@ -230,7 +196,7 @@ def test_large_piece_stays_correct(browser, tmp_path):
     n = _count(browser)
     select_s = time.perf_counter() - t0
     assert n == len(select_arcs(d, q, layers=[3], top=min(4, 6), threshold=0.02)) > 0
-    assert _errors(browser) == []
+    assert console_errors(browser) == []
     print(f"large page: {len(d['notes'])} notes, {len(d['arcs'])} arcs, load {load_s:.2f} s, select {select_s * 1000:.0f} ms "
           "(shared machine: indicative only)")
 
@@ -253,7 +219,7 @@ def test_head_names_are_tooltips_and_a_piece_is_called_the_piece(browser, small_
     assert not any(e.is_displayed() for e in browser.find_elements("css selector", ".legend .primer-only"))
     browser.execute_script("window.musicgptViewer.select(arguments[0])", 50)
     assert browser.find_element("css selector", "#note-info .badge").text == "PIECE"
-    assert _errors(browser) == []
+    assert console_errors(browser) == []
 
     _open(browser, generated)  # primer + continuation, no names
     q = next(i for i, n in enumerate(d["notes"]) if not n["primer"])
@@ -264,7 +230,7 @@ def test_head_names_are_tooltips_and_a_piece_is_called_the_piece(browser, small_
     assert "primer, " in browser.find_element("id", "stats").text
     assert browser.find_element("css selector", '#grid .thumb[data-l="0"][data-h="0"]').get_attribute("title") == \
         "layer 0, head 0 (click to solo)"
-    assert _errors(browser) == []
+    assert console_errors(browser) == []
 
 
 def test_surprisal_shades_the_notes_and_lists_the_most_surprising(browser, small_page, tmp_path):
@@ -321,7 +287,7 @@ def test_surprisal_shades_the_notes_and_lists_the_most_surprising(browser, small
     _open(browser, path, "#shade=nll")  # and a link reopens it
     assert fill(top) == "rgb(222, 38, 76)" and Select(browser.find_element("id", "shade")).first_selected_option \
         .get_attribute("value") == "nll"
-    assert _errors(browser) == []
+    assert console_errors(browser) == []
 
 
 def test_an_infilled_piece_shows_its_gap_its_suffix_and_forward_arcs(browser, tmp_path):
@@ -339,7 +305,7 @@ def test_an_infilled_piece_shows_its_gap_its_suffix_and_forward_arcs(browser, tm
     (s,) = musicgpt.infill(model.eval(), PRIMER, 3.0, 6.0, tokenizer=tok, seed=1, arcs=True)
     path = write_html(s.arcs, tmp_path / "infill.html", title="infill")
     _open(browser, path, "#layers=all&heads=all&top=64&thr=0")
-    assert not _errors(browser)
+    assert not console_errors(browser)
     assert browser.execute_script("return window.musicgptViewer.infill") == [3.0, 6.0]
     assert browser.find_element("id", "legend-infill").is_displayed()
     assert len(browser.find_elements("css selector", "#bg .gap-shade")) == 1
