@@ -150,7 +150,9 @@ def test_cli_lists_controls_generates_with_them_and_infills(checkpoint, tmp_path
     assert "suffix" in html
     assert main(["generate", str(checkpoint), "--infill", "2", "4", "--quiet"]) == 1
     assert "needs --primer FILE" in capsys.readouterr().err
-    assert main(["generate", "--control", "composer=Bach", "--max-new-tokens", "2", "--quiet"]) == 1  # bundled: plain
+    plain = tiny_model().save_pretrained(tmp_path / "plain", tokenizer=PLAIN)
+    assert main(["generate", str(plain), "--control", "composer=Bach", "--max-new-tokens", "2", "--quiet",
+                 "--out", str(tmp_path / "p")]) == 1
     assert "trained without control tokens" in capsys.readouterr().err
 
 
