@@ -21,7 +21,8 @@ from musicgpt.arcs.format import validate_arcs
 from studio_fixtures import PRIMER, read_events, serve_tiny, wait_until
 from tiny_models import tiny_model
 
-LONG = {"seconds": "600", "ignore_eos": "true"}  # longer than any test waits: stopped by the test
+LONG = {"max_new_tokens": "50000", "ignore_eos": "true"}  # far longer than any test waits (600 s of music came
+# in a few thousand tokens of the random tiny model, done before a loaded CI machine read the first note)
 
 
 @pytest.fixture(scope="module")
