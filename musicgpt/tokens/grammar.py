@@ -8,12 +8,9 @@ so `PerformanceTokenizer.encode` output is exactly what it accepts (a check used
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from musicgpt.tokens.performance import PerformanceTokenizer
+from musicgpt.tokens.base import PerformanceEvents
 
 __all__ = ["GrammarState"]
 
@@ -32,7 +29,7 @@ class GrammarState:
     is not followed by another TIME_SHIFT.
     """
 
-    def __init__(self, tokenizer: PerformanceTokenizer, canonical: bool = False) -> None:
+    def __init__(self, tokenizer: PerformanceEvents, canonical: bool = False) -> None:
         self.tok = tokenizer
         self.canonical = canonical
         self.sounding = np.zeros(128, bool)
@@ -46,8 +43,10 @@ class GrammarState:
         self.bin = -1  # current velocity bin (-1: none yet)
         self.in_suffix = False  # inside an infilling sequence's suffix block
         self._pitches = np.arange(128)
-        self._names = [tokenizer.type_names[k] for k in tokenizer._type_of.tolist()]  # per id, plain Python
-        self._values = tokenizer._value_of.tolist()
+        ids = np.arange(tokenizer.vocab_size)
+        self._names = [tokenizer.type_names[k] for k in tokenizer.token_type(ids).tolist()]  # per id, plain Python
+        self._values = tokenizer.token_value(ids).tolist()
+        self._first = tuple(tokenizer.ranges[name][0] for name in ("NOTE_ON", "NOTE_OFF", "TIME_SHIFT", "VELOCITY"))
 
     def push(self, token: int) -> None:
         """Advance the state by one token."""
@@ -96,7 +95,7 @@ class GrammarState:
         if self.ended:
             mask[tok.pad_id] = True
             return mask
-        on0, off0, sh0, vel0 = tok._on0, tok._off0, tok._shift0, tok._vel0
+        on0, off0, sh0, vel0 = self._first
         ons = ~self.sounding
         if self.canonical:
             ons = ons & (self._pitches > self.last_on)
