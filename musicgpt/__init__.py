@@ -19,6 +19,7 @@ The names below are the public API; they load on first use, so `import musicgpt`
 """
 
 from musicgpt import _moved
+from musicgpt._lazy import lazy_getattr
 from musicgpt._version import __version__
 
 # public name -> (module, attribute), imported when first asked for
@@ -52,13 +53,7 @@ __all__ = ["__version__", *_LAZY]
 _moved.install()
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'musicgpt' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

@@ -22,7 +22,7 @@ ROOMS = {
     "musicgpt": "facade", "musicgpt._moved": "facade", "musicgpt.__main__": "cli", "musicgpt.cli": "cli",
     "musicgpt.commands": "cli",
     "musicgpt._version": "base", "musicgpt.errors": "base", "musicgpt._atomic": "base", "musicgpt._cpuinfo": "base",
-    "musicgpt._jsonfile": "base",
+    "musicgpt._jsonfile": "base", "musicgpt._lazy": "base",
     "musicgpt.music": "music", "musicgpt.tokens": "tokens", "musicgpt.corpus": "corpus",
     "musicgpt.checkpoint": "checkpoint", "musicgpt.device": "device", "musicgpt.model": "model",
     "musicgpt.training": "training", "musicgpt.training.log": "training.log",

@@ -9,7 +9,7 @@ The heads.json file and its pictures are plain data and live in `musicgpt.viz.he
 the command line and the package facade import this room.
 """
 
-import importlib
+from musicgpt._lazy import lazy_getattr
 
 MAX_TOKENS = 2048  # per piece, BOS included: about a minute for the bundled model on examples/ (2 cores)
 PATTERN_TOKENS = 64  # the excerpt of the first piece drawn in the pattern grid (tokens 0 .. 63)
@@ -25,8 +25,4 @@ _LAZY = {
 __all__ = ["MAX_TOKENS", "PATTERN_TOKENS", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'musicgpt.analysis' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

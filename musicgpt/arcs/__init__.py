@@ -9,7 +9,7 @@ The format's names are imported here directly; the capture names load torch on f
 `from musicgpt.arcs import read_arcs` stays torch-free.
 """
 
-import importlib
+from musicgpt._lazy import lazy_getattr
 
 from musicgpt.arcs.format import ArcsFormatError, build_arcs, read_arcs, validate_arcs, write_arcs
 from musicgpt.arcs.select import select_arcs
@@ -32,8 +32,4 @@ _LAZY = {
 __all__ = ["ArcsFormatError", "build_arcs", "read_arcs", "select_arcs", "validate_arcs", "write_arcs", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'musicgpt.arcs' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -10,7 +10,7 @@ Everything here draws from plain data (arcs.json dicts, arrays, metrics.csv); ma
 when a PNG module does.
 """
 
-import importlib
+from musicgpt._lazy import lazy_getattr
 
 from musicgpt.viz.viewer import render_html, write_html
 
@@ -25,8 +25,4 @@ _LAZY = {
 __all__ = ["render_html", "write_html", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'musicgpt.viz' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
