@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,19 @@ def find_midi_files(directory: str | Path, limit: int | None = None) -> list[Pat
     return files[:limit] if limit else files
 
 
+def _read_each(directory: str | Path, limit: int | None, progress: bool, sustain: bool, what: str,
+               skipped: list[tuple[Path, str]]) -> Iterator[tuple[Path, Notes]]:
+    """(path, notes) of each readable MIDI file under `directory`; the unreadable go to `skipped` with a reason."""
+    for path in tqdm(find_midi_files(directory, limit), desc=f"{what} {Path(directory).name}", unit="file",
+                     disable=not progress):
+        try:
+            notes = read_midi(path, sustain=sustain)
+        except Exception as exc:  # one bad file must not abort a comparison or check of hundreds
+            skipped.append((path, f"{type(exc).__name__}: {exc}"))
+            continue
+        yield path, notes
+
+
 def folder_features(
     directory: str | Path, limit: int | None = None, progress: bool = True, sustain: bool = True
 ) -> FolderFeatures:
@@ -65,11 +79,10 @@ def folder_features(
     `sustain=False` ignores the sustain pedal (CC64): for files whose pedal is pressed and never lifted.
     """
     result = FolderFeatures(Path(directory))
-    files = find_midi_files(directory, limit)
-    for path in tqdm(files, desc=f"features {Path(directory).name}", unit="file", disable=not progress):
+    for path, notes in _read_each(directory, limit, progress, sustain, "features", result.skipped):
         try:
-            features = piece_features(read_midi(path, sustain=sustain))
-        except Exception as exc:  # one bad file must not abort a comparison of hundreds
+            features = piece_features(notes)
+        except Exception as exc:  # an empty piece, say: skipped with its reason like an unreadable file
             result.skipped.append((path, f"{type(exc).__name__}: {exc}"))
             continue
         result.files.append(path)
@@ -83,13 +96,7 @@ def folder_notes(
     """Read every MIDI file under `directory` (or the one file it names) with read_midi; skip, with a reason,
     files that cannot be read or hold no notes."""
     result = FolderNotes(Path(directory))
-    files = find_midi_files(directory, limit)
-    for path in tqdm(files, desc=f"reading {Path(directory).name}", unit="file", disable=not progress):
-        try:
-            notes = read_midi(path, sustain=sustain)
-        except Exception as exc:  # one bad file must not abort a check of hundreds
-            result.skipped.append((path, f"{type(exc).__name__}: {exc}"))
-            continue
+    for path, notes in _read_each(directory, limit, progress, sustain, "reading", result.skipped):
         if not len(notes):
             result.skipped.append((path, "no notes"))
             continue
