@@ -85,19 +85,19 @@ def _specials(tok) -> Specials:
     return Specials(tok.pad_id, tok.bos_id, tok.eos_id)
 
 
-def composer_matrix(model, tok, data: Path, n_windows: int) -> dict:
+def composer_matrix(model, tok, data: Path, n_windows: int, split_name: str = "test") -> dict:
     """Rows: true composer of test documents; columns: composer told (and unknown, none); NLL per event."""
     manifest = read_manifest(data)
-    split = open_split(data, "test")
+    split = open_split(data, split_name)
     docs: dict[str, list[int]] = defaultdict(list)
     for s in manifest["sources"]:
-        if s["split"] == "test" and s.get("composer"):
+        if s["split"] == split_name and s.get("composer"):
             docs[s["composer"]].append(int(s["doc"]))
     known = set(tok.controls.get("composer", ()))
     rows = sorted(c for c in docs if c in known)
     columns = rows + ["unknown", None]
     limit = n_windows * (CONTEXT - 8)  # tokens per document: its first windows
-    out = {"rows": rows, "columns": [c or "none" for c in columns], "windows_per_doc": n_windows,
+    out = {"split": split_name, "rows": rows, "columns": [c or "none" for c in columns], "windows_per_doc": n_windows,
            "docs": {c: len(docs[c]) for c in rows}, "nll": {}, "tokens": {}}
     for true in rows:
         parts = [np.asarray(split.doc(d)[:limit], np.int64) for d in docs[true]]
@@ -267,7 +267,11 @@ def main() -> int:
     parser.add_argument("--checkpoint", default="runs/steer", help="the steerable model (a checkpoint or run dir)")
     parser.add_argument("--baseline", default="bundled", help="the plain model it replaces (or 'none')")
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "asap", help="prepared ASAP (musicgpt prepare)")
-    parser.add_argument("--windows", type=int, default=2, help="windows per test document for the composer matrix")
+    parser.add_argument("--windows", type=int, default=4, help="windows per test document for the composer matrix")
+    parser.add_argument("--matrix-split", default="test", choices=["test", "valid"],
+                        help="the split the composer matrix reads (valid: to choose among checkpoints)")
+    parser.add_argument("--parts", default="plain,composers,infill,guidance",
+                        help="comma-separated parts to measure (default all)")
     parser.add_argument("--gaps", type=int, default=60, help="gaps scored for the infill NLL")
     parser.add_argument("--infills", type=int, default=50, help="gaps filled and checked for validity")
     parser.add_argument("--samples", type=int, default=4, help="continuations per guidance setting")
@@ -287,20 +291,24 @@ def main() -> int:
                   "weights_sha256"),
               "tokenizer": tok.to_dict(), "quick": args.quick}
     max_docs = 5 if args.quick else None
-    result["plain"] = {"model": plain_nll(args.checkpoint, args.data, max_docs)}
-    if args.baseline != "none":
+    parts = set(args.parts.split(","))
+    if unknown := parts - {"plain", "composers", "infill", "guidance"}:
+        parser.error(f"--parts: unknown part(s) {', '.join(sorted(unknown))}")
+    if "plain" in parts:
+        result["plain"] = {"model": plain_nll(args.checkpoint, args.data, max_docs)}
+    if "plain" in parts and args.baseline != "none":
         result["plain"]["baseline"] = plain_nll(args.baseline, args.data, max_docs)
         result["plain"]["difference"] = round(result["plain"]["model"]["nll"] - result["plain"]["baseline"]["nll"], 4)
-    print(f"plain: {json.dumps(result['plain'])}", file=sys.stderr)
-    if tok.controls.get("composer"):
-        result["composers"] = composer_matrix(model, tok, args.data, args.windows)
+        print(f"plain: {json.dumps(result['plain'])}", file=sys.stderr)
+    if tok.controls.get("composer") and "composers" in parts:
+        result["composers"] = composer_matrix(model, tok, args.data, args.windows, args.matrix_split)
         print(f"composers: {json.dumps(result['composers']['nll'])}", file=sys.stderr)
-    if tok.infill:
+    if tok.infill and "infill" in parts:
         result["infill_nll"] = infill_nll(model, tok, args.data, args.gaps, seed=1)
         print(f"infill NLL: {result['infill_nll']['nll']}", file=sys.stderr)
         result["infill_validity"] = infill_validity(model, tok, args.data, args.infills, seed=2)
         print(f"infill validity: {result['infill_validity']['valid']}/{args.infills}", file=sys.stderr)
-    if "density" in tok.controls:
+    if "density" in tok.controls and "guidance" in parts:
         primer = ROOT / "examples" / "chopin_etude_op25_no4_taverna.mid"
         result["guidance"] = guidance(model, tok, primer, args.samples, 15.0)
         print(f"guidance: {result['guidance']['match_share_g1']} -> {result['guidance']['match_share_g2.5']}",

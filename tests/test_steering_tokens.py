@@ -183,3 +183,33 @@ def test_the_layout_of_a_saved_steerable_tokenizer_prints_its_controls(tmp_path,
     assert f"vocab_size {TOK.vocab_size}" in out
     assert main(["--tokenizer", str(tmp_path / "missing")]) == 1
     assert "missing" in capsys.readouterr().err
+
+
+def test_prompt_tuning_moves_only_the_control_rows_and_needs_a_trained_model(tmp_path):
+    from musicgpt.model.gpt import load_checkpoint
+    from musicgpt.training.conditioning import control_rows
+    from musicgpt.training.loop import train
+
+    from training_fixtures import micro_config, prepare_fixtures
+
+    data = prepare_fixtures(tmp_path / "data")
+    steer = {"controls": ["density", "dynamics"], "uncond_rate": 0.0, "control_dropout": 0.0}
+    base = train(micro_config(data=steer, train={"steps": 2}), tmp_path / "base", data=data).last_checkpoint
+    tuned = train(micro_config(data=steer, finetune={"steps": 3, "lr": 0.05, "trainable": "controls"}),
+                  tmp_path / "tuned", data=data, init_from=base)
+    (before, tokenizer), (after, _) = load_checkpoint(base), load_checkpoint(tuned.last_checkpoint)
+    rows = control_rows(tokenizer)
+    assert [tokenizer.token_name(i).split("=")[0] for i in rows] == ["CONTROL_density"] * 3 + ["CONTROL_dynamics"] * 3
+    old, new = before.state_dict(), after.state_dict()
+    assert after.tied_weights() == {"lm_head.weight"}  # the same tensor as tok_emb.weight
+    for name in old:
+        if name not in ("tok_emb.weight", "lm_head.weight"):
+            assert torch.equal(old[name], new[name]), name
+    others = np.setdiff1d(np.arange(tokenizer.vocab_size), rows)
+    assert torch.equal(old["tok_emb.weight"][others], new["tok_emb.weight"][others])
+    assert not torch.equal(old["tok_emb.weight"][rows], new["tok_emb.weight"][rows])
+    assert tuned.best_valid_nll is not None
+    with pytest.raises(ConfigError, match="needs --init-from"):
+        train(micro_config(data=steer, finetune={"trainable": "controls"}), tmp_path / "fresh", data=data)
+    with pytest.raises(ConfigError, match="needs data.controls"):
+        train(micro_config(finetune={"trainable": "controls"}), tmp_path / "plain", data=data, init_from=base)

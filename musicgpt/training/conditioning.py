@@ -29,7 +29,8 @@ from musicgpt.tokens.base import Tokenizer
 from musicgpt.tokens.controls import UNKNOWN, computed_values, controls_vocabulary
 from musicgpt.tokens.performance import PerformanceTokenizer
 
-__all__ = ["Conditioner", "run_tokenizer", "token_sources", "carry_over", "doc_composers"]
+__all__ = ["Conditioner", "run_tokenizer", "token_sources", "carry_over", "doc_composers", "control_rows",
+           "prompt_tuning_rows", "composer_headers"]
 
 MIN_MIDDLE = 16  # tokens
 
@@ -55,6 +56,34 @@ def doc_composers(manifest: dict, split: str) -> list[str | None]:
     for s in sources:
         out[s["doc"]] = s.get("composer")
     return out
+
+
+def control_rows(tokenizer: Tokenizer) -> list[int]:
+    """The ids of the CONTROL tokens (empty without controls)."""
+    if "CONTROL" not in tokenizer.type_names:
+        return []
+    kinds = tokenizer.token_type(np.arange(tokenizer.vocab_size))
+    return np.flatnonzero(kinds == tokenizer.type_names.index("CONTROL")).tolist()
+
+
+def prompt_tuning_rows(tokenizer: Tokenizer, init_from: str | None) -> list[int]:
+    """The rows finetune.trainable = 'controls' tunes: the CONTROL tokens of a trained model's vocabulary."""
+    rows = control_rows(tokenizer)
+    if init_from is None or not rows:
+        raise ConfigError("finetune.trainable = 'controls' tunes the control tokens of a trained model: it needs "
+                          + ("--init-from CHECKPOINT" if init_from is None else "data.controls"))
+    return rows
+
+
+def composer_headers(tokenizer: Tokenizer, manifest: dict, split: str, docs) -> list[np.ndarray] | None:
+    """Per document of `docs` (that split's Split), the header telling its composer (`unknown` if none recorded).
+
+    None without a composer control or without documents: what prompt tuning is evaluated on."""
+    if docs is None or "composer" not in (getattr(tokenizer, "controls", None) or {}):
+        return None
+    composers = doc_composers(manifest, split)
+    composers += [None] * (docs.n_docs - len(composers))
+    return [tokenizer.header({"composer": c or UNKNOWN}) for c in composers[: docs.n_docs]]
 
 
 def token_sources(old: Tokenizer, new: Tokenizer) -> np.ndarray:

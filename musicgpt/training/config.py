@@ -115,6 +115,9 @@ class FinetuneConfig:
     min_lr: float = 1e-5
     warmup_steps: int = 50
     steps: int | None = None  # None keeps train.steps
+    # all: every weight learns; controls: only the control tokens' embeddings (prompt tuning: the rest is
+    # frozen, so everything the model did without controls stays exactly as it was)
+    trainable: Literal["all", "controls"] = "all"
 
     def __post_init__(self) -> None:
         _require({"lr": (self.lr > 0, "be > 0"), "min_lr": (0 <= self.min_lr <= self.lr, "be in [0, lr]"),

@@ -228,9 +228,10 @@ def batch_windows(
         yield torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
-def valid_windows(split: Split, length: int, limit: int, specials: Specials = Specials()) -> list[tuple[np.ndarray, int]]:
+def valid_windows(split: Split, length: int, limit: int, specials: Specials = Specials(),
+                  headers: list[np.ndarray] | None = None) -> list[tuple[np.ndarray, int]]:
     """A fixed, evenly spread subset of `limit` non-overlapping windows for evaluation during training."""
-    items = list(windows(split, length, length, specials))
+    items = list(windows(split, length, length, specials, headers))
     if limit <= 0 or len(items) <= limit:
         return items
     keep = np.linspace(0, len(items) - 1, limit).round().astype(int)

@@ -36,12 +36,13 @@ from musicgpt.training.config import Config
 from musicgpt.corpus.shards import open_split, read_manifest
 from musicgpt.tokens.base import Tokenizer
 from musicgpt.tokens.registry import load_tokenizer
-from musicgpt.training.conditioning import Conditioner, carry_over, doc_composers, run_tokenizer
+from musicgpt.training.conditioning import (Conditioner, carry_over, composer_headers, doc_composers,
+                                            prompt_tuning_rows, run_tokenizer)
 from musicgpt.training.data import (BatchStream, CropSampler, load_data_tokenizer, make_augment, optional_split,
                                     resolve_data, specials_of, valid_windows)
 from musicgpt.training.evaluate import score
 from musicgpt.training.log import MetricsLog
-from musicgpt.training.optim import Schedule, parameter_groups, schedule_for
+from musicgpt.training.optim import Schedule, parameter_groups, schedule_for, train_only_rows
 from musicgpt.training.signals import StopFlag
 from musicgpt.training.rundir import BEST, CHECKPOINTS, checkpoint_dirs
 
@@ -105,6 +106,9 @@ class Trainer:
         self.model = self._build_model(resume)
         if not resume and self.model.config != self.config.model:  # the vocabulary comes from the tokenizer
             self.config = rundir.with_model(self.config, self.model.config, self.run_dir if self.d.main else None)
+        self.controls_only = config.finetune.trainable == "controls"
+        if self.controls_only:  # prompt tuning
+            train_only_rows(self.model, self.model.tok_emb, prompt_tuning_rows(self.tokenizer, self.init_from))
         self.schedule, self.total_steps = schedule_for(config, finetune=self.init_from is not None)
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.model, config.optim.weight_decay), lr=self.schedule.lr(0),
@@ -126,7 +130,8 @@ class Trainer:
                                    self.specials, stretch_margin=config.data.stretch if augment else 0.0,
                                    conditioner=conditioner)
         valid = optional_split(self.data_dir, "valid")
-        items = valid_windows(valid, context, config.data.valid_windows, self.specials) if valid else []
+        headers = composer_headers(self.tokenizer, self.manifest, "valid", valid) if self.controls_only else None
+        items = valid_windows(valid, context, config.data.valid_windows, self.specials, headers) if valid else []
         self.valid_items = items[self.d.rank :: self.d.world]
         self.tokens_per_step = tc.batch_size * context * tc.grad_accum * self.d.world
 

@@ -6,11 +6,12 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from musicgpt.training.config import Config
 
-__all__ = ["parameter_groups", "Schedule", "schedule_for"]
+__all__ = ["parameter_groups", "train_only_rows", "Schedule", "schedule_for"]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -27,7 +28,23 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
                 no_decay.append(p)
             else:
                 decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def train_only_rows(model: nn.Module, embedding: nn.Embedding, rows: list[int]) -> None:
+    """Freeze every weight but these rows of `embedding` (prompt tuning of the control tokens).
+
+    The rows' gradient is kept and the rest of the table's zeroed, so AdamW (no weight decay on
+    embeddings) never moves them, tied output head included: outside `rows` the model stays bit-identical.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    weight = embedding.weight
+    weight.requires_grad_(True)
+    keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)  # (V, 1)
+    keep[torch.as_tensor(rows, dtype=torch.long, device=weight.device)] = 1.0
+    weight.register_hook(lambda grad: grad * keep)  # (V, d) * (V, 1)
 
 
 @dataclass(frozen=True)
