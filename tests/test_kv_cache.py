@@ -111,3 +111,74 @@ def test_decoder_clips_distances_past_the_relative_range():
         decoder = Decoder(model)
         parts = [decoder.step(x[:, t], cache)[0][:, None] for t in range(140)]  # no prefill: from an empty cache
     assert (torch.cat(parts, 1) - full).abs().max() <= 1e-4
+
+
+def test_pinned_tokens_stay_first_in_the_window_as_it_slides_and_moves():
+    cache = KVCache(n_layer=2, window=5, capacity=7, pinned=2)
+    assert step(cache, 3, 0) == [0, 1, 2]
+    assert step(cache, 1, 0) == [0, 1, 2, 3]
+    assert cache.displaced == 0
+    assert step(cache, 1, 0) == [0, 1, 2, 3, 4]
+    assert cache.displaced == 2  # the next token's window would lose token 0: the copies take its slot
+    assert step(cache, 1, 0) == [0, 1, 3, 4, 5]  # [pinned][the last window - 1 - pinned][itself]
+    for t in range(6, 20):  # across several moves to the front
+        assert step(cache, 1, 0) == [0, 1, t - 2, t - 1, t]
+    assert repr(cache).startswith("KVCache(window=5, pinned=2,")
+    with pytest.raises(ValueError, match="one token at a time"):
+        step(cache, 2, 0)
+    cache.reset()
+    assert step(cache, 3, 100) == [100, 101, 102] and cache._pins is not None  # new pins after a reset
+    for _ in range(3):
+        step(cache, 1, 100)
+    assert step(cache, 1, 100) == [100, 101, 104, 105, 106]
+    with pytest.raises(ValueError, match="fewer than window - 1"):
+        KVCache(n_layer=1, window=4, pinned=3)
+
+
+def pinned_reference(model, x, window, header):
+    """Logits (B, T, V) token by token with plain loops: each layer's query attends to the keys a pinned
+    window holds (the first `header` tokens, then the latest ones), at the distances of their places in it."""
+    b, length = x.shape
+    h_, d = model.config.n_head, model.config.head_dim
+    keys, values = [[] for _ in model.blocks], [[] for _ in model.blocks]
+    out = []
+    for t in range(length):
+        hidden = model.tok_emb(x[:, t])  # (B, C)
+        seen = list(range(t + 1)) if t < window else [*range(header), *range(t - (window - 1 - header), t + 1)]
+        n = len(seen)
+        for layer, block in enumerate(model.blocks):
+            attn = block.attn
+            q, k, v = attn.qkv(block.ln_1(hidden)).view(b, 3, h_, d).unbind(1)  # each (B, H, D)
+            keys[layer].append(k)
+            values[layer].append(v)
+            kk = torch.stack([keys[layer][j] for j in seen], 2)  # (B, H, n, D)
+            vv = torch.stack([values[layer][j] for j in seen], 2)
+            r = attn.rel_emb.shape[1]
+            distance = torch.arange(n - 1, -1, -1).clamp(max=r - 1)  # by place in the window
+            e = attn.rel_emb[:, r - 1 - distance]  # (H, n, D)
+            s = (torch.einsum("bhd,bhnd->bhn", q, kk) + torch.einsum("bhd,hnd->bhn", q, e)) / d ** 0.5
+            y = torch.einsum("bhn,bhnd->bhd", torch.softmax(s, -1), vv).reshape(b, h_ * d)
+            hidden = hidden + attn.proj(y)
+            hidden = hidden + block.mlp(block.ln_2(hidden))
+        out.append(model.lm_head(model.ln_f(hidden)))
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_decoding_with_a_pinned_header_keeps_it_first_in_every_window(batch):
+    """What a steered generation reads past its context: every step attends to [header] + the latest
+    window - len(header) tokens, checked against plain loops (which without a header give the windowed forward)."""
+    from musicgpt.model.decode_step import Decoder
+    from tiny_models import tiny_model
+
+    model, window, header, length = tiny_model(), 20, 3, 70
+    x = torch.randint(0, 391, (batch, length), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert (pinned_reference(model, x, window, 0) - model(x, window=window).logits).abs().max() <= 1e-4
+        expected = pinned_reference(model, x, window, header)
+        cache = model.new_cache(window=window, capacity=26, pinned=header)
+        parts = [model(x[:, :8], cache=cache).logits]
+        decoder = Decoder(model)
+        parts += [decoder.step(x[:, t], cache)[0][:, None] for t in range(8, length - 1)]
+        parts.append(model(x[:, -1:], cache=cache).logits)  # the plain forward path reads the same window
+    assert (torch.cat(parts, 1) - expected).abs().max() <= 1e-4

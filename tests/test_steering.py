@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import musicgpt
+from musicgpt.arcs.capture import ArcsConfig
 from musicgpt.arcs.format import validate_arcs
 from musicgpt.cli import main
 from musicgpt.errors import ConfigError
@@ -212,3 +213,30 @@ def test_the_png_of_an_infilled_piece_shades_the_gap_and_dashes_arcs_to_later_no
     faces = [tuple(round(c, 3) for c in fc[:3]) for coll in ax.collections for fc in coll.get_facecolors()]
     assert tuple(round(int(SUFFIX_COLOR[i:i + 2], 16) / 255, 3) for i in (1, 3, 5)) in faces
     assert render_png(d, tmp_path / "infill.png", q).__eq__(q) and (tmp_path / "infill.png").stat().st_size > 0
+
+
+def test_controls_stay_in_the_window_of_a_generation_longer_than_the_context(model):
+    """Past n_ctx the CONTROL header stays first in the window (as in every training crop), arcs included."""
+    from musicgpt.generation.loop import pinned_header
+    from test_kv_cache import pinned_reference
+
+    header = TOK.header({"composer": "Chopin", "density": "high"})
+    music = np.r_[TOK.bos_id, TOK.encode(PRIMER).ids[:40]]
+    assert pinned_header(TOK, np.r_[header, music]) == 2 and pinned_header(TOK, music) == 0
+    assert pinned_header(PLAIN, music) == 0 and pinned_header(TOK, header) == 2
+    infill_prompt = np.r_[header, TOK.suffix_id, music[1:5], TOK.prefix_id, music]
+    assert pinned_header(TOK, infill_prompt) == 0  # its suffix block would not be kept: neither is its header
+    settings = GenerationSettings(max_new_tokens=300, seconds=None, sampling=SamplingConfig(), seed=2, num_samples=1,
+                                  arcs=ArcsConfig(), stop_at_eos=False, return_logits=False, chunk=16,
+                                  max_note_seconds=0.0, guidance=1.0)
+    g = Generation(model, TOK, np.r_[header, music], settings)
+    assert g.cache.pinned == 2
+    while not g.done:
+        g.step()
+    seq = torch.tensor([g.seqs[0][: g.cache.length]])  # the last token is fed only when its arcs are wanted
+    assert seq.shape[1] > 2 * model.config.n_ctx
+    with torch.no_grad():
+        expected = pinned_reference(model, seq, model.config.n_ctx, 2)[0, -1]
+    assert (g.logits[0] - expected).abs().max() <= 1e-4  # the next token's distribution: header still read
+    (sample,) = g.samples()
+    validate_arcs(sample.arcs)

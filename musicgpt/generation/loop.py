@@ -6,7 +6,8 @@
 What the model reads is [BOS] + primer + continuation. The primer is fed in chunks (prefill),
 then one token per step through `Decoder` on a KV cache whose window is the model's context
 (n_ctx): past it the window slides, so generation runs on for as long as asked and every step
-sees the last n_ctx tokens, exactly like `model(ids, window=n_ctx)`. All samples of one call run
+sees the last n_ctx tokens, exactly like `model(ids, window=n_ctx)`; a steered prompt's CONTROL header
+stays in the window (`pinned_header`): [header] + the last n_ctx - len(header) tokens. All samples of one call run
 as one batch. Each step masks tokens the grammar forbids (`musicgpt.generation.constraints`), samples
 with one seeded generator (same seed, same settings, same model: the same samples; see
 `musicgpt.generation.sampling`), and stops a sample at EOS (unless `stop_at_eos=False`, which masks
@@ -46,7 +47,8 @@ from musicgpt.tokens.controls import parse_controls
 from musicgpt.tokens.infill import timeline
 from musicgpt.tokens.performance import PerformanceTokenizer
 
-__all__ = ["generate", "Generation", "GenerationSettings", "load_model_and_tokenizer", "control_header"]
+__all__ = ["generate", "Generation", "GenerationSettings", "load_model_and_tokenizer", "control_header",
+           "pinned_header"]
 
 DEFAULT_NEW_TOKENS = 1024
 DEFAULT_MAX_NOTE_SECONDS = 10.0  # real piano holds 0.08% of its notes longer (ASAP, pedal folded)
@@ -138,6 +140,20 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
         return _run(Generation(model, tokenizer, prompt, settings, uncond_prompt=music.astype(np.int64)), progress)
 
 
+def pinned_header(tokenizer: Tokenizer, prompt: np.ndarray) -> int:
+    """The prompt's leading CONTROL tokens, which stay in the window when it slides (0 for an infilling prompt).
+
+    Training opens every crop with its header, so past n_ctx the model reads [header][latest music] as it learned
+    to; an infilling prompt's suffix block is not kept, so neither is its header."""
+    if "CONTROL" not in tokenizer.type_names:
+        return 0
+    kinds = tokenizer.token_type(np.asarray(prompt, np.int64))
+    n = int(np.argmax(kinds != tokenizer.type_code("CONTROL"))) if (kinds != tokenizer.type_code("CONTROL")).any() \
+        else len(kinds)
+    infilling = "INFILL" in tokenizer.type_names and n < len(kinds) and kinds[n] == tokenizer.type_code("INFILL")
+    return 0 if infilling else n
+
+
 def control_header(tokenizer: Tokenizer, controls, guidance: float) -> np.ndarray:
     """The CONTROL ids for `controls` (checked against the tokenizer), and a check of the guidance scale."""
     if not (isinstance(guidance, (int, float)) and 0 < guidance < float("inf")):
@@ -204,7 +220,7 @@ class Generation:
             self.grammar.feed(b, line)
             self.long_notes.feed(b, line)
         self.recorders = [AttentionRecorder(settings.arcs) for _ in range(batch)] if settings.arcs else None
-        self.cache = model.new_cache()
+        self.cache = model.new_cache(pinned=pinned_header(tokenizer, prompt))  # controls outlast the window
         x = torch.from_numpy(prompt)[None].expand(batch, -1).contiguous().to(self.device)  # (B, T)
         queries = np.broadcast_to(self.is_note_on[prompt], (batch, len(prompt)))  # (B, T)
         prompt_nll = np.full((batch, len(prompt)), np.nan)  # BOS is not predicted
@@ -277,12 +293,13 @@ class Generation:
         capture = self.recorders is not None and [b for b in active if self.is_note_on[tokens[b]]]
         if not self.done or capture:  # the last token is fed only when its attention row is wanted
             key_start, position = self.cache.length - self.cache.n_past, self.cache.length
+            header = self.cache.displaced  # the window's first keys are then the pinned CONTROL tokens: no arcs
             self.logits, attentions = self.decoder.step(self.feed if self.on_cpu else self.feed.to(self.device),
                                                         self.cache, need_attention=bool(capture))
             if capture:
                 probs = torch.stack(attentions)  # (L, B, H, n)
                 for b in capture:
-                    self.recorders[b].add([position], key_start, probs[:, b : b + 1])
+                    self.recorders[b].add([position], key_start + header, probs[:, b : b + 1, :, header:])
         if self.guidance is not None and not self.done:
             self.guidance.feed(self.feed)
         return tokens

@@ -16,7 +16,13 @@ view of the last `window` slots, so no step allocates or copies more than its ow
 When the spare room runs out, the last window-1 slots move to the front in one pass (every
 capacity-window+1 steps; with the default capacity of 1.5 windows, once per half window: a few
 microseconds a step, amortized). Relative attention depends on i - j only, so the window slides
-freely; a model with absolute positions cannot go past its context. On a CPU the buffers live on
+freely; a model with absolute positions cannot go past its context.
+
+Pinned tokens: a cache made with `pinned=h` keeps the first h tokens it saw (a steered prompt's CONTROL
+header) in the window after the window has slid past them. Once tokens leave the window, every step
+writes copies of their keys and values into the first h slots of the window, over the oldest tokens
+that would otherwise still be seen: a step then reads [pinned][the last window-1-h tokens][itself],
+exactly the layout of a training crop, whose header opens every window. On a CPU the buffers live on
 transparent huge pages where the OS allows (musicgpt.model._hugepages): fewer TLB misses per step.
 """
 
@@ -31,11 +37,15 @@ from musicgpt.model import _hugepages as hugepages
 class KVCache:
     """Per-layer keys/values of the last `window` tokens; `length` counts every token seen."""
 
-    def __init__(self, n_layer: int, window: int, capacity: int | None = None):
+    def __init__(self, n_layer: int, window: int, capacity: int | None = None, pinned: int = 0):
         if window < 1:
             raise ValueError(f"cache window must be at least 1, got {window}")
+        if not 0 <= pinned < window - 1:
+            raise ValueError(f"pinned tokens must be fewer than window - 1 = {window - 1}, got {pinned}")
         self.n_layer = n_layer
         self.window = window
+        self.pinned = pinned
+        self._pins: tuple[Tensor, Tensor] | None = None  # the pinned tokens' keys_t and values, once seen
         self.capacity = max(capacity or window + max(256, window // 2), window)
         self.keys_t: Tensor | None = None  # (n_layer, H, B, D, capacity), allocated on first use
         self.values: Tensor | None = None  # (n_layer, H, B, capacity, D)
@@ -48,7 +58,8 @@ class KVCache:
 
     def __repr__(self) -> str:
         shape = None if self.values is None else tuple(self.values.shape)
-        return f"KVCache(window={self.window}, length={self.length}, buffers={shape})"
+        pinned = f", pinned={self.pinned}" if self.pinned else ""
+        return f"KVCache(window={self.window}{pinned}, length={self.length}, buffers={shape})"
 
     @property
     def keys(self) -> Tensor | None:
@@ -65,10 +76,16 @@ class KVCache:
         """Cached tokens that the next token can attend to (at most window - 1)."""
         return min(self.end, self.window - 1)
 
+    @property
+    def displaced(self) -> int:
+        """Leading slots of the next token's window that hold the pinned tokens' copies (0 before the window slides)."""
+        return self.pinned if self.pinned and self.length > self.n_past else 0
+
     def allocate(self, n_head: int, batch: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
         """Allocate the buffers for `batch` sequences (done by the first `update` or decode step)."""
         self.keys_t = hugepages.empty((self.n_layer, n_head, batch, head_dim, self.capacity), dtype, device)
         self.values = hugepages.empty((self.n_layer, n_head, batch, self.capacity, head_dim), dtype, device)
+        self._pins = None
         self._forget_views()
 
     def begin(self, n_new: int) -> None:
@@ -83,6 +100,12 @@ class KVCache:
                 self.capacity = max(self.capacity, keep + n_new)
             self.end = keep
         self._n_new = n_new
+        if self.displaced:
+            if n_new != 1 or self._pins is None:
+                raise ValueError("a cache with pinned tokens slides one token at a time, after seeing them")
+            start = self.end - self.n_past
+            self.keys_t[..., start : start + self.pinned] = self._pins[0]
+            self.values[:, :, :, start : start + self.pinned] = self._pins[1]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store this layer's new keys/values (B, H, T, D); return the ones the new queries attend to."""
@@ -143,10 +166,13 @@ class KVCache:
         self.end += self._n_new
         self.length += self._n_new
         self._n_new = 0
+        if self.pinned and self._pins is None and self.length >= self.pinned:  # still in slots 0 … pinned-1
+            self._pins = (self.keys_t[..., : self.pinned].clone(), self.values[:, :, :, : self.pinned].clone())
 
     def reset(self) -> None:
         """Forget every token but keep the buffers."""
         self.end = self.length = self._n_new = 0
+        self._pins = None
 
     def _move_to_front(self, src: int, n: int) -> None:
         """Copy slots src … src+n-1 to 0 … n-1 in pieces that never overwrite a slot not yet read."""
