@@ -21,6 +21,9 @@ prepared ASAP corpus (split by piece: no test piece was trained on):
   [START, END) and ends by END, and no two notes of one pitch overlap. Kept onsets are also compared
   exactly in memory (the Sample's notes, before writing) and the largest written error is reported
   (MIDI ticks are 0.5 ms: writing rounds by at most 0.25 ms).
+- long controls: --long-seconds continuations told density=low or high, notes per second over their first
+  and last thirds, with the CONTROL header pinned in the sliding window and without it (as before pinning):
+  does the control still hold once the window has slid past n_ctx tokens?
 - guidance: continuations of one primer told density=low or density=high, at guidance 1 and 2.5; the
   share whose new notes measure as the asked density (`musicgpt.tokens.controls.computed_values`), and
   the speed ratio of guided to unguided generation in the same process (interleaved; the machine drifts).
@@ -262,6 +265,40 @@ def guidance(model, tok, primer: Path, samples: int, seconds: float) -> dict:
     return out
 
 
+def long_controls(model, tok, primer: Path, samples: int, seconds: float) -> dict:
+    """Notes per second of continuations told density=low or high, over the first and last thirds of `seconds`,
+    with the CONTROL header pinned in the sliding window (what generation does) and without (the behaviour
+    before pinning, switched back on here: past n_ctx tokens the header slides out of the window)."""
+    from musicgpt.generation import loop as generation_loop
+
+    pinned_header = generation_loop.pinned_header
+    out = {"primer": str(primer.relative_to(ROOT)), "samples": samples, "seconds": seconds, "runs": []}
+    third = seconds / 3
+    for pinned in (True, False):
+        generation_loop.pinned_header = pinned_header if pinned else (lambda tokenizer, prompt: 0)
+        try:
+            for density in ("low", "high"):
+                batch = musicgpt.generate(model, primer, tokenizer=tok, primer_seconds=5.0, seconds=seconds, seed=11,
+                                          num_samples=samples, controls={"density": density}, stop_at_eos=False)
+                first, last, slid = [], [], []
+                for s in batch:
+                    onsets = s.notes.start[~s.primer_notes] - 5.0  # seconds into the continuation
+                    first.append(float(((onsets >= 0) & (onsets < third)).sum()) / third)
+                    last.append(float((onsets >= seconds - third).sum()) / third)
+                    clock = np.cumsum(tok.seconds_per_id()[s.ids])  # when the window first slid past the header
+                    slid.append(round(float(clock[min(len(clock) - 1, model.config.n_ctx)]) - 5.0, 1))
+                out["runs"].append({"pinned": pinned, "asked": density, "notes_per_second_first_third":
+                                    round(float(np.mean(first)), 2), "notes_per_second_last_third":
+                                    round(float(np.mean(last)), 2), "window_slid_at_seconds": slid})
+        finally:
+            generation_loop.pinned_header = pinned_header
+    for pinned in (True, False):
+        runs = {r["asked"]: r for r in out["runs"] if r["pinned"] == pinned}
+        out[f"high_minus_low_last_third_{'pinned' if pinned else 'unpinned'}"] = round(
+            runs["high"]["notes_per_second_last_third"] - runs["low"]["notes_per_second_last_third"], 2)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="runs/steer", help="the steerable model (a checkpoint or run dir)")
@@ -270,7 +307,8 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=4, help="windows per test document for the composer matrix")
     parser.add_argument("--matrix-split", default="test", choices=["test", "valid"],
                         help="the split the composer matrix reads (valid: to choose among checkpoints)")
-    parser.add_argument("--parts", default="plain,composers,infill,guidance",
+    parser.add_argument("--long-seconds", type=float, default=90.0, help="length of the long continuations")
+    parser.add_argument("--parts", default="plain,composers,infill,guidance,long",
                         help="comma-separated parts to measure (default all)")
     parser.add_argument("--gaps", type=int, default=60, help="gaps scored for the infill NLL")
     parser.add_argument("--infills", type=int, default=50, help="gaps filled and checked for validity")
@@ -281,7 +319,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.windows, args.gaps, args.infills, args.samples = 1, 6, 5, 2
+        args.windows, args.gaps, args.infills, args.samples, args.long_seconds = 1, 6, 5, 2, 30.0
     began = time.perf_counter()
     model, tok = load_checkpoint(checkpoint.resolve(args.checkpoint))
     model.eval()
@@ -292,7 +330,7 @@ def main() -> int:
               "tokenizer": tok.to_dict(), "quick": args.quick}
     max_docs = 5 if args.quick else None
     parts = set(args.parts.split(","))
-    if unknown := parts - {"plain", "composers", "infill", "guidance"}:
+    if unknown := parts - {"plain", "composers", "infill", "guidance", "long"}:
         parser.error(f"--parts: unknown part(s) {', '.join(sorted(unknown))}")
     if "plain" in parts:
         result["plain"] = {"model": plain_nll(args.checkpoint, args.data, max_docs)}
@@ -313,6 +351,10 @@ def main() -> int:
         result["guidance"] = guidance(model, tok, primer, args.samples, 15.0)
         print(f"guidance: {result['guidance']['match_share_g1']} -> {result['guidance']['match_share_g2.5']}",
               file=sys.stderr)
+    if "density" in tok.controls and "long" in parts:
+        primer = ROOT / "examples" / "chopin_etude_op25_no4_taverna.mid"
+        result["long_controls"] = long_controls(model, tok, primer, args.samples, args.long_seconds)
+        print(f"long controls: {json.dumps(result['long_controls']['runs'])}", file=sys.stderr)
     result["seconds"] = round(time.perf_counter() - began, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")

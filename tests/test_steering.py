@@ -194,6 +194,20 @@ def test_the_steering_benchmark_accepts_a_true_infill_and_catches_a_moved_kept_n
     assert problems == ["a kept note moved by 5.00 ms"], problems
 
 
+def test_the_long_controls_benchmark_compares_a_pinned_header_with_one_that_slides_out(model):
+    from musicgpt.generation import loop
+
+    spec = importlib.util.spec_from_file_location("steering_bench", ROOT / "bench" / "steering.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    original = loop.pinned_header
+    out = bench.long_controls(model, TOK, PRIMER, 1, 6.0)
+    assert loop.pinned_header is original  # switched back after the unpinned runs
+    assert [(r["pinned"], r["asked"]) for r in out["runs"]] == [(True, "low"), (True, "high"), (False, "low"),
+                                                                  (False, "high")]
+    assert all(r["notes_per_second_first_third"] >= 0 for r in out["runs"]) and "high_minus_low_last_third_pinned" in out
+
+
 def test_the_png_of_an_infilled_piece_shades_the_gap_and_dashes_arcs_to_later_notes(model, tmp_path):
     from matplotlib.figure import Figure
     from matplotlib.patches import PathPatch
