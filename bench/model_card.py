@@ -418,6 +418,19 @@ def steering_section(r: dict) -> list[str]:
                   f"asked low or high): the share measuring as asked is {100 * g['match_share_g1']:.0f}% without "
                   f"guidance and {100 * g['match_share_g2.5']:.0f}% at guidance 2.5 ({nps}); guided sampling runs at "
                   f"{g['guided_over_unguided_tokens_per_s']:.2f}x the unguided tokens/s (interleaved runs)."]
+    lc = st.get("long_controls")
+    if lc:
+        by = {(x["pinned"], x["asked"]): x for x in lc["runs"]}
+        slid = [t for x in lc["runs"] for t in x["window_slid_at_seconds"]]
+        rate = lambda pinned, third: " / ".join(f"{by[(pinned, a)][f'notes_per_second_{third}_third']:.1f}"  # noqa: E731
+                                                for a in ("low", "high"))
+        held = lc["high_minus_low_last_third_pinned"] > 0
+        lines += [f"- Long continuations ({lc['samples']} of {lc['seconds']:g} s per setting; the window slides past the "
+                  f"controls {min(slid):.0f}-{max(slid):.0f} s in): notes/s asked low / high over the first third "
+                  f"{rate(True, 'first')}, over the last third {rate(True, 'last')} with the controls kept first in the "
+                  f"window (as generation does), {rate(False, 'last')} without them"
+                  + (": the density control holds." if held else
+                     ": the density control does not hold that long on this model, pinned or not.")]
     comp = st.get("composers")
     if comp:
         rows_ok = sum(comp["true_below_none"].values())

@@ -27,6 +27,8 @@ prepared ASAP corpus (split by piece: no test piece was trained on):
 - guidance: continuations of one primer told density=low or density=high, at guidance 1 and 2.5; the
   share whose new notes measure as the asked density (`musicgpt.tokens.controls.computed_values`), and
   the speed ratio of guided to unguided generation in the same process (interleaved; the machine drifts).
+- pair step: decode steps/s of guidance's single pass over both KV caches (`Decoder.step_pair`) against
+  two separate steps, batch 1 with full windows, interleaved rounds.
 """
 
 from __future__ import annotations
@@ -299,6 +301,38 @@ def long_controls(model, tok, primer: Path, samples: int, seconds: float) -> dic
     return out
 
 
+def pair_step_speed(model, steps: int, rounds: int) -> dict:
+    """Decode steps/s of guidance's one pass over both caches (`Decoder.step_pair`) against two separate steps,
+    batch 1, windows full (the conditional cache 3 CONTROL tokens longer), interleaved rounds in one process."""
+    from musicgpt.model.decode_step import Decoder
+
+    decoder, n_ctx = Decoder.for_model(model), model.config.n_ctx
+    x = torch.randint(0, 391, (1, n_ctx + steps), generator=torch.Generator().manual_seed(0))
+
+    def run(pair: bool) -> float:
+        with torch.no_grad():
+            cond, uncond = model.new_cache(pinned=3), model.new_cache()
+            model(x[:, : n_ctx - 1], cache=cond)
+            model(x[:, 3 : n_ctx - 1], cache=uncond)
+            began = time.perf_counter()
+            for t in range(n_ctx - 1, n_ctx - 1 + steps):
+                if pair:
+                    decoder.step_pair(x[:, t], cond, uncond)
+                else:
+                    decoder.step(x[:, t], cond)
+                    decoder.step(x[:, t], uncond)
+            return steps / (time.perf_counter() - began)
+
+    rates = {"pair": [], "two_steps": []}
+    for _ in range(rounds):
+        rates["pair"].append(run(True))
+        rates["two_steps"].append(run(False))
+    ratios = [a / b for a, b in zip(rates["pair"], rates["two_steps"])]
+    return {"steps": steps, "rounds": rounds, "threads": torch.get_num_threads(),
+            "steps_per_s": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
+            "pair_over_two_steps": round(float(np.median(ratios)), 3)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="runs/steer", help="the steerable model (a checkpoint or run dir)")
@@ -307,8 +341,10 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=4, help="windows per test document for the composer matrix")
     parser.add_argument("--matrix-split", default="test", choices=["test", "valid"],
                         help="the split the composer matrix reads (valid: to choose among checkpoints)")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other parts of an existing --out (same checkpoint) and replace the measured ones")
     parser.add_argument("--long-seconds", type=float, default=90.0, help="length of the long continuations")
-    parser.add_argument("--parts", default="plain,composers,infill,guidance,long",
+    parser.add_argument("--parts", default="plain,composers,infill,guidance,long,pair",
                         help="comma-separated parts to measure (default all)")
     parser.add_argument("--gaps", type=int, default=60, help="gaps scored for the infill NLL")
     parser.add_argument("--infills", type=int, default=50, help="gaps filled and checked for validity")
@@ -330,7 +366,7 @@ def main() -> int:
               "tokenizer": tok.to_dict(), "quick": args.quick}
     max_docs = 5 if args.quick else None
     parts = set(args.parts.split(","))
-    if unknown := parts - {"plain", "composers", "infill", "guidance", "long"}:
+    if unknown := parts - {"plain", "composers", "infill", "guidance", "long", "pair"}:
         parser.error(f"--parts: unknown part(s) {', '.join(sorted(unknown))}")
     if "plain" in parts:
         result["plain"] = {"model": plain_nll(args.checkpoint, args.data, max_docs)}
@@ -355,7 +391,16 @@ def main() -> int:
         primer = ROOT / "examples" / "chopin_etude_op25_no4_taverna.mid"
         result["long_controls"] = long_controls(model, tok, primer, args.samples, args.long_seconds)
         print(f"long controls: {json.dumps(result['long_controls']['runs'])}", file=sys.stderr)
+    if "pair" in parts:
+        result["pair_step"] = pair_step_speed(model, 100 if args.quick else 400, 2 if args.quick else 5)
+        print(f"pair step: {result['pair_step']['pair_over_two_steps']}x two steps", file=sys.stderr)
     result["seconds"] = round(time.perf_counter() - began, 1)
+    if args.update and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        if old.get("weights_sha256") != result["weights_sha256"]:
+            parser.error(f"--update: {args.out} measured other weights ({old.get('weights_sha256')})")
+        result = {**old, **result, "seconds": round(old.get("seconds", 0) + result["seconds"], 1),
+                  "updated": sorted(set(old.get("updated", [])) | parts)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

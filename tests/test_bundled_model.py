@@ -220,8 +220,16 @@ def test_card_renders_a_fine_tune_with_its_base_and_steering_figures(tmp_path):
         "infill_validity": {"infills": 50, "valid": 50, "kept_onsets_exact_in_memory": 50,
                             "kept_onset_error_max_ms": 0.25, "new_notes_mean": 61.2},
         "guidance": {"samples": 4, "seconds": 15.0, "runs": runs, "match_share_g1": 0.5, "match_share_g2.5": 1.0,
-                     "guided_over_unguided_tokens_per_s": 0.55}}
+                     "guided_over_unguided_tokens_per_s": 0.55},
+        "long_controls": {"samples": 4, "seconds": 90.0, "high_minus_low_last_third_pinned": 2.0,
+                          "high_minus_low_last_third_unpinned": -1.0,
+                          "runs": [{"pinned": p, "asked": a, "notes_per_second_first_third": f,
+                                    "notes_per_second_last_third": last, "window_slid_at_seconds": [10.0, 14.0]}
+                                   for p, a, f, last in ((True, "low", 8.0, 9.0), (True, "high", 14.0, 11.0),
+                                                         (False, "low", 8.0, 12.0), (False, "high", 14.0, 11.0))]}}
     text = card.render(tuned)
+    assert "slides past the controls 10-14 s in" in text and "over the last third 9.0 / 11.0 with the controls" in text
+    assert "12.0 / 11.0 without them: the density control holds." in text
     assert "## Training: the plain base model" in text and "## Training: the fine-tune for steering" in text
     assert "then fine-tuned for steering" in text and "It can be steered: controls composer (2 values)" in text
     assert "`bundled` was then the plain base model above" in text and "and fine-tuned for" in text

@@ -182,3 +182,29 @@ def test_decoding_with_a_pinned_header_keeps_it_first_in_every_window(batch):
         parts += [decoder.step(x[:, t], cache)[0][:, None] for t in range(8, length - 1)]
         parts.append(model(x[:, -1:], cache=cache).logits)  # the plain forward path reads the same window
     assert (torch.cat(parts, 1) - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_pair_step_equals_two_steps_on_caches_of_different_lengths(batch):
+    """Guidance steps its conditional and unconditional caches in one pass: each half must equal its own
+    step, while the windows of both slide (the longer one pinned, as a steered prompt's is)."""
+    from musicgpt.model.decode_step import Decoder
+    from tiny_models import tiny_model
+
+    model = tiny_model()
+    x = torch.randint(0, 391, (batch, 90), generator=torch.Generator().manual_seed(6))
+    decoder = Decoder(model)
+    with torch.no_grad():
+        caches = [model.new_cache(window=24, capacity=30, pinned=2), model.new_cache(window=24, capacity=30)]
+        twins = [model.new_cache(window=24, capacity=30, pinned=2), model.new_cache(window=24, capacity=30)]
+        for c in (caches[0], twins[0]):
+            model(x[:, :9], cache=c)  # 2 more tokens than the other: a CONTROL header
+        for c in (caches[1], twins[1]):
+            model(x[:, 2:9], cache=c)
+        for t in range(9, 90):
+            a, b, att = decoder.step_pair(x[:, t], caches[0], caches[1], need_attention=True)
+            a_alone, att_alone = decoder.step(x[:, t], twins[0], need_attention=True)
+            b_alone, _ = decoder.step(x[:, t], twins[1])
+            assert (a - a_alone).abs().max() <= 1e-5 and (b - b_alone).abs().max() <= 1e-5, t
+            assert all((p - q).abs().max() <= 1e-6 for p, q in zip(att, att_alone))
+    assert [c.length for c in caches] == [90, 88]

@@ -5,8 +5,9 @@
 G = 1 is the conditional model itself (no second pass); G > 1 pushes the music further towards what
 the controls make likelier than they would be anyway; 0 < G < 1 softens them. The unconditional
 pass reads the same primer and the same sampled tokens without the CONTROL tokens (the model learned
-both: training drops controls, `musicgpt.training.conditioning`), on a KV cache of its own stepped by
-the same `Decoder`: each step costs a second decode step, and the prompt a second prefill.
+both: training drops controls, `musicgpt.training.conditioning`), on a KV cache of its own. Each step
+feeds both caches in one `Decoder.step_pair` (2B rows: the weights, most of a small-batch step's cost,
+are read once); the prompt costs a second prefill.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import torch
 from torch import Tensor
 
 from musicgpt.arcs.capture import teacher_force
-from musicgpt.model.decode_step import Decoder
 
 __all__ = ["Guidance"]
 
@@ -31,14 +31,9 @@ class Guidance:
         x = torch.from_numpy(np.asarray(prompt, np.int64))[None].expand(batch, -1).contiguous().to(self.device)  # (B, T)
         with torch.no_grad():
             self.logits = teacher_force(model, x, self.cache, chunk=chunk)  # (B, V)
-        self.decoder = Decoder.for_model(model)
 
     def mix(self, conditional: Tensor) -> Tensor:
         """(B, V) guided log-probabilities from the conditional logits and the unconditional ones."""
         cond = torch.log_softmax(conditional.float(), dim=-1)  # (B, V)
         uncond = torch.log_softmax(self.logits.float().to(cond.device), dim=-1)  # (B, V)
         return uncond + self.scale * (cond - uncond)
-
-    def feed(self, tokens: Tensor) -> None:
-        """Advance the unconditional cache by the tokens the batch just took (B,)."""
-        self.logits, _ = self.decoder.step(tokens.to(self.device), self.cache)

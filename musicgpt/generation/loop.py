@@ -294,14 +294,16 @@ class Generation:
         if not self.done or capture:  # the last token is fed only when its attention row is wanted
             key_start, position = self.cache.length - self.cache.n_past, self.cache.length
             header = self.cache.displaced  # the window's first keys are then the pinned CONTROL tokens: no arcs
-            self.logits, attentions = self.decoder.step(self.feed if self.on_cpu else self.feed.to(self.device),
-                                                        self.cache, need_attention=bool(capture))
+            feed = self.feed if self.on_cpu else self.feed.to(self.device)
+            if self.guidance is not None and not self.done:  # both halves in one pass: the weights read once
+                self.logits, self.guidance.logits, attentions = self.decoder.step_pair(
+                    feed, self.cache, self.guidance.cache, need_attention=bool(capture))
+            else:
+                self.logits, attentions = self.decoder.step(feed, self.cache, need_attention=bool(capture))
             if capture:
                 probs = torch.stack(attentions)  # (L, B, H, n)
                 for b in capture:
                     self.recorders[b].add([position], key_start + header, probs[:, b : b + 1, :, header:])
-        if self.guidance is not None and not self.done:
-            self.guidance.feed(self.feed)
         return tokens
 
     def samples(self) -> list[Sample]:
