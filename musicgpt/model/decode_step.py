@@ -28,6 +28,9 @@ logit terms (the embeddings' alignment to the keys moves by one every step, so k
 cannot share a buffer without copying the table each step); SDPA with the relative logits as a
 float mask (fewer ops, slower kernel for one query); torch.compile of the step (slower on CPU here).
 
+`Decoder.step_pair` feeds the same tokens to two caches in one pass of 2B rows (guidance's conditional and
+unconditional halves): the weights are read once, only the attention reads each cache apart.
+
 It hands back each layer's attention probabilities for free when asked. tests/test_generation.py
 and tests/test_kv_cache.py pin every step to the model's full forward pass (1e-4), including
 while a small window slides and moves to the front many times.
