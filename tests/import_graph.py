@@ -2,7 +2,8 @@
 
 What counts as module A importing module B:
 - an `import` or `from ... import` of B anywhere in A, at module level or inside a function (a lazy
-  import is still a dependency), except under `if TYPE_CHECKING:`;
+  import is still a dependency); under `if TYPE_CHECKING:` it is a type-only edge (`Scan.type_only`): no
+  room rule applies to it, but it counts for cycles (an annotation naming a module is still an arrow to it);
 - `from P import name` or `P.name` (P imported as a module) where the package P lists `name` in its
   lazy-attribute table (`_LAZY = {"name": ("B", "attr"), ...}` in P's __init__): the table is how P
   hands out B, so the edge goes from A to B, not from P to B;
@@ -99,6 +100,7 @@ class Scan:
     targets: set[str] = field(default_factory=set)  # our modules
     unresolved: set[str] = field(default_factory=set)  # names under our packages that are no module of ours
     external: set[str] = field(default_factory=set)  # top-level names of other packages (torch, numpy, ...)
+    type_only: set[str] = field(default_factory=set)  # our modules imported under `if TYPE_CHECKING:` only
 
 
 def _contains(package: str, module: str) -> bool:
@@ -174,6 +176,14 @@ def scan_all(modules: dict[str, Path] | None = None) -> dict[str, Scan]:
             parts = target.split(".")
             scan.targets.update(".".join(parts[:end]) for end in range(1, len(parts)) if ".".join(parts[:end]) in modules)
         scan.targets = {t for t in scan.targets if not _contains(t, name)}
+        for block in ast.walk(tree):
+            if isinstance(block, ast.If) and _is_type_checking(block):
+                for node in (n for stmt in block.body for n in ast.walk(stmt)):
+                    if isinstance(node, ast.ImportFrom) and ours(node.module or ""):
+                        scan.type_only.update(t for a in node.names if (t := resolve(node.module, a.name)))
+                    elif isinstance(node, ast.Import):
+                        scan.type_only.update(a.name for a in node.names if a.name in modules)
+        scan.type_only -= scan.targets
         scans[name] = scan
     return scans
 
@@ -267,7 +277,7 @@ def describe(graph: dict[str, set[str]], component: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    g = import_graph()
+    g = {name: scan.targets | scan.type_only for name, scan in scan_all().items()}  # type-only imports count
     found = cycles(g)
     for component in found:
         print(f"{len(component)} modules: {describe(g, component)}")

@@ -27,7 +27,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -35,10 +35,7 @@ from musicgpt._atomic import atomic_write_text
 from musicgpt.errors import ConfigError
 from musicgpt.music.notes import Notes
 
-if TYPE_CHECKING:
-    from musicgpt.tokens.grammar import GrammarState
-
-__all__ = ["Tokenizer", "PerformanceEvents", "Encoding", "TOKENIZER_FILE", "read_tokenizer_json"]
+__all__ = ["Tokenizer", "PerformanceEvents", "Grammar", "Encoding", "TOKENIZER_FILE", "read_tokenizer_json"]
 
 TOKENIZER_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
@@ -77,6 +74,26 @@ class Encoding:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+class Grammar(Protocol):
+    """What `Tokenizer.grammar()` returns: which tokens may come next (`musicgpt.tokens.grammar.GrammarState` is one).
+
+    Declared here so that the interface names no grammar module: grammar.py reads `PerformanceEvents` from this
+    one, and an import back, even for type checking only, would close a cycle.
+    """
+
+    def push(self, token: int) -> None:
+        """Advance by one token."""
+
+    def feed(self, ids) -> "Grammar":
+        """Advance by every token of `ids`; returns itself."""
+
+    def allowed(self) -> np.ndarray:
+        """(vocab_size,) bool: the tokens that may come next."""
+
+    def accepts(self, ids) -> bool:
+        """Whether every token of `ids` is allowed after the ones before it."""
 
 
 class Tokenizer(ABC):
@@ -122,7 +139,7 @@ class Tokenizer(ABC):
         return {name: kinds == k for k, name in enumerate(self.type_names)}
 
     # ---- optional capabilities ------------------------------------------------------------------
-    def grammar(self, canonical: bool = False) -> GrammarState | None:
+    def grammar(self, canonical: bool = False) -> Grammar | None:
         """A fresh state machine of which tokens may come next, or None: this tokenizer declares no grammar."""
         return None
 
