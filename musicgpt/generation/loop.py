@@ -148,8 +148,8 @@ def pinned_header(tokenizer: Tokenizer, prompt: np.ndarray) -> int:
     if "CONTROL" not in tokenizer.type_names:
         return 0
     kinds = tokenizer.token_type(np.asarray(prompt, np.int64))
-    n = int(np.argmax(kinds != tokenizer.type_code("CONTROL"))) if (kinds != tokenizer.type_code("CONTROL")).any() \
-        else len(kinds)
+    music = kinds != tokenizer.type_code("CONTROL")
+    n = int(np.argmax(music)) if music.any() else len(kinds)
     infilling = "INFILL" in tokenizer.type_names and n < len(kinds) and kinds[n] == tokenizer.type_code("INFILL")
     return 0 if infilling else n
 

@@ -60,10 +60,8 @@ def doc_composers(manifest: dict, split: str) -> list[str | None]:
 
 def control_rows(tokenizer: Tokenizer) -> list[int]:
     """The ids of the CONTROL tokens (empty without controls)."""
-    if "CONTROL" not in tokenizer.type_names:
-        return []
-    kinds = tokenizer.token_type(np.arange(tokenizer.vocab_size))
-    return np.flatnonzero(kinds == tokenizer.type_names.index("CONTROL")).tolist()
+    mask = tokenizer.type_masks().get("CONTROL")
+    return [] if mask is None else np.flatnonzero(mask).tolist()
 
 
 def prompt_tuning_rows(tokenizer: Tokenizer, init_from: str | None) -> list[int]:

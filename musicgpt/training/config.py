@@ -115,8 +115,8 @@ class FinetuneConfig:
     min_lr: float = 1e-5
     warmup_steps: int = 50
     steps: int | None = None  # None keeps train.steps
-    # all: every weight learns; controls: only the control tokens' embeddings (prompt tuning: the rest is
-    # frozen, so everything the model did without controls stays exactly as it was)
+    # all: every weight learns; controls: only the control tokens' embeddings (prompt tuning: every other
+    # weight stays bit-identical; the tied output head shares those rows, which sampling masks)
     trainable: Literal["all", "controls"] = "all"
 
     def __post_init__(self) -> None:
