@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import CAVEAT, NO_GPU, machine_info  # noqa: E402
-from musicgpt._atomic import atomic_write_text  # noqa: E402
+from musicgpt._io import atomic_write_text  # noqa: E402
 from musicgpt.music.midi import read_midi, write_midi  # noqa: E402
 from musicgpt.music.notes import Notes  # noqa: E402
 

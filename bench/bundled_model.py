@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import musicgpt  # noqa: E402
 from musicgpt.generation.loop import DEFAULT_MAX_NOTE_SECONDS  # noqa: E402
-from musicgpt._cpuinfo import cpu_flags, cpu_model  # noqa: E402
+from musicgpt.device import cpu_flags, cpu_model  # noqa: E402
 from musicgpt import checkpoint  # noqa: E402
 from musicgpt.model import GPTConfig, load_checkpoint, load_model  # noqa: E402
 from musicgpt.training.config import config_to_dict, load_config  # noqa: E402

@@ -7,7 +7,7 @@ import platform
 import time
 from importlib import metadata
 
-from musicgpt._cpuinfo import cpu_model  # noqa: F401  (part of this module's interface)
+from musicgpt.device import cpu_model  # noqa: F401  (part of this module's interface)
 
 CAVEAT = ("The machine's speed drifts 2-4x within minutes (other jobs share its cores; load averages are "
           "recorded): compare ratios of runs interleaved in one process, not absolute numbers across runs "

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 import musicgpt  # noqa: E402
 from bench.machine import CAVEAT, NO_GPU, machine_info  # noqa: E402
 from musicgpt import checkpoint  # noqa: E402
-from musicgpt._atomic import atomic_write_text  # noqa: E402
+from musicgpt._io import atomic_write_text  # noqa: E402
 from musicgpt.corpus.shards import Split, open_split, read_manifest  # noqa: E402
 from musicgpt.generation.infilling import infill_prompt  # noqa: E402
 from musicgpt.model.gpt import load_checkpoint  # noqa: E402

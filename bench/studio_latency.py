@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import CAVEAT, NO_GPU, machine_info  # noqa: E402
-from musicgpt._atomic import atomic_write_text  # noqa: E402
+from musicgpt._io import atomic_write_text  # noqa: E402
 
 PRIMER = ROOT / "examples" / "bach_prelude_bwv846_shi.mid"
 TARGETS = {"first_note_s": 0.5, "overhead": 0.10}

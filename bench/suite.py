@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from musicgpt._atomic import atomic_write_text
+from musicgpt._io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

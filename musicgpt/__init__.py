@@ -18,9 +18,9 @@ The names below are the public API; they load on first use, so `import musicgpt`
 `import musicgpt.music` never loads torch.
 """
 
-from musicgpt import _moved
 from musicgpt._lazy import lazy_getattr
-from musicgpt._version import __version__
+
+__version__ = "0.2.0"  # read by pyproject.toml, the CLI, the viewer and the studio
 
 # public name -> (module, attribute), imported when first asked for
 _LAZY = {
@@ -49,9 +49,6 @@ _LAZY = {
 }
 
 __all__ = ["__version__", *_LAZY]
-
-_moved.install()
-
 
 __getattr__ = lazy_getattr(__name__, _LAZY)
 

@@ -9,7 +9,7 @@
 This module knows the directory format, not the model: it writes a config dict and a dict of
 tensors, and reads them back. `MusicGPT.from_pretrained` / `save_pretrained` (musicgpt.model)
 build on it, so the model imports this module and never the other way round. A checkpoint is
-written into a hidden temporary sibling directory and renamed into place (musicgpt._atomic), so a
+written into a hidden temporary sibling directory and renamed into place (musicgpt._io), so a
 reader never sees half a checkpoint. Extra states hold any nest of dicts, lists, tuples, numbers,
 strings and tensors (an optimizer's state_dict, say): tensors go to the .safetensors file, the
 structure to the .json file, so loading runs no code.
@@ -34,7 +34,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from musicgpt._atomic import atomic_directory, atomic_write, atomic_write_text, recover_directories, umask
+from musicgpt._io import atomic_directory, atomic_write, atomic_write_text, recover_directories, umask
 from musicgpt.errors import CheckpointError, WriteError
 from musicgpt.tokens.base import Tokenizer
 

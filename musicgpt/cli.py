@@ -39,7 +39,7 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, str | None]:
         prog="musicgpt",
         description="Symbolic piano music generation with a relative-attention GPT.",
     )
-    from musicgpt._version import __version__
+    from musicgpt import __version__
 
     parser.add_argument("--version", action="version", version=f"musicgpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

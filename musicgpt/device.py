@@ -3,7 +3,8 @@
 `pick_device("auto")` is CUDA when there is one, else the CPU. `autocast_dtype` picks bf16 autocast
 where it is faster (CUDA GPUs with bf16, CPUs with AMX), else None (fp32). Under `torchrun`,
 `setup_distributed` joins the process group (gloo on CPU, NCCL on CUDA) and says which rank this
-is; without it, one process. `hardware` describes the machine for a run's run.json.
+is; without it, one process. `hardware` describes the machine for a run's run.json, `cpu_model` and
+`cpu_flags` the CPU (read from /proc/cpuinfo) for run records, benchmarks and kernel builds.
 """
 
 from __future__ import annotations
@@ -16,10 +17,33 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from musicgpt._cpuinfo import cpu_model
 from musicgpt.errors import ConfigError
 
-__all__ = ["Dist", "setup_distributed", "teardown", "pick_device", "autocast_dtype", "cpu_has_amx", "hardware"]
+__all__ = ["cpu_model", "cpu_flags", "Dist", "setup_distributed", "teardown", "pick_device", "autocast_dtype", "cpu_has_amx", "hardware"]
+
+
+
+def _cpuinfo_field(*names: str) -> str | None:
+    """The value of the first /proc/cpuinfo line whose key is one of `names`, or None."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() in names:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name, else what platform reports."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> str:
+    """The CPU's feature flags (x86 'flags', Arm 'Features'), space-separated; '' when unknown."""
+    return _cpuinfo_field("flags", "Features") or ""
 
 
 @dataclass(frozen=True)

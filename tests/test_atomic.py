@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from musicgpt._atomic import atomic_directory, atomic_write, atomic_write_text, remove_leftovers, umask
+from musicgpt._io import atomic_directory, atomic_write, atomic_write_text, remove_leftovers, umask
 from musicgpt.errors import WriteError
 
 

@@ -191,7 +191,7 @@ def test_a_run_directory_stands_for_its_best_else_its_latest_checkpoint(tmp_path
     import os
     import stat
 
-    from musicgpt._atomic import umask
+    from musicgpt._io import umask
     from musicgpt.cli import main
 
     run = tmp_path / "run"

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,8 @@ LIBRARY = sorted(m for m in GRAPH if m == "musicgpt" or m.startswith("musicgpt."
 
 # Each module's room: the longest prefix found here (musicgpt.arcs.format and .capture are rooms of their own).
 ROOMS = {
-    "musicgpt": "facade", "musicgpt._moved": "facade", "musicgpt.__main__": "cli", "musicgpt.cli": "cli",
-    "musicgpt.commands": "cli",
-    "musicgpt._version": "base", "musicgpt.errors": "base", "musicgpt._atomic": "base", "musicgpt._cpuinfo": "base",
-    "musicgpt._jsonfile": "base", "musicgpt._lazy": "base",
+    "musicgpt": "facade", "musicgpt.__main__": "cli", "musicgpt.cli": "cli", "musicgpt.commands": "cli",
+    "musicgpt.errors": "base", "musicgpt._io": "base", "musicgpt._lazy": "base",
     "musicgpt.music": "music", "musicgpt.tokens": "tokens", "musicgpt.corpus": "corpus",
     "musicgpt.checkpoint": "checkpoint", "musicgpt.device": "device", "musicgpt.model": "model",
     "musicgpt.training": "training", "musicgpt.training.log": "training.log",
@@ -42,7 +39,7 @@ ALLOWED = {
     "corpus": {"base", "music", "tokens"},
     "checkpoint": {"base", "tokens"},
     "device": {"base"},
-    "model": {"base", "checkpoint"},
+    "model": {"base", "checkpoint", "device"},
     "training.log": {"base"},
     "training": {"base", "music", "tokens", "corpus", "checkpoint", "device", "model", "training.log"},
     "arcs.format": {"base"},
@@ -212,91 +209,18 @@ def test_commands_that_need_no_model_run_without_torch(tmp_path):
     assert (tmp_path / "prepared" / "manifest.json").is_file() and (tmp_path / "tiny.html").is_file()
 
 
-# The public names of musicgpt 0.1.0's modules (what each defined, plus its __all__), read from its source.
-OLD_API = {
-    "musicgpt.notes": "Notes",
-    "musicgpt.midi": "DEFAULT_MSPQ MAX_SECONDS MidiSource Notes SUSTAIN_CC SUSTAIN_THRESHOLD WRITE_MSPQ WRITE_TPQ read_midi "
-                     "resolve_same_pitch sort_by_onset ticks_to_seconds write_midi write_tracks",
-    "musicgpt.audio": "AudioError NO_RENDERER RENDERERS SYSTEM_SOUNDFONTS available_renderers find_soundfont render_wav",
-    "musicgpt.tokenizer": "Encoding FORMAT_VERSION GrammarState PerformanceTokenizer SavedTokenizer TOKENIZER_FILE "
-                          "load_tokenizer main tokenizer_from_dict",
-    "musicgpt.miditok_backend": "ATTACHED_TYPES DEFAULT_BEAT_RES MiditokTokenizer ONSET_TYPES SCHEMES miditok_tokenizer",
-    "musicgpt.augment": "Augmenter PIANO_RANGE allowed_shifts make_augmenter pitch_bounds stretch transpose",
-    "musicgpt.recipes": "DEFAULT_RATIOS MIDI_SUFFIXES RECIPES SPLITS Source asap check_ratios collect detect_recipe folder "
-                        "giantmidi hashed_splits maestro pop909 split_fraction",
-    "musicgpt.prepare": "FORMAT MANIFEST PrepareResult TOKEN_DTYPE VERSION load_split prepare read_manifest",
-    "musicgpt.attention": "BLOCK PARALLEL_MIN_WORK apply_mask_ attention_probs biased_sdpa relative_attention "
-                          "relative_logits relative_scores release_scratch skewed_view",
-    "musicgpt.kv_cache": "KVCache",
-    "musicgpt.decoder": "Decoder",
-    "musicgpt.hugepages": "ALIGN HUGE_PAGE empty pack",
-    "musicgpt._relative_kernel": "KernelUnavailable MODES SOURCE backward build cache_dir compile_command forward "
-                                 "library_path load mode",
-    "musicgpt.config": "Config DataConfig FinetuneConfig OptimConfig TrainConfig apply_override config_from_dict "
-                       "config_to_dict dump_toml load_config parse_value",
-    "musicgpt.data": "Augment BatchStream CropSampler IGNORE_INDEX Specials Split batch_windows open_split valid_windows "
-                     "windows",
-    "musicgpt.train": "BEST CHECKPOINTS Dist STEP_PREFIX Schedule StopFlag TrainResult Trainer autocast_dtype "
-                      "checkpoint_dirs config_changes hardware load_data_tokenizer make_augment parameter_groups "
-                      "pick_device resolve_data resume_config rng_state schedule_for set_rng_state setup_distributed "
-                      "specials_of teardown threading_main train weights_fingerprint",
-    "musicgpt.evaluate": "EVENT_TYPES EvalReport Totals check_context evaluate_checkpoint report score tokenize_files "
-                         "write_json",
-    "musicgpt.trainlog": "COLUMNS MetricsLog plot_curves read_metrics truncate_after",
-    "musicgpt.sampling": "GrammarMask GumbelNoise LongNoteLimit SamplingConfig filter_logits gumbel keep_type_mass "
-                         "make_generator sample shift_seconds_per_id",
-    "musicgpt.primer": "MIDI_SUFFIXES SCORE_SUFFIXES primer_ids read_notes read_score",
-    "musicgpt.arcs_format": "ARCS_VERSION ARC_KEYS ArcsFormatError NOTE_KEYS arcs_by_query build_arcs filter_arcs "
-                            "read_arcs select_arcs validate_arcs write_arcs",
-    "musicgpt.embedding_plots": "NOTE_NAMES note_on_similarity_png position_similarity_png relative_embeddings_png",
-    "musicgpt.host": "cpu_flags cpu_model",
-    # kept their names (packages now)
-    "musicgpt.model": "Block GPTConfig KVCache MLP ModelOutput MusicGPT POSITIONS PRESETS SelfAttention",
-    "musicgpt.arcs": "ArcsConfig AttentionRecorder NoteArcs aggregate arcs_document attend build_arcs note_arcs query_rows "
-                     "teacher_force token_owners",
-    "musicgpt.generation": "DEFAULT_MAX_NOTE_SECONDS DEFAULT_NEW_TOKENS Sample TOKENS_PER_SECOND_CAP generate "
-                           "load_model_and_tokenizer",
-    "musicgpt.viz": "draw_arcs render_html render_png write_html",
-}
-
-
-@pytest.mark.parametrize("old", sorted(OLD_API))
-def test_names_of_0_1_0_still_import(old):
-    from musicgpt._moved import MOVED
-
-    for name in sys.modules.copy():
-        if name == old or name.startswith(old + "."):
-            if name in MOVED:
-                del sys.modules[name]  # import it afresh, so that its warning is seen
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = importlib.import_module(old)
-        for name in OLD_API[old].split():
-            assert getattr(module, name) is not None, f"{old}.{name}"
-    moved = [w for w in caught if issubclass(w.category, DeprecationWarning) and "moved to" in str(w.message)]
-    assert bool(moved) == (old in MOVED)
-    if old in MOVED:
-        assert MOVED[old][0] in str(moved[0].message) and old not in module_names()  # the old file is gone
-
-
-def test_moved_names_are_the_same_objects_and_python_m_still_runs():
-    from musicgpt._moved import MOVED
-
-    from musicgpt.tokenizer import PerformanceTokenizer, load_tokenizer  # noqa: F401  (0.1.0's README line)
-    assert PerformanceTokenizer is importlib.import_module("musicgpt.tokens").PerformanceTokenizer
-    assert importlib.import_module("musicgpt.midi").read_midi is importlib.import_module("musicgpt.music").read_midi
-    assert importlib.import_module("musicgpt.music.midi").__spec__.name == "musicgpt.music.midi"  # not renamed
-    names = module_names()
-    assert all(all(new in names for new in sources) for sources in MOVED.values())
-    out = subprocess.run([sys.executable, "-m", "musicgpt.tokenizer"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "3..130" in out.stdout and "python -m musicgpt.tokens" in out.stderr
-
-
 @pytest.mark.parametrize("name", importlib.import_module("musicgpt").__all__)
 def test_public_names_of_the_package_resolve(name):
     import musicgpt
 
     assert getattr(musicgpt, name) is not None and name in dir(musicgpt)
+
+
+def test_the_package_root_holds_the_entry_points_only():
+    """Besides __init__ and __main__: the command line, errors, checkpoints, the device, and two private helpers."""
+    root = sorted(p.stem for p in (ROOT / "musicgpt").glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert root == ["_io", "_lazy", "checkpoint", "cli", "device", "errors"]
+    assert not (ROOT / "configs").exists()  # the presets live in musicgpt/configs/ (`--config NAME` finds them)
 
 
 def test_files_stay_small():

@@ -56,8 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from musicgpt._atomic import atomic_write, atomic_write_text
-from musicgpt._jsonfile import read_json
+from musicgpt._io import atomic_write, atomic_write_text, read_json
 from musicgpt.errors import MusicGPTError
 
 ARCS_VERSION = 1

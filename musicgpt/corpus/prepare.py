@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgpt._atomic import atomic_files, remove_leftovers
+from musicgpt._io import atomic_files, remove_leftovers
 from musicgpt.corpus.recipes import DEFAULT_RATIOS, SPLITS, check_ratios, collect
 from musicgpt.corpus.shards import (FORMAT, MANIFEST, TOKEN_DTYPE, VERSION, load_split, read_manifest, verify,
                                     write_split)

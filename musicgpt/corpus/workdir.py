@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgpt._atomic import atomic_write, atomic_write_text
+from musicgpt._io import atomic_write, atomic_write_text
 from musicgpt.errors import DatasetError
 
 __all__ = ["PrepareLock", "PartialResults", "LOCK"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
-from musicgpt._atomic import atomic_savefig
+from musicgpt._io import atomic_savefig
 from musicgpt.errors import printable
 from musicgpt.metrics.features import BIN_LABELS, FEATURES
 from musicgpt.metrics.pitch import PITCH_CLASS_NAMES

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgpt._atomic import atomic_write_text
+from musicgpt._io import atomic_write_text
 from musicgpt.metrics import key, sets, timing
 from musicgpt.metrics.features import FEATURES
 from musicgpt.metrics.folder import FolderFeatures

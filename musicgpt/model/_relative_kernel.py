@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from musicgpt._atomic import atomic_write
-from musicgpt._cpuinfo import cpu_flags
+from musicgpt._io import atomic_write
+from musicgpt.device import cpu_flags
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "relative_attention.cpp"
 MODES = ("auto", "native", "eager", "sdpa")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgpt._atomic import atomic_write
+from musicgpt._io import atomic_write
 from musicgpt.errors import MusicGPTError
 
 RENDERERS = ("fluidsynth", "tinysoundfont", "symusic")

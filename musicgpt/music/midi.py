@@ -41,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from musicgpt._atomic import atomic_write
+from musicgpt._io import atomic_write
 from musicgpt.errors import MidiError, WriteError
 from musicgpt.music import smf
 from musicgpt.music.notes import Notes

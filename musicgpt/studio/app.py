@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from musicgpt._version import __version__
+from musicgpt import __version__
 from musicgpt.errors import ConfigError, MusicGPTError
 from musicgpt.studio.files import FileStore
 from musicgpt.studio.form import FIELDS, MAX_SAMPLES, parse_fields

@@ -13,7 +13,7 @@ from pathlib import Path
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from musicgpt._atomic import atomic_write
+from musicgpt._io import atomic_write
 from musicgpt.errors import ConfigError, MusicGPTError, printable
 from musicgpt.music.midi import MIDI_SUFFIXES
 from musicgpt.music.scores import SCORE_SUFFIXES

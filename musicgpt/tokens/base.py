@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from musicgpt._atomic import atomic_write_text
+from musicgpt._io import atomic_write_text
 from musicgpt.errors import ConfigError
 from musicgpt.music.notes import Notes
 

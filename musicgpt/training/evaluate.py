@@ -26,7 +26,7 @@ from musicgpt.music.midi import midi_files
 from musicgpt.device import autocast_dtype, pick_device
 from musicgpt.training.conditioning import doc_composers
 from musicgpt.training.data import IGNORE_INDEX, Specials, batch_windows, windows
-from musicgpt._atomic import atomic_write_text
+from musicgpt._io import atomic_write_text
 from musicgpt.errors import ConfigError, DatasetError, MidiError, MusicGPTError
 
 EVENT_TYPES = ("NOTE_ON", "NOTE_OFF", "TIME_SHIFT", "VELOCITY")

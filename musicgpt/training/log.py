@@ -9,7 +9,7 @@ import csv
 import warnings
 from pathlib import Path
 
-from musicgpt._atomic import atomic_write
+from musicgpt._io import atomic_write
 from musicgpt.errors import MusicGPTError, WriteError
 
 COLUMNS = ["step", "tokens", "time_s", "lr", "train_loss", "grad_norm", "tokens_per_s", "valid_nll", "valid_ppl"]

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from musicgpt import checkpoint
-from musicgpt._atomic import atomic_write_text, recover_directories, remove_leftovers
+from musicgpt._io import atomic_write_text, recover_directories, remove_leftovers
 from musicgpt.device import Dist
 from musicgpt.errors import CheckpointError, WriteError
 from musicgpt.training.config import Config, config_to_dict, dump_toml, load_config

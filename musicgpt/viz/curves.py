@@ -11,7 +11,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from musicgpt._atomic import atomic_savefig
+from musicgpt._io import atomic_savefig
 from musicgpt.errors import MusicGPTError, printable
 from musicgpt.training.log import read_metrics
 

@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
 
-from musicgpt._atomic import atomic_savefig
+from musicgpt._io import atomic_savefig
 from musicgpt.arcs.format import notes_label
 from musicgpt.arcs.select import arcs_by_query, filter_arcs
 from musicgpt.errors import MusicGPTError

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgpt._atomic import atomic_write_text
-from musicgpt._version import __version__
+from musicgpt._io import atomic_write_text
+from musicgpt import __version__
 from musicgpt.arcs.format import NOTE_KEYS, notes_label, validate_arcs
 from musicgpt.errors import printable
 

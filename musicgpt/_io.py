@@ -1,4 +1,6 @@
-"""Atomic writes: a file or a directory is written under a temporary sibling name, then renamed into place.
+"""Files: atomic writes, and JSON reads whose errors name the file.
+
+Atomic writes: a file or a directory is written under a temporary sibling name, then renamed into place.
 
 A reader, or a process killed half-way, sees the old file or the new one, never a part of one.
 Temporary names are `.NAME.<random>.tmp` next to the target: hidden, unique per writer (threads
@@ -9,23 +11,25 @@ to disk before returning (checkpoints, where a power cut must not lose the last 
 
     atomic_savefig(fig, "roll.png", dpi=200)
     atomic_write_text(path, json.dumps(data))
+    read_json(path, ConfigError)              # a failure names the file and the reason
     with atomic_directory(ckpt) as tmp: ...   # fill tmp; it replaces ckpt when the block succeeds
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from musicgpt.errors import WriteError
+from musicgpt.errors import MusicGPTError, WriteError
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_savefig", "atomic_files", "atomic_directory",
-           "recover_directories", "remove_leftovers", "umask"]
+           "recover_directories", "remove_leftovers", "umask", "read_json"]
 
 
 def umask() -> int:
@@ -230,3 +234,18 @@ def _fsync(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_json(path: str | os.PathLike, error: type[MusicGPTError]) -> Any:
+    """The parsed JSON of `path`; any failure raises `error` with the path and the reason."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read ({exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
