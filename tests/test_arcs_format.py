@@ -13,6 +13,7 @@ from musicgpt.arcs.format import (
     ArcsFormatError,
     build_arcs,
     read_arcs,
+    round_nll,
     validate_arcs,
     write_arcs,
 )
@@ -59,6 +60,15 @@ def test_build_sets_ids_rounds_and_keeps_extra_keys():
     assert d["notes"][0]["id"] == 0 and d["notes"][0]["start"] == 0.123457
     assert d["arcs"][0]["weight"] == 1.235e-05  # 4 significant digits, never rounded to 0
     assert d["seed"] == 7 and d["model"] == {} and d["tokenizer"] == {}
+
+
+def test_round_nll_is_what_build_stores():
+    """The studio streams surprisal through round_nll: it must equal the note's "nll" in the file."""
+    raw = [3.21749, 0.000123456, 12.34567, 0.0, None]
+    notes = [{"pitch": 60, "start": float(i), "end": i + 0.5, "velocity": 80, "token": i, "primer": False, "nll": x}
+             for i, x in enumerate(raw)]
+    stored = [n["nll"] for n in build_arcs(notes, [], n_layer=1, n_head=1)["notes"]]
+    assert stored == [round_nll(x) for x in raw] == [3.217, 0.0001235, 12.35, 0.0, None]
 
 
 def test_write_read_roundtrip(tmp_path, small):

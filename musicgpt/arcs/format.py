@@ -85,8 +85,8 @@ def _round_weight(w: float) -> float:
     return min(1.0, float(f"{w:.4g}"))
 
 
-def _round_nll(x: Any) -> float | None:
-    """A note's NLL as stored: 4 significant digits (None stays None)."""
+def round_nll(x: Any) -> float | None:
+    """A note's NLL as arcs.json stores it: 4 significant digits (None stays None)."""
     return None if x is None else float(f"{float(x):.4g}")
 
 
@@ -115,7 +115,7 @@ def build_arcs(
             "velocity": int(n["velocity"]),
             "token": int(n["token"]),
             "primer": bool(n["primer"]),
-            **({"nll": _round_nll(n["nll"])} if "nll" in n else {}),
+            **({"nll": round_nll(n["nll"])} if "nll" in n else {}),
             **({"part": str(n["part"])} if "part" in n else {}),
         }
         for i, n in enumerate(notes)

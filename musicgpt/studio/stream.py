@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from musicgpt.arcs.capture import AttentionRecorder, NoteArcs, aggregate
-from musicgpt.arcs.format import _round_nll  # arcs.json's rounding: streamed values equal the file's
+from musicgpt.arcs.format import round_nll as _round_nll  # arcs.json's rounding: streamed values equal the file's
 from musicgpt.generation.loop import Generation
 from musicgpt.generation.sample import Sample
 from musicgpt.studio.tracker import LiveNote, NoteTracker
