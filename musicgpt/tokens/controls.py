@@ -19,13 +19,17 @@ generates with any subset of them, or none.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from musicgpt.errors import ConfigError
 
+if TYPE_CHECKING:
+    from musicgpt.tokens.base import Tokenizer
+
 __all__ = ["UNKNOWN", "METADATA_CONTROLS", "COMPUTED_CONTROLS", "KNOWN_CONTROLS", "computed_values",
-           "parse_controls", "controls_vocabulary"]
+           "parse_controls", "controls_vocabulary", "describe_controls"]
 
 UNKNOWN = "unknown"
 METADATA_CONTROLS = ("composer",)
@@ -99,3 +103,15 @@ def controls_vocabulary(names: Iterable[str], composers: Iterable[str] = ()) -> 
         else:
             raise ConfigError(f"control {name!r}: unknown (known: {', '.join(KNOWN_CONTROLS)})")
     return vocabulary
+
+
+def describe_controls(tokenizer: Tokenizer) -> str:
+    """What a model with this tokenizer can be steered with: each control and its values, and whether it infills."""
+    controls = getattr(tokenizer, "controls", None) or {}  # tokenizers without control tokens have no such field
+    lines = [f"{name}: {', '.join(values)}" for name, values in controls.items()] or \
+        ["no controls (a plain model: train with data.controls to add them)"]
+    if getattr(tokenizer, "infill", False):
+        lines.append("infill: yes (--infill START END)")
+    else:
+        lines.append("infill: no (train with data.infill_rate > 0)")
+    return "\n".join(lines)
