@@ -3,8 +3,8 @@ command use it when no checkpoint is given (tested with a tiny model standing in
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,11 @@ from musicgpt.tokens.performance import PerformanceTokenizer
 from tiny_models import PRIMER, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench/ and tools/ are packages of the checkout, not of the installed library
+
+from bench import model_card  # noqa: E402
+from tools import install_pretrained  # noqa: E402
+
 BUNDLED = checkpoint.DEFAULT_DIR
 EXAMPLE = ROOT / "examples" / "bach_prelude_bwv846_shi.mid"
 MAX_BYTES = 25_000_000
@@ -27,17 +32,7 @@ MAX_BYTES = 25_000_000
 needs_weights = pytest.mark.skipif(
     not (BUNDLED / checkpoint.WEIGHTS).is_file(),
     reason=f"no bundled weights yet: {BUNDLED / checkpoint.WEIGHTS} is absent (install them with "
-           "tools/install_pretrained.py)")
-
-
-def _load_script(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-install_pretrained = _load_script("install_pretrained", ROOT / "tools" / "install_pretrained.py")
+           "python -m tools.install_pretrained)")
 
 
 # ---- the shipped model ----
@@ -66,10 +61,10 @@ def test_bundled_files_config_and_tokenizer_agree():
     card = (BUNDLED / "MODEL_CARD.md").read_text()
     assert "CC BY-NC-SA 4.0" in card and "ASAP" in card
     assert "Not the final figures" not in card, "the card holds intermediate figures: regenerate it"
-    # installed by tools/install_pretrained.py, and the card describes these very weights
+    # installed by tools.install_pretrained, and the card describes these very weights
     sha = install_pretrained.sha256(BUNDLED / checkpoint.WEIGHTS)
     assert raw["meta"]["weights_sha256"] == sha
-    assert sha[:16] in card, "MODEL_CARD.md was measured on other weights: rerun bench/bundled_model.py"
+    assert sha[:16] in card, "MODEL_CARD.md was measured on other weights: rerun python -m bench.bundled_model"
 
 
 @needs_weights
@@ -172,14 +167,13 @@ def _measured() -> dict:
     """bench/results/bundled_model.json (skip the test when it has not been measured)."""
     results = ROOT / "bench" / "results" / "bundled_model.json"
     if not results.is_file():
-        pytest.skip(f"{results} not measured yet (python bench/bundled_model.py)")
+        pytest.skip(f"{results} not measured yet (python -m bench.bundled_model)")
     return json.loads(results.read_text())
 
 
 def test_card_renders_from_the_measured_results(tmp_path):
     data = _measured()
-    card = _load_script("model_card", ROOT / "bench" / "model_card.py")
-    text = card.write_card(data, tmp_path / "MODEL_CARD.md").read_text()
+    text = model_card.write_card(data, tmp_path / "MODEL_CARD.md").read_text()
     assert "CC BY-NC-SA 4.0" in text
     nll = data["evaluations"][f"asap/test/{data['checkpoint']['model']['n_ctx']}"]["nll"]
     assert f"{nll:.4f}" in text
@@ -188,7 +182,6 @@ def test_card_renders_from_the_measured_results(tmp_path):
 
 def test_card_renders_a_fine_tune_with_its_base_and_steering_figures(tmp_path):
     measured = _measured()
-    card = _load_script("model_card", ROOT / "bench" / "model_card.py")
     # the plain model's results: the base of the measured fine-tune, or the measured results themselves
     base = measured.get("base") or {k: measured.get(k) for k in ("checkpoint", "run", "evaluations", "absolute_twin")}
     base = {**measured, **base}
@@ -227,7 +220,7 @@ def test_card_renders_a_fine_tune_with_its_base_and_steering_figures(tmp_path):
                                     "notes_per_second_last_third": last, "window_slid_at_seconds": [10.0, 14.0]}
                                    for p, a, f, last in ((True, "low", 8.0, 9.0), (True, "high", 14.0, 11.0),
                                                          (False, "low", 8.0, 12.0), (False, "high", 14.0, 11.0))]}}
-    text = card.render(tuned)
+    text = model_card.render(tuned)
     assert "slides past the controls 10-14 s in" in text and "over the last third 9.0 / 11.0 with the controls" in text
     assert "12.0 / 11.0 without them: the density control holds." in text
     assert "## Training: the plain base model" in text and "## Training: the fine-tune for steering" in text
@@ -237,5 +230,5 @@ def test_card_renders_a_fine_tune_with_its_base_and_steering_figures(tmp_path):
     assert "| Bach | 18 | **1.900** | 2.000 | 1.950 | 1.960 |" in text and "+0.0078" in text
     assert "guidance 2.5: low 5.0, high 16.0 notes/s" in text and "lr 0.00015" in text
     assert "The base model's relative attention vs its absolute-position twin" in text
-    plain = card.render({**base, "steering": {**tuned["steering"], "weights_sha256": None}})
+    plain = model_card.render({**base, "steering": {**tuned["steering"], "weights_sha256": None}})
     assert "**Measured on another checkpoint**" in plain and "It has no control or infilling tokens" in plain

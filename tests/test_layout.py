@@ -60,9 +60,10 @@ TORCH_FREE = ("base", "music", "tokens", "corpus", "arcs.format", "viz", "metric
 
 
 def room(module: str) -> str:
-    """The room of one of our modules ('bench' for the benchmarks)."""
-    if module == "bench" or module.startswith("bench."):
-        return "bench"
+    """The room of one of our modules ('bench' for the benchmarks, 'tools' for the maintainer tools)."""
+    for outside in ("bench", "tools"):
+        if module == outside or module.startswith(outside + "."):
+            return outside
     parts = module.split(".")
     for end in range(len(parts), 1, -1):  # the package itself ("musicgpt") is the facade, not a catch-all
         prefix = ".".join(parts[:end])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Train the bundled model (configs/medium.toml) and its absolute-position twin (configs/medium-abs.toml)
-# side by side on one GPU, so that both get the same steps, tokens and schedule, in a fixed wall-clock time.
+# Train the bundled model (the `medium` preset, musicgpt/configs/medium.toml) and its absolute-position twin
+# (`medium-abs`) side by side on one GPU, so that both get the same steps, tokens and schedule, in a fixed wall-clock time.
 #
 #   tools/gpu_train.sh OUT_DIR [SECONDS] [DATA_DIR]
 #
@@ -39,7 +39,7 @@ $py -m pytest -q -p no:cacheprovider tests/test_attention.py -k "sdpa or cuda" 2
 
 # 2. probe: 60 steps of both runs side by side; tokens/s from steps 20..60 of metrics.csv
 for r in "${runs[@]}"; do
-    $py -m musicgpt train --config "configs/$r.toml" --data "$data" --out "$work/probe-$r" \
+    $py -m musicgpt train --config "$r" --data "$data" --out "$work/probe-$r" \
         --set train.steps=60 --set train.eval_every=100000 --set train.checkpoint_every=100000 \
         --set train.log_every=20 "${extra[@]}" >"$work/pack/probe-$r.log" 2>&1 &
     pids[$r]=$!
@@ -66,7 +66,7 @@ echo "training both for $steps steps ($train_s s at $rate steps/s, 15% margin)"
 
 # 3. train side by side; a run that overruns is stopped with SIGTERM and checkpoints (resumable)
 for r in "${runs[@]}"; do
-    timeout -s TERM $(( train_s + 30 )) $py -m musicgpt train --config "configs/$r.toml" --data "$data" \
+    timeout -s TERM $(( train_s + 30 )) $py -m musicgpt train --config "$r" --data "$data" \
         --out "$runs_dir/$r" --set "train.steps=$steps" "${extra[@]}" >"$work/pack/train-$r.log" 2>&1 &
     pids[$r]=$!
 done
@@ -83,13 +83,14 @@ done
 $py - "$runs_dir" "${runs[@]}" <<'EOF' || fail "could not update run.json"
 import json, sys
 from pathlib import Path
+from musicgpt._io import atomic_write_text
 runs_dir, names = Path(sys.argv[1]), sys.argv[2:]
 for r in names:
     path = runs_dir / r / "run.json"
     run = json.loads(path.read_text())
     others = ", ".join(str(runs_dir / o) for o in names if o != r)
     run.setdefault("hardware", {})["shared_with"] = f"{others} (trained side by side on the same GPU, tools/gpu_train.sh)"
-    path.write_text(json.dumps(run, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(run, indent=2) + "\n")
 EOF
 
 # 4. evaluate the best checkpoints (float32 weights) on test and valid
@@ -102,19 +103,19 @@ for r in "${runs[@]}"; do
     done
 done
 
-# 5. pack: the best weights as tools/install_pretrained.py would bundle them (float16 above 25 MB, reloaded and
+# 5. pack: the best weights as `python -m tools.install_pretrained` would bundle them (float16 above 25 MB, reloaded and
 #    checked against the source), logs, metrics
 $py - "$work/pack" "$runs_dir" "${runs[@]}" <<'EOF' || fail "packing failed"
 import sys, shutil
 from pathlib import Path
-sys.path.insert(0, "tools")
-from install_pretrained import install
+from musicgpt._io import atomic_write
+from tools.install_pretrained import install
 pack, runs_dir = Path(sys.argv[1]), Path(sys.argv[2])
 for r in sys.argv[3:]:
     done = install(runs_dir / r / "best", pack / r / "best")
     print(f"packed {done['source']} as {done['stored_dtype']} (max logit difference {done['max_logit_diff']:.3g})")
     for name in ("metrics.csv", "run.json", "config.toml"):
-        shutil.copy(runs_dir / r / name, pack / r / name)
+        atomic_write(pack / r / name, lambda tmp, name=name: shutil.copyfile(runs_dir / r / name, tmp))
 EOF
 tar cf - -C "$work" pack | split -b 15M - "$out/pack.tar.part-"
 ls -la "$out"

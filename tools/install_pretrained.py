@@ -1,8 +1,8 @@
 """Install a checkpoint as the bundled model: copy its config, weights and tokenizer into musicgpt/pretrained/.
 
-    python tools/install_pretrained.py runs/small-cpu            # the run's best/ checkpoint
-    python tools/install_pretrained.py runs/small-cpu/checkpoints/step-0006000
-    python tools/install_pretrained.py CKPT --dest /tmp/pretrained   # somewhere else (a dry run)
+    python -m tools.install_pretrained runs/small-cpu            # the run's best/ checkpoint
+    python -m tools.install_pretrained runs/small-cpu/checkpoints/step-0006000
+    python -m tools.install_pretrained CKPT --dest /tmp/pretrained   # somewhere else (a dry run)
 
 The weights are re-saved from the loaded model (float32, or float16 when float32 would exceed the
 size limit, 25 MB by default; bfloat16 only for weights outside float16's range), with the source checkpoint's meta (step, tokens, valid NLL) plus
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
-import os
 import shutil
 import sys
 import tempfile
@@ -27,12 +26,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from musicgpt import checkpoint, load_checkpoint, save_model
+from musicgpt._io import atomic_write
+from musicgpt.errors import CheckpointError
 
-from musicgpt import checkpoint  # noqa: E402
-from musicgpt.model import load_checkpoint, save_model  # noqa: E402
-from musicgpt.errors import CheckpointError  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MAX_BYTES = 25_000_000  # issue 6: the bundled weights may take at most 25 MB
 FILES = (checkpoint.WEIGHTS, checkpoint.TOKENIZER, checkpoint.CONFIG)  # config.json last: it marks a model
@@ -88,10 +86,8 @@ def install(source: str | Path, dest: str | Path = checkpoint.DEFAULT_DIR, *, ma
         save_model(model, staged, tokenizer, dtype=dtype, meta=meta)
         if sha256(staged / checkpoint.WEIGHTS) != meta["weights_sha256"]:  # same tensors, so the same bytes
             raise CheckpointError(f"checkpoint {source}: re-saving the weights did not reproduce them byte for byte")
-        for name in FILES:
-            part = dest / f".{name}.installing"
-            shutil.copyfile(staged / name, part)
-            os.replace(part, dest / name)
+        for name in FILES:  # one at a time, config.json last
+            atomic_write(dest / name, lambda tmp, name=name: shutil.copyfile(staged / name, tmp))
     check = verify(source, dest)
     return {"source": str(source), "dest": str(dest), "bytes": size, "float32_bytes": fp32_bytes,
             "stored_dtype": meta["stored_dtype"], "sha256": meta["weights_sha256"], "step": meta.get("step"),
