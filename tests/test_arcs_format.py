@@ -17,6 +17,7 @@ from musicgpt.arcs.format import (
     validate_arcs,
     write_arcs,
 )
+from musicgpt.arcs.primer import mark_primer_notes
 from musicgpt.arcs.select import select_arcs
 from musicgpt.errors import MusicGPTError
 
@@ -162,6 +163,37 @@ def test_select_arcs_filters_and_ranks(small):
     assert only and all(a["layer"] == 1 and a["head"] in (2, 3) and a["weight"] >= 0.1 for a in only)
 
 
+def test_primer_notes_of_a_generated_file_are_found_after_a_midi_round_trip(tmp_path):
+    """As `musicgpt attend` reads a file `musicgpt generate` wrote: tracks "primer" and "continuation"."""
+    from musicgpt.commands.attend import primer_track_notes
+    from musicgpt.music.midi import read_midi, write_tracks
+    from musicgpt.tokens import PerformanceTokenizer
+
+    piece = read_midi(FIXTURES / "pop909_331.mid")
+    tokenizer = PerformanceTokenizer()
+    first = piece.start < 6.0
+    assert 20 < first.sum() < len(piece) - 20
+    write_tracks([("primer", piece[first]), ("continuation", piece[~first])], tmp_path / "sample.mid")
+    notes = tokenizer.decode(tokenizer.encode(read_midi(tmp_path / "sample.mid")).ids)
+    primer = tokenizer.encode(primer_track_notes(tmp_path / "sample.mid")).notes
+    mask = mark_primer_notes(notes.start, notes.pitch, primer.start, primer.pitch, tokenizer.time_step)
+    assert len(notes) == len(piece) and mask.tolist() == (notes.start < 6.0).tolist()
+    up = mark_primer_notes(notes.start, notes.pitch, primer.start, primer.pitch + 1, tokenizer.time_step)
+    assert up.sum() < mask.sum() // 2  # a transposed primer marks only notes that happen to match a primer note
+
+
+def test_primer_notes_match_on_the_rounded_onset_and_the_pitch():
+    starts, pitches = [0.0, 0.0, 0.5, 1.004, 1.5], [60, 64, 62, 60, 67]
+    primer = mark_primer_notes(starts, pitches, [0.004, 0.496, 1.006, 2.0], [64, 62, 60, 67], 0.01)
+    assert primer.tolist() == [False, True, True, False, False]  # 1.004 rounds to step 100, 1.006 to 101
+    assert not mark_primer_notes(starts, pitches, [], [], 0.01).any()
+    assert mark_primer_notes([], [], starts, pitches, 0.01).shape == (0,)
+    for bad in ({"primer_pitches": [60]}, {"primer_pitches": [60, 128]}, {"time_step": 0.0}):
+        kwargs = {"primer_starts": [0.0, 1.0], "primer_pitches": [60, 61], "time_step": 0.01, **bad}
+        with pytest.raises(ValueError):
+            mark_primer_notes(starts, pitches, **kwargs)
+
+
 def test_no_torch():
-    code = "import musicgpt.arcs.format, sys; assert 'torch' not in sys.modules"
+    code = "import musicgpt.arcs.format, musicgpt.arcs.primer, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

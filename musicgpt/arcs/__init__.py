@@ -4,6 +4,7 @@
                 piece, aggregate them to notes, `attend(model, ids, tokenizer)` -> the arcs.json dict
     format.py   arcs.json (no torch): `build_arcs`, `validate_arcs`, `read_arcs`, `write_arcs`
     select.py   which arcs to draw (no torch): `select_arcs`, `filter_arcs`, `arcs_by_query`
+    primer.py   which notes are the primer (no torch): `mark_primer_notes`
 
 The format's names are imported here directly; the capture names load torch on first use, so
 `from musicgpt.arcs import read_arcs` stays torch-free.
@@ -12,6 +13,7 @@ The format's names are imported here directly; the capture names load torch on f
 from musicgpt._lazy import lazy_getattr
 
 from musicgpt.arcs.format import ArcsFormatError, build_arcs, read_arcs, validate_arcs, write_arcs
+from musicgpt.arcs.primer import mark_primer_notes
 from musicgpt.arcs.select import select_arcs
 
 # name -> (module, attribute), imported when first asked for
@@ -29,7 +31,8 @@ _LAZY = {
     "token_owners": ("musicgpt.arcs.capture", "token_owners"),
 }
 
-__all__ = ["ArcsFormatError", "build_arcs", "read_arcs", "select_arcs", "validate_arcs", "write_arcs", *_LAZY]
+__all__ = ["ArcsFormatError", "build_arcs", "mark_primer_notes", "read_arcs", "select_arcs", "validate_arcs",
+           "write_arcs", *_LAZY]
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY)

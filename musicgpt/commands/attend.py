@@ -133,14 +133,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _primer_mask(tokenizer, ids: np.ndarray, primer_notes) -> np.ndarray | None:
-    """Bool per decoded note: is it (same time step, same pitch) a note of the primer track? None: no such track."""
+    """Bool per decoded note: is it a note of the primer track (`mark_primer_notes`)? None: no such track."""
     if primer_notes is None:
         return None
-    notes = tokenizer.decode(ids)
-    quantized = tokenizer.encode(primer_notes).notes
-    step = tokenizer.time_step
-    primer = set(zip(np.rint(quantized.start / step).astype(int).tolist(), quantized.pitch.tolist()))
-    return np.array([(int(s), int(p)) in primer for s, p in zip(np.rint(notes.start / step), notes.pitch)], bool)
+    from musicgpt.arcs.primer import mark_primer_notes
+
+    notes, primer = tokenizer.decode(ids), tokenizer.encode(primer_notes).notes  # both rounded as the model reads them
+    return mark_primer_notes(notes.start, notes.pitch, primer.start, primer.pitch, tokenizer.time_step)
 
 
 def _heaviest(weight: np.ndarray, limit: int) -> tuple[np.ndarray, float]:
