@@ -172,7 +172,7 @@ def test_missing_and_malformed_results_are_reported_not_fatal(tmp_path):
     text = out.read_text(encoding="utf-8")
     assert "| Generation speed | `generate.json` | **not measured** (missing) | - |" in text
     assert "| Length generalization (full run) | `lengthgen-full.json` | **not measured** (missing) | - |" in text
-    assert "Run `python bench/generate.py`" in section(text, "Generation speed")
+    assert "Run `python -m bench.generate`" in section(text, "Generation speed")
     assert "Could not render `train.json`" in section(text, "Training throughput")
     assert "**not measured** (unreadable" in text  # metrics.json is not JSON
     assert "| Tokenizer speed | `tokenize.json` | measured | 10.0x miditok MIDILike |" in text
