@@ -1,48 +1,7 @@
 """arcs.json: attention arcs over the notes of a piece (build, validate, read, write, and stream-write; no torch).
 
-One file holds the notes of a piece (primer and continuation) and, for each query note, the
-attention weight it puts on earlier notes, per layer and head:
-
-    {"version": 1, "n_layer": 6, "n_head": 8, "model": {...}, "tokenizer": {...},
-     "notes": [{"id": 0, "pitch": 60, "start": 0.0, "end": 0.5, "velocity": 80, "token": 12, "primer": true}, ...],
-     "arcs":  [{"query": 5, "key": 2, "layer": 0, "head": 3, "weight": 0.41}, ...]}
-
-Rules checked by `validate_arcs`: notes[i].id == i, notes sorted by start, pitch 0..127,
-velocity 1..127, 0 <= start <= end, distinct token positions; every arc names existing notes,
-a layer < n_layer and a head < n_head, its key note starts no later than its query note, its
-weight lies in (0, 1], no (query, key, layer, head) appears twice, and the weights of one
-(query, layer, head) sum to at most 1 (they are shares of one softmax row). Extra top-level
-keys (seed, primer file, ...) are allowed and kept.
-
-Optional top-level keys with a meaning (a file without them is read as before; version stays 1):
-
-    "kind": "piece" | "generated"   what the non-primer notes are: an existing piece (`musicgpt attend`
-                                    on a file without a primer track) or music the model wrote; without
-                                    it, a file whose "source" starts with "musicgpt attend" and that has
-                                    no primer notes is a piece, anything else generated (`document_kind`)
-    "head_names": [[name or null per head] per layer]   what each head does, from a head atlas
-                                    (`musicgpt heads`); names are strings of 1..60 characters; the
-                                    viewer shows them as tooltips of its model view
-
-Optional per-note key (notes with and without it may be mixed; version stays 1):
-
-    "nll": 3.217 | null             surprisal: the sum in nats of -log p(token | all tokens before it)
-                                    (log_softmax of the model's raw logits in float32, before temperature,
-                                    top-k/p, min-p or grammar mask) over the note's tokens in the
-                                    tokenizer's token->note map: its NOTE_ON, the VELOCITY right before
-                                    it (only where the velocity changes) and the NOTE_OFF that ends it.
-                                    Tokens the model did not predict count 0 (BOS; the NOTE_OFFs
-                                    `musicgpt generate` appends to close notes still sounding at the
-                                    end). 4 significant digits, >= 0; null: unknown. Written by `musicgpt
-                                    attend` and `musicgpt generate --arcs`.
-    "part": "prefix" | "middle" | "suffix"   in an infilled piece (`musicgpt generate --infill`): kept
-                                    before the gap, written into it, kept after it. The model reads the
-                                    suffix before the middle, so a middle note may attend to a suffix
-                                    note that starts later: such an arc is valid when its key note is a
-                                    suffix note whose token comes before the query's (every other arc
-                                    still needs a key that starts no later than its query).
-
-Optional top-level key of an infilled piece: "infill": [START, END] seconds, the gap that was filled.
+The format is specified in docs/arcs-format.md (version 1: notes, arcs per layer and head, the optional
+keys kind, head_names, infill, and per note nll and part); `validate_arcs` checks every rule there.
 """
 
 from __future__ import annotations
