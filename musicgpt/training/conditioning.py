@@ -18,6 +18,7 @@ random ratio, so the model sees long and short contexts on both sides, and empty
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +30,8 @@ from musicgpt.tokens.base import Tokenizer
 from musicgpt.tokens.controls import UNKNOWN, computed_values, controls_vocabulary
 from musicgpt.tokens.performance import PerformanceTokenizer
 
-__all__ = ["Conditioner", "run_tokenizer", "token_sources", "carry_over", "doc_composers", "control_rows",
-           "prompt_tuning_rows", "composer_headers"]
+__all__ = ["Conditioner", "run_tokenizer", "trained_composers", "token_sources", "carry_over", "doc_composers",
+           "control_rows", "prompt_tuning_rows", "composer_headers"]
 
 MIN_MIDDLE = 16  # tokens
 
@@ -42,11 +43,15 @@ def run_tokenizer(data_tokenizer: Tokenizer, manifest: dict, data_config) -> Tok
     if not isinstance(data_tokenizer, PerformanceTokenizer):
         raise ConfigError(f"data.controls / data.infill_rate: need performance tokens, the corpus has "
                           f"{data_tokenizer.type!r} tokens")
-    counts = Counter(s.get("composer") for s in manifest.get("sources", []) if s.get("split") == "train")
-    composers = [c for c, n in counts.items() if c and n >= data_config.composer_min_files]
-    params = {**data_tokenizer.params(), "controls": controls_vocabulary(data_config.controls, composers),
-              "infill": data_config.infill_rate > 0}
+    params = {**data_tokenizer.params(), "infill": data_config.infill_rate > 0,
+              "controls": controls_vocabulary(data_config.controls, trained_composers(manifest, data_config))}
     return PerformanceTokenizer(**params)
+
+
+def trained_composers(manifest: dict, data_config) -> list[str]:
+    """The composers with at least data.composer_min_files training files (the rest train as `unknown`)."""
+    counts = Counter(s.get("composer") for s in manifest.get("sources", []) if s.get("split") == "train")
+    return [c for c, n in counts.items() if c and n >= data_config.composer_min_files]
 
 
 def doc_composers(manifest: dict, split: str) -> list[str | None]:
@@ -64,12 +69,15 @@ def control_rows(tokenizer: Tokenizer) -> list[int]:
     return [] if mask is None else np.flatnonzero(mask).tolist()
 
 
-def prompt_tuning_rows(tokenizer: Tokenizer, init_from: str | None) -> list[int]:
-    """The rows finetune.trainable = 'controls' tunes: the CONTROL tokens of a trained model's vocabulary."""
-    rows = control_rows(tokenizer)
+def prompt_tuning_rows(tokenizer: Tokenizer, init_from: str | None, names: Collection[str]) -> list[int]:
+    """The rows finetune.trainable = 'controls' tunes: a trained model's CONTROL tokens of the controls `names`
+    (data.controls: those the crops are told; kept controls no crop is told would have nothing to learn from)."""
+    rows = [i for i in control_rows(tokenizer) if tokenizer.control_of(i)[0] in names]
     if init_from is None or not rows:
+        kept = ", ".join(getattr(tokenizer, "controls", None) or ())
         raise ConfigError("finetune.trainable = 'controls' tunes the control tokens of a trained model: it needs "
-                          + ("--init-from CHECKPOINT" if init_from is None else "data.controls"))
+                          + ("--init-from CHECKPOINT" if init_from is None else
+                             "data.controls" + (f" (the checkpoint's: {kept})" if kept else "")))
     return rows
 
 
@@ -106,6 +114,9 @@ def carry_over(model, old: Tokenizer, new: Tokenizer, what: str, seed: int = 0):
     added = sorted({new.token_name(i).split("_")[0] for i in np.flatnonzero(source < 0)})
     note = (f"{int((source < 0).sum())} token embeddings added ({', '.join(added) or 'none'}), "
             f"{int((source >= 0).sum())} carried over")
+    dropped = sorted(set(range(old.vocab_size)) - set(source[source >= 0].tolist()))
+    if dropped:  # tokens `new` lacks: their rows go
+        note += f", {len(dropped)} dropped ({', '.join(sorted({old.token_name(i).split('_')[0] for i in dropped}))})"
     return with_vocabulary(model, source, seed=seed), note
 
 
@@ -118,20 +129,26 @@ class Conditioner:
     control_dropout: float = 0.3
     uncond_rate: float = 0.2
     infill_rate: float = 0.0
+    controls: Collection[str] | None = None  # the controls crops are told (data.controls); None: all the tokenizer's
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The controls a crop's header may tell, in the tokenizer's order (not those a fine-tune only keeps)."""
+        kept = getattr(self.tokenizer, "controls", None) or ()
+        return tuple(n for n in kept if self.controls is None or n in self.controls)
 
     @property
     def active(self) -> bool:
         """Whether crops get anything beyond BOS/EOS."""
-        return bool(getattr(self.tokenizer, "controls", None)) or (self.infill_rate > 0 and
-                                                                   getattr(self.tokenizer, "infill", False))
+        return bool(self.names) or (self.infill_rate > 0 and getattr(self.tokenizer, "infill", False))
 
     def header(self, doc: int, music: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The CONTROL ids of a crop of document `doc` whose music is `music`, after dropout."""
-        tok = self.tokenizer
-        if not tok.controls or rng.random() < self.uncond_rate:
+        tok, names = self.tokenizer, self.names
+        if not names or rng.random() < self.uncond_rate:
             return np.zeros(0, np.int64)
-        values = computed_values(music, tok, tok.controls)
-        if "composer" in tok.controls:
+        values = computed_values(music, tok, names)
+        if "composer" in names:
             composer = self.composers[doc] if doc < len(self.composers) else None
             values["composer"] = composer or UNKNOWN
         kept = {name: v for name, v in values.items() if rng.random() >= self.control_dropout}

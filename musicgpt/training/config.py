@@ -118,6 +118,9 @@ class FinetuneConfig:
     # all: every weight learns; controls: only the control tokens' embeddings (prompt tuning: every other
     # weight stays bit-identical; the tied output head shares those rows, which sampling masks)
     trainable: Literal["all", "controls"] = "all"
+    # true: the run keeps the checkpoint's CONTROL and infilling tokens (INFILL, GAP) and their rows, whatever
+    # [data] asks for (musicgpt.training.finetune); false: its vocabulary is the data's plus what [data] adds
+    keep_steering: bool = True
 
     def __post_init__(self) -> None:
         _require({"lr": (self.lr > 0, "be > 0"), "min_lr": (0 <= self.min_lr <= self.lr, "be in [0, lr]"),

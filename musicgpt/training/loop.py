@@ -4,7 +4,9 @@
 (musicgpt.device), the corpus and batches (musicgpt.training.data), the model (new, --init-from a
 checkpoint, or --resume from the run's last checkpoint), the optimizer (musicgpt.training.optim),
 then steps, logs (musicgpt.training.log), evaluates and checkpoints into the run directory
-(musicgpt.training.rundir) until the step count or a stop signal.
+(musicgpt.training.rundir) until the step count or a stop signal. A fine-tune keeps the control and
+infilling tokens of a steerable checkpoint, and freezes the rows its crops never hold
+(musicgpt.training.finetune).
 
 Resuming restores weights, optimizer moments, the step (the schedule is a function of it), the data
 position (batches are a function of the step, see musicgpt.training.data) and every RNG, so the
@@ -31,18 +33,17 @@ from musicgpt.device import autocast_dtype, hardware, setup_distributed
 from musicgpt.errors import CheckpointError, ConfigError, MusicGPTError
 from musicgpt.model.config import GPTConfig
 from musicgpt.model.gpt import MusicGPT, load_checkpoint, load_model, save_model
-from musicgpt.training import rundir
+from musicgpt.training import finetune, rundir
 from musicgpt.training.config import Config
 from musicgpt.corpus.shards import open_split, read_manifest
 from musicgpt.tokens.base import Tokenizer
 from musicgpt.tokens.registry import load_tokenizer
-from musicgpt.training.conditioning import (Conditioner, carry_over, composer_headers, doc_composers,
-                                            prompt_tuning_rows, run_tokenizer)
+from musicgpt.training.conditioning import Conditioner, composer_headers, doc_composers
 from musicgpt.training.data import (BatchStream, CropSampler, load_data_tokenizer, make_augment, optional_split,
                                     resolve_data, specials_of, valid_windows)
 from musicgpt.training.evaluate import score
 from musicgpt.training.log import MetricsLog
-from musicgpt.training.optim import Schedule, parameter_groups, schedule_for, train_only_rows
+from musicgpt.training.optim import Schedule, parameter_groups, schedule_for
 from musicgpt.training.signals import StopFlag
 from musicgpt.training.rundir import BEST, CHECKPOINTS, checkpoint_dirs
 
@@ -90,7 +91,7 @@ class Trainer:
                 raise ConfigError("data.path: no training data (pass --data DIR or set data.path in the config)")
             self.data_arg, self.init_from = str(data), (str(init_from) if init_from is not None else None)
             if self.init_from is not None:  # fail before anything is written; record the model actually trained
-                self._take_checkpoint_model()
+                self.config = finetune.checkpoint_config(self.config, self.init_from, say=self.d.main)
             if self.d.main:
                 self._start_run_dir()
         if self.d.enabled:
@@ -99,6 +100,7 @@ class Trainer:
         self.data_dir = resolve_data(self.data_arg, self.run_dir, config.data.workers, self.d)
         self.manifest = read_manifest(self.data_dir)
         self.tokenizer = self._run_tokenizer(resume)
+        self.frozen = finetune.untrained_rows(self.tokenizer, self.manifest, config.data)  # kept, not trained
         self.specials = specials_of(self.tokenizer)
         self.amp_dtype = autocast_dtype(tc.precision, self.d.device)
 
@@ -106,9 +108,7 @@ class Trainer:
         self.model = self._build_model(resume)
         if not resume and self.model.config != self.config.model:  # the vocabulary comes from the tokenizer
             self.config = rundir.with_model(self.config, self.model.config, self.run_dir if self.d.main else None)
-        self.controls_only = config.finetune.trainable == "controls"
-        if self.controls_only:  # prompt tuning
-            train_only_rows(self.model, self.model.tok_emb, prompt_tuning_rows(self.tokenizer, self.init_from))
+        self.controls_only = finetune.restrict_training(self.model, self.tokenizer, self.frozen, config, self.init_from)
         self.schedule, self.total_steps = schedule_for(config, finetune=self.init_from is not None)
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.model, config.optim.weight_decay), lr=self.schedule.lr(0),
@@ -125,7 +125,7 @@ class Trainer:
         self.train_split = open_split(self.data_dir, "train")
         augment = make_augment(self.tokenizer, config.data.transpose, config.data.stretch)
         conditioner = Conditioner(self.tokenizer, doc_composers(self.manifest, "train"), config.data.control_dropout,
-                                  config.data.uncond_rate, config.data.infill_rate)
+                                  config.data.uncond_rate, config.data.infill_rate, config.data.controls)
         self.sampler = CropSampler(self.train_split, context, tc.batch_size, tc.seed, self.d.rank, augment,
                                    self.specials, stretch_margin=config.data.stretch if augment else 0.0,
                                    conditioner=conditioner)
@@ -144,15 +144,6 @@ class Trainer:
             self.train_model = DDP(self.train_model, device_ids=[self.d.device] if self.d.device.type == "cuda" else None)
 
     # ---- setup ----------------------------------------------------------------------------------
-
-    def _take_checkpoint_model(self) -> None:
-        """Fine-tuning trains the checkpoint's model: its config replaces [model] (in config.toml too), said once."""
-        model = GPTConfig.from_checkpoint(self.init_from)
-        if model != self.config.model and self.d.main:
-            shape = lambda m: f"{m.n_layer} layers, d_model {m.d_model}, {m.n_head} heads, n_ctx {m.n_ctx}"  # noqa: E731
-            print(f"note: fine-tuning {self.init_from}: its model ({shape(model)}) replaces [model] of the config "
-                  f"({shape(self.config.model)})", file=sys.stderr)
-        self.config = rundir.with_model(self.config, model, None)
 
     def _start_run_dir(self) -> None:
         run = {"data": self.data_arg, "init_from": self.init_from, "world_size": self.d.world,
@@ -184,11 +175,10 @@ class Trainer:
             model = MusicGPT(GPTConfig.from_checkpoint(dirs[-1]))
         elif self.init_from is not None:
             model, tokenizer = load_checkpoint(self.init_from)
-            if tokenizer is not None and tokenizer.to_dict() != self.tokenizer.to_dict():
-                model, note = carry_over(model, tokenizer, self.tokenizer, f"--init-from {self.init_from}",
-                                         seed=self.config.train.seed)
-                if self.d.main:
-                    print(f"note: fine-tuning {self.init_from}: {note}", file=sys.stderr)
+            model, note = finetune.fit_checkpoint(model, tokenizer, self.tokenizer, self.frozen, self.config,
+                                                  f"--init-from {self.init_from}")
+            if note and self.d.main:
+                print(f"note: fine-tuning {self.init_from}: {note}", file=sys.stderr)
             model.train()
         else:
             cfg = self.config.model
@@ -202,11 +192,13 @@ class Trainer:
         return model.to(self.d.device)
 
     def _run_tokenizer(self, resume: bool) -> Tokenizer:
-        """The corpus's tokenizer with the config's controls and infilling tokens (a resumed run: its own)."""
+        """The corpus's tokenizer with the config's controls and infilling tokens and those a fine-tune keeps (a
+        resumed run: its own)."""
         dirs = checkpoint_dirs(self.run_dir) if resume else []
         if dirs and (dirs[-1] / "tokenizer.json").is_file():
             return load_tokenizer(dirs[-1] / "tokenizer.json")
-        return run_tokenizer(load_data_tokenizer(self.data_dir), self.manifest, self.config.data)
+        return finetune.finetune_tokenizer(load_data_tokenizer(self.data_dir), self.manifest, self.config,
+                                           finetune.source_tokenizer(self.init_from), f"--init-from {self.init_from}")
 
     def _load_latest(self) -> None:
         dirs = checkpoint_dirs(self.run_dir)

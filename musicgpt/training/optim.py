@@ -11,7 +11,7 @@ from torch import nn
 
 from musicgpt.training.config import Config
 
-__all__ = ["parameter_groups", "train_only_rows", "Schedule", "schedule_for"]
+__all__ = ["parameter_groups", "train_only_rows", "freeze_rows", "Schedule", "schedule_for"]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -44,6 +44,19 @@ def train_only_rows(model: nn.Module, embedding: nn.Embedding, rows: list[int]) 
     weight.requires_grad_(True)
     keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)  # (V, 1)
     keep[torch.as_tensor(rows, dtype=torch.long, device=weight.device)] = 1.0
+    weight.register_hook(lambda grad: grad * keep)  # (V, d) * (V, 1)
+
+
+def freeze_rows(embedding: nn.Embedding, rows: list[int]) -> None:
+    """Keep these rows of `embedding` (tied output head included) bit-identical while everything else trains.
+
+    Their gradient is zeroed: a row whose token never occurs in a batch still gets one through a tied
+    head (the softmax pushes every non-target logit down), and AdamW scales even a tiny gradient to a
+    step of about the learning rate. With zero gradients its moments stay zero and it never moves (no
+    weight decay on embeddings)."""
+    weight = embedding.weight
+    keep = torch.ones(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)  # (V, 1)
+    keep[torch.as_tensor(rows, dtype=torch.long, device=weight.device)] = 0.0
     weight.register_hook(lambda grad: grad * keep)  # (V, d) * (V, 1)
 
 
