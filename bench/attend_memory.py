@@ -1,7 +1,7 @@
 """`musicgpt attend` on a long piece: peak memory, time, arcs and output sizes. Writes bench/results/attend_memory.json.
 
-    python bench/attend_memory.py                  # a 60-minute piece: about 5 minutes on a quiet 2-core CPU
-    python bench/attend_memory.py --minutes 2      # a quick run
+    python -m bench.attend_memory                  # a 60-minute piece: about 5 minutes on a quiet 2-core CPU
+    python -m bench.attend_memory --minutes 2      # a quick run
 
 The piece is the Chopin etude of the test fixtures (tests/fixtures/asap_chopin_etude_op25_8_Toscano02.mid,
 1455 notes in 66 s, dense piano: about 22 notes and 83 tokens a second) played again and again, each
@@ -26,14 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.machine import CAVEAT, NO_GPU, machine_info
+from musicgpt._io import atomic_write, atomic_write_text
+from musicgpt.music.midi import read_midi, write_midi
+from musicgpt.music.notes import Notes
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.machine import CAVEAT, NO_GPU, machine_info  # noqa: E402
-from musicgpt._io import atomic_write_text  # noqa: E402
-from musicgpt.music.midi import read_midi, write_midi  # noqa: E402
-from musicgpt.music.notes import Notes  # noqa: E402
-
 SOURCE = ROOT / "tests" / "fixtures" / "asap_chopin_etude_op25_8_Toscano02.mid"
 GAP = 1.0  # seconds of silence between two copies
 # The same pieces before attend streamed (d9971e8: every NOTE_ON row's top-64 keys per layer and head kept to
@@ -80,16 +78,22 @@ def run_measured(cmd: list[str], log: Path) -> dict:
     """Run `cmd` (output to `log`); its wall and CPU seconds, peak RSS and an RSS timeline."""
     import subprocess
 
-    timeline = []
+    timeline, ended = [], {}
     t0 = time.perf_counter()
-    with open(log, "wb") as out:
-        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            timeline.append((round(time.perf_counter() - t0, 1), round(_rss(child.pid) / 2**20)))
-            time.sleep(0.2)
+
+    def run(tmp: Path) -> None:  # the log appears under its name once the child is done
+        with open(tmp, "wb") as out:
+            child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+            while True:
+                pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+                if pid:
+                    ended.update(status=status, usage=usage)
+                    return
+                timeline.append((round(time.perf_counter() - t0, 1), round(_rss(child.pid) / 2**20)))
+                time.sleep(0.2)
+
+    atomic_write(log, run)
+    status, usage = ended["status"], ended["usage"]
     wall = time.perf_counter() - t0
     step = max(1, len(timeline) // 60)  # at most about 60 points in the file
     return {"exit_code": os.waitstatus_to_exitcode(status), "wall_s": round(wall, 1),

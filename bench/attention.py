@@ -1,8 +1,8 @@
 """Relative attention speed and memory against PyTorch's SDPA (absolute positions) and a naive port.
 Writes bench/results/attention.json.
 
-    python bench/attention.py             # about 10-15 minutes on 2 busy cores
-    python bench/attention.py --quick     # a smoke run at short lengths
+    python -m bench.attention             # about 10-15 minutes on 2 busy cores
+    python -m bench.attention --quick     # a smoke run at short lengths
 
 Train step = forward, backward and AdamW on a batch of 4, `small` preset shape (6 layers, d_model
 256, 8 heads, d_ff 1024), fp32 unless marked, dropout 0 unless marked. Contenders:
@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,12 +41,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import musicgpt.model.gpt as model_module
+from bench.machine import machine_info
+from musicgpt._io import atomic_write_text
+from musicgpt.model import _relative_kernel
+from musicgpt.model.gpt import GPTConfig, MusicGPT
 
-import musicgpt.model.gpt as model_module  # noqa: E402
-from musicgpt.model import _relative_kernel  # noqa: E402
-from musicgpt.model.gpt import GPTConfig, MusicGPT  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CAVEAT = ("CPU only (GPU figures: bench/gpu.py). The machine's speed drifts 2-4x "
           "within minutes (other jobs share its 2 cores; load averages are recorded): compare the ratios of "
@@ -312,8 +312,8 @@ def memory_child(name: str, length: int) -> None:
 def memory_section(length: int, names: list[str]) -> dict:
     out = {"length": length, "batch": BATCH, "method": "VmHWM - VmRSS before the first step, fresh process, 2 steps"}
     for name in names:
-        proc = subprocess.run([sys.executable, __file__, "--memory-child", name, str(length)],
-                              capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run([sys.executable, "-m", "bench.attention", "--memory-child", name, str(length)],
+                              capture_output=True, text=True, timeout=1800, cwd=ROOT)
         if proc.returncode:
             out[name] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
         else:
@@ -326,12 +326,6 @@ def memory_section(length: int, names: list[str]) -> dict:
     if "peak_mb" in out.get("naive", {}) and "peak_mb" in out.get("absolute", {}):
         out["naive_over_absolute"] = round(out["naive"]["peak_mb"] / out["absolute"]["peak_mb"], 3)
     return out
-
-
-def machine() -> dict:
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rounds = args.rounds or (2 if args.quick else 5)
     length, mem_length = (256, 512) if args.quick else (1024, 2048)
-    result = {"benchmark": "attention", "caveat": CAVEAT, "machine_start": machine(),
+    result = {"benchmark": "attention", "caveat": CAVEAT, "machine_start": machine_info(torch_details=True),
               "gpu": {"available": torch.cuda.is_available(),
                       "note": "this script measures the CPU; GPU figures: bench/gpu.py"},
               "targets": {"train_step_relative_over_absolute": 1.25, "peak_memory_relative_over_absolute_at_2048": 1.3}}
@@ -373,12 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     result["peak_memory"] = memory_section(mem_length, ["absolute", "relative", "relative_eager"])
     if not args.no_naive:
         result["peak_memory_naive"] = memory_section(length, ["absolute", "relative", "naive"])
-    result["machine_end"] = machine()
+    result["machine_end"] = machine_info(torch_details=True)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n", make_parents=True)
     print(f"wrote {args.out}")
     return 0
 

@@ -1,16 +1,16 @@
 """Everything the bundled model's card reports, measured with the project's own functions, in one command.
 
-    python bench/bundled_model.py --install runs/medium --run runs/medium \\
+    python -m bench.bundled_model --install runs/medium --run runs/medium \\
         --abs-run runs/medium-abs --data data/asap --pop909 data/pop909 --threads 2
 
     # the twin later, keeping the rest of the results of the same weights:
-    python bench/bundled_model.py --run runs/medium --abs-run runs/medium-abs --data data/asap \\
+    python -m bench.bundled_model --run runs/medium --abs-run runs/medium-abs --data data/asap \\
         --pop909 data/pop909 --threads 2 --update --skip eval,fp32,pieces,samples
 
 writes bench/results/bundled_model.json and renders musicgpt/pretrained/MODEL_CARD.md from it
 (bench/model_card.py). What it measures, on the weights installed in --checkpoint (default: the
 bundled model, musicgpt/pretrained/; `--install CKPT` first installs a checkpoint there with
-tools/install_pretrained.py):
+tools/install_pretrained.py), in bench/bundled_provenance.py, bundled_evaluation.py and bundled_samples.py:
 
 - NLL per event (nats), perplexity, accuracy and NLL per event type with
   `musicgpt.training.evaluate.evaluate_checkpoint` (what `musicgpt evaluate` runs) on ASAP's test and valid
@@ -35,412 +35,34 @@ Timings are wall-clock on a shared machine (2 cores, speed drifts 2-4x): for ori
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
 import time
-import tomllib
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.bundled_evaluation import evaluate, evaluate_all, make_subset_dir, per_piece
+from bench.bundled_provenance import checkpoint_info, data_info, run_info
+from bench.bundled_samples import samples
+from bench.machine import machine_info
+from bench.model_card import write_card
+from musicgpt import checkpoint
+from musicgpt._io import atomic_write_text
+from musicgpt.generation.loop import DEFAULT_MAX_NOTE_SECONDS
+from tools.install_pretrained import install
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tools"))
-
-import musicgpt  # noqa: E402
-from musicgpt.generation.loop import DEFAULT_MAX_NOTE_SECONDS  # noqa: E402
-from musicgpt.device import cpu_flags, cpu_model  # noqa: E402
-from musicgpt import checkpoint  # noqa: E402
-from musicgpt.model import GPTConfig, load_checkpoint, load_model  # noqa: E402
-from musicgpt.training.config import config_to_dict, load_config  # noqa: E402
-from musicgpt.corpus.shards import Split, open_split  # noqa: E402
-from musicgpt.training.data import Specials, windows  # noqa: E402
-from musicgpt.errors import ConfigError, MusicGPTError  # noqa: E402
-from musicgpt.training.evaluate import evaluate_checkpoint, report, score  # noqa: E402
-from musicgpt.metrics import EmptyPieceError, compare_features, piece_features  # noqa: E402
-from musicgpt.music.notes import Notes  # noqa: E402
-from musicgpt.corpus.shards import read_manifest  # noqa: E402
-from musicgpt.device import autocast_dtype  # noqa: E402
-
 CAVEAT = ("evaluation and samples on this machine's CPU; its timings are wall-clock seconds on a shared machine whose "
           "speed drifts 2-4x within minutes, for orientation, not comparison. Where and how the model was trained: "
           "the run's hardware record (run.json).")
-# Loops, stalls, stutters and hanging notes (a NOTE_ON never released sounds to the end of the sample).
-DEGENERACY = ("repeated_4gram_share", "longest_silence", "notes_per_second", "longest_pitch_run", "polyphony")
 RESULTS = ROOT / "bench" / "results" / "bundled_model.json"
 
-
-# ---- provenance ----
-
-def machine() -> dict[str, Any]:
-    """The CPU, its core count and AMX support, torch, and whether a GPU is present."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in cpu_flags().split(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    """The rows of RUN/metrics.csv as floats (empty cells dropped)."""
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
-
-
-def config_file_for(run_dir: Path, fine_tune: bool = False) -> Path | None:
-    """configs/<run name>.toml when it gives the same config as the run's own config.toml; for a fine-tune (whose
-    [model] is the checkpoint's), the preset that gives the same config but for [model]."""
-    def same(candidate: Path) -> bool:
-        try:
-            a, b = config_to_dict(load_config(candidate)), config_to_dict(load_config(run_dir / "config.toml"))
-        except MusicGPTError:
-            return False
-        if fine_tune:
-            a.pop("model", None), b.pop("model", None)
-        for d in (a, b):  # a display setting (off when the run's output is not a terminal), not the recipe
-            d.get("train", {}).pop("progress", None)
-        return a == b
-
-    named = ROOT / "configs" / f"{run_dir.name}.toml"
-    candidates = [named] + (sorted((ROOT / "configs").glob("*.toml")) if fine_tune else [])
-    return next((c for c in candidates if c.is_file() and same(c)), None)
-
-
-def run_info(run_dir: Path, step: int | None = None) -> dict[str, Any]:
-    """What the run directory says about training: config, command, steps, tokens, time, dates, valid curve.
-
-    `step`: the installed checkpoint's step, whose training time (metrics.csv time_s) is reported too.
-    """
-    run_json = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    with open(run_dir / "config.toml", "rb") as f:
-        config = tomllib.load(f)
-    rows = read_metrics(run_dir)
-    config_file = config_file_for(run_dir, fine_tune=bool(run_json.get("init_from")))
-    data = run_json.get("data") or "DATA"
-    config_arg = _rel(config_file) if config_file else _rel(run_dir / "config.toml")
-    command = f"musicgpt train --config {config_arg} --data {data} --out {_rel(run_dir)}"
-    if run_json.get("init_from"):
-        command += f" --init-from {run_json['init_from']}"
-    train_rows = [r for r in rows if "train_loss" in r]
-    last = train_rows[-1] if train_rows else {}
-    valid = [{"step": int(r["step"]), "valid_nll": r["valid_nll"]} for r in rows if "valid_nll" in r]
-    speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
-    finished = datetime.datetime.fromtimestamp((run_dir / "metrics.csv").stat().st_mtime) if rows else None
-    resumes = run_json.get("resumes") or []  # `--resume RUN --set ...`: what changed, from which checkpoint
-    # a fine-tune (--init-from) runs [finetune].steps when set, and its resumes change that key
-    steps_key = "finetune.steps" if run_json.get("init_from") and config.get("finetune", {}).get("steps") else "train.steps"
-    planned = config.get(steps_key.split(".")[0], {}).get("steps")
-    for resume in resumes:
-        planned = resume.get("changed", {}).get(steps_key, [None, planned])[1]
-    return {
-        "dir": _rel(run_dir), "config": config, "config_file": _rel(config_file) if config_file else None,
-        "command": command, "data": data, "started": run_json.get("started"),
-        "last_logged": finished.isoformat(timespec="seconds") if finished else None,
-        "world_size": run_json.get("world_size"), "init_from": run_json.get("init_from"),
-        "hardware": run_json.get("hardware"),  # what it trained on (runs before that field: the card says so)
-        "steps_logged": int(last.get("step", 0)), "steps_planned": planned, "resumes": resumes,
-        "tokens_logged": int(last.get("tokens", 0)), "train_seconds": last.get("time_s"),
-        "final_train_loss": float(np.mean([r["train_loss"] for r in train_rows[-10:]])) if train_rows else None,
-        "median_tokens_per_s": float(np.median(speeds)) if speeds else None,
-        "valid_curve": valid, "best_valid_nll": min((v["valid_nll"] for v in valid), default=None),
-        "seconds_at_checkpoint": next((r["time_s"] for r in reversed(train_rows)
-                                       if step is not None and r["step"] <= step and "time_s" in r), None),
-    }
-
-
-def checkpoint_info(path: Path) -> dict[str, Any]:
-    """Config, meta, size, stored dtypes and parameter count of a checkpoint directory."""
-    from safetensors import safe_open
-
-    config, raw = GPTConfig.from_checkpoint(path), checkpoint.read_config(path)
-    with safe_open(str(path / checkpoint.WEIGHTS), framework="pt") as f:
-        dtypes = sorted({f.get_slice(k).get_dtype() for k in f.keys()})
-    tokenizer = checkpoint.load_tokenizer(path)
-    return {"path": _rel(path), "model": config.to_dict(), "meta": raw.get("meta") or {},
-            "weights_bytes": (path / checkpoint.WEIGHTS).stat().st_size, "stored_dtypes": dtypes,
-            "parameters": load_model(path).num_parameters(),
-            "tokenizer": tokenizer.to_dict() if tokenizer is not None else None}
-
-
-def data_info(data_dir: Path) -> dict[str, Any]:
-    """Recipe, source folder, split sizes and piece/composer counts of a prepared directory."""
-    manifest = read_manifest(data_dir)
-    splits = {name: dict(s) for name, s in (manifest.get("splits") or {}).items()}
-    for name, s in splits.items():
-        s["n_pieces"] = len({x["group"] for x in manifest["sources"] if x["split"] == name})
-    groups = {x["group"] for x in manifest["sources"]}
-    source_dir = manifest.get("source_dir")
-    return {"dir": _rel(data_dir), "recipe": manifest.get("recipe"),
-            "source_dir": os.path.relpath(source_dir, ROOT) if source_dir else None, "splits": splits,
-            "n_files": len(manifest["sources"]) + len(manifest.get("skipped") or []), "n_pieces": len(groups),
-            "n_composers": len({g.split("|")[0] for g in groups}), "skipped": len(manifest.get("skipped") or [])}
-
-
-def _rel(path: Path | str | None) -> str | None:
-    if path is None:
-        return None
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(ROOT))
-    except ValueError:
-        return str(path)
-
-
-# ---- evaluation ----
-
-def pieces_of(data_dir: Path, split: str) -> dict[str, list[int]]:
-    """Document indices of each piece (the manifest's group: composer|title) in one split."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for source in read_manifest(data_dir)["sources"]:
-        if source["split"] == split:
-            groups[source["group"]].append(int(source["doc"]))
-    return dict(sorted(groups.items()))
-
-
-def subset_split(split: Split, docs: list[int]) -> Split:
-    """An in-memory Split of some documents of `split`, in the given order."""
-    parts = [np.asarray(split.doc(d)) for d in docs]
-    offsets = np.r_[0, np.cumsum([len(p) for p in parts])].astype(np.int64)
-    return Split(np.concatenate(parts) if parts else np.zeros(0, np.uint16), offsets)
-
-
-def spread_docs(groups: dict[str, list[int]], limit: int) -> list[int]:
-    """Up to `limit` documents, taking one piece's next performance after another (round robin)."""
-    chosen, queues = [], [list(v) for v in groups.values()]
-    while len(chosen) < limit and any(queues):
-        for q in queues:
-            if q and len(chosen) < limit:
-                chosen.append(q.pop(0))
-    return sorted(chosen)
-
-
-def make_subset_dir(data_dir: Path, out_dir: Path, max_docs: int) -> Path:
-    """A prepared directory holding up to `max_docs` documents per split of `data_dir` (spread over pieces)."""
-    manifest = read_manifest(data_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sources, splits = [], {}
-    for split in ("train", "valid", "test"):
-        try:
-            docs = open_split(data_dir, split)
-        except MusicGPTError:
-            continue
-        keep = spread_docs(pieces_of(data_dir, split), max_docs)
-        sub = subset_split(docs, keep)
-        np.asarray(sub.tokens, dtype="<u2").tofile(out_dir / f"{split}.tokens.bin")
-        np.save(out_dir / f"{split}.offsets.npy", sub.offsets)
-        renumber = {d: i for i, d in enumerate(keep)}
-        for s in manifest["sources"]:
-            if s["split"] == split and s["doc"] in renumber:
-                sources.append({**s, "doc": renumber[s["doc"]]})
-        splits[split] = {"n_docs": sub.n_docs, "n_tokens": sub.n_tokens}
-    (out_dir / "tokenizer.json").write_bytes((data_dir / "tokenizer.json").read_bytes())
-    (out_dir / "manifest.json").write_text(json.dumps({**manifest, "sources": sources, "splits": splits,
-                                                       "subset_of": str(data_dir)}, indent=1))
-    return out_dir
-
-
-def evaluate(ckpt: Path, data_dir: Path, split: str, context: int, args) -> dict[str, Any]:
-    """`evaluate_checkpoint` figures (as `musicgpt evaluate --json` writes them) plus wall seconds."""
-    t0 = time.perf_counter()
-    try:
-        result = evaluate_checkpoint(ckpt, [data_dir], split=split, context=context,
-                                     batch_size=max(1, args.batch_tokens // context), device="cpu",
-                                     precision=args.precision, progress=not args.quiet)
-    except ConfigError as exc:  # e.g. an absolute-position model asked for a longer context
-        return {"not_applicable": str(exc)}
-    figures = result.to_dict()
-    figures["seconds"] = round(time.perf_counter() - t0, 1)
-    print(f"  {split} L={context}: nll {result.nll:.4f} ({result.n_tokens:,} events, {figures['seconds']} s)",
-          file=sys.stderr)
-    return figures
-
-
-def per_piece(ckpt: Path, data_dir: Path, split: str, context: int, args) -> dict[str, Any]:
-    """NLL per piece (composer + title) with `musicgpt.training.evaluate.score`, the macro average, and the pooled figure."""
-    model, tokenizer = load_checkpoint(ckpt)
-    docs = open_split(data_dir, split)
-    specials = Specials(tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
-    type_of = np.maximum(tokenizer.token_type(np.arange(model.config.vocab_size)), 0)
-    amp = autocast_dtype(args.precision, torch.device("cpu"))
-    batch = max(1, args.batch_tokens // context)
-    pieces, pooled = [], None
-    t0 = time.perf_counter()
-    for group, doc_ids in pieces_of(data_dir, split).items():
-        totals = score(model, windows(subset_split(docs, doc_ids), context, context, specials), context, batch,
-                       "cpu", amp, type_of)
-        composer, _, title = group.partition("|")
-        pieces.append({"piece": group, "composer": composer, "title": title.replace("_", " "),
-                       "performances": len(doc_ids), "events": totals.count, "nll": totals.nll_sum / totals.count,
-                       "accuracy": totals.correct / totals.count})
-        if pooled is None:
-            pooled = totals
-        else:
-            pooled.nll_sum += totals.nll_sum
-            pooled.count += totals.count
-            pooled.correct += totals.correct
-            pooled.type_nll, pooled.type_count = pooled.type_nll + totals.type_nll, pooled.type_count + totals.type_count
-            pooled.type_correct = pooled.type_correct + totals.type_correct
-        print(f"  {group}: nll {pieces[-1]['nll']:.4f} ({len(doc_ids)} performances)", file=sys.stderr)
-    pooled_report = report(pooled, tokenizer.type_names, checkpoint=str(ckpt), data=str(data_dir), split=split,
-                           context=context, stride=context, trained_context=model.config.n_ctx,
-                           n_docs=docs.n_docs, n_tokens=docs.n_tokens)
-    pieces.sort(key=lambda p: -p["events"])
-    largest = pieces[0]
-    rest = [p for p in pieces if p is not largest]
-    return {"split": split, "context": context, "pieces": pieces,
-            "macro_nll": float(np.mean([p["nll"] for p in pieces])),
-            "pooled_nll": pooled_report.nll,
-            "largest_piece": {"piece": largest["piece"], "share_of_events": largest["events"] / pooled.count},
-            "pooled_nll_without_largest": (sum(p["nll"] * p["events"] for p in rest) / sum(p["events"] for p in rest)
-                                           if rest else None),
-            "seconds": round(time.perf_counter() - t0, 1)}
-
-
-def evaluate_all(ckpt: Path, data: Path, pop909: Path | None, contexts: list[int], args,
-                 splits=("test", "valid")) -> dict[str, Any]:
-    """Every (corpus, split, context) figure of one checkpoint, keyed 'asap/test/1024'."""
-    out = {}
-    for split in splits:
-        for context in contexts:
-            out[f"asap/{split}/{context}"] = evaluate(ckpt, data, split, context, args)
-    if pop909 is not None:
-        for context in contexts:
-            out[f"pop909/test/{context}"] = evaluate(ckpt, pop909, "test", context, args)
-    return out
-
-
-# ---- samples and degeneracy ----
-
-def excerpt(notes: Notes, t0: float, t1: float) -> Notes:
-    """Notes starting in [t0, t1), cut off at t1 and moved to start at 0."""
-    keep = (notes.start >= t0) & (notes.start < t1)
-    part = notes[keep]
-    return Notes(part.start - t0, np.minimum(part.end, t1) - t0, part.pitch, part.velocity)
-
-
-def clock_at(tokenizer, ids: np.ndarray) -> float:
-    """Seconds of TIME_SHIFT in `ids`: the time at the end of that token sequence."""
-    ids = np.asarray(ids, np.int64)
-    shift = tokenizer.token_type(ids) == tokenizer.type_names.index("TIME_SHIFT")
-    return float(tokenizer.token_value(ids[shift]).sum() * tokenizer.time_step)
-
-
-def features_or_none(notes: Notes) -> dict | None:
-    """piece_features, or None for a piece without notes."""
-    try:
-        return piece_features(notes)
-    except EmptyPieceError:
-        return None
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    """mean, median, std, min, max."""
-    v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()), "median": float(np.median(v)), "std": float(v.std()),
-            "min": float(v.min()), "max": float(v.max())}
-
-
-def samples(ckpt: Path, data_dir: Path, args, max_note_seconds: float | None = None) -> dict[str, Any]:
-    """Continuations of ASAP test primers and their degeneracy measures next to real excerpts of the same length."""
-    model, tokenizer = load_checkpoint(ckpt)
-    docs = open_split(data_dir, "test")
-    span = args.primer_seconds + args.seconds
-    decoded = {}
-
-    def notes_of(d: int) -> Notes:
-        if d not in decoded:
-            decoded[d] = tokenizer.decode(np.asarray(docs.doc(d), np.int64))
-        return decoded[d]
-
-    pieces = {g: [d for d in ids if notes_of(d).end_time >= span] for g, ids in pieces_of(data_dir, "test").items()}
-    pieces = {g: ids for g, ids in pieces.items() if ids}
-    names = list(pieces)
-    picks = [names[int(round(i))] for i in np.linspace(0, len(names) - 1, min(args.primers, len(names)))]
-    picks = list(dict.fromkeys(picks))
-    generated, rows = [], []
-    t0 = time.perf_counter()
-    for i, group in enumerate(picks):
-        doc = pieces[group][0]
-        seed = args.seed + i
-        out = musicgpt.generate(model, np.asarray(docs.doc(doc), np.int64), tokenizer=tokenizer,
-                                primer_seconds=args.primer_seconds, seconds=args.seconds,
-                                num_samples=args.samples_per_primer, seed=seed, threads=args.threads,
-                                progress=not args.quiet, max_note_seconds=max_note_seconds)
-        for k, s in enumerate(out):
-            clock0 = clock_at(tokenizer, s.ids[: s.primer_length])  # where the primer ends and new music begins
-            continuation = excerpt(s.notes[~s.primer_notes], clock0, clock0 + args.seconds)
-            generated.append(continuation)
-            rows.append({"piece": group, "doc": doc, "seed": seed, "sample": k, "new_tokens": s.n_generated,
-                         "stop_reason": s.stop_reason, "notes": len(continuation)})
-            if args.samples_out:
-                s.save(args.samples_out, f"{i:02d}_{k}_{group.replace('|', '_')}")
-        print(f"  samples from {group}: {[r['notes'] for r in rows[-len(out):]]} notes", file=sys.stderr)
-    gen_seconds = time.perf_counter() - t0
-    reference, ref_rows = [], []
-    for group, ids in pieces.items():
-        for d in ids[: args.real_per_piece]:
-            reference.append(excerpt(notes_of(d), args.primer_seconds, span))
-            ref_rows.append({"piece": group, "doc": d, "notes": len(reference[-1])})
-    gen_features = [features_or_none(n) for n in generated]
-    ref_features = [features_or_none(n) for n in reference]
-    for row, f in zip(rows, gen_features):
-        row.update({m: (float(f[m]) if f is not None else None) for m in DEGENERACY})
-    usable_gen = [f for f in gen_features if f is not None]
-    usable_ref = [f for f in ref_features if f is not None]
-    measures = {}
-    for m in DEGENERACY:
-        real = [float(f[m]) for f in usable_ref]
-        gen = [float(f[m]) for f in usable_gen]
-        low, high = min(real), max(real)
-        outside = [v > high or (m == "notes_per_second" and v < low) for v in gen]
-        measures[m] = {"generated": summary(gen), "real": summary(real), "outside_real_range": float(np.mean(outside))}
-    degenerate = []
-    for f in gen_features:
-        if f is None:
-            degenerate.append(True)
-            continue
-        bad = False
-        for m in DEGENERACY:
-            lo, hi = measures[m]["real"]["min"], measures[m]["real"]["max"]
-            bad |= f[m] > hi or (m == "notes_per_second" and f[m] < lo)
-        degenerate.append(bool(bad))
-    comparison = compare_features(usable_gen, usable_ref) if len(usable_gen) >= 2 and len(usable_ref) >= 2 else {}
-    sets = {name: {"overlap": float(c["overlap"]), "kl": float(c["kl"]),
-                   "generated_mean": _scalar(c["generated"]["mean"]), "real_mean": _scalar(c["reference"]["mean"])}
-            for name, c in comparison.items()}
-    return {
-        "primers": [{"piece": g, "doc": pieces[g][0]} for g in picks], "primer_seconds": args.primer_seconds,
-        "seconds": args.seconds, "samples_per_primer": args.samples_per_primer, "seed": args.seed,
-        "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
-                     "max_note_seconds": max_note_seconds or 0.0, "keep_type_mass": True},
-        "n_generated": len(generated), "n_real": len(reference), "empty_samples": sum(f is None for f in gen_features),
-        "stop_reasons": {r: sum(x["stop_reason"] == r for x in rows) for r in sorted({x["stop_reason"] for x in rows})},
-        "degeneracy": measures,
-        "degenerate_share": float(np.mean(degenerate)),
-        "degenerate_rule": "a sample is counted degenerate when it has no notes, or its repeated-4-gram share, longest "
-                           "silence, longest repeated-pitch run or polyphony exceeds the largest value among the real "
-                           "excerpts, or its notes per second lies outside their range",
-        "set_comparison": sets, "samples": rows, "real": ref_rows, "generation_seconds": round(gen_seconds, 1),
-    }
-
-
-def _scalar(value) -> float | None:
-    array = np.asarray(value)
-    return float(array.reshape(-1)[0]) if array.size == 1 else None
-
-
-# ---- main ----
 
 def main(argv: list[str] | None = None) -> int:
     """Measure, write the JSON, render the card."""
@@ -486,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
 
     installed = None
     if args.install is not None:
-        from install_pretrained import install
-
         installed = install(args.install, args.checkpoint)
         print(f"installed {installed['source']} into {installed['dest']} ({installed['stored_dtype']}, "
               f"{installed['bytes']:,} bytes)", file=sys.stderr)
@@ -505,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         pop909 = make_subset_dir(args.pop909, Path(scratch.name) / "pop909", args.max_docs) if pop909 else None
 
     run = run_info(args.run, info["meta"].get("step"))
-    command = "python bench/bundled_model.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.bundled_model " + shlex.join(argv if argv is not None else sys.argv[1:])
     result: dict[str, Any] = previous_results(args.out, info) if args.update else {}
     result.update({
         "label": args.label, "subset": f"at most {args.max_docs} documents per split" if args.max_docs else None,
-        "caveat": CAVEAT, "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+        "caveat": CAVEAT, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine_info(torch_details=True),
         "command": command, "commands": result.get("commands", []) + [command],
         "precision": args.precision, "threads": args.threads, "contexts": contexts,
         "checkpoint": info, "installed": installed or result.get("installed"),
@@ -549,13 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if scratch is not None:
         scratch.cleanup()
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=1, default=_json_default) + "\n", make_parents=True)
     print(f"wrote {args.out}")
-    from model_card import write_card
-
     card = write_card(json.loads(args.out.read_text()), args.card or ckpt / "MODEL_CARD.md")
     print(f"wrote {card}")
     return 0

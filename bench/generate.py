@@ -2,8 +2,8 @@
 recompute, the cost of capturing attention arcs, and the decode-step layouts measured against each other.
 Writes bench/results/generate.json.
 
-    python bench/generate.py            # about 6 minutes on 2 cores
-    python bench/generate.py --quick    # shorter runs, for a smoke test
+    python -m bench.generate            # about 6 minutes on 2 cores
+    python -m bench.generate --quick    # shorter runs, for a smoke test
 
 Every comparison interleaves its contenders round by round in this one process (alternating which
 goes first) and reports the median of the per-round ratios: the machine's speed drifts 2-4x within
@@ -21,9 +21,7 @@ import argparse
 import glob
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -31,13 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import musicgpt
+from bench.machine import machine_info
+from musicgpt._io import atomic_write_text
+from musicgpt.generation.sampling import SamplingConfig, make_generator, sample
+from musicgpt.model.gpt import GPTConfig, MusicGPT
+from musicgpt.tokens.performance import PerformanceTokenizer
 
-import musicgpt  # noqa: E402
-from musicgpt.model.gpt import GPTConfig, MusicGPT  # noqa: E402
-from musicgpt.generation.sampling import SamplingConfig, make_generator, sample  # noqa: E402
-from musicgpt.tokens.performance import PerformanceTokenizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CAVEAT = ("CPU only (GPU figures: bench/gpu.py). The machine's speed drifts 2-4x within minutes (other jobs "
           "share its 2 cores and its memory bandwidth): compare ratios of runs interleaved in this process, not "
@@ -207,7 +206,7 @@ def main() -> int:
     torch.manual_seed(0)
     model = MusicGPT(cfg).eval()
     result = {"caveat": CAVEAT, "device": "cpu", "gpu": "not used (GPU figures: bench/gpu.py)",
-              "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "threads": 1,
+              "machine": machine_info(torch_details=True), "threads": 1,
               "model": {"preset": "small", **cfg.to_dict(), "parameters": model.num_parameters()},
               "rounds": rounds, "load_average_1_5_15_min": {"start": [round(x, 2) for x in os.getloadavg()]}}
     ours(model, 64)  # warm-up
@@ -333,8 +332,7 @@ def main() -> int:
     result["load_average_1_5_15_min"]["end"] = [round(x, 2) for x in os.getloadavg()]
     result["load_average_1_5_15_min"]["note"] = (f"on {os.cpu_count()} CPUs: a load above that means other jobs "
                                                  "took turns with this one, so wall-clock tokens/s understate it")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n", make_parents=True)
     print(json.dumps({k: result[k] for k in ("flatness", "arcs_overhead", "attention_layouts")}, indent=1))
     print(f"RTF: {json.dumps(result['real_time_factor']['by_data'])}")
     print(f"full recompute: steady {result['vs_full_recompute']['steady_state_ratio']}x, "

@@ -2,10 +2,10 @@
 and a naive port, peak memory, torch.compile, and KV-cached generation against HF transformers.
 Writes bench/results/gpu.json.
 
-    python bench/gpu.py           # about 3 minutes on one H100
-    python bench/gpu.py --quick   # a smoke run
+    python -m bench.gpu           # about 3 minutes on one H100
+    python -m bench.gpu --quick   # a smoke run
 
-Model: the bundled model's shape (configs/medium.toml: 6 layers, d_model 384, 8 heads, d_ff 1536),
+Model: the bundled model's shape (the `medium` preset: 6 layers, d_model 384, 8 heads, d_ff 1536),
 randomly initialised (speed does not depend on the weights' values), dropout 0, relative distances
 over the whole context (R = L, as in Music Transformer). Train step = forward, backward and AdamW
 under bf16 autocast, the way `musicgpt train` runs on a GPU. Contenders:
@@ -31,16 +31,15 @@ from pathlib import Path
 
 import torch
 
+import musicgpt
+from bench.attention import attention_impl  # the naive port
+from bench.generate import hf_model  # GPT2LMHeadModel of the same size
+from bench.machine import machine_info
+from musicgpt._io import atomic_write_text
+from musicgpt.model.gpt import GPTConfig, MusicGPT
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import musicgpt  # noqa: E402
-from musicgpt.model.gpt import GPTConfig, MusicGPT  # noqa: E402
-from attention import attention_impl  # noqa: E402  (bench/attention.py: the naive port)
-from generate import hf_model  # noqa: E402  (bench/generate.py: GPT2LMHeadModel of the same size)
-
-SHAPE = dict(n_layer=6, n_head=8, d_model=384, d_ff=1536)  # configs/medium.toml
+SHAPE = dict(n_layer=6, n_head=8, d_model=384, d_ff=1536)  # the medium preset (musicgpt/configs/medium.toml)
 DEVICE = "cuda"  # --device cpu only smoke-tests this script
 CAVEAT = ("GPU figures: wall clock synchronized around each step on the lent GPU; contenders interleaved in one "
           "process, ratios are the figures to compare. Other sessions may share the machine's host CPUs.")
@@ -195,18 +194,18 @@ def main() -> int:
     global DEVICE
     DEVICE = args.device
     if DEVICE == "cuda" and not torch.cuda.is_available():
-        print("bench/gpu.py: no CUDA device here", file=sys.stderr)
+        print("python -m bench.gpu: no CUDA device here", file=sys.stderr)
         return 2
     rounds = args.rounds or (3 if args.quick else 10)
     result = {"caveat": CAVEAT, "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE, "torch": torch.__version__, "shape": SHAPE,
-              "precision": "bf16 autocast (train), fp32 (generation)", "train": []}
+              "precision": "bf16 autocast (train), fp32 (generation)", "machine": machine_info(torch_details=True),
+              "train": []}
     plan = [(256, 8)] if args.quick else [(1024, 16), (2048, 8)]
     for length, batch in plan:
         result["train"].append(train_section(length, batch, rounds, naive=True, compiled=not args.no_compile))
     result["generation"] = generation_section(64 if args.quick else 1023, [1, 8], 2 if args.quick else 3)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n", make_parents=True)
     print(f"wrote {args.out}")
     return 0
 

@@ -3,7 +3,7 @@
 The claim of Huang et al. 2018 to reproduce: a relative-attention model keeps (or improves) its NLL
 when it reads longer windows than it was trained on; one with absolute positions degrades.
 
-Both models come from configs/lengthgen-rel.toml and configs/lengthgen-abs.toml, which differ in
+Both models come from the presets lengthgen-rel and lengthgen-abs (musicgpt/configs/), which differ in
 `model.position` alone (checked below): same data, steps, batch, schedule and seed. Each is trained
 with musicgpt.training.loop and scored with musicgpt.training.evaluate.evaluate_checkpoint (NLL per event in nats,
 windows of `context` tokens moved by `context`, every token scored once).
@@ -23,15 +23,14 @@ few documents, or the repo's fixtures when no corpus is prepared, which are then
 data: said so in the JSON) and --size full (configs as written, whole test split; tens of minutes
 per model on a busy 2-core CPU). Writes bench/results/lengthgen.json (quick) or lengthgen-full.json.
 
-    python bench/length_generalization.py                 # quick, a few minutes
-    nohup python bench/length_generalization.py --size full > runs/lengthgen-full.log 2>&1 &
+    python -m bench.length_generalization                 # quick, a few minutes
+    nohup python -m bench.length_generalization --size full > runs/lengthgen-full.log 2>&1 &
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -41,21 +40,21 @@ from pathlib import Path
 
 import numpy as np
 
+import torch
+import torch.nn.functional as F
+
+from bench.format import shown
+from bench.machine import CAVEAT, NO_GPU, machine_info
+from musicgpt import MusicGPT, load_checkpoint, load_model, save_model
+from musicgpt._io import atomic_files, atomic_write_text
+from musicgpt.corpus.shards import FORMAT, MANIFEST, VERSION, open_split, write_split
+from musicgpt.errors import ConfigError, MusicGPTError
+from musicgpt.training.config import PRESETS_DIR, Config, config_to_dict, load_config
+from musicgpt.training.data import Specials
+from musicgpt.training.evaluate import evaluate_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from bench.machine import CAVEAT, NO_GPU, machine_info  # noqa: E402
-from musicgpt.training.config import Config, config_to_dict, load_config  # noqa: E402
-from musicgpt.corpus.shards import open_split  # noqa: E402
-from musicgpt.training.data import Specials  # noqa: E402
-from musicgpt.errors import ConfigError, MusicGPTError  # noqa: E402
-from musicgpt.training.evaluate import evaluate_checkpoint  # noqa: E402
-from musicgpt.model import MusicGPT, load_checkpoint, load_model, save_model  # noqa: E402
-
-CONFIGS = {"relative": ROOT / "configs" / "lengthgen-rel.toml", "absolute": ROOT / "configs" / "lengthgen-abs.toml"}
+CONFIGS = {"relative": PRESETS_DIR / "lengthgen-rel.toml", "absolute": PRESETS_DIR / "lengthgen-abs.toml"}
 CONTEXTS = (512, 1024, 2048)
 POSITION_BIN = 64  # tokens per point of the NLL-by-position curve
 ASAP_PREPARED = ROOT / "data" / "asap"
@@ -111,12 +110,13 @@ def write_sample(data_dir: Path, out: Path, splits: list[str], max_docs: int, ma
         docs += [np.asarray(s.doc(i)[:max_tokens]) for i in range(s.n_docs)]
     docs = [d for d in docs if len(d)][:max_docs]
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(data_dir / "tokenizer.json", out / "tokenizer.json")
-    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
-    np.concatenate(docs).astype("<u2").tofile(out / "test.tokens.bin")
-    np.save(out / "test.offsets.npy", offsets)
-    note = {"sample_of": str(data_dir), "splits": splits, "docs": len(docs), "max_tokens_per_doc": max_tokens}
-    (out / "manifest.json").write_text(json.dumps(note, indent=1) + "\n", encoding="utf-8")
+    with atomic_files() as group:  # a prepared folder: shards, tokenizer, then the manifest that lists them
+        offsets, shards = write_split(group, out, "test", docs)
+        group.write(out / "tokenizer.json", lambda tmp: shutil.copyfile(data_dir / "tokenizer.json", tmp))
+        manifest = {"format": FORMAT, "version": VERSION, "sample_of": str(data_dir), "sampled_splits": splits,
+                    "docs": len(docs), "max_tokens_per_doc": max_tokens, "sources": [], "shards": shards,
+                    "splits": {"test": {"n_docs": len(docs), "n_tokens": int(offsets[-1])}}}
+        group.write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return out, {"docs": len(docs), "tokens": int(offsets[-1])}
 
 
@@ -292,7 +292,7 @@ def verdict(models: dict, contexts: tuple[int, ...]) -> dict:
     elif figures["relative_stays_close"]:
         outcome = " -> no contrast at this size: relative stays close, but absolute does not degrade either"
     elif figures["relative_degrades_less"]:
-        outcome = (f" -> claim reproduced in part: relative degrades less than absolute"
+        outcome = (" -> claim reproduced in part: relative degrades less than absolute"
                    + (" and is lower at every context" if figures["relative_lower_at_every_context"] else "")
                    + f", but does not stay within {STRICT:.0%} of its NLL at {base}")
     else:
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides += (f"train.threads={args.threads}",)
     configs = load_pair(overrides)
     steps = configs["relative"].train.steps
-    start = machine_info()
+    start = machine_info(torch_details=True)
     t_start = time.perf_counter()
 
     temp = None
@@ -381,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "benchmark": "length_generalization", "size": args.size,
             "work": "a temporary directory (deleted)" if temp else str(work), "caveat": CAVEAT, "gpu": NO_GPU,
-            "machine_start": start, "machine_end": machine_info(),
-            "configs": {k: str(v.relative_to(ROOT)) for k, v in CONFIGS.items()}, "overrides": list(overrides),
+            "machine_start": start, "machine_end": machine_info(torch_details=True),
+            "configs": {k: shown(v) for k, v in CONFIGS.items()}, "overrides": list(overrides),
             "same_budget": {"steps": steps, "batch_size": configs["relative"].train.batch_size,
                             "context": trained_ctx, "seed": configs["relative"].train.seed,
                             "differs_only_in": "model.position (checked)"},
@@ -397,10 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if temp is not None:
             temp.cleanup()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n", make_parents=True)
     print(result["verdict"]["summary"])
     print(f"wrote {out}")
     return 0

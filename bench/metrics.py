@@ -15,14 +15,13 @@ Files: evenly spaced over the sorted file lists of ../shared/corpora/asap and th
 tests/fixtures and examples/ (2 + 2 per corpus: tiny sets, said so in the JSON).
 Writes bench/results/metrics.json.
 
-    python bench/metrics.py [--files 40] [--rounds 3]
+    python -m bench.metrics [--files 40] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -32,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.machine import CAVEAT, machine_info
+from musicgpt._io import atomic_write_text
+from musicgpt.metrics import compare_features, piece_features
+from musicgpt.music.midi import read_midi
 
-from bench.machine import CAVEAT, machine_info  # noqa: E402
-from musicgpt.metrics import compare_features, piece_features  # noqa: E402
-from musicgpt.music.midi import read_midi  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = ROOT.parent / "shared" / "corpora"
 
@@ -159,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         result["cli"] = cli_run(sets["asap_a"], sets["asap_b"])
     result["machine_end"] = machine_info()
     result["wall_s"] = round(time.perf_counter() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n", make_parents=True)
     print(f"mean overlap: ASAP vs ASAP {within['mean_overlap']:.3f}, POP909 vs ASAP {across['mean_overlap']:.3f}, "
           f"POP909 vs POP909 {pop_within['mean_overlap']:.3f}; cross-corpus overlap lower on "
           f"{len(separated)} of {len(names)} features")

@@ -67,12 +67,13 @@ def _hardware_row(run: dict, machine: dict, precision: str | None) -> str:
             text += f"; shared with {hw['shared_with']}"
         return text + (f"; recorded {hw['recorded']}" if hw.get("recorded") else "")
     hw = hw or machine
-    return f"{hw.get('cpu')}, {hw.get('cores')} cores{amp_text}; no GPU was available for this model"
+    cpu = hw.get("cpu") or hw.get("cpu_model")  # run.json and older results say "cpu", machine_info "cpu_model"
+    return f"{cpu}, {hw.get('cores')} cores{amp_text}; no GPU was available for this model"
 
 
 def render(r: dict[str, Any]) -> str:
     """The card as Markdown."""
-    ck, run, machine = r["checkpoint"], r["run"], r["machine"]
+    ck = r["checkpoint"]
     model, meta = ck["model"], ck["meta"]
     evals = r.get("evaluations") or {}
     n_ctx = model["n_ctx"]

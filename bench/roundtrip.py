@@ -14,15 +14,13 @@ it came from:
   them back and re-encoding gives the same ids (10 ms steps survive a file round trip)
 
 Also counts raw notes as symusic pairs them (before the same-pitch rule) and times the stages.
-Writes bench/results/roundtrip.json. Usage: python bench/roundtrip.py [CORPUS_DIR ...] [--limit N]
+Writes bench/results/roundtrip.json. Usage: python -m bench.roundtrip [CORPUS_DIR ...] [--limit N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.machine import machine_info
+from musicgpt._io import atomic_write_text
+from musicgpt.errors import MusicGPTError
+from musicgpt.music.midi import midi_files, read_midi, write_midi
+from musicgpt.tokens.performance import PerformanceTokenizer
 
-from musicgpt.errors import MusicGPTError  # noqa: E402
-from musicgpt.music.midi import midi_files, read_midi, write_midi  # noqa: E402
-from musicgpt.tokens.performance import PerformanceTokenizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_CORPORA = [ROOT.parent / "shared" / "corpora" / "asap", ROOT.parent / "shared" / "corpora" / "pop909"]
 
@@ -136,7 +135,7 @@ def main() -> None:
         sys.exit(f"no corpus folder found among {', '.join(map(str, args.corpora))}")
     report = {
         "benchmark": "roundtrip", "tokenizer": tok.to_dict(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine_info(),
         "corpora": [run_corpus(folder, tok, args.limit) for folder in corpora],
     }
     for c in report["corpora"]:
@@ -148,8 +147,7 @@ def main() -> None:
               f"velocity in bin {c['velocity_within_bin_pct']}%, "
               f"exact decode {c['exact_decode_files']}/{c['files']}, "
               f"exact MIDI file round trip {c['exact_midi_file_round_trip_files']}/{c['files']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps(report, indent=1) + "\n", make_parents=True)
     print(f"wrote {args.out}")
 
 

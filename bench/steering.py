@@ -1,7 +1,7 @@
 """Does steering work? Composer conditioning, infilling and guidance of a model trained with them, on ASAP test.
 
-    python bench/steering.py --checkpoint runs/steer/best --data data/asap            # ~15 min, 2-core CPU
-    python bench/steering.py --checkpoint bundled --data data/asap --quick             # a smoke run
+    python -m bench.steering --checkpoint runs/steer/best --data data/asap            # ~15 min, 2-core CPU
+    python -m bench.steering --checkpoint bundled --data data/asap --quick             # a smoke run
 
 Writes bench/results/steering.json (--out). Every figure is measured here, on the test split of the
 prepared ASAP corpus (split by piece: no test piece was trained on):
@@ -46,21 +46,19 @@ import numpy as np
 import pretty_midi
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import musicgpt
+from bench.machine import CAVEAT, NO_GPU, machine_info
+from musicgpt import checkpoint, load_checkpoint
+from musicgpt._io import atomic_write_text
+from musicgpt.corpus.shards import Split, open_split, read_manifest
+from musicgpt.generation.infilling import infill_prompt
+from musicgpt.music.scores import read_notes
+from musicgpt.tokens import infill as fim
+from musicgpt.tokens.controls import computed_values
+from musicgpt.training.data import Specials, windows
+from musicgpt.training.evaluate import evaluate_checkpoint, score
 
-import musicgpt  # noqa: E402
-from bench.machine import CAVEAT, NO_GPU, machine_info  # noqa: E402
-from musicgpt import checkpoint  # noqa: E402
-from musicgpt._io import atomic_write_text  # noqa: E402
-from musicgpt.corpus.shards import Split, open_split, read_manifest  # noqa: E402
-from musicgpt.generation.infilling import infill_prompt  # noqa: E402
-from musicgpt.model.gpt import load_checkpoint  # noqa: E402
-from musicgpt.music.scores import read_notes  # noqa: E402
-from musicgpt.tokens import infill as fim  # noqa: E402
-from musicgpt.tokens.controls import computed_values  # noqa: E402
-from musicgpt.training.data import Specials, windows  # noqa: E402
-from musicgpt.training.evaluate import evaluate_checkpoint, score  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CONTEXT = 1024
 TICK_TOLERANCE = 1e-3  # seconds: written MIDI puts onsets on a 0.5 ms grid (1000 ticks a quarter at 120 bpm)
@@ -359,7 +357,7 @@ def main() -> int:
     began = time.perf_counter()
     model, tok = load_checkpoint(checkpoint.resolve(args.checkpoint))
     model.eval()
-    result = {"benchmark": "steering", "machine": machine_info(), "caveat": CAVEAT, "gpu": NO_GPU,
+    result = {"benchmark": "steering", "machine": machine_info(torch_details=True), "caveat": CAVEAT, "gpu": NO_GPU,
               "checkpoint": str(checkpoint.resolve(args.checkpoint)), "data": str(args.data),
               "weights_sha256": checkpoint.read_config(checkpoint.resolve(args.checkpoint)).get("meta", {}).get(
                   "weights_sha256"),
@@ -401,8 +399,7 @@ def main() -> int:
             parser.error(f"--update: {args.out} measured other weights ({old.get('weights_sha256')})")
         result = {**old, **result, "seconds": round(old.get("seconds", 0) + result["seconds"], 1),
                   "updated": sorted(set(old.get("updated", [])) | parts)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n", make_parents=True)
     print(f"wrote {args.out}")
     return 0
 

@@ -1,8 +1,8 @@
 """The studio's live stream against a direct `musicgpt.generate`: time to the first streamed new note, and tokens/s.
 Writes bench/results/studio_latency.json.
 
-    python bench/studio_latency.py              # 5 rounds: about 2 minutes on 2 cores
-    python bench/studio_latency.py --rounds 2   # a quick run
+    python -m bench.studio_latency              # 5 rounds: about 2 minutes on 2 cores
+    python -m bench.studio_latency --rounds 2   # a quick run
 
 Bundled model, CPU, one generation thread. Each round runs both contenders with the same seed (alternating
 which goes first): the studio (a real uvicorn server in this process, `POST /api/generate` with the
@@ -32,12 +32,10 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.machine import CAVEAT, NO_GPU, machine_info
+from musicgpt._io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.machine import CAVEAT, NO_GPU, machine_info  # noqa: E402
-from musicgpt._io import atomic_write_text  # noqa: E402
-
 PRIMER = ROOT / "examples" / "bach_prelude_bwv846_shi.mid"
 TARGETS = {"first_note_s": 0.5, "overhead": 0.10}
 
@@ -113,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     from musicgpt.generation.loop import load_model_and_tokenizer
     from musicgpt.studio import StudioServer, create_app
 
-    result = {"benchmark": "studio_latency", "caveat": CAVEAT, "gpu": NO_GPU, "machine_start": machine_info(),
+    result = {"benchmark": "studio_latency", "caveat": CAVEAT, "gpu": NO_GPU,
+              "machine_start": machine_info(torch_details=True),
               "model": "bundled", "primer": str(PRIMER.relative_to(ROOT)), "primer_seconds": args.primer_seconds,
               "seconds": args.seconds, "threads": 1, "targets": TARGETS}
     model, tokenizer = load_model_and_tokenizer(None)
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_ratio_median": round(statistics.median(r["cpu_ratio"] for r in rounds), 4),
         "meets_targets": {"first_note": statistics.median(first) <= TARGETS["first_note_s"],
                           "overhead": 1 - median_ratio <= TARGETS["overhead"]},
-        "machine_end": machine_info(),
+        "machine_end": machine_info(torch_details=True),
     })
     atomic_write_text(args.out, json.dumps(result, indent=1) + "\n", make_parents=True)
     print(json.dumps({k: result[k] for k in ("first_note_s", "running_s_median", "tokens_per_s_ratio", "overhead",

@@ -1,13 +1,14 @@
-"""The benchmark suite: which scripts run, at which size, then the report.
+"""The benchmark suite: which benchmarks run, at which size, then the report.
 
-`python -m bench` and `musicgpt bench` land here. Each benchmark is its own script, run in its
-own process (a crash or a leak in one does not touch the next), writing JSON to the results folder;
-the suite times each, records the machine before and after in suite.json, and renders
-docs/benchmarks.md from whatever JSON files are there (bench/report.py).
+`python -m bench` and `musicgpt bench` land here. Each benchmark is its own module, run in its
+own process as `python -m bench.NAME` from the repository root (a crash or a leak in one does not
+touch the next), writing JSON to the results folder; the suite times each, records the machine
+before and after in suite.json, and renders docs/benchmarks.md from whatever JSON files are there
+(bench/report.py).
 
 Sizes: `default` fits a quiet 2-core CPU in under 20 minutes in total; `quick` is a smoke run of a few
-minutes; `full` runs each script at its own full size and trains the full length-generalization
-models (hours on a CPU). Without ../shared/corpora and data/asap, scripts fall back to the repo's
+minutes; `full` runs each benchmark at its own full size and trains the full length-generalization
+models (hours on a CPU). Without ../shared/corpora and data/asap, benchmarks fall back to the repo's
 fixtures and say so in their JSON.
 """
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from bench.format import shown
 from musicgpt._io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,17 +48,17 @@ class Context:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """One script of bench/, the JSON it writes, and its arguments at each size."""
+    """One module of bench/, the JSON it writes, and its arguments at each size."""
 
     name: str
-    script: str
+    module: str  # run as `python -m MODULE` from the repository root
     output: str
     args: Callable[[str, Context], list[str]]
 
     def command(self, size: str, ctx: Context, results: Path) -> list[str]:
-        """The argv that runs it at `size`, writing into `results`."""
+        """The argv that runs it at `size` (from the repository root), writing into `results`."""
         output = self.output if size != "full" or self.name != "lengthgen" else "lengthgen-full.json"
-        return [sys.executable, f"bench/{self.script}", *self.args(size, ctx), "--out", str(results / output)]
+        return [sys.executable, "-m", self.module, *self.args(size, ctx), "--out", str(results / output)]
 
 
 def _by_size(quick: list[str], default: list[str], full: list[str]) -> Callable[[str, Context], list[str]]:
@@ -71,28 +73,28 @@ def _roundtrip(size: str, ctx: Context) -> list[str]:
 
 def _train(size: str, ctx: Context) -> list[str]:
     data = ["--data", "data/asap"] if ctx.asap_prepared else ["--data", "tests/fixtures"] if size != "full" else []
-    return data + {"quick": ["--config", "configs/tiny.toml", "--rounds", "2", "--no-compile"],
-                   "default": ["--config", "configs/small-cpu.toml", "--rounds", "3", "--no-compile"],
+    return data + {"quick": ["--config", "tiny", "--rounds", "2", "--no-compile"],
+                   "default": ["--config", "small-cpu", "--rounds", "3", "--no-compile"],
                    "full": []}[size]
 
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("tokenize", "tokenizer_speed.py", "tokenize.json",
+    Benchmark("tokenize", "bench.tokenizer_speed", "tokenize.json",
               _by_size(["--every", "50", "--rounds", "2", "--crops", "500"],
                        ["--every", "20", "--rounds", "3", "--crops", "2000"], [])),
-    Benchmark("roundtrip", "roundtrip.py", "roundtrip.json", _roundtrip),
-    Benchmark("attention", "attention.py", "attention.json",
+    Benchmark("roundtrip", "bench.roundtrip", "roundtrip.json", _roundtrip),
+    Benchmark("attention", "bench.attention", "attention.json",
               _by_size(["--quick", "--rounds", "1", "--no-compile", "--no-naive"], ["--quick", "--no-compile"], [])),
-    Benchmark("train", "train.py", "train.json", _train),
-    Benchmark("generate", "generate.py", "generate.json", _by_size(["--quick"], ["--quick"], [])),
-    Benchmark("metrics", "metrics.py", "metrics.json",
+    Benchmark("train", "bench.train", "train.json", _train),
+    Benchmark("generate", "bench.generate", "generate.json", _by_size(["--quick"], ["--quick"], [])),
+    Benchmark("metrics", "bench.metrics", "metrics.json",
               _by_size(["--files", "12", "--rounds", "2"], ["--files", "40", "--rounds", "3"],
                        ["--files", "150", "--rounds", "3"])),
-    Benchmark("attend_memory", "attend_memory.py", "attend_memory.json",
+    Benchmark("attend_memory", "bench.attend_memory", "attend_memory.json",
               _by_size(["--minutes", "1"], ["--minutes", "5"], [])),
-    Benchmark("lengthgen", "length_generalization.py", "lengthgen.json",
+    Benchmark("lengthgen", "bench.length_generalization", "lengthgen.json",
               _by_size(["--size", "quick", "--steps", "100"], ["--size", "quick"], ["--size", "full", "--reuse"])),
-    Benchmark("studio", "studio_latency.py", "studio_latency.json",
+    Benchmark("studio", "bench.studio_latency", "studio_latency.json",
               _by_size(["--rounds", "1", "--seconds", "10"], ["--rounds", "5"], ["--rounds", "9"])),
 )}
 
@@ -143,11 +145,6 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _shown(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def _record(results: Path, size: str, entries: dict, started: str, machine_start: dict, command: str) -> Path:
     """Merge this invocation's runs into results/suite.json (runs of other benchmarks are kept)."""
     from bench.machine import NO_GPU, machine_info
@@ -159,7 +156,7 @@ def _record(results: Path, size: str, entries: dict, started: str, machine_start
             previous = json.loads(path.read_text(encoding="utf-8")).get("benchmarks", {})
         except (OSError, json.JSONDecodeError, AttributeError):
             previous = {}
-    suite = {"command": command, "size": size, "results_dir": _shown(results), "started": started,
+    suite = {"command": command, "size": size, "results_dir": shown(results), "started": started,
              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "machine_start": machine_start, "machine_end": machine_info(), "gpu": NO_GPU,
              "benchmarks": {**previous, **entries},
@@ -196,8 +193,8 @@ def run_suite(args: argparse.Namespace, root: Path = ROOT) -> int:
             code = subprocess.run(cmd, cwd=root).returncode
             seconds = round(time.perf_counter() - t0, 1)
             cpu = round(_children_cpu() - cpu0, 1)
-            shown = shlex.join(["python", *cmd[1:-2]])  # without the interpreter's path and --out
-            entries[name] = {"size": args.size, "command": shown, "seconds": seconds, "cpu_seconds": cpu,
+            command = shlex.join(["python", *cmd[1:-2]])  # without the interpreter's path and --out
+            entries[name] = {"size": args.size, "command": command, "seconds": seconds, "cpu_seconds": cpu,
                              "exit_code": code,
                              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "output": Path(cmd[-1]).name,
                              "load_average_after": machine_info()["load_average"]}

@@ -15,28 +15,26 @@ via make_augmenter) on 1024-token crops, single-threaded.
 Files: every `--every`-th file of ../shared/corpora/asap and ../shared/corpora/pop909 (default
 every 10th), or tests/fixtures when the shared corpora are absent. Writes bench/results/tokenize.json.
 
-    python bench/tokenizer_speed.py [--every N] [--rounds N] [--crops N]
+    python -m bench.tokenizer_speed [--every N] [--rounds N] [--crops N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.machine import machine_info
+from musicgpt._io import atomic_write_text
+from musicgpt.tokens.augment import make_augmenter
+from musicgpt.tokens.miditok import MiditokTokenizer
+from musicgpt.tokens.performance import PerformanceTokenizer
 
-from musicgpt.tokens.augment import make_augmenter  # noqa: E402
-from musicgpt.tokens.miditok import MiditokTokenizer  # noqa: E402
-from musicgpt.tokens.performance import PerformanceTokenizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = ROOT.parent / "shared" / "corpora"
 
@@ -104,7 +102,7 @@ def main() -> None:
         "note": "notes/s = notes in the files / wall seconds; contenders interleaved per round in one process "
                 "on a shared machine whose speed drifts: compare ratios within a round, not absolute rates "
                 "across runs",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine_info(),
         "files": len(files), "file_selection": which, "notes": notes,
         "rounds": [{k: {"seconds": round(v, 4), "notes_per_s": round(notes / v)} for k, v in s.items()}
                    for s in rounds],
@@ -115,8 +113,7 @@ def main() -> None:
         "augment": {"crop_tokens": 1100, "crops": args.crops, "crops_per_s": round(args.crops / augment_s),
                     "tokens_per_s": round(args.crops * 1100 / augment_s), "threads": 1},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps(report, indent=1) + "\n", make_parents=True)
     print(f"{len(files)} files, {notes:,} notes: ours is {report['speedup_vs_miditok_midilike']['median']}x "
           f"miditok MIDILike (median of {args.rounds} rounds; min {min(ratios):.1f}x, max {max(ratios):.1f}x)")
     print(f"decode {report['decode_notes_per_s']:,} notes/s; augmentation {report['augment']['crops_per_s']:,} "

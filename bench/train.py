@@ -14,7 +14,7 @@ Variants: fp32 and bf16 autocast, each eager and with torch.compile. A step is `
 - data loading: time to build one batch, next to the step time (a stall shows as a ratio near 1).
 
 Writes bench/results/train.json. Usage:
-    python bench/train.py [--config configs/small-cpu.toml] [--data DIR] [--rounds 3] [--no-compile]
+    python -m bench.train [--config small-cpu] [--data DIR] [--rounds 3] [--no-compile]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -31,16 +30,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from bench.format import shown
+from bench.machine import machine_info
+from musicgpt._io import atomic_write_text
+from musicgpt.device import cpu_has_amx
+from musicgpt.training.config import config_path, load_config
+from musicgpt.training.data import BatchStream
+from musicgpt.training.loop import Trainer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from musicgpt.training.config import load_config  # noqa: E402
-from musicgpt.training.data import BatchStream  # noqa: E402
-from musicgpt.device import cpu_has_amx  # noqa: E402
-from musicgpt.training.loop import Trainer  # noqa: E402
-
 ASAP = ROOT.parent / "shared" / "corpora" / "asap"
 
 
@@ -59,10 +59,10 @@ def prepared_data(arg: str | None, scratch: Path) -> tuple[Path, str]:
     return scratch / "data", str(source.relative_to(ROOT.parent) if source == ASAP else source.relative_to(ROOT))
 
 
-def build(config_path: str, data: Path, precision: str, compile_: bool, device: str, scratch: Path) -> Trainer:
+def build(config_file: str, data: Path, precision: str, compile_: bool, device: str, scratch: Path) -> Trainer:
     overrides = [f"train.precision={precision}", f"train.compile={'true' if compile_ else 'false'}",
                  f"train.device={device}", "train.progress=false"]
-    config = load_config(config_path, overrides)
+    config = load_config(config_file, overrides)
     name = f"{precision}-{'compile' if compile_ else 'eager'}"
     return Trainer(config, scratch / f"run-{name}-{os.getpid()}", data=data)
 
@@ -108,7 +108,7 @@ def peak_memory_child(args) -> None:
 
 
 def measure_memory(args, data: Path, precision: str, compile_: bool, scratch: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--config", args.config, "--data", str(data), "--precision", precision,
+    cmd = [sys.executable, "-m", "bench.train", "--child", "--config", args.config, "--data", str(data), "--precision", precision,
            "--device", args.device, "--scratch", str(scratch)] + (["--compile"] if compile_ else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     for line in proc.stdout.splitlines():
@@ -130,7 +130,7 @@ def profile_step(trainer: Trainer, stream: BatchStream, top: int = 12) -> list[d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "small-cpu.toml"))
+    parser.add_argument("--config", default="small-cpu", help="a config file or a preset's name (default %(default)s)")
     parser.add_argument("--data", help="prepared corpus or MIDI folder (default: ASAP from ../shared, else fixtures)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--steps", type=int, default=1, help="optimizer steps per variant per round")
@@ -201,7 +201,7 @@ def main() -> int:
     cfg = first.model.config
     out = {
         "benchmark": "train",
-        "config": str(Path(args.config).resolve().relative_to(ROOT)) if Path(args.config).resolve().is_relative_to(ROOT) else args.config,
+        "config": shown(config_path(args.config)),
         "data": data_name,
         "model": {"parameters": first.model.num_parameters(), **cfg.to_dict()},
         "batch": {"batch_size": first.config.train.batch_size, "grad_accum": first.config.train.grad_accum,
@@ -210,10 +210,9 @@ def main() -> int:
         "device_kind": "GPU" if device.type == "cuda" else "CPU",
         "gpu": (torch.cuda.get_device_name(device) if device.type == "cuda" else
                 "none: this run measured the CPU"),
-        "cpu": platform.processor() or platform.machine(),
+        "machine": machine_info(torch_details=True),
         "cpu_threads": torch.get_num_threads(),
         "cpu_amx": cpu_has_amx(),
-        "torch": torch.__version__,
         "rounds": args.rounds, "steps_per_round": args.steps,
         "variants": results,
         "data_loading": {"seconds_per_batch": round(batch_s, 5),
@@ -226,8 +225,7 @@ def main() -> int:
                  "Peak memory is the whole process (Python, torch, data) measured in a fresh subprocess."),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(out, indent=2) + "\n", make_parents=True)
     print(json.dumps({k: {"tok/s": r["tokens_per_s_best"], "x": r["speedup_vs_fp32_eager"],
                           "peak_mb": r["memory"].get("peak_rss_mb")} for k, r in results.items()}, indent=1))
     print(f"wrote {args.out}")

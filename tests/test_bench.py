@@ -188,12 +188,12 @@ def test_report_of_an_empty_results_folder(tmp_path):
 def test_report_states_the_suite_run(tmp_path):
     results = tmp_path / "results"
     write_results(results)
-    suite._record(results, "quick", {"metrics": {"size": "quick", "command": "python bench/metrics.py",
+    suite._record(results, "quick", {"metrics": {"size": "quick", "command": "python -m bench.metrics",
                                                  "seconds": 90.0, "cpu_seconds": 120.0, "exit_code": 0}},
                   "2026-01-01T00:00:00", MACHINE, "python -m bench --quick")
     text = report.render(results, tmp_path / "b.md", plots=False).read_text(encoding="utf-8")
     assert "on Test CPU, 2 cores, torch 2.13.0+cpu" in text and "1.00/2.00/3.00 at the start" in text
-    assert "| metrics | quick | 90 | 120 | ok | `python bench/metrics.py` |" in text
+    assert "| metrics | quick | 90 | 120 | ok | `python -m bench.metrics` |" in text
     assert "Total: 90 s wall (1.5 min), 120 CPU seconds (2.0 CPU minutes)" in text
     assert "not to the folder this report was rendered from" not in text
     other = report.render(tmp_path / "elsewhere", tmp_path / "c.md", plots=False).read_text(encoding="utf-8")
@@ -224,7 +224,7 @@ def test_dry_run_lists_commands_per_size(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == list(suite.BENCHMARKS)
     assert all(f"--out {tmp_path}" in line for line in lines)
-    assert "bench/tokenizer_speed.py" in lines[0]
+    assert "-m bench.tokenizer_speed --every" in lines[0]
     suite.run_suite(parser.parse_args(["--dry-run", "--full", "--only", "lengthgen", "--results", str(tmp_path)]))
     assert capsys.readouterr().out.strip().endswith(f"--size full --reuse --out {tmp_path / 'lengthgen-full.json'}")
     no_corpus = suite.Context(ROOT, shared=False, asap_prepared=False)
@@ -249,18 +249,31 @@ def test_runner_records_each_benchmark_and_failures(tmp_path, monkeypatch):
 
     def fake_run(cmd, cwd):
         ran.append(cmd)
-        return subprocess.CompletedProcess(cmd, 3 if "metrics.py" in cmd[1] else 0)
+        return subprocess.CompletedProcess(cmd, 3 if cmd[2] == "bench.metrics" else 0)
 
     monkeypatch.setattr(suite.subprocess, "run", fake_run)
     args = suite.build_parser().parse_args(["--only", "tokenize,metrics", "--results", str(tmp_path / "res"),
                                             "--report", str(tmp_path / "r.md")])
     assert suite.run_suite(args) == 1  # metrics "failed"
-    assert [Path(c[1]).name for c in ran] == ["tokenizer_speed.py", "metrics.py"]
+    assert [c[1:3] for c in ran] == [["-m", "bench.tokenizer_speed"], ["-m", "bench.metrics"]]
     suite_json = json.loads((tmp_path / "res" / "suite.json").read_text())
     recorded = suite_json["benchmarks"]
     assert recorded["tokenize"]["exit_code"] == 0 and recorded["metrics"]["exit_code"] == 3
     assert recorded["tokenize"]["cpu_seconds"] >= 0 and suite_json["results_dir"] == str((tmp_path / "res").resolve())
     assert "failed (3)" in (tmp_path / "r.md").read_text(encoding="utf-8")
+    assert recorded["metrics"]["command"].startswith("python -m bench.metrics --files")
+
+
+def test_benchmarks_and_tools_run_as_modules_without_path_edits():
+    """`python -m bench.NAME` and `python -m tools.NAME` from the repository root: no file edits sys.path."""
+    for b in suite.BENCHMARKS.values():
+        assert (ROOT / f"{b.module.replace('.', '/')}.py").is_file(), b.module
+    sources = sorted((ROOT / "bench").glob("*.py")) + sorted((ROOT / "tools").glob("*.py"))
+    assert [p.name for p in sources if "sys.path" in p.read_text(encoding="utf-8")] == []
+    for module, option in (("bench.metrics", "--rounds"), ("tools.install_pretrained", "--max-bytes")):
+        done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0 and option in done.stdout, (module, done.stderr[-2000:])
 
 
 def test_musicgpt_bench_help_and_missing_checkout(monkeypatch, capsys):
