@@ -6,9 +6,11 @@
     CKPT/tokenizer.json     tokenizer.save() output, when a tokenizer was given
     CKPT/NAME.safetensors + CKPT/NAME.json   optional extra states (optimizer, scheduler, RNG, step …)
 
-This module knows the directory format, not the model: it writes a config dict and a dict of
-tensors, and reads them back. `MusicGPT.from_pretrained` / `save_pretrained` (musicgpt.model)
-build on it, so the model imports this module and never the other way round. A checkpoint is
+This module is the one home of loading and saving: `load_into(MusicGPT, path)` builds a model of a
+checkpoint, loads and checks its weights and attaches the checkpoint's tokenizer as `model.tokenizer`;
+`save(model, path)` writes one. It knows the directory format, not the model class: the class comes in as
+an argument (`MusicGPT.from_pretrained`, `musicgpt.load_model`), so the model imports this module and never
+the other way round, and the model itself never reads a tokenizer (it only carries one). A checkpoint is
 written into a hidden temporary sibling directory and renamed into place (musicgpt._io), so a
 reader never sees half a checkpoint. Extra states hold any nest of dicts, lists, tuples, numbers,
 strings and tensors (an optimizer's state_dict, say): tensors go to the .safetensors file, the
@@ -27,7 +29,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -35,13 +37,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from musicgpt._io import atomic_directory, atomic_write, atomic_write_text, recover_directories, umask
-from musicgpt.errors import CheckpointError, WriteError
+from musicgpt.errors import CheckpointError, ConfigError, WriteError
 from musicgpt.tokens.base import Tokenizer
 
-__all__ = ["locate", "resolve", "is_complete", "step_checkpoints", "write", "read_config", "read_weights", "load_weights", "load_tokenizer", "check_vocab",
-           "save_state", "load_state",
+__all__ = ["locate", "resolve", "is_complete", "step_checkpoints", "load_into", "save", "read_model_config", "write",
+           "read_config", "read_weights", "load_weights", "load_tokenizer", "check_vocab", "save_state", "load_state",
            "has_state", "FORMAT", "VERSION", "CONFIG", "WEIGHTS", "TOKENIZER", "DEFAULT_DIR"]
 
+M = TypeVar("M", bound=torch.nn.Module)
+C = TypeVar("C")
 FORMAT = "musicgpt-checkpoint"
 VERSION = 1
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
@@ -112,6 +116,41 @@ def _step(path: Path) -> str:
     except CheckpointError:
         return ""
     return f" (step {step})" if isinstance(step, int) else ""
+
+
+# ---- models: the one place a checkpoint becomes a model, and a model a checkpoint ----
+
+def load_into(model_class: type[M], path: str | Path | None = None, *, device: str | torch.device = "cpu",
+              dtype: torch.dtype | None = None) -> M:
+    """A `model_class` built from a checkpoint's config, its weights loaded and checked, in eval mode, carrying the
+    checkpoint's tokenizer as `model.tokenizer` (None when the checkpoint has none)."""
+    path = resolve(path)
+    model = model_class(read_model_config(path, model_class.config_class))
+    load_weights(model, path, tied=model.tied_weights())
+    tokenizer = load_tokenizer(path)
+    check_vocab(path, model.config.to_dict(), tokenizer)
+    model = model.to(device=device, dtype=dtype).eval()
+    model.tokenizer = tokenizer
+    return model
+
+
+def save(model: torch.nn.Module, path: str | Path, tokenizer: Tokenizer | None = None, *,
+         dtype: torch.dtype | None = None, meta: dict[str, Any] | None = None,
+         states: dict[str, Any] | None = None) -> Path:
+    """Write a model (with `tokenizer`, else the one it carries) as a checkpoint directory, atomically."""
+    tensors = {k: t for k, t in model.state_dict().items() if k not in model.tied_weights()}
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    return write(path, model_config=model.config.to_dict(), tensors=tensors, tokenizer=tokenizer, dtype=dtype,
+                 meta=meta, states=states)
+
+
+def read_model_config(path: str | Path | None, config_class: type[C]) -> C:
+    """The model config of a checkpoint directory, as a `config_class` (`from_dict`); a CheckpointError if bad."""
+    raw = read_config(path)
+    try:
+        return config_class.from_dict(raw.get("model") or {})
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {resolve(path)}: bad model config in {CONFIG}: {exc}") from None
 
 
 def write(path: str | Path, *, model_config: dict[str, Any], tensors: dict[str, torch.Tensor],

@@ -45,8 +45,8 @@ ALLOWED = {
     "arcs.format": {"base"},
     "arcs.capture": {"base", "music", "tokens", "model", "arcs.format"},
     "viz": {"base", "arcs.format", "training.log"},
-    "generation": {"base", "music", "tokens", "checkpoint", "model", "arcs.format", "arcs.capture", "viz"},
-    "metrics": {"base", "music"},
+    "generation": {"base", "music", "tokens", "checkpoint", "model", "arcs.format", "arcs.capture"},
+    "metrics": {"base", "music", "tokens", "corpus"},  # a copy check decodes a prepared split (all torch-free)
     "analysis": {"base", "music", "tokens", "checkpoint", "model", "arcs.format", "arcs.capture", "generation", "viz"},
     # the studio (a web app) serves generation live; only the command line starts it
     "studio": {"base", "music", "tokens", "checkpoint", "device", "model", "generation", "arcs.format", "arcs.capture",
@@ -131,6 +131,17 @@ def test_imports_point_from_later_stages_to_earlier_ones():
     wrong = [f"{m} ({room(m)}) imports {t} ({room(t)})" for m in LIBRARY for t in sorted(GRAPH[m])
              if room(t) != room(m) and room(t) not in ALLOWED[room(m)] and _runs_code(t)]
     assert not wrong, "imports against the layout:\n" + "\n".join(wrong)
+
+
+def test_the_model_knows_token_ids_only():
+    """model/ imports nothing from tokens/, not even for type checking (a loaded model carries its tokenizer as an
+    opaque attribute); generation writes data and never imports viz (the CLI, the studio and notebooks draw)."""
+    model_edges = {m: sorted(t for t in SCANS[m].targets | SCANS[m].type_only if room(t) == "tokens")
+                   for m in LIBRARY if room(m) == "model"}
+    assert not {m: t for m, t in model_edges.items() if t}
+    generation_edges = {m: sorted(t for t in SCANS[m].targets | SCANS[m].type_only if room(t) == "viz")
+                        for m in LIBRARY if room(m) == "generation"}
+    assert not {m: t for m, t in generation_edges.items() if t}
 
 
 def test_viz_and_metrics_never_reach_the_model():

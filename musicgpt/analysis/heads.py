@@ -50,7 +50,8 @@ import numpy as np
 import torch
 
 from musicgpt.analysis import MAX_TOKENS, PATTERN_TOKENS
-from musicgpt.arcs.capture import teacher_force, token_owners
+from musicgpt.arcs.capture import token_owners
+from musicgpt.model.prefill import teacher_force
 from musicgpt.errors import ConfigError, MusicGPTError
 from musicgpt.tokens.base import PerformanceEvents
 from musicgpt.viz.heads import HEADS_VERSION, MEASURES, validate_heads
@@ -88,7 +89,7 @@ def name_head(measures: dict[str, float | None], thresholds: dict[str, float] | 
 class HeadMeasures:
     """Sums of the row measures of one piece, per layer and head, and how many rows each sum holds.
 
-    An attention recorder for `musicgpt.arcs.capture.teacher_force`: it takes every row of a chunk
+    An attention recorder for `musicgpt.model.prefill.teacher_force`: it takes every row of a chunk
     through `add` and reduces it at once."""
 
     tokenizer: Any

@@ -11,8 +11,9 @@ on an earlier note is the sum of the kept attention on that note's tokens; a not
 are left out; the `top_n` heaviest key notes of at least `min_weight` are kept.
 
 Teacher forcing. `attend` runs a piece through the model in chunks over the same sliding-window
-KV cache that generation uses (each token sees the last n_ctx tokens, itself included), so arcs
-of a generated piece computed by `attend` equal those captured while generating it.
+KV cache that generation uses (`musicgpt.model.prefill.teacher_force`, generation's prefill: each token
+sees the last n_ctx tokens, itself included), so arcs of a generated piece computed by `attend` equal
+those captured while generating it.
 
 Memory. An `AttentionRecorder` keeps every captured row until the end (generation records one row
 per step and learns the notes only when the piece is finished): about L x H x row_top_k x 12 bytes
@@ -41,6 +42,7 @@ from torch import Tensor
 
 from musicgpt.arcs.format import build_arcs
 from musicgpt.errors import ConfigError
+from musicgpt.model.prefill import teacher_force
 from musicgpt.tokens.infill import spans as infill_spans
 
 
@@ -333,50 +335,6 @@ def arcs_document(tokenizer, ids, recorder, model_config, primer_length: int = 0
 def query_rows(tokenizer, ids) -> np.ndarray:
     """Boolean per token: is it a NOTE_ON (a row the arcs need)?"""
     return tokenizer.token_type(np.asarray(ids, np.int64)) == tokenizer.type_names.index("NOTE_ON")
-
-
-def _token_nll(logits: Tensor, targets: Tensor) -> np.ndarray:
-    """-log p(target) per row: log_softmax in float32 of logits (..., V), picked at targets (...)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return (-logp.gather(-1, targets[..., None].to(logp.device))[..., 0]).cpu().numpy()
-
-
-@torch.no_grad()
-def teacher_force(model, ids: Tensor, cache, recorders: list | None = None, queries: np.ndarray | None = None,
-                  chunk: int = 256, progress=None, token_nll: np.ndarray | None = None) -> Tensor:
-    """Feed ids (B, T) into `cache` in chunks; record the attention rows marked in `queries` (B, T).
-
-    `recorders` (one per sequence: AttentionRecorder or NoteArcsStream) get each chunk's rows, then
-    `end_chunk()`. `progress(n)` is called with the tokens of each chunk fed. `token_nll`, a (B, T) float
-    array, gets -log p(ids[:, t] | what came before) for t >= 1 from the chunks' logits (t = 0 is predicted
-    by logits from before this call: left as is). Returns the logits of the last position, (B, vocab).
-    Positions count from the cache's length.
-    """
-    b, t = ids.shape
-    logits = None
-    for start in range(0, t, chunk):
-        part = ids[:, start : start + chunk]
-        first = cache.length
-        key_start = cache.length - cache.n_past
-        rows = None if recorders is None else [np.flatnonzero(queries[i, start : start + chunk]) for i in range(b)]
-        want = rows is not None and any(len(r) for r in rows)
-        out = model(part, cache=cache, return_attention=want)
-        if token_nll is not None:  # row j predicts token j + 1; the previous chunk's last row this chunk's first
-            if logits is not None:
-                token_nll[:, start] = _token_nll(logits, part[:, 0])
-            token_nll[:, start + 1 : start + part.shape[1]] = _token_nll(out.logits[:, :-1], part[:, 1:])
-        logits = out.logits[:, -1]
-        if want:
-            probs = torch.stack(out.attentions)  # (L, B, H, Lq, n)
-            for i, r in enumerate(rows):
-                if len(r):
-                    recorders[i].add(first + r, key_start, probs[:, i][:, :, torch.from_numpy(r)].transpose(1, 2))
-            del out, probs
-        for recorder in recorders or ():
-            recorder.end_chunk()
-        if progress is not None:
-            progress(part.shape[1])
-    return logits
 
 
 def attend_notes(model, ids, tokenizer, *, config: ArcsConfig | None = None, chunk: int = 256,

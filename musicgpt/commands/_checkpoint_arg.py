@@ -33,3 +33,12 @@ def checkpoint_of(args: argparse.Namespace) -> Path:
     if note:
         print(f"note: {note}", file=sys.stderr)
     return path
+
+
+def model_of(args: argparse.Namespace):
+    """(model, tokenizer) the arguments name: loaded by musicgpt.checkpoint, read with the tokenizer it carries."""
+    from musicgpt.model import load_model
+    from musicgpt.tokens.registry import tokenizer_of
+
+    model = load_model(checkpoint_of(args))
+    return model, tokenizer_of(model)

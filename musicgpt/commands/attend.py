@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, checkpoint_of
+from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, model_of
 
 HTML_MAX_ARCS = 1_000_000  # about 17 MB of page; a 5-minute piece of dense piano has some 1.5 million arcs
 
@@ -77,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
     from musicgpt.arcs.capture import ArcsConfig, NoteArcs, attend_notes, note_document
     from musicgpt.arcs.format import write_arcs_columns
     from musicgpt.errors import ConfigError
-    from musicgpt.generation.loop import load_model_and_tokenizer
     from musicgpt.generation.primer import primer_ids
     from musicgpt.music.scores import read_notes
     from musicgpt.viz import write_html
@@ -91,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         from musicgpt.viz.heads import read_heads
 
         atlas = read_heads(args.heads)  # before the model runs: a bad file fails at once
-    model, tokenizer = load_model_and_tokenizer(checkpoint_of(args))
+    model, tokenizer = model_of(args)
     notes = read_notes(source)
     ids = np.r_[tokenizer.bos_id, primer_ids(notes, tokenizer, seconds=args.seconds, tokens=args.tokens)]
     primer_mask = _primer_mask(tokenizer, ids, primer_track_notes(source))

@@ -8,7 +8,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, checkpoint_of
+from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, model_of
+
+CUT_CHOICE = "--primer-seconds or --primer-tokens"  # how this command chooses a primer's length
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plain-mask", action="store_true",
                         help="mask invalid tokens without handing their probability to valid ones of the same type")
     parser.add_argument("--max-note-seconds", type=float, metavar="S",
-                        help="end a note that has sounded S seconds at the next step (default 10; 0 = never)")
+                        help="end a note that has sounded S seconds at the next step (default 10, with --infill no limit; 0 = never)")
     arcs = parser.add_argument_group("attention arcs")
     arcs.add_argument("--arcs", action="store_true", help="also write sample_NN.arcs.json and the viewer sample_NN.html")
     arcs.add_argument("--arcs-top-n", type=int, default=6, metavar="N",
@@ -68,8 +70,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate, write the files, print one line per sample (and a note line when the primer is cut to fit)."""
     from musicgpt.arcs.capture import ArcsConfig
-    from musicgpt.generation.loop import load_model_and_tokenizer
-    from musicgpt.generation.primer import CLI_CUT_CHOICE, CUT_CHOICE, PrimerCutWarning
+    from musicgpt.generation.primer import PrimerCutWarning
+    from musicgpt.tokens.controls import describe_controls
+    from musicgpt.viz.viewer import write_html
 
     arcs_config = ArcsConfig(row_top_k=args.arcs_row_top_k, top_n=args.arcs_top_n,
                              min_weight=args.arcs_min_weight) if args.arcs else None
@@ -78,17 +81,19 @@ def run(args: argparse.Namespace) -> int:
 
         if not available_renderers():  # say so before spending minutes on generation
             raise AudioError(f"--wav: {NO_RENDERER}")
-    model, tokenizer = load_model_and_tokenizer(checkpoint_of(args))
+    model, tokenizer = model_of(args)
     if args.list_controls:
         print(describe_controls(tokenizer))
         return 0
     with warnings.catch_warnings():
         warnings.simplefilter("always", PrimerCutWarning)
-        warnings.showwarning = _notes_as_lines(warnings.showwarning, PrimerCutWarning,
-                                               {CUT_CHOICE: CLI_CUT_CHOICE})
+        warnings.showwarning = _cut_notes_as_lines(warnings.showwarning)
         samples = _generate(args, model, tokenizer, arcs_config)
     for i, s in enumerate(samples):
-        written = s.save(args.out, f"sample_{i:02d}", wav=args.wav, soundfont=args.soundfont)
+        name = f"sample_{i:02d}"
+        written = s.save(args.out, name, wav=args.wav, soundfont=args.soundfont)
+        if s.arcs is not None:  # the viewer page beside the arcs it draws
+            written.insert(2, write_html(s.arcs, args.out / f"{name}.html", title=name))
         n_primer = int(s.primer_notes.sum())
         what = (f"{len(s.notes) - n_primer} new notes in {s.infill[0]:g}-{s.infill[1]:g} s, {n_primer} kept" if s.infill
                 else f"{len(s.notes) - n_primer} new notes after {n_primer} primer notes")
@@ -97,54 +102,46 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _notes_as_lines(show, notes: type[Warning], wording: dict[str, str]):
-    """A warnings.showwarning that prints warnings of class `notes` as one 'note: ...' line on stderr (the Python
-    API's words replaced by the CLI's, per `wording`), others as `show`."""
+def _cut_notes_as_lines(show):
+    """A warnings.showwarning that prints a PrimerCutWarning as one 'note: ...' line on stderr, in the CLI's words
+    (its flags), and other warnings as `show`."""
+    from musicgpt.generation.primer import PrimerCutWarning
+
     def showwarning(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, notes):
-            text = str(message)
-            for python_words, cli_words in wording.items():
-                text = text.replace(python_words, cli_words)
-            print(f"note: {text}", file=sys.stderr, flush=True)
+        if isinstance(message, PrimerCutWarning):
+            print(f"note: {message.describe(CUT_CHOICE)}", file=sys.stderr, flush=True)
         else:
             show(message, category, filename, lineno, file, line)
     return showwarning
 
 
-def describe_controls(tokenizer) -> str:
-    """What a checkpoint can be steered with: its controls and values, and whether it infills."""
-    controls = getattr(tokenizer, "controls", None) or {}
-    lines = [f"{name}: {', '.join(values)}" for name, values in controls.items()] or \
-        ["no controls (a plain model: train with data.controls to add them)"]
-    if getattr(tokenizer, "infill", False):
-        lines.append("infill: yes (--infill START END)")
-    else:
-        lines.append("infill: no (train with data.infill_rate > 0)")
-    return "\n".join(lines)
-
-
 def _generate(args: argparse.Namespace, model, tokenizer, arcs_config):
+    """The samples the arguments ask for: one GenerationRequest, whether continuing or infilling."""
     from musicgpt.errors import ConfigError
-    from musicgpt.generation.loop import DEFAULT_MAX_NOTE_SECONDS, generate
+    from musicgpt.generation.loop import run
+    from musicgpt.generation.infilling import infilled_sample
+    from musicgpt.generation.setup import GenerationRequest, prepare
 
-    if args.infill:
-        from musicgpt.generation.infilling import infill
+    if args.infill and not args.primer:
+        raise ConfigError("--infill START END: needs --primer FILE (the piece to fill)")
+    try:
+        request = GenerationRequest(
+            primer=args.primer, primer_seconds=args.primer_seconds, primer_tokens=args.primer_tokens,
+            infill=tuple(args.infill) if args.infill else None, seconds=args.seconds,
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            min_p=args.min_p, keep_type_mass=not args.plain_mask, seed=args.seed, num_samples=args.num_samples,
+            stop_at_eos=not args.ignore_eos, max_note_seconds=args.max_note_seconds, controls=args.control,
+            guidance=args.guidance, arcs=arcs_config)
+    except ConfigError as exc:  # in the command's words: its flags, not the Python names
+        raise ConfigError(_as_flags(str(exc))) from None
+    plan = prepare(model, tokenizer, request)
+    samples = run(model, tokenizer, plan, progress=not args.quiet, threads=args.threads)
+    return [infilled_sample(s, plan.piece, *plan.infill) for s in samples] if plan.infill else samples
 
-        ignored = [flag for flag, value in (("--primer-seconds", args.primer_seconds), ("--primer-tokens", args.primer_tokens),
-                                            ("--seconds", args.seconds), ("--max-new-tokens", args.max_new_tokens))
-                   if value is not None]
-        if not args.primer or ignored:
-            raise ConfigError("--infill START END: needs --primer FILE (the piece to fill), and takes its length from "
-                              "the gap" + (f" (drop {', '.join(ignored)})" if ignored else ""))
-        return infill(model, args.primer, args.infill[0], args.infill[1], tokenizer=tokenizer, controls=args.control,
-                      guidance=args.guidance, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                      min_p=args.min_p, seed=args.seed, num_samples=args.num_samples, arcs=args.arcs,
-                      arcs_config=arcs_config, progress=not args.quiet, threads=args.threads)
-    return generate(model, args.primer, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens,
-                    seconds=args.seconds, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    min_p=args.min_p, seed=args.seed, num_samples=args.num_samples, arcs=args.arcs,
-                    arcs_config=arcs_config, primer_seconds=args.primer_seconds, primer_tokens=args.primer_tokens,
-                    stop_at_eos=not args.ignore_eos, progress=not args.quiet, threads=args.threads,
-                    max_note_seconds=DEFAULT_MAX_NOTE_SECONDS if args.max_note_seconds is None
-                    else args.max_note_seconds, keep_type_mass=not args.plain_mask, controls=args.control,
-                    guidance=args.guidance)
+
+def _as_flags(message: str) -> str:
+    """A GenerationRequest's message with its argument names written as this command's flags."""
+    import re
+
+    names = "primer_seconds|primer_tokens|max_new_tokens|max_note_seconds|seconds|infill"
+    return re.sub(rf"(?<![\w-])({names})(?![\w-])", lambda m: "--" + m.group(1).replace("_", "-"), message)

@@ -79,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from musicgpt.analysis.heads import head_atlas
+    from musicgpt.model import load_model
+    from musicgpt.tokens.registry import tokenizer_of
     from musicgpt.errors import ConfigError
-    from musicgpt.generation.loop import load_model_and_tokenizer
     from musicgpt.viz.heads import render_atlas, write_heads
 
     if args.max_tokens < 2:
@@ -94,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model, tokenizer = load_model_and_tokenizer(checkpoint)
+    model = load_model(checkpoint)
+    tokenizer = tokenizer_of(model)
     given = args.checkpoint if args.checkpoint is not None else args.checkpoint_option
     atlas, pattern = head_atlas(model, tokenizer, pieces, max_tokens=args.max_tokens, pattern_tokens=args.pattern_tokens,
                                 checkpoint=str(given) if given is not None else "bundled", progress=not args.quiet)

@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, serve the app, open the page; runs until Ctrl-C."""
     from musicgpt.checkpoint import DEFAULT_DIR
     from musicgpt.errors import ConfigError
-    from musicgpt.generation.loop import load_model_and_tokenizer
+    from musicgpt.model import load_model
+    from musicgpt.tokens.registry import tokenizer_of
     from musicgpt.studio.app import create_app
     from musicgpt.studio.server import StudioServer, is_loopback
 
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--examples {args.examples}: no such folder")
     path = checkpoint_of(args)
     name = "bundled" if path.resolve() == DEFAULT_DIR.resolve() else str(path)
-    model, tokenizer = load_model_and_tokenizer(path)
+    model = load_model(path)
+    tokenizer = tokenizer_of(model)
     app = create_app(model, tokenizer, model_name=name, upload_limit_mb=args.max_upload_mb, examples=args.examples,
                      threads=args.threads, hosts=None if is_loopback(args.host) else ["*"])
     server = StudioServer(app, args.host, args.port)

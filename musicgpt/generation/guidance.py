@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from musicgpt.arcs.capture import teacher_force
+from musicgpt.model.prefill import teacher_force
 
 __all__ = ["Guidance"]
 

@@ -16,61 +16,36 @@ closed with NOTE_OFFs; EOS is not kept in `ids`. Each token's NLL under the mode
 step's raw logits, before temperature, filters and masks; the primer's from the prefill) is kept:
 `Sample.token_nll` and, summed over each note's tokens, `Sample.note_nll` (arcs.json's "nll").
 
-`generate` checks the arguments into `GenerationSettings` and runs a `Generation`: the state of
-one batch (cache, grammar, clocks, sequences) that `step()` advances by one token per unfinished
-sample, so a caller can also drive it step by step and watch the notes appear.
+`generate` and `infill` (musicgpt.generation.infilling) hand their arguments to
+`musicgpt.generation.setup`, the one place that turns them into the prompt and `GenerationSettings`,
+and run a `Generation`: the state of one batch (cache, grammar, clocks, sequences) that `step()`
+advances by one token per unfinished sample, so a caller (the studio, a duet) can also drive it step by
+step and watch the notes appear.
 """
 
 from __future__ import annotations
 
-import os
-import random
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from musicgpt.arcs.capture import (ArcsConfig, AttentionRecorder, arcs_document, note_nll, query_rows, teacher_force,
-                                   token_owners)
-from musicgpt.errors import ConfigError
+from musicgpt.arcs.capture import ArcsConfig, AttentionRecorder, arcs_document, note_nll, query_rows, token_owners
 from musicgpt.generation.constraints import GrammarMask, LongNoteLimit, TimeLimit
 from musicgpt.generation.guidance import Guidance
-from musicgpt.generation.primer import primer_ids
 from musicgpt.generation.sample import Sample
-from musicgpt.generation.sampling import GumbelNoise, SamplingConfig, make_generator, sample
+from musicgpt.generation.sampling import GumbelNoise, make_generator, sample
+from musicgpt.generation.setup import (DEFAULT_CHUNK, DEFAULT_MAX_NOTE_SECONDS, DEFAULT_NEW_TOKENS,  # noqa: F401
+                                       TOKENS_PER_SECOND_CAP, GenerationRequest, GenerationSettings, Plan,
+                                       load_model_and_tokenizer, pinned_header, prepare, shift_seconds)
 from musicgpt.model.decode_step import Decoder
-from musicgpt.model.gpt import MusicGPT, load_checkpoint
-from musicgpt.tokens.base import PerformanceEvents, Tokenizer
-from musicgpt.tokens.controls import parse_controls
+from musicgpt.model.prefill import teacher_force
+from musicgpt.tokens.base import Tokenizer
 from musicgpt.tokens.infill import timeline
-from musicgpt.tokens.performance import PerformanceTokenizer
 
-__all__ = ["generate", "Generation", "GenerationSettings", "load_model_and_tokenizer", "control_header",
-           "pinned_header"]
-
-DEFAULT_NEW_TOKENS = 1024
-DEFAULT_MAX_NOTE_SECONDS = 10.0  # real piano holds 0.08% of its notes longer (ASAP, pedal folded)
-TOKENS_PER_SECOND_CAP = 200  # with `seconds` alone, stop after this many tokens per second asked (real piano: ~35)
-
-
-def load_model_and_tokenizer(model: MusicGPT | str | os.PathLike | None = None, tokenizer: Tokenizer | None = None,
-                             device: str | torch.device | None = None) -> tuple[MusicGPT, Tokenizer]:
-    """(model, tokenizer): a MusicGPT as given, or loaded from a checkpoint or run directory or 'bundled' (None)."""
-    if model is None or isinstance(model, (str, os.PathLike)):
-        model, saved = load_checkpoint(model, device=device or "cpu")
-        tokenizer = tokenizer or saved
-    elif not isinstance(model, MusicGPT):
-        raise ConfigError(f"model: expected a MusicGPT, a checkpoint or run directory, or 'bundled', "
-                          f"got {type(model).__name__}")
-    elif device is not None:
-        model = model.to(device)
-    if tokenizer is None:
-        tokenizer = PerformanceTokenizer()
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
-    return model, tokenizer
+__all__ = ["generate", "Generation", "run"]
 
 
 @contextmanager
@@ -92,7 +67,7 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
              min_p: float = 0.0, seed: int | None = None, num_samples: int = 1, arcs: bool = False,
              arcs_config: ArcsConfig | None = None, primer_seconds: float | None = None,
              primer_tokens: int | None = None, stop_at_eos: bool = True, return_logits: bool = False,
-             progress: bool = False, threads: int | None = 1, chunk: int = 256,
+             progress: bool = False, threads: int | None = 1, chunk: int = DEFAULT_CHUNK,
              device: str | torch.device | None = None,
              max_note_seconds: float | None = DEFAULT_MAX_NOTE_SECONDS, keep_type_mass: bool = True,
              controls: dict[str, str] | list[str] | None = None, guidance: float = 1.0) -> list[Sample]:
@@ -114,86 +89,19 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
     leaves torch's setting).
     """
     model, tokenizer = load_model_and_tokenizer(model, tokenizer, device)
-    sampling = SamplingConfig(temperature, top_k, top_p, min_p, keep_type_mass)
-    if int(num_samples) != num_samples or num_samples < 1:
-        raise ConfigError(f"num_samples: must be a positive integer, got {num_samples!r}")
-    if seconds is not None and not seconds > 0:
-        raise ConfigError(f"seconds: must be positive, got {seconds!r}")
-    if max_note_seconds is not None and not max_note_seconds >= 0:
-        raise ConfigError(f"max_note_seconds: must be >= 0 (0 = no limit), got {max_note_seconds!r}")
-    if max_new_tokens is None:
-        max_new_tokens = DEFAULT_NEW_TOKENS if seconds is None else max(256, int(seconds * TOKENS_PER_SECOND_CAP))
-    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
-        raise ConfigError(f"max_new_tokens: must be an integer >= 0, got {max_new_tokens!r}")
-    _shift_seconds(tokenizer, needed=seconds is not None)  # fail before any work
-    header = control_header(tokenizer, controls, guidance)
-    if seed is None:
-        seed = random.randrange(2**31)  # Python's generator: random at start-up, repeatable after set_seed
-    settings = GenerationSettings(
-        max_new_tokens=int(max_new_tokens), seconds=seconds, sampling=sampling, seed=int(seed),
-        num_samples=int(num_samples), arcs=(arcs_config or ArcsConfig()) if arcs else None, stop_at_eos=stop_at_eos,
-        return_logits=return_logits, chunk=chunk, max_note_seconds=max_note_seconds or 0.0, guidance=float(guidance))
-    music = np.r_[tokenizer.bos_id, primer_ids(primer, tokenizer, seconds=primer_seconds, tokens=primer_tokens,
-                                               max_tokens=model.config.n_ctx - 1 - len(header), stacklevel=3)]
-    prompt = np.r_[header, music].astype(np.int64)
+    request = GenerationRequest(
+        primer=primer, primer_seconds=primer_seconds, primer_tokens=primer_tokens, seconds=seconds,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        keep_type_mass=keep_type_mass, seed=seed, num_samples=num_samples, stop_at_eos=stop_at_eos,
+        max_note_seconds=max_note_seconds or 0.0, controls=controls, guidance=guidance,
+        arcs=(arcs_config or ArcsConfig()) if arcs else None, return_logits=return_logits, chunk=chunk)
+    return run(model, tokenizer, prepare(model, tokenizer, request, stacklevel=3), progress=progress, threads=threads)
+
+
+def run(model, tokenizer: Tokenizer, plan: Plan, *, progress: bool = False, threads: int | None = 1) -> list[Sample]:
+    """Generate a prepared plan to its end (eval mode, `threads` CPU threads) and return its raw samples."""
     with _eval_threads(model, threads if next(model.parameters()).device.type == "cpu" else None):
-        return _run(Generation(model, tokenizer, prompt, settings, uncond_prompt=music.astype(np.int64)), progress)
-
-
-def pinned_header(tokenizer: Tokenizer, prompt: np.ndarray) -> int:
-    """The prompt's leading CONTROL tokens, which stay in the window when it slides (0 for an infilling prompt).
-
-    Training opens every crop with its header, so past n_ctx the model reads [header][latest music] as it learned
-    to; an infilling prompt's suffix block is not kept, so neither is its header."""
-    if "CONTROL" not in tokenizer.type_names:
-        return 0
-    kinds = tokenizer.token_type(np.asarray(prompt, np.int64))
-    music = kinds != tokenizer.type_code("CONTROL")
-    n = int(np.argmax(music)) if music.any() else len(kinds)
-    infilling = "INFILL" in tokenizer.type_names and n < len(kinds) and kinds[n] == tokenizer.type_code("INFILL")
-    return 0 if infilling else n
-
-
-def control_header(tokenizer: Tokenizer, controls, guidance: float) -> np.ndarray:
-    """The CONTROL ids for `controls` (checked against the tokenizer), and a check of the guidance scale."""
-    if not (isinstance(guidance, (int, float)) and 0 < guidance < float("inf")):
-        raise ConfigError(f"guidance: must be a positive number (1 = off), got {guidance!r}")
-    values = parse_controls(controls)
-    if not values:
-        if guidance != 1:
-            raise ConfigError("guidance: steers towards controls; give some (--control NAME=VALUE) or leave it at 1")
-        return np.zeros(0, np.int64)
-    if not getattr(tokenizer, "controls", None):
-        raise ConfigError("controls: this model was trained without control tokens (train with data.controls, "
-                          "or use a model that has them)")
-    return tokenizer.header(values)
-
-
-def _shift_seconds(tokenizer, needed: bool) -> np.ndarray:
-    """Seconds each id moves the clock (zeros without TIME_SHIFTs: a ConfigError when a length in seconds is asked)."""
-    if isinstance(tokenizer, PerformanceEvents):
-        return tokenizer.seconds_per_id()
-    if needed:
-        raise ConfigError("seconds: this tokenizer has no TIME_SHIFT tokens; give max_new_tokens instead")
-    return np.zeros(tokenizer.vocab_size)
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """What one call of `generate` asked for, checked."""
-
-    max_new_tokens: int  # tokens to sample at most per sample
-    seconds: float | None  # stop a sample after this much new music (None: no limit in seconds)
-    sampling: SamplingConfig
-    seed: int
-    num_samples: int  # the batch
-    arcs: ArcsConfig | None  # capture attention arcs with these settings (None: no arcs)
-    stop_at_eos: bool  # False masks EOS
-    return_logits: bool  # keep the logits of every step in the samples
-    chunk: int  # prefill chunk (tokens)
-    max_note_seconds: float  # a note that has sounded this long is ended (0: never)
-    guidance: float = 1.0  # classifier-free guidance scale (1: off)
-    end_steps: int | None = None  # stop each sample when its clock reaches this many steps (an infilled middle)
+        return _run(Generation.from_plan(model, tokenizer, plan), progress)
 
 
 class Generation:
@@ -204,13 +112,13 @@ class Generation:
     notes still sounding and returns the finished pieces.
     """
 
-    def __init__(self, model: MusicGPT, tokenizer: Tokenizer, prompt: np.ndarray, settings: GenerationSettings,
+    def __init__(self, model, tokenizer: Tokenizer, prompt: np.ndarray, settings: GenerationSettings,
                  uncond_prompt: np.ndarray | None = None):
         self.model, self.tokenizer, self.prompt, self.settings = model, tokenizer, prompt, settings
         batch = settings.num_samples
         self.device = next(model.parameters()).device
         self.on_cpu = self.device.type == "cpu"
-        self.shift_seconds = _shift_seconds(tokenizer, needed=settings.seconds is not None)  # (V,)
+        self.shift_seconds = shift_seconds(tokenizer, needed=settings.seconds is not None)  # (V,)
         self.is_note_on = query_rows(tokenizer, np.arange(tokenizer.vocab_size))  # (V,) bool: rows the arcs need
         self.grammar = GrammarMask(tokenizer, batch, allow_eos=settings.stop_at_eos, width=model.config.vocab_size)
         self.long_notes = LongNoteLimit(tokenizer, batch, settings.max_note_seconds)
@@ -239,6 +147,11 @@ class Generation:
         self.feed = torch.zeros(batch, dtype=torch.long)  # (B,) the tokens fed each step, written through a numpy view
         self._feed_np = self.feed.numpy()
         self.n_steps = 0
+
+    @classmethod
+    def from_plan(cls, model, tokenizer: Tokenizer, plan: Plan) -> "Generation":
+        """The generation of a prepared request (`musicgpt.generation.setup.prepare`), prefilled and ready to step."""
+        return cls(model, tokenizer, plan.prompt, plan.settings, uncond_prompt=plan.unconditional)
 
     @property
     def active(self) -> list[int]:

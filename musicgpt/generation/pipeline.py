@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from musicgpt.generation.loop import generate, load_model_and_tokenizer
+from musicgpt.generation.loop import generate
 from musicgpt.generation.sample import Sample
+from musicgpt.generation.setup import load_model_and_tokenizer
 
 __all__ = ["set_seed", "pipeline", "GenerationPipeline"]
 
@@ -34,7 +35,7 @@ def set_seed(seed: int) -> None:
 
 
 class GenerationPipeline:
-    """A model and its tokenizer, loaded once; calling it continues a primer (see the module docstring)."""
+    """A model and its tokenizer (the one it carries, unless given), loaded once; calling it continues a primer."""
 
     def __init__(self, model=None, tokenizer=None, device: str | torch.device | None = None):
         self.model, self.tokenizer = load_model_and_tokenizer(model, tokenizer, device)

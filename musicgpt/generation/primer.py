@@ -26,7 +26,23 @@ from musicgpt.tokens.base import PerformanceEvents
 
 
 class PrimerCutWarning(UserWarning):
-    """A primer was longer than the model's context and no length was given: it was cut to fit."""
+    """A primer was longer than the model's context and no length was given: it was cut to fit.
+
+    Its fields say how much: `kept_tokens` of `total_tokens`, and `kept_seconds` of `total_seconds` (None
+    for a tokenizer without TIME_SHIFTs). Its message names the Python arguments that choose a length;
+    `describe(how)` words it for another front end (the CLI's flags, the studio's fields)."""
+
+    def __init__(self, kept_tokens: int, total_tokens: int, kept_seconds: float | None = None,
+                 total_seconds: float | None = None):
+        self.kept_tokens, self.total_tokens = int(kept_tokens), int(total_tokens)
+        self.kept_seconds, self.total_seconds = kept_seconds, total_seconds
+        super().__init__(self.describe(PYTHON_CUT_CHOICE))
+
+    def describe(self, how_to_choose: str) -> str:
+        """'primer cut to its first N tokens (X s of Y s); pass HOW_TO_CHOOSE to choose'."""
+        span = (f"{self.kept_seconds:.1f} s of {self.total_seconds:.1f} s" if self.kept_seconds is not None
+                else f"of {self.total_tokens}")
+        return f"primer cut to its first {self.kept_tokens} tokens ({span}); pass {how_to_choose} to choose"
 
 
 def primer_ids(source, tokenizer, *, seconds: float | None = None, tokens: int | None = None,
@@ -65,23 +81,19 @@ def primer_ids(source, tokenizer, *, seconds: float | None = None, tokens: int |
     if len(ids) and int(tokenizer.token_type(ids[-1])) == velocity:
         ids = ids[:-1]
     if cut:
-        warnings.warn(cut_note(ids, whole, tokenizer), PrimerCutWarning, stacklevel=stacklevel)
+        warnings.warn(_cut_warning(ids, whole, tokenizer), stacklevel=stacklevel)
     return ids
 
 
-# How to choose the primer's length, in the Python API's words; the CLI says its flags instead (CLI_CUT_CHOICE).
-CUT_CHOICE = "primer_seconds or primer_tokens"
-CLI_CUT_CHOICE = "--primer-seconds or --primer-tokens"
+PYTHON_CUT_CHOICE = "primer_seconds or primer_tokens"  # how the Python API chooses a primer's length
 
 
-def cut_note(kept: np.ndarray, whole: np.ndarray, tokenizer) -> str:
-    """What the default cut kept: 'primer cut to its first N tokens (X s of Y s); ...'."""
+def _cut_warning(kept: np.ndarray, whole: np.ndarray, tokenizer) -> PrimerCutWarning:
+    """The warning for a primer `whole` cut to `kept`."""
     if isinstance(tokenizer, PerformanceEvents):
         shift = tokenizer.seconds_per_id()
-        span = f"{shift[kept].sum():.1f} s of {shift[whole].sum():.1f} s"
-    else:
-        span = f"of {len(whole)}"
-    return f"primer cut to its first {len(kept)} tokens ({span}); pass {CUT_CHOICE} to choose"
+        return PrimerCutWarning(len(kept), len(whole), float(shift[kept].sum()), float(shift[whole].sum()))
+    return PrimerCutWarning(len(kept), len(whole))
 
 
 def _tokens_before(ids: np.ndarray, tokenizer, seconds: float) -> int:

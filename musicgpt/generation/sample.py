@@ -1,4 +1,4 @@
-"""`Sample`: one generated piece (token ids, notes, arcs) and how it is written: MIDI, arcs.json, viewer, WAV.
+"""`Sample`: one generated piece (token ids, notes, arcs) and how it is written: MIDI, arcs.json, WAV.
 
 MIDI output (`Sample.to_midi`): format 1, 120 qpm, 1000 ticks per quarter (0.5 ms per tick, as
 `musicgpt.music.midi.write_midi`), two piano tracks: track "primer" with the notes whose NOTE_ON lies in
@@ -67,17 +67,16 @@ class Sample:
 
     def save(self, out_dir: str | os.PathLike, name: str, *, wav: bool = False,
              soundfont: str | os.PathLike | None = None) -> list[Path]:
-        """Write NAME.mid, and NAME.arcs.json + NAME.html when arcs exist, and NAME.wav if asked."""
+        """Write NAME.mid, NAME.arcs.json when arcs exist, and NAME.wav if asked (the viewer page is
+        musicgpt.viz's: `write_html(sample.arcs, ...)`)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         written = [self.to_midi(out_dir / f"{name}.mid")]
         if self.arcs is not None:
-            from musicgpt.arcs.format import write_arcs  # viz and arcs.format load only when arcs are written
-            from musicgpt.viz.viewer import write_html
+            from musicgpt.arcs.format import write_arcs  # loads only when arcs are written
 
             write_arcs(self.arcs, out_dir / f"{name}.arcs.json")
             written.append(out_dir / f"{name}.arcs.json")
-            written.append(write_html(self.arcs, out_dir / f"{name}.html", title=name))
         if wav:
             from musicgpt.music.audio import render_wav
 

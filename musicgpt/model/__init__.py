@@ -2,7 +2,7 @@
 
     config.py           `GPTConfig` and the presets (tiny, small, base)
     gpt.py              `MusicGPT` (forward, cache, attention maps), checkpoints: `load_model`, `save_model`,
-                        `load_checkpoint` (model + its tokenizer)
+                        `load_checkpoint` (musicgpt.checkpoint loads; a loaded model carries its tokenizer)
     attention.py        relative attention by skewing: the fused CPU kernel, SDPA with a bias, eager PyTorch
     _relative_kernel.py builds and loads the fused kernel (csrc/relative_attention.cpp)
     kv_cache.py         keys and values of past tokens, with a sliding window

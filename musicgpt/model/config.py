@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from musicgpt.errors import CheckpointError, ConfigError
+from musicgpt.errors import ConfigError
 
 __all__ = ["GPTConfig", "PRESETS", "POSITIONS"]
 
@@ -70,14 +70,9 @@ class GPTConfig:
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None) -> "GPTConfig":
         """The model config of a checkpoint directory (default: the bundled model)."""
-        from musicgpt import checkpoint  # the directory format; it imports no model code
+        from musicgpt import checkpoint  # loading's home; it imports no model code
 
-        raw = checkpoint.read_config(path)
-        try:
-            return cls.from_dict(raw.get("model") or {})
-        except (ConfigError, TypeError) as exc:
-            raise CheckpointError(f"checkpoint {checkpoint.resolve(path)}: bad model config in "
-                                  f"{checkpoint.CONFIG}: {exc}") from None
+        return checkpoint.read_model_config(path, cls)
 
 
 PRESETS: dict[str, GPTConfig] = {

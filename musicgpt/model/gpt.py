@@ -1,8 +1,9 @@
 """MusicGPT: a pre-LayerNorm GPT-2 decoder with relative-position self-attention (Music Transformer).
 
-The model knows token ids only; the tokenizer that gives them meaning travels beside it in a
-checkpoint directory. Loading and saving are thin conveniences over musicgpt.checkpoint (the
-directory format, which knows no model class), imported when first used.
+The model knows token ids only. A loaded model carries its checkpoint's tokenizer as `model.tokenizer`
+(None for a model built from a config), so that generation, arcs and the studio read the ids as they were
+trained; the model itself never reads it. Loading and saving live in musicgpt.checkpoint (`load_into`,
+`save`); `from_pretrained`, `save_pretrained`, `load_model` and `save_model` here hand it this class.
 
 Relative embeddings are learned per layer and per head, `blocks.N.attn.rel_emb` of shape
 (n_head, max_relative_distance, head_dim), as in Huang et al. 2018 ("learned separately for each
@@ -20,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +31,6 @@ from musicgpt.errors import ConfigError
 from musicgpt.model.attention import attention_probs, relative_attention
 from musicgpt.model.config import GPTConfig
 from musicgpt.model.kv_cache import KVCache
-
-if TYPE_CHECKING:  # the model never uses a tokenizer; it only stores one beside the weights
-    from musicgpt.tokens.base import Tokenizer
 
 __all__ = ["MusicGPT", "ModelOutput", "SelfAttention", "Block", "MLP", "load_model", "save_model", "load_checkpoint"]
 
@@ -130,9 +128,12 @@ class Block(nn.Module):
 class MusicGPT(nn.Module):
     """Decoder-only GPT-2 over event-token ids with relative (and/or absolute) positions."""
 
-    def __init__(self, config: GPTConfig):
+    config_class = GPTConfig  # what musicgpt.checkpoint builds from a checkpoint's config.json
+
+    def __init__(self, config: GPTConfig, tokenizer: Any = None):
         super().__init__()
         self.config = config
+        self.tokenizer = tokenizer  # carried for its callers (a loaded model: its checkpoint's); never read here
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         if config.position in ("absolute", "both"):
             self.pos_emb = nn.Embedding(config.n_ctx, config.d_model)
@@ -208,30 +209,26 @@ class MusicGPT(nn.Module):
         """Relative embeddings of one layer by ascending distance, (H, R, D): [:, d] is distance d."""
         return self.blocks[layer].attn.rel_emb.detach().flip(1)
 
-    # ---- checkpoint directories (musicgpt.checkpoint) ------------------------------------------
-    def save_pretrained(self, path: str | Path, tokenizer: Tokenizer | None = None, *, dtype: torch.dtype | None = None,
+    # ---- checkpoint directories: musicgpt.checkpoint loads and saves ---------------------------
+    def save_pretrained(self, path: str | Path, tokenizer: Any = None, *, dtype: torch.dtype | None = None,
                         meta: dict[str, Any] | None = None, states: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint directory (config.json, model.safetensors, tokenizer.json, extra states) atomically.
 
-        dtype: store floating-point weights in this dtype (bfloat16, float16); states: extra named
-        states beside the model, such as {"optimizer": optimizer.state_dict()}.
+        tokenizer: default the one the model carries; dtype: store floating-point weights in this dtype
+        (bfloat16, float16); states: extra named states beside the model, such as {"optimizer": ...}.
         """
         from musicgpt import checkpoint
 
-        tensors = {k: t for k, t in self.state_dict().items() if k not in self.tied_weights()}
-        return checkpoint.write(path, model_config=self.config.to_dict(), tensors=tensors, tokenizer=tokenizer,
-                                dtype=dtype, meta=meta, states=states)
+        return checkpoint.save(self, path, tokenizer, dtype=dtype, meta=meta, states=states)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, *, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None) -> "MusicGPT":
-        """The model of a checkpoint directory, in eval mode (default: the bundled model in musicgpt/pretrained/)."""
+        """The model of a checkpoint directory with its tokenizer (`model.tokenizer`), in eval mode (default: the
+        bundled model)."""
         from musicgpt import checkpoint
 
-        path = checkpoint.resolve(path)
-        model = cls(GPTConfig.from_checkpoint(path))
-        checkpoint.load_weights(model, path, tied=model.tied_weights())
-        return model.to(device=device, dtype=dtype).eval()
+        return checkpoint.load_into(cls, path, device=device, dtype=dtype)
 
     def tied_weights(self) -> set[str]:
         """State-dict names that are another tensor under a second name (stored once in a checkpoint)."""
@@ -239,23 +236,18 @@ class MusicGPT(nn.Module):
 
 
 def load_checkpoint(path: str | Path | None = None, *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None) -> tuple[MusicGPT, Tokenizer | None]:
-    """(model, tokenizer or None) of a checkpoint directory (default: the bundled model)."""
-    from musicgpt import checkpoint
-
-    path = checkpoint.resolve(path)
+                    dtype: torch.dtype | None = None) -> tuple[MusicGPT, Any]:
+    """(model, its tokenizer or None) of a checkpoint directory (default: the bundled model)."""
     model = MusicGPT.from_pretrained(path, device=device, dtype=dtype)
-    tokenizer = checkpoint.load_tokenizer(path)
-    checkpoint.check_vocab(path, model.config.to_dict(), tokenizer)
-    return model, tokenizer
+    return model, model.tokenizer
 
 
 def load_model(path: str | Path | None = None, *, device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None) -> MusicGPT:
-    """The model of a checkpoint directory, in eval mode (default: the bundled model): `MusicGPT.from_pretrained`."""
+    """The model of a checkpoint directory, carrying its tokenizer, in eval mode (default: the bundled model)."""
     return MusicGPT.from_pretrained(path, device=device, dtype=dtype)
 
 
-def save_model(model: MusicGPT, path: str | Path, tokenizer: Tokenizer | None = None, **kwargs: Any) -> Path:
+def save_model(model: MusicGPT, path: str | Path, tokenizer: Any = None, **kwargs: Any) -> Path:
     """Write `model` (and its tokenizer) as a checkpoint directory: `MusicGPT.save_pretrained`."""
     return model.save_pretrained(path, tokenizer, **kwargs)

@@ -2,7 +2,9 @@
 
 Every field is optional; an empty value means "not given". A value that is not a number, out of its range,
 or a field this server does not know is a `ConfigError` naming the field, sent back as one `error` event.
-The sampling fields keep the names and meanings of `musicgpt generate`'s options (top_p is --top-p, ...).
+The sampling fields keep the names and meanings of `musicgpt generate`'s options (top_p is --top-p, ...), and
+a take becomes the same `GenerationRequest` they do (`TakeRequest.generation_request`): the defaults are
+generation's, except the take's length (DEFAULT_SECONDS). The limits here are the server's own.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from musicgpt.arcs.capture import ArcsConfig
 from musicgpt.errors import ConfigError
-from musicgpt.generation.loop import control_header
-from musicgpt.generation.sampling import SamplingConfig
+from musicgpt.generation.setup import GenerationRequest, control_header
 
 MAX_SAMPLES = 8  # one batch; more would only slow every sample down
 MAX_SECONDS = 600.0  # of new music per take
@@ -39,7 +41,8 @@ class TakeRequest:
     primer_tokens: int | None = None  # ... or its first N tokens
     example: str | None = None  # a bundled example by name, instead of an uploaded primer
     ignore_eos: bool = False
-    max_note_seconds: float = 10.0
+    plain_mask: bool = False  # mask invalid tokens without handing their mass to the same type (--plain-mask)
+    max_note_seconds: float | None = None  # None: generation's default
     controls: tuple[str, ...] = ()  # "name=value" each (field `control`, repeated): a model trained with controls
     guidance: float = 1.0  # classifier-free guidance towards the controls (1: off)
     infill_start: float | None = None  # regenerate the primer's notes with onsets in [infill_start, infill_end)
@@ -56,16 +59,12 @@ class TakeRequest:
             raise ConfigError("seconds or max_new_tokens: give at least one length")
         if not 1 <= self.num_samples <= MAX_SAMPLES:
             raise ConfigError(f"num_samples: must lie in 1..{MAX_SAMPLES}, got {self.num_samples!r}")
-        if self.primer_seconds is not None and self.primer_tokens is not None:
-            raise ConfigError("primer_seconds and primer_tokens: give the primer's length one way, not both")
-        if not self.max_note_seconds >= 0:
-            raise ConfigError(f"max_note_seconds: must be >= 0 (0 = no limit), got {self.max_note_seconds!r}")
         if (self.infill_start is None) != (self.infill_end is None):
             raise ConfigError("infill_start and infill_end: give both (the span to regenerate, in seconds) or neither")
         if self.infilling and not 0 <= self.infill_start < self.infill_end:
             raise ConfigError(f"infill_start, infill_end: need 0 <= start < end, got {self.infill_start!r}, "
                               f"{self.infill_end!r}")
-        self.sampling()  # its own checks: before the take is queued, not when it starts
+        self.generation_request()  # generation's own checks: before the take is queued, not when it starts
 
     @property
     def infilling(self) -> bool:
@@ -76,9 +75,18 @@ class TakeRequest:
         """The CONTROL ids the prompt opens with; a ConfigError for controls or guidance the model cannot take."""
         return control_header(tokenizer, list(self.controls), self.guidance)
 
-    def sampling(self) -> SamplingConfig:
-        """The sampling settings (temperature, top-k, top-p, min-p), checked."""
-        return SamplingConfig(self.temperature, self.top_k, self.top_p, self.min_p)
+    def generation_request(self, arcs: ArcsConfig | None = None) -> GenerationRequest:
+        """What the take asks generation for: the primer continued, or (infill_start, infill_end) of it refilled
+        (the form's length fields then do not apply: the middle takes its length from the span)."""
+        length = {} if self.infilling else dict(
+            seconds=self.seconds, max_new_tokens=self.max_new_tokens, primer_seconds=self.primer_seconds,
+            primer_tokens=self.primer_tokens)
+        return GenerationRequest(
+            primer=self.primer_path, infill=(self.infill_start, self.infill_end) if self.infilling else None,
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+            keep_type_mass=not self.plain_mask, seed=self.seed, num_samples=self.num_samples,
+            stop_at_eos=not self.ignore_eos, max_note_seconds=self.max_note_seconds, controls=self.controls,
+            guidance=self.guidance, arcs=arcs, **length)
 
 
 def _number(kind: Callable[[str], Any]) -> Callable[[str, str], Any]:
@@ -110,7 +118,7 @@ PARSERS: dict[str, Callable[[str, str], Any]] = {
     "seconds": _number(float), "max_new_tokens": _number(int), "temperature": _number(float),
     "top_k": _number(int), "top_p": _number(float), "min_p": _number(float), "seed": _number(int),
     "num_samples": _number(int), "primer_seconds": _number(float), "primer_tokens": _number(int),
-    "example": _text, "ignore_eos": _flag, "max_note_seconds": _number(float), "control": _text,
+    "example": _text, "ignore_eos": _flag, "plain_mask": _flag, "max_note_seconds": _number(float), "control": _text,
     "guidance": _number(float), "infill_start": _number(float), "infill_end": _number(float),
 }
 FIELDS = tuple(PARSERS)  # what a client may send besides the `primer` file

@@ -1,8 +1,9 @@
 """One take: a `TakeRequest` generated step by step in the worker thread, its events streamed, its files stored.
 
-The take runs the library's own `Generation` (the loop `musicgpt.generate` runs), so a take with a seed
-gives the same music as `musicgpt.generate` with that seed and settings (controls and guidance included);
-a take with `infill_start`/`infill_end` builds its prompt and finishes its piece as `musicgpt.infill` does. Events are sent in batches at
+The take is prepared by generation's own set-up (`musicgpt.generation.setup.prepare`, from the
+`GenerationRequest` its form makes) and runs the library's own `Generation`, so a take with a seed gives
+the same music as `musicgpt.generate` with that seed and settings (controls and guidance included); a take
+with `infill_start`/`infill_end` finishes its piece as `musicgpt.infill` does. Events are sent in batches at
 most every `FLUSH_SECONDS` (each batch ends with a `progress` event), except that the first new note is
 sent at once: the page shows it as soon as it exists, and a batch per step would cost the generation
 thread a wake-up of the server's loop per token.
@@ -16,27 +17,24 @@ from __future__ import annotations
 
 import itertools
 from concurrent.futures import ThreadPoolExecutor
-import random
 import threading
 import time
 import warnings
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
 
 from musicgpt.arcs.capture import ArcsConfig
 from musicgpt.arcs.format import write_arcs
 from musicgpt.errors import MusicGPTError
-from musicgpt.generation.loop import DEFAULT_NEW_TOKENS, TOKENS_PER_SECOND_CAP, Generation, GenerationSettings
 # infilled_sample is musicgpt.infill's own last step (the piece around the new middle): one rule for both
-from musicgpt.generation.infilling import infill_prompt, infilled_sample as infilled
-from musicgpt.generation.primer import CUT_CHOICE, PrimerCutWarning, primer_ids
+from musicgpt.generation.infilling import infilled_sample as infilled
+from musicgpt.generation.loop import Generation
+from musicgpt.generation.primer import PrimerCutWarning
 from musicgpt.generation.sample import Sample
-from musicgpt.music.notes import Notes
-from musicgpt.music.scores import read_notes
+from musicgpt.generation.setup import Plan, prepare
 from musicgpt.studio.files import FileStore, StoredFile
 from musicgpt.studio.form import TakeRequest
 from musicgpt.studio.jobs import Event, Job
@@ -45,17 +43,7 @@ from musicgpt.studio.stream import LiveGeneration
 FLUSH_SECONDS = 0.05
 
 
-class Prompt(NamedTuple):
-    """What a take's Generation reads first."""
-
-    ids: np.ndarray  # the prompt
-    plain: np.ndarray  # the same without its CONTROL header (what guidance's unconditional pass reads)
-    notice: str | None  # the note saying the primer was cut to fit, or None
-    gap_steps: int | None  # an infilling take: the span's length in clock steps
-    piece: Notes | None  # an infilling take: the whole piece read from the primer
-
-
-FORM_WORDS = {CUT_CHOICE: "primer_seconds or primer_tokens (fields)"}  # the cut note in the API's words
+FORM_CUT_CHOICE = "primer_seconds or primer_tokens (fields)"  # how a client chooses the primer's length
 
 
 QUIET_WAIT_S = 30.0  # the longest the file writer waits for a take to reach its first new note
@@ -98,18 +86,18 @@ class TakeRunner:
         torch.set_num_threads(self.threads)  # generation of one batch is fastest on one thread
         self._quiet.clear()
         try:
-            prompt = self._prompt(request)
-            settings = self._settings(request, prompt.gap_steps)
+            plan, notice = self._plan(request)
+            settings = plan.settings
             started = time.perf_counter()
-            generation = Generation(self.model, self.tokenizer, prompt.ids, settings, uncond_prompt=prompt.plain)
+            generation = Generation.from_plan(self.model, self.tokenizer, plan)
             live = LiveGeneration(generation, request.infill_start)
             take = next(self._numbers)
             head = {"job": job.id, "take": take, "state": "running", "seed": settings.seed,
-                    "primer_tokens": len(prompt.ids) - 1, "primer": request.primer_name,
+                    "primer_tokens": len(plan.prompt) - 1, "primer": request.primer_name,
                     "primer_end": request.infill_start if request.infilling else
-                    round(float(self.tokenizer.seconds_per_id()[prompt.ids].sum()), 6),
+                    round(float(self.tokenizer.seconds_per_id()[plan.prompt].sum()), 6),
                     "max_new_tokens": settings.max_new_tokens, "seconds": settings.seconds,
-                    "num_samples": settings.num_samples, "notice": prompt.notice, "controls": list(request.controls),
+                    "num_samples": settings.num_samples, "notice": notice, "controls": list(request.controls),
                     "guidance": settings.guidance,
                     "infill": [request.infill_start, request.infill_end] if request.infilling else None}
             job.send([("progress", head)] + live.start())
@@ -119,7 +107,7 @@ class TakeRunner:
             samples = generation.samples()
             events = live.finish(samples)
             if request.infilling:  # the whole piece: its own notes outside the span, the new ones inside
-                samples = [infilled(s, prompt.piece, request.infill_start, request.infill_end) for s in samples]
+                samples = [infilled(s, plan.piece, *plan.infill) for s in samples]
             stored = [self._store(take, b, sample) for b, sample in enumerate(samples)]
             job.send(events + [("done", self._done(job, take, samples, stored, started))])
             not_before = time.monotonic() + WRITE_DELAY_S
@@ -162,46 +150,14 @@ class TakeRunner:
                 "max_new_tokens": generation.settings.max_new_tokens,
                 "music_seconds": round(float(generation.clock.max()), 3), "elapsed_s": round(elapsed, 3)}
 
-    def _prompt(self, request: TakeRequest) -> Prompt:
-        """The prompt: [CONTROL*] [BOS] + the primer's ids, or an infilling prompt (as musicgpt.infill builds it)."""
-        header = request.header(self.tokenizer)
-        n_ctx = self.model.config.n_ctx
-        if request.infilling:
-            piece = read_notes(request.primer_path)
-            ids, plain, gap = infill_prompt(self.tokenizer, piece, request.infill_start, request.infill_end, n_ctx,
-                                            header)
-            return Prompt(ids, plain, None, gap, piece)
+    def _plan(self, request: TakeRequest) -> tuple[Plan, str | None]:
+        """The take's prompt and settings, prepared as `musicgpt.generate` / `musicgpt.infill` prepare them, and the
+        note saying the primer was cut to fit (None when it was not)."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PrimerCutWarning)
-            ids = primer_ids(request.primer_path, self.tokenizer, seconds=request.primer_seconds,
-                             tokens=request.primer_tokens, max_tokens=n_ctx - 1 - len(header))
-        notes = [str(w.message) for w in caught if issubclass(w.category, PrimerCutWarning)]
-        notice = None
-        if notes:
-            notice = notes[0]
-            for python_words, form_words in FORM_WORDS.items():
-                notice = notice.replace(python_words, form_words)
-        music = np.r_[self.tokenizer.bos_id, ids].astype(np.int64)
-        return Prompt(np.r_[header, music].astype(np.int64), music, notice, None, None)
-
-    def _settings(self, request: TakeRequest, gap_steps: int | None) -> GenerationSettings:
-        """The Generation's settings, as `musicgpt.generate` (or `musicgpt.infill`) builds them from the same
-        arguments."""
-        seed = random.randrange(2**31) if request.seed is None else int(request.seed)
-        if gap_steps is not None:  # the middle: held to the span by its clock
-            return GenerationSettings(
-                max_new_tokens=int(gap_steps * self.tokenizer.time_step * TOKENS_PER_SECOND_CAP) + 64, seconds=None,
-                sampling=request.sampling(), seed=seed, num_samples=request.num_samples, arcs=self.arcs_config,
-                stop_at_eos=False, return_logits=False, chunk=256, max_note_seconds=0.0, guidance=request.guidance,
-                end_steps=gap_steps)
-        max_new = request.max_new_tokens
-        if max_new is None:
-            max_new = DEFAULT_NEW_TOKENS if request.seconds is None else max(256, int(request.seconds *
-                                                                                    TOKENS_PER_SECOND_CAP))
-        return GenerationSettings(
-            max_new_tokens=int(max_new), seconds=request.seconds, sampling=request.sampling(), seed=seed,
-            num_samples=request.num_samples, arcs=self.arcs_config, stop_at_eos=not request.ignore_eos,
-            return_logits=False, chunk=256, max_note_seconds=request.max_note_seconds, guidance=request.guidance)
+            plan = prepare(self.model, self.tokenizer, request.generation_request(self.arcs_config))
+        cuts = [w.message for w in caught if isinstance(w.message, PrimerCutWarning)]
+        return plan, cuts[0].describe(FORM_CUT_CHOICE) if cuts else None
 
     def _store(self, take: int, b: int, sample: Sample) -> dict[str, tuple[str, StoredFile]]:
         """The sample's files, kind -> (id, entry): MIDI now; arcs.json and the viewer page made after `done`;

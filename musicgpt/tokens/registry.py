@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from musicgpt.errors import ConfigError
 from musicgpt.tokens.base import Tokenizer, read_tokenizer_json
 from musicgpt.tokens.miditok import MiditokTokenizer
 from musicgpt.tokens.performance import PerformanceTokenizer
 
-__all__ = ["TOKENIZER_TYPES", "tokenizer_from_dict", "load_tokenizer"]
+__all__ = ["TOKENIZER_TYPES", "tokenizer_from_dict", "load_tokenizer", "tokenizer_of"]
 
 TOKENIZER_TYPES = ("performance", "miditok")
 
@@ -28,3 +29,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load tokenizer.json (or a directory holding it), whatever its type."""
     data, source = read_tokenizer_json(path)
     return tokenizer_from_dict(data, source)
+
+
+def tokenizer_of(model: Any) -> Tokenizer:
+    """The tokenizer a model carries (a loaded model: its checkpoint's), else the plain `PerformanceTokenizer`
+    (a model built from a config, or a checkpoint saved without tokenizer.json)."""
+    return getattr(model, "tokenizer", None) or PerformanceTokenizer()
