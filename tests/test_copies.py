@@ -1,12 +1,16 @@
 """Copy check (`musicgpt metrics --copies`): the longest run a generated piece shares with training pieces."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from musicgpt.cli import main
-from musicgpt.metrics.copies import COPY_THRESHOLD, CopyCheckError, CopyIndex, NoteSequence
+from musicgpt.errors import MusicGPTError
+from musicgpt.metrics.copies import (COPY_THRESHOLD, CopyCheckError, CopyIndex, NoteSequence, check_copies,
+                                     prepared_training_set)
+from musicgpt.metrics.folder import folder_notes
 from musicgpt.music.midi import write_midi
 from musicgpt.music.notes import Notes
 
@@ -34,6 +38,7 @@ def splice(host: Notes, source: Notes, at_note: int, first: int, count: int) -> 
 
 
 TRAINING = [piece(s) for s in range(5)]
+SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "sample"
 
 
 def test_a_copied_stretch_is_found_with_its_piece_and_offsets():
@@ -194,6 +199,23 @@ def test_cli_copy_check_against_a_prepared_folder(tmp_path, capsys):
     # another split: empty here, so nothing is found
     assert main(["metrics", str(gen), "--copies", str(prepared), "--split", "valid", "--quiet"]) == 0
     assert "(valid split): 0 pieces" in capsys.readouterr().out
+
+
+def test_prepared_training_set_decodes_a_split_named_by_source_path(tmp_path):
+    """The Python API of `metrics --copies PREPARED` on a real corpus: a piece of it copies itself whole."""
+    prepared = tmp_path / "prepared"
+    assert main(["prepare", str(SAMPLE), "--out", str(prepared), "--recipe", "folder", "--ratios", "1,0,0",
+                 "--jobs", "1", "--quiet"]) == 0
+    training = prepared_training_set(prepared)
+    assert (training.kind, training.split) == ("prepared", "train")
+    assert sorted(training.names) == sorted(p.name for p in SAMPLE.glob("*.mid")) and len(training.pieces) == 4
+    generated = folder_notes(SAMPLE / "pop909_326.mid", progress=False)
+    (match,) = check_copies(generated, training, progress=False).matches
+    assert match.name == "pop909_326.mid" and match.length == match.generated_notes > 700
+    assert (match.generated_note, match.training_note) == (0, 0)
+    assert prepared_training_set(prepared, "valid").pieces == []  # prepared with no valid documents
+    with pytest.raises(MusicGPTError, match="manifest.json"):
+        prepared_training_set(tmp_path / "nothing")
 
 
 def test_cli_comparison_and_copy_check_together(tmp_path, capsys):

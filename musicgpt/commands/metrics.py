@@ -123,7 +123,7 @@ def _compare(args: argparse.Namespace, settings: dict):
 
 def _copy_check(args: argparse.Namespace, settings: dict):
     """The generated pieces' longest runs shared with --copies."""
-    from musicgpt.metrics.copies import check_copies, midi_training_set
+    from musicgpt.metrics.copies import check_copies, midi_training_set, prepared_training_set
     from musicgpt.metrics.folder import folder_notes
 
     generated = folder_notes(args.generated, progress=not args.quiet, **settings)
@@ -142,26 +142,6 @@ def _copy_check(args: argparse.Namespace, settings: dict):
         print(f"skipped {name}: {reason}", file=sys.stderr)
     return check_copies(generated, training, threshold=args.copy_threshold, grid=args.copy_grid,
                         progress=not args.quiet)
-
-
-def prepared_training_set(folder: Path, split: str):
-    """One split of a `musicgpt prepare` folder, decoded with its tokenizer.json: the notes a model trains on,
-    each document named by its source path (relative to the corpus folder)."""
-    import numpy as np
-
-    from musicgpt.corpus import open_split, read_manifest
-    from musicgpt.corpus.shards import verify
-    from musicgpt.metrics.copies import TrainingSet
-    from musicgpt.tokens import load_tokenizer
-
-    manifest = read_manifest(folder)
-    verify(folder, manifest)  # shards that disagree with the manifest are refused, as training refuses them
-    tokenizer = load_tokenizer(folder / "tokenizer.json")
-    data = open_split(folder, split)
-    sources = {s.get("doc"): s.get("path") for s in manifest.get("sources", []) if s.get("split") == split}
-    names = [sources.get(i) or f"{split} document {i}" for i in range(data.n_docs)]
-    pieces = [tokenizer.decode(np.asarray(data.doc(i))) for i in range(data.n_docs)]
-    return TrainingSet(folder, "prepared", names, pieces, split=split)
 
 
 def _copies_only_json(check, settings: dict) -> dict:

@@ -301,6 +301,23 @@ def midi_training_set(folder: str | Path, sustain: bool = True, progress: bool =
     return TrainingSet(root, "midi", names, read.notes, skipped=[(str(p), r) for p, r in read.skipped])
 
 
+def prepared_training_set(folder: str | Path, split: str = "train") -> TrainingSet:
+    """One split of a `musicgpt prepare` folder decoded with its tokenizer.json, named by source path."""
+    from musicgpt.corpus import open_split, read_manifest
+    from musicgpt.corpus.shards import verify
+    from musicgpt.tokens import load_tokenizer
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    verify(folder, manifest)  # shards that disagree with the manifest are refused, as training refuses them
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    data = open_split(folder, split)
+    sources = {s.get("doc"): s.get("path") for s in manifest.get("sources", []) if s.get("split") == split}
+    names = [sources.get(i) or f"{split} document {i}" for i in range(data.n_docs)]
+    pieces = [tokenizer.decode(np.asarray(data.doc(i))) for i in range(data.n_docs)]
+    return TrainingSet(folder, "prepared", names, pieces, split=split)
+
+
 @dataclass
 class CopyCheck:
     """Each generated piece's longest run shared with the training set, and the settings that define it."""
