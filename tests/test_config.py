@@ -9,7 +9,7 @@ from musicgpt.training.config import Config, apply_override, config_from_dict, d
 from musicgpt.errors import ConfigError
 from musicgpt.model.gpt import MusicGPT
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "musicgpt" / "configs"
 
 
 def write(tmp_path, text: str) -> Path:
