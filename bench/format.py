@@ -6,6 +6,7 @@ model card fixed decimals and whole counts (`fixed`, `count`, 'n/a' when missing
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,12 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
 def piece_name(group: str) -> str:
     """A piece's manifest group as a name: 'Composer|Title_words' -> 'Composer: Title words'."""
     return group.replace("|", ": ").replace("_", " ")
+
+
+def current_command(command: str) -> str:
+    """A recorded command as it runs today: results measured before bench/ and tools/ became packages say
+    `python bench/NAME.py ...`, the same program with the same arguments is `python -m bench.NAME ...`."""
+    return re.sub(r"^python (bench|tools)/(\w+)\.py\b", r"python -m \1.\2", command)
 
 
 def shown(path: str | Path) -> str:

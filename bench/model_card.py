@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.card_evaluation import changes, evaluation_section, nll_of
 from bench.card_samples import samples_section, steering_section
-from bench.format import count, duration, fixed, table
+from bench.format import count, current_command, duration, fixed, table
 from musicgpt._io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,7 +261,8 @@ def _limitations(r: dict) -> list[str]:
 
 
 def _reproduce(r: dict) -> list[str]:
-    return ["## Reproduce these figures", "", "```bash", *(r.get("commands") or [r["command"]]), "```", "",
+    commands = [current_command(c) for c in r.get("commands") or [r["command"]]]
+    return ["## Reproduce these figures", "", "```bash", *commands, "```", "",
             f"Measured on {r['date']} ({r['caveat']})", ""]
 
 

@@ -178,6 +178,8 @@ def test_card_renders_from_the_measured_results(tmp_path):
     nll = data["evaluations"][f"asap/test/{data['checkpoint']['model']['n_ctx']}"]["nll"]
     assert f"{nll:.4f}" in text
     assert data["run"]["command"] in text
+    # commands recorded as `python bench/bundled_model.py ...` before bench/ became a package run as modules now
+    assert "python -m bench.bundled_model --run" in text and "python bench/" not in text
 
 
 def test_card_renders_a_fine_tune_with_its_base_and_steering_figures(tmp_path):
