@@ -165,7 +165,7 @@ def test_select_arcs_filters_and_ranks(small):
 
 def test_primer_notes_of_a_generated_file_are_found_after_a_midi_round_trip(tmp_path):
     """As `musicgpt attend` reads a file `musicgpt generate` wrote: tracks "primer" and "continuation"."""
-    from musicgpt.commands.attend import primer_track_notes
+    from musicgpt.music.midi import primer_track_notes
     from musicgpt.music.midi import read_midi, write_tracks
     from musicgpt.tokens import PerformanceTokenizer
 

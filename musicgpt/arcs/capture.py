@@ -32,7 +32,9 @@ map (NOTE_ON, the VELOCITY right before it, its NOTE_OFF); tokens not predicted 
 from __future__ import annotations
 
 import math
+import os
 import sys
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,9 +43,14 @@ import torch
 from torch import Tensor
 
 from musicgpt.arcs.format import build_arcs
+from musicgpt.arcs.primer import mark_primer_notes
 from musicgpt.errors import ConfigError
 from musicgpt.model.prefill import teacher_force
+from musicgpt.music.midi import primer_track_notes
+from musicgpt.music.notes import Notes
+from musicgpt.music.scores import read_notes
 from musicgpt.tokens.infill import spans as infill_spans
+from musicgpt.tokens.registry import tokenizer_of
 
 
 @dataclass(frozen=True)
@@ -364,14 +371,36 @@ def attend_notes(model, ids, tokenizer, *, config: ArcsConfig | None = None, chu
     return stream
 
 
-def attend(model, ids, tokenizer, *, config: ArcsConfig | None = None, primer_length: int = 0,
-           primer_mask: np.ndarray | None = None, chunk: int = 256, progress: bool = False, **extra: Any) -> dict:
-    """Arcs (the arcs.json dict) of an existing token sequence, by teacher forcing through the model.
+def primer_track_mask(tokenizer, ids, source) -> np.ndarray | None:
+    """Bool per note of `ids` (as decoded): is it a note of the "primer" track of the MIDI file `source` (as
+    `musicgpt generate` writes it)? None when `source` has no such track (every note is then the piece's)."""
+    primer = primer_track_notes(source) if isinstance(source, (str, os.PathLike)) else None
+    if primer is None:
+        return None
+    notes, primer = tokenizer.decode(ids), tokenizer.encode(primer).notes  # both rounded as the model reads them
+    return mark_primer_notes(notes.start, notes.pitch, primer.start, primer.pitch, tokenizer.time_step)
 
-    `ids` is what the model reads, starting with BOS (as `musicgpt generate` writes it); primer
-    notes as in `arcs_document`; each note's "nll" is its surprisal (see `note_nll`). Rows are aggregated
-    chunk by chunk (`attend_notes`); the dict itself holds every arc as a Python dict (a long piece: write
-    it with `musicgpt attend`, which streams).
+
+def attend(model, piece, tokenizer=None, *, config: ArcsConfig | None = None, primer_length: int = 0,
+           primer_mask: np.ndarray | None = None, chunk: int = 256, progress: bool = False, **extra: Any) -> dict:
+    """Arcs (the arcs.json dict) of a piece, by teacher forcing through the model.
+
+    piece: token ids starting with BOS (what the model reads, as `musicgpt generate` writes it), Notes, or a
+    MIDI/MusicXML/ABC file; a MIDI file written by `musicgpt generate` keeps its primer/continuation split (the
+    notes of its "primer" track are marked as primer notes, as `musicgpt attend` marks them). tokenizer: default
+    the one the model carries. Primer notes otherwise as in `arcs_document`; each note's "nll" is its surprisal
+    (see `note_nll`). Rows are aggregated chunk by chunk (`attend_notes`); the dict itself holds every arc as a
+    Python dict (a long piece: write it with `musicgpt attend`, which streams).
     """
+    tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
+    if isinstance(piece, (str, os.PathLike, Notes)):
+        notes = read_notes(piece) if isinstance(piece, (str, os.PathLike)) else piece
+        ids = np.r_[tokenizer.bos_id, tokenizer.encode(notes).ids].astype(np.int64)
+        if primer_mask is None and not primer_length:
+            primer_mask = primer_track_mask(tokenizer, ids, piece)
+        extra.setdefault("source", f"musicgpt attend {Path(piece).name}" if not isinstance(piece, Notes)
+                         else "musicgpt attend")
+    else:
+        ids = piece
     stream = attend_notes(model, ids, tokenizer, config=config, chunk=chunk, progress=progress)
     return arcs_document(tokenizer, ids, stream, model.config, primer_length, primer_mask, **extra)

@@ -53,28 +53,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def primer_track_notes(path: Path):
-    """Notes of the track named "primer" (as `musicgpt generate` writes), or None."""
-    from musicgpt.music.midi import is_midi_path, read_midi
-
-    if not is_midi_path(path):
-        return None
-    try:
-        from symusic import Score
-
-        names = [t.name for t in Score(str(path)).tracks]
-    except Exception:
-        return None
-    if "primer" not in names:
-        return None
-    return read_midi(path, tracks=[names.index("primer")], allow_empty=True)
-
-
 def run(args: argparse.Namespace) -> int:
     """Teacher-force the piece, write arcs.json and the HTML viewer."""
     import torch
 
-    from musicgpt.arcs.capture import ArcsConfig, NoteArcs, attend_notes, note_document
+    from musicgpt.arcs.capture import ArcsConfig, NoteArcs, attend_notes, note_document, primer_track_mask
     from musicgpt.arcs.format import write_arcs_columns
     from musicgpt.errors import ConfigError
     from musicgpt.generation.primer import primer_ids
@@ -93,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = model_of(args)
     notes = read_notes(source)
     ids = np.r_[tokenizer.bos_id, primer_ids(notes, tokenizer, seconds=args.seconds, tokens=args.tokens)]
-    primer_mask = _primer_mask(tokenizer, ids, primer_track_notes(source))
+    primer_mask = primer_track_mask(tokenizer, ids, source)
     extra = {}
     if atlas is not None:
         from musicgpt.viz.heads import head_names_for
@@ -129,16 +112,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {', '.join(written)} ({len(doc['notes'])} notes, {n_arcs} arcs, "
           f"{doc['n_layer']} layers x {doc['n_head']} heads, NLL {mean_nll:.4f} nats a token)")
     return 0
-
-
-def _primer_mask(tokenizer, ids: np.ndarray, primer_notes) -> np.ndarray | None:
-    """Bool per decoded note: is it a note of the primer track (`mark_primer_notes`)? None: no such track."""
-    if primer_notes is None:
-        return None
-    from musicgpt.arcs.primer import mark_primer_notes
-
-    notes, primer = tokenizer.decode(ids), tokenizer.encode(primer_notes).notes  # both rounded as the model reads them
-    return mark_primer_notes(notes.start, notes.pitch, primer.start, primer.pitch, tokenizer.time_step)
 
 
 def _heaviest(weight: np.ndarray, limit: int) -> tuple[np.ndarray, float]:

@@ -368,3 +368,22 @@ def write_tracks(tracks: Sequence[tuple[str, Notes]], path: str | os.PathLike, *
         raise MidiError(str(exc)) from None
     except Exception as exc:  # symusic's own errors
         raise MidiError(f"{path}: cannot write ({exc})") from None
+
+
+PRIMER_TRACK = "primer"  # the track `musicgpt generate` writes its primer's notes into
+
+
+def primer_track_notes(path: str | os.PathLike) -> Notes | None:
+    """Notes of the MIDI file's track named "primer" (as `musicgpt generate` writes it), or None (no such track,
+    or not a MIDI file)."""
+    from symusic import Score
+
+    if not is_midi_path(path):
+        return None
+    try:
+        names = [t.name for t in Score(str(path)).tracks]
+    except Exception:  # an unreadable file has no primer track; reading its notes reports why
+        return None
+    if PRIMER_TRACK not in names:
+        return None
+    return read_midi(path, tracks=[names.index(PRIMER_TRACK)], allow_empty=True)
