@@ -189,6 +189,8 @@ def _without_torch(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 def test_torch_free_rooms_import_without_torch(tmp_path):
+    """The one check that the torch-free rooms (and the package, the CLI, prepare, view, metrics) import without
+    torch: with torch made unimportable, not just absent from sys.modules."""
     modules = [m for m in LIBRARY if room(m) in TORCH_FREE and not m.endswith("__main__")]
     assert {"musicgpt.music.midi", "musicgpt.tokens.performance", "musicgpt.corpus.prepare", "musicgpt.arcs.format",
             "musicgpt.viz.curves", "musicgpt.metrics.report"} <= set(modules)
@@ -196,7 +198,8 @@ def test_torch_free_rooms_import_without_torch(tmp_path):
         import importlib
         for name in {modules!r}:
             importlib.import_module(name)
-        import musicgpt, musicgpt.arcs
+        import musicgpt, musicgpt.arcs, musicgpt.cli  # and the commands that need no model:
+        import musicgpt.commands.prepare, musicgpt.commands.view, musicgpt.commands.metrics
         assert "torch" not in sys.modules
         print(len({modules!r}), "modules")
     """, tmp_path)

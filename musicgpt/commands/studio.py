@@ -29,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
     from musicgpt.checkpoint import DEFAULT_DIR
     from musicgpt.errors import ConfigError
     from musicgpt.model import load_model
-    from musicgpt.tokens.registry import tokenizer_of
     from musicgpt.studio.app import create_app
     from musicgpt.studio.server import StudioServer, is_loopback
 
@@ -39,9 +38,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--examples {args.examples}: no such folder")
     path = checkpoint_of(args)
     name = "bundled" if path.resolve() == DEFAULT_DIR.resolve() else str(path)
-    model = load_model(path)
-    tokenizer = tokenizer_of(model)
-    app = create_app(model, tokenizer, model_name=name, upload_limit_mb=args.max_upload_mb, examples=args.examples,
+    model = load_model(path)  # carrying its tokenizer, which the studio reads with
+    app = create_app(model, model_name=name, upload_limit_mb=args.max_upload_mb, examples=args.examples,
                      threads=args.threads, hosts=None if is_loopback(args.host) else ["*"])
     server = StudioServer(app, args.host, args.port)
     if not is_loopback(args.host):

@@ -37,9 +37,8 @@ from musicgpt.generation.constraints import GrammarMask, LongNoteLimit, TimeLimi
 from musicgpt.generation.guidance import Guidance
 from musicgpt.generation.sample import Sample
 from musicgpt.generation.sampling import GumbelNoise, make_generator, sample
-from musicgpt.generation.setup import (DEFAULT_CHUNK, DEFAULT_MAX_NOTE_SECONDS, DEFAULT_NEW_TOKENS,  # noqa: F401
-                                       TOKENS_PER_SECOND_CAP, GenerationRequest, GenerationSettings, Plan,
-                                       load_model_and_tokenizer, pinned_header, prepare, shift_seconds)
+from musicgpt.generation.setup import (DEFAULT_CHUNK, DEFAULT_MAX_NOTE_SECONDS, GenerationRequest, GenerationSettings,
+                                       Plan, load_model_and_tokenizer, pinned_header, prepare, shift_seconds)
 from musicgpt.model.decode_step import Decoder
 from musicgpt.model.prefill import teacher_force
 from musicgpt.tokens.base import Tokenizer

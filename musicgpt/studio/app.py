@@ -271,12 +271,16 @@ ROUTES = [
 ]
 
 
-def create_app(model, tokenizer, *, model_name: str = "bundled", upload_limit_mb: float = DEFAULT_UPLOAD_MB,
+def create_app(model, tokenizer=None, *, model_name: str = "bundled", upload_limit_mb: float = DEFAULT_UPLOAD_MB,
                examples: Path | None = None, threads: int = 1, hosts: list[str] | None = None) -> Starlette:
-    """The studio app for a loaded model; `hosts`: the Host names it answers (default: loopback names only)."""
+    """The studio app for a loaded model, read with `tokenizer` (default: the one the model carries); `hosts`: the
+    Host names it answers (default: loopback names only)."""
     from musicgpt.music.audio import available_renderers
     from musicgpt.studio.takes import TakeRunner
     from musicgpt.tokens.base import PerformanceEvents
+    from musicgpt.tokens.registry import tokenizer_of
+
+    tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
 
     if not isinstance(tokenizer, PerformanceEvents):
         raise ConfigError(f"studio: the model's tokenizer ({type(tokenizer).__name__}) has no performance events "

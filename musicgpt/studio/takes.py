@@ -21,7 +21,6 @@ import threading
 import time
 import warnings
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
