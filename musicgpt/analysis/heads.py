@@ -51,7 +51,7 @@ import torch
 
 from musicgpt.analysis import MAX_TOKENS, PATTERN_TOKENS
 from musicgpt.arcs.capture import token_owners
-from musicgpt.model.prefill import teacher_force
+from musicgpt.model.prefill import PREFILL_CHUNK, teacher_force
 from musicgpt.errors import ConfigError, MusicGPTError
 from musicgpt.tokens.base import PerformanceEvents
 from musicgpt.viz.heads import HEADS_VERSION, MEASURES, validate_heads
@@ -170,7 +170,7 @@ class HeadMeasures:
 
 
 @torch.no_grad()
-def piece_measures(model, tokenizer, ids, *, chunk: int = 256, pattern_tokens: int = 0) -> HeadMeasures:
+def piece_measures(model, tokenizer, ids, *, chunk: int = PREFILL_CHUNK, pattern_tokens: int = 0) -> HeadMeasures:
     """Teacher-force `ids` (starting with BOS) through `model` and reduce every attention row (see the docstring)."""
     ids = np.asarray(ids, np.int64).reshape(-1)
     cfg = model.config
@@ -196,7 +196,7 @@ def piece_ids(tokenizer, source, max_tokens: int = MAX_TOKENS) -> np.ndarray:
     return np.r_[tokenizer.bos_id, body]
 
 
-def head_atlas(model, tokenizer, pieces: Iterable, *, max_tokens: int = MAX_TOKENS, chunk: int = 256,
+def head_atlas(model, tokenizer, pieces: Iterable, *, max_tokens: int = MAX_TOKENS, chunk: int = PREFILL_CHUNK,
                pattern_tokens: int = PATTERN_TOKENS, checkpoint: str | None = None,
                progress: bool = False) -> tuple[dict, np.ndarray | None]:
     """(the heads.json dict, the attention pattern of the first piece's first `pattern_tokens` tokens as

@@ -45,7 +45,7 @@ from torch import Tensor
 from musicgpt.arcs.format import build_arcs
 from musicgpt.arcs.primer import mark_primer_notes
 from musicgpt.errors import ConfigError
-from musicgpt.model.prefill import teacher_force
+from musicgpt.model.prefill import PREFILL_CHUNK, teacher_force
 from musicgpt.music.midi import primer_track_notes
 from musicgpt.music.notes import Notes
 from musicgpt.music.scores import read_notes
@@ -344,7 +344,7 @@ def query_rows(tokenizer, ids) -> np.ndarray:
     return tokenizer.token_type(np.asarray(ids, np.int64)) == tokenizer.type_names.index("NOTE_ON")
 
 
-def attend_notes(model, ids, tokenizer, *, config: ArcsConfig | None = None, chunk: int = 256,
+def attend_notes(model, ids, tokenizer, *, config: ArcsConfig | None = None, chunk: int = PREFILL_CHUNK,
                  progress: bool = False) -> NoteArcsStream:
     """Teacher-force `ids` (starting with BOS) and aggregate as it goes; the stream holds notes and arcs,
     and each token's NLL (`token_nll`, NaN for BOS) and each note's (`note_nll()`).
@@ -382,7 +382,7 @@ def primer_track_mask(tokenizer, ids, source) -> np.ndarray | None:
 
 
 def attend(model, piece, tokenizer=None, *, config: ArcsConfig | None = None, primer_length: int = 0,
-           primer_mask: np.ndarray | None = None, chunk: int = 256, progress: bool = False, **extra: Any) -> dict:
+           primer_mask: np.ndarray | None = None, chunk: int = PREFILL_CHUNK, progress: bool = False, **extra: Any) -> dict:
     """Arcs (the arcs.json dict) of a piece, by teacher forcing through the model.
 
     piece: token ids starting with BOS (what the model reads, as `musicgpt generate` writes it), Notes, or a

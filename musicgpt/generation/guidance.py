@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from musicgpt.model.prefill import teacher_force
+from musicgpt.model.prefill import PREFILL_CHUNK, teacher_force
 
 __all__ = ["Guidance"]
 
@@ -24,7 +24,7 @@ __all__ = ["Guidance"]
 class Guidance:
     """The unconditional half of a guided batch: its cache, its logits, and how they mix with the conditional ones."""
 
-    def __init__(self, model, prompt: np.ndarray, batch: int, scale: float, chunk: int = 256) -> None:
+    def __init__(self, model, prompt: np.ndarray, batch: int, scale: float, chunk: int = PREFILL_CHUNK) -> None:
         self.scale = float(scale)
         self.cache = model.new_cache()
         self.device = next(model.parameters()).device

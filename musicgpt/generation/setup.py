@@ -26,6 +26,7 @@ from musicgpt.arcs.capture import ArcsConfig
 from musicgpt.errors import ConfigError
 from musicgpt.generation.primer import primer_ids
 from musicgpt.generation.sampling import SamplingConfig
+from musicgpt.model.prefill import PREFILL_CHUNK
 from musicgpt.music.notes import Notes
 from musicgpt.music.scores import read_notes
 from musicgpt.tokens import infill as fim
@@ -41,7 +42,7 @@ DEFAULT_NEW_TOKENS = 1024  # with no length given
 DEFAULT_MAX_NOTE_SECONDS = 10.0  # real piano holds 0.08% of its notes longer (ASAP, pedal folded)
 TOKENS_PER_SECOND_CAP = 200  # with `seconds` alone, stop after this many tokens per second asked (real piano: ~35)
 MIN_TOKENS_FOR_SECONDS = 256  # ... but never fewer than this
-DEFAULT_CHUNK = 256  # prefill chunk (tokens)
+DEFAULT_CHUNK = PREFILL_CHUNK  # prefill chunk (tokens)
 INFILL_SPARE_TOKENS = 64  # an infilled middle's budget: the gap at TOKENS_PER_SECOND_CAP, plus this
 MIDDLE_TOKENS_PER_SECOND = 60  # room kept for an infilled middle (dense piano writes ~35-50 tokens a second)
 PREFIX_SHARE = 0.6  # of the rest of the context: the prefix's share, the suffix getting the remainder

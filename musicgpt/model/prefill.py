@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["teacher_force", "token_nll_of"]
+__all__ = ["teacher_force", "token_nll_of", "PREFILL_CHUNK"]
+
+PREFILL_CHUNK = 256  # tokens fed per forward pass: attention maps of 256 x n_ctx per head stay small
 
 
 def token_nll_of(logits: Tensor, targets: Tensor) -> np.ndarray:
@@ -25,7 +27,7 @@ def token_nll_of(logits: Tensor, targets: Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def teacher_force(model, ids: Tensor, cache, recorders: list | None = None, queries: np.ndarray | None = None,
-                  chunk: int = 256, progress=None, token_nll: np.ndarray | None = None) -> Tensor:
+                  chunk: int = PREFILL_CHUNK, progress=None, token_nll: np.ndarray | None = None) -> Tensor:
     """Feed ids (B, T) into `cache` in chunks; record the attention rows marked in `queries` (B, T).
 
     `recorders` (one per sequence: AttentionRecorder or NoteArcsStream) get each chunk's rows, then
