@@ -54,7 +54,7 @@ from bench.machine import machine_info
 from bench.model_card import write_card
 from musicgpt import checkpoint
 from musicgpt._io import atomic_write_text
-from musicgpt.generation.loop import DEFAULT_MAX_NOTE_SECONDS
+from musicgpt.generation import DEFAULT_MAX_NOTE_SECONDS
 from tools.install_pretrained import install
 
 ROOT = Path(__file__).resolve().parents[1]
