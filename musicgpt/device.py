@@ -12,15 +12,15 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from musicgpt.errors import ConfigError
 
-__all__ = ["cpu_model", "cpu_flags", "Dist", "setup_distributed", "teardown", "pick_device", "autocast_dtype", "cpu_has_amx", "hardware"]
+if TYPE_CHECKING:
+    import torch
 
+__all__ = ["cpu_model", "cpu_flags", "Dist", "setup_distributed", "teardown", "pick_device", "autocast_dtype",
+           "cpu_has_amx", "hardware"]
 
 
 def _cpuinfo_field(*names: str) -> str | None:
@@ -52,7 +52,13 @@ class Dist:
 
     rank: int = 0
     world: int = 1
-    device: torch.device = torch.device("cpu")
+    device: "torch.device | None" = None  # None: the CPU
+
+    def __post_init__(self):
+        if self.device is None:
+            import torch  # imported on use: cpu_model and cpu_flags serve torch-free benchmarks too
+
+            object.__setattr__(self, "device", torch.device("cpu"))
 
     @property
     def main(self) -> bool:
@@ -65,6 +71,8 @@ class Dist:
 
 def setup_distributed(device_name: str) -> Dist:
     """Join the process group when launched by torchrun (gloo on CPU, NCCL on CUDA); else one process."""
+    import torch
+    import torch.distributed as dist
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(device_name)
     if world <= 1:
@@ -80,6 +88,7 @@ def setup_distributed(device_name: str) -> Dist:
 
 def hardware(device: torch.device, precision: str = "auto") -> dict[str, Any]:
     """What a run trains on, for its run.json (model cards cite it): device, GPU, CPU, autocast, torch."""
+    import torch
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     amp = autocast_dtype(precision, device)
     return {"device": device.type, "gpu": gpu, "cpu": cpu_model(),
@@ -90,6 +99,7 @@ def hardware(device: torch.device, precision: str = "auto") -> dict[str, Any]:
 
 def pick_device(name: str) -> torch.device:
     """'auto' (CUDA when available, else CPU) or an explicit torch device name, checked."""
+    import torch
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -103,6 +113,7 @@ def pick_device(name: str) -> torch.device:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 when asked for, or under 'auto' where it is fast (CUDA with bf16, CPUs with AMX); else None (fp32)."""
+    import torch
     if precision == "fp32":
         return None
     if device.type == "cuda":
@@ -118,6 +129,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (where bf16 matmuls beat fp32)."""
+    import torch
     init_amx = getattr(torch._C._cpu, "_init_amx", None)
     try:
         return bool(init_amx()) if init_amx is not None else False
@@ -127,5 +139,6 @@ def cpu_has_amx() -> bool:
 
 def teardown() -> None:
     """Leave the process group, if any."""
+    import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
