@@ -51,7 +51,7 @@ from bench.machine import CAVEAT, NO_GPU, machine_info
 from musicgpt import checkpoint, load_checkpoint
 from musicgpt._io import atomic_write_text
 from musicgpt.corpus.shards import Split, open_split, read_manifest
-from musicgpt.generation.infilling import infill_prompt
+from musicgpt.generation.setup import infill_prompt
 from musicgpt.music.scores import read_notes
 from musicgpt.tokens import infill as fim
 from musicgpt.tokens.controls import computed_values

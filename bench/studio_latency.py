@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--primer-seconds", type=float, default=20.0, help="primer length (default 20)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "studio_latency.json")
     args = parser.parse_args(argv)
-    from musicgpt.generation.loop import load_model_and_tokenizer
+    from musicgpt.generation.setup import load_model_and_tokenizer
     from musicgpt.studio import StudioServer, create_app
 
     result = {"benchmark": "studio_latency", "caveat": CAVEAT, "gpu": NO_GPU,

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
-    from musicgpt.generation.loop import load_model_and_tokenizer
+    from musicgpt.generation.setup import load_model_and_tokenizer
     from musicgpt.studio import StudioServer, create_app
 
     model, tokenizer = load_model_and_tokenizer(None)

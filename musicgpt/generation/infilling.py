@@ -26,7 +26,6 @@ from musicgpt.arcs.capture import ArcsConfig
 from musicgpt.generation.loop import run
 from musicgpt.generation.sample import Sample
 from musicgpt.generation.setup import DEFAULT_CHUNK, GenerationRequest, load_model_and_tokenizer, prepare
-from musicgpt.generation.setup import infill_prompt  # noqa: F401  (importable from here, its home before 0.2)
 from musicgpt.music.notes import Notes
 from musicgpt.tokens import infill as fim
 
