@@ -9,7 +9,7 @@ from pathlib import Path
 
 from musicgpt.studio import StudioServer, create_app
 from musicgpt.tokens.performance import PerformanceTokenizer
-from tiny_models import FIXTURES, PRIMER, tiny_model
+from tiny_models import FIXTURES, PRIMER, steering_model, tiny_model
 
 __all__ = ["FIXTURES", "PRIMER", "serve_tiny", "read_events", "wait_until", "steering_model"]
 
@@ -51,14 +51,3 @@ def wait_until(condition, timeout: float = 10.0, step: float = 0.05) -> bool:
         time.sleep(step)
     return bool(condition())
 
-
-def steering_model():
-    """(model, tokenizer): the tiny model grown to a vocabulary with controls and infilling tokens (as
-    tests/test_steering.py builds it; random weights: the mechanics, not the music)."""
-    from musicgpt.tokens.controls import controls_vocabulary
-    from musicgpt.training.conditioning import carry_over
-
-    tokenizer = PerformanceTokenizer(controls=controls_vocabulary(["composer", "density"], ["Bach", "Chopin"]),
-                                     infill=True)
-    model, _ = carry_over(tiny_model(), PerformanceTokenizer(), tokenizer, "test")
-    return model.eval(), tokenizer

@@ -1,5 +1,7 @@
 """Fine-tuning keeps what the checkpoint can do: --init-from a steerable checkpoint keeps its control and
-infilling tokens and rows (musicgpt.training.finetune), unless finetune.keep_steering = false drops them."""
+infilling tokens and rows (musicgpt.training.finetune), unless finetune.keep_steering = false drops them; a plain
+checkpoint grows to a steerable vocabulary (carry_over: new rows leave the old logits unchanged), and prompt
+tuning moves only the control rows."""
 
 from __future__ import annotations
 
@@ -12,18 +14,19 @@ import torch
 
 from musicgpt import checkpoint
 from musicgpt.cli import main
-from musicgpt.errors import ConfigError
+from musicgpt.errors import CheckpointError, ConfigError
 from musicgpt.model.gpt import MusicGPT, load_checkpoint, save_model
 from musicgpt.tokens.controls import controls_vocabulary
 from musicgpt.tokens.performance import PerformanceTokenizer
-from musicgpt.training.conditioning import Conditioner, control_rows
+from musicgpt.training.conditioning import Conditioner, carry_over, control_rows, token_sources
 from musicgpt.training.finetune import finetune_tokenizer, untrained_rows
 from musicgpt.training.loop import train
-from tiny_models import PRIMER
+from tiny_models import PRIMER, tiny_model
 from training_fixtures import micro_config, prepare_fixtures
 
 STEER = PerformanceTokenizer(controls=controls_vocabulary(["composer", "density", "dynamics"], ["Bach", "Chopin"]),
                              infill=True)  # 391 music tokens, then 9 CONTROL, 2 INFILL, 40 GAP
+PLAIN = PerformanceTokenizer()
 MUSIC = 391
 QUICK = {"train": {"eval_every": 0, "checkpoint_every": 100}}
 
@@ -159,3 +162,59 @@ def test_the_readme_recipe_on_the_bundled_model_keeps_list_controls(tmp_path, da
     tuned, tuned_tokenizer = load_checkpoint(run)
     assert tuned_tokenizer == tokenizer
     assert torch.equal(tuned.tok_emb.weight[MUSIC:], bundled.tok_emb.weight[MUSIC:])
+
+
+def test_new_embeddings_leave_old_logits_unchanged():
+    model = tiny_model()
+    source = token_sources(PLAIN, STEER)
+    assert (source[:391] == np.arange(391)).all() and (source[391:] == -1).all()
+    grown, note = carry_over(model, PLAIN, STEER, "test")
+    assert note == "51 token embeddings added (CONTROL, GAP, INFILL), 391 carried over"
+    ids = torch.from_numpy(PLAIN.encode(PRIMER).ids[:64])[None]
+    with torch.no_grad():
+        torch.testing.assert_close(grown.eval()(ids).logits[..., :391], model(ids).logits)
+    with pytest.raises(CheckpointError, match="does not fit .*velocity_bins"):
+        carry_over(model, PerformanceTokenizer(velocity_bins=16), STEER, "test")
+
+
+def test_fine_tuning_adds_the_steering_tokens_and_records_the_model(tmp_path, capsys):
+    import tomllib
+
+    data = prepare_fixtures(tmp_path / "data")
+    base = tmp_path / "base"
+    train(micro_config(train={"steps": 2}), base, data=data)
+    config = micro_config(data={"controls": ["density", "dynamics"], "infill_rate": 0.5}, finetune={"steps": 2})
+    result = train(config, tmp_path / "ft", data=data, init_from=base)
+    assert "token embeddings added (CONTROL, GAP, INFILL), 391 carried over" in capsys.readouterr().err
+    model, tokenizer = load_checkpoint(result.last_checkpoint)
+    assert list(tokenizer.controls) == ["density", "dynamics"] and tokenizer.infill
+    assert model.config.vocab_size == tokenizer.vocab_size == 391 + 6 + 2 + 40
+    written = tomllib.loads((tmp_path / "ft" / "config.toml").read_text())
+    assert written["model"]["vocab_size"] == tokenizer.vocab_size and written["data"]["infill_rate"] == 0.5
+    resumed = train(micro_config(data={"controls": ["density", "dynamics"], "infill_rate": 0.5},
+                                 finetune={"steps": 3}), tmp_path / "ft", resume=True)
+    assert load_checkpoint(resumed.last_checkpoint)[1] == tokenizer
+
+
+def test_prompt_tuning_moves_only_the_control_rows_and_needs_a_trained_model(tmp_path):
+    data = prepare_fixtures(tmp_path / "data")
+    steer = {"controls": ["density", "dynamics"], "uncond_rate": 0.0, "control_dropout": 0.0}
+    base = train(micro_config(data=steer, train={"steps": 2}), tmp_path / "base", data=data).last_checkpoint
+    tuned = train(micro_config(data=steer, finetune={"steps": 3, "lr": 0.05, "trainable": "controls"}),
+                  tmp_path / "tuned", data=data, init_from=base)
+    (before, tokenizer), (after, _) = load_checkpoint(base), load_checkpoint(tuned.last_checkpoint)
+    rows = control_rows(tokenizer)
+    assert [tokenizer.token_name(i).split("=")[0] for i in rows] == ["CONTROL_density"] * 3 + ["CONTROL_dynamics"] * 3
+    old, new = before.state_dict(), after.state_dict()
+    assert after.tied_weights() == {"lm_head.weight"}  # the same tensor as tok_emb.weight
+    for name in old:
+        if name not in ("tok_emb.weight", "lm_head.weight"):
+            assert torch.equal(old[name], new[name]), name
+    others = np.setdiff1d(np.arange(tokenizer.vocab_size), rows)
+    assert torch.equal(old["tok_emb.weight"][others], new["tok_emb.weight"][others])
+    assert not torch.equal(old["tok_emb.weight"][rows], new["tok_emb.weight"][rows])
+    assert tuned.best_valid_nll is not None
+    with pytest.raises(ConfigError, match="needs --init-from"):
+        train(micro_config(data=steer, finetune={"trainable": "controls"}), tmp_path / "fresh", data=data)
+    with pytest.raises(ConfigError, match="needs data.controls"):
+        train(micro_config(finetune={"trainable": "controls"}), tmp_path / "plain", data=data, init_from=base)

@@ -1,5 +1,6 @@
 """musicgpt prepare: recipes, splits, shards, manifest, bad files, incremental re-runs."""
 
+import csv
 import json
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from musicgpt.tokens import PerformanceTokenizer, load_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = sorted(FIXTURES.glob("*.mid"))
+PRIMER = FIXTURES / "pop909_331.mid"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 BAD = {"empty.mid": "empty file", "text.mid": "not a MIDI file", "cut.mid": "corrupt or truncated",
        "silent.mid": "contains no notes", "zero_tempo.mid": "absurd tempo"}
@@ -208,3 +210,18 @@ def test_shared_corpora_are_detected():
         recipe, sources = collect(folder)
         assert recipe == name and len(sources) > 900
         assert {s.split for s in sources} == {"train", "valid", "test"}
+
+
+def test_recipes_record_composers(tmp_path):
+    corpus = tmp_path / "corpus"
+    for sub in ("Chopin", "Bach"):
+        (corpus / sub).mkdir(parents=True)
+        shutil.copy(PRIMER, corpus / sub / "a.mid")
+    assert {s.rel: s.composer for s in collect(corpus, "folder", composer_from="folder")[1]} == \
+        {"Chopin/a.mid": "Chopin", "Bach/a.mid": "Bach"}
+    assert {s.composer for s in collect(corpus, "folder")[1]} == {None}
+    with open(corpus / "metadata.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "composer"], ["Chopin/a.mid", "F. Chopin"]])
+    assert {s.rel: s.composer for s in collect(corpus, "folder")[1]} == {"Chopin/a.mid": "F. Chopin", "Bach/a.mid": None}
+    with pytest.raises(ConfigError, match="only with the folder recipe"):
+        collect(FIXTURES, "pop909", composer_from="folder")
