@@ -342,3 +342,46 @@ def test_lengthgen_verdict_and_sample(tmp_path):
     tokens, offsets = load_split(out, "test")
     assert info == {"docs": 2, "tokens": 8} and list(offsets) == [0, 4, 8]
     assert list(tokens) == [0, 1, 2, 3, 6, 7, 8, 9]
+
+
+# ---- the steering benchmark's checks, on the tiny steerable model ------------------------------------------
+
+@pytest.fixture(scope="module")
+def steerable():
+    """(model, tokenizer): the tiny model grown to a vocabulary with controls and infilling tokens."""
+    from tiny_models import steering_model
+
+    return steering_model()
+
+
+def test_the_steering_benchmark_accepts_a_true_infill_and_catches_a_moved_kept_note(steerable, tmp_path):
+    import musicgpt
+    from bench import steering as bench
+    from musicgpt.music.scores import read_notes
+    from tiny_models import PRIMER
+
+    model, tok = steerable
+    original = read_notes(PRIMER)
+    (s,) = musicgpt.infill(model, PRIMER, 3.0, 6.5, tokenizer=tok, seed=4)
+    path = s.save(tmp_path, "x")[0]
+    problems, error = bench._check_infill(path, original, 3.0, 6.5)
+    assert problems == [] and error <= 0.25e-3 + 1e-9  # ticks are 0.5 ms: writing rounds by at most half of one
+    moved = original.start.copy()
+    moved[np.flatnonzero(original.start >= 6.5)[0]] += 0.005
+    shifted = type(original)(moved, original.end + (moved - original.start), original.pitch, original.velocity)
+    problems, error = bench._check_infill(path, shifted, 3.0, 6.5)
+    assert problems == ["a kept note moved by 5.00 ms"], problems
+
+
+def test_the_long_controls_benchmark_compares_a_pinned_header_with_one_that_slides_out(steerable):
+    from bench import steering as bench
+    from musicgpt.generation import loop
+    from tiny_models import PRIMER
+
+    model, tok = steerable
+    original = loop.pinned_header
+    out = bench.long_controls(model, tok, PRIMER, 1, 6.0)
+    assert loop.pinned_header is original  # switched back after the unpinned runs
+    assert [(r["pinned"], r["asked"]) for r in out["runs"]] == [(True, "low"), (True, "high"), (False, "low"),
+                                                                  (False, "high")]
+    assert all(r["notes_per_second_first_third"] >= 0 for r in out["runs"]) and "high_minus_low_last_third_pinned" in out

@@ -1,19 +1,34 @@
 """Controls: the CONTROL tokens of a vocabulary (by name, unknown values, errors), the values computed from the
-music, and the printed layout of a steerable tokenizer."""
+music, the printed layout of a steerable tokenizer; generation with controls and classifier-free guidance, the
+header pinned in a window that slides, and the CLI's --list-controls, --control and --infill.
+
+A tiny random model grown to a vocabulary with controls and infilling tokens stands in for a trained one:
+these tests pin the mechanics (what the model reads, the clock, the files), not the music.
+"""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
+import musicgpt
+from musicgpt.arcs.capture import ArcsConfig
+from musicgpt.arcs.format import validate_arcs
+from musicgpt.cli import main
 from musicgpt.errors import ConfigError
+from musicgpt.generation import Generation, GenerationSettings
+from musicgpt.generation.sampling import SamplingConfig
 from musicgpt.tokens.controls import computed_values, parse_controls
 from musicgpt.tokens.performance import PerformanceTokenizer
 
-from tiny_models import steering_tokenizer
+from tiny_models import PRIMER, steering_model, steering_tokenizer, tiny_model
 
 PLAIN = PerformanceTokenizer()
-TOK = steering_tokenizer(("composer", "density", "dynamics"))
+TOK = steering_tokenizer(("composer", "density", "dynamics"))  # the vocabulary's tests
+STEERING = steering_tokenizer()  # the steering model's: composer and density, infilling
 
 
 def test_a_plain_tokenizer_is_unchanged_and_new_tokens_come_after_the_old_ones():
@@ -72,3 +87,112 @@ def test_the_layout_of_a_saved_steerable_tokenizer_prints_its_controls(tmp_path,
     assert f"vocab_size {TOK.vocab_size}" in out
     assert main(["--tokenizer", str(tmp_path / "missing")]) == 1
     assert "missing" in capsys.readouterr().err
+
+
+# ---- generation with controls ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model():
+    return steering_model()[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, tmp_path_factory):
+    return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "steer", tokenizer=STEERING)
+
+
+def test_controls_open_the_prompt_and_guidance_one_changes_nothing(model):
+    header = STEERING.header({"composer": "Chopin", "density": "high"})
+    kw = dict(tokenizer=STEERING, max_new_tokens=20, seed=3, primer_tokens=30, stop_at_eos=False)
+    (a,) = musicgpt.generate(model, PRIMER, controls=["composer=Chopin", "density=high"], **kw)
+    (b,) = musicgpt.generate(model, PRIMER, controls={"composer": "chopin", "density": "high"}, guidance=1.0, **kw)
+    (plain,) = musicgpt.generate(model, PRIMER, **kw)
+    assert a.ids[: len(header)].tolist() == header.tolist() and a.ids[len(header)] == STEERING.bos_id
+    assert a.ids.tolist() == b.ids.tolist()
+    assert plain.ids[0] == STEERING.bos_id and len(plain.ids) == len(a.ids) - len(header)
+    with torch.no_grad():  # the model reads the header: its next-token distribution moves
+        after = model(torch.from_numpy(a.ids[: a.primer_length])[None]).logits[0, -1]
+        without = model(torch.from_numpy(plain.ids[: plain.primer_length])[None]).logits[0, -1]
+    assert not torch.allclose(after, without)
+    assert len(a.notes) == len(STEERING.decode(a.ids))  # CONTROL tokens decode to nothing
+
+
+def test_guidance_mixes_the_two_passes_as_full_forward_passes_say(model):
+    header = STEERING.header({"composer": "Bach"})
+    music = np.r_[STEERING.bos_id, STEERING.encode(PRIMER).ids[:40]]
+    settings = GenerationSettings(max_new_tokens=5, seconds=None, sampling=SamplingConfig(), seed=1, num_samples=2,
+                                  arcs=None, stop_at_eos=False, return_logits=False, chunk=16, max_note_seconds=0.0,
+                                  guidance=2.5)
+    g = Generation(model, STEERING, np.r_[header, music], settings, uncond_prompt=music)
+    for _ in range(5):
+        seqs = [np.asarray(s) for s in g.seqs]
+        with torch.no_grad():
+            cond = torch.log_softmax(model(torch.from_numpy(np.stack(seqs))).logits[:, -1], -1)
+            uncond = torch.log_softmax(
+                model(torch.from_numpy(np.stack([s[len(header):] for s in seqs]))).logits[:, -1], -1)
+        torch.testing.assert_close(g.guidance.mix(g.logits), uncond + 2.5 * (cond - uncond), atol=2e-4, rtol=0)
+        g.step()
+
+
+def test_bad_controls_and_guidance_are_refused(model):
+    with pytest.raises(ConfigError, match="trained without control tokens"):
+        musicgpt.generate(tiny_model(), None, tokenizer=PLAIN, controls={"composer": "Bach"}, max_new_tokens=2)
+    with pytest.raises(ConfigError, match="guidance: steers towards controls"):
+        musicgpt.generate(model, None, tokenizer=STEERING, guidance=2.0, max_new_tokens=2)
+    with pytest.raises(ConfigError, match="guidance: must be a positive number"):
+        musicgpt.generate(model, None, tokenizer=STEERING, controls={"density": "low"}, guidance=0, max_new_tokens=2)
+    with pytest.raises(ConfigError, match="density='fast': unknown value"):
+        musicgpt.generate(model, None, tokenizer=STEERING, controls={"density": "fast"}, max_new_tokens=2)
+    with pytest.raises(ConfigError, match="not trained for infilling"):
+        musicgpt.infill(tiny_model(), PRIMER, 1.0, 2.0, tokenizer=PLAIN)
+    with pytest.raises(ConfigError, match="0 <= START < END"):
+        musicgpt.infill(model, PRIMER, 5.0, 5.0, tokenizer=STEERING)
+
+
+def test_cli_lists_controls_generates_with_them_and_infills(checkpoint, tmp_path, capsys):
+    assert main(["generate", str(checkpoint), "--list-controls"]) == 0
+    out = capsys.readouterr().out
+    assert "composer: Bach, Chopin, unknown" in out and "density: low, medium, high" in out and "infill: yes" in out
+    assert main(["generate", str(checkpoint), "--primer", str(PRIMER), "--primer-tokens", "40", "--max-new-tokens",
+                 "12", "--control", "composer=Chopin", "--guidance", "2", "--seed", "1", "--quiet", "--out",
+                 str(tmp_path / "g")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(["generate", str(checkpoint), "--primer", str(PRIMER), "--infill", "2", "4", "--seed", "1", "--arcs",
+                 "--quiet", "--out", str(tmp_path / "i")]) == 0
+    assert "new notes in 2-4 s" in capsys.readouterr().out
+    assert json.loads((tmp_path / "i" / "sample_00.arcs.json").read_text())["infill"] == [2.0, 4.0]
+    html = (tmp_path / "i" / "sample_00.html").read_text()
+    assert "suffix" in html
+    assert main(["generate", str(checkpoint), "--infill", "2", "4", "--quiet"]) == 1
+    assert "needs --primer FILE" in capsys.readouterr().err
+    plain = tiny_model().save_pretrained(tmp_path / "plain", tokenizer=PLAIN)
+    assert main(["generate", str(plain), "--control", "composer=Bach", "--max-new-tokens", "2", "--quiet",
+                 "--out", str(tmp_path / "p")]) == 1
+    assert "trained without control tokens" in capsys.readouterr().err
+
+
+def test_controls_stay_in_the_window_of_a_generation_longer_than_the_context(model):
+    """Past n_ctx the CONTROL header stays first in the window (as in every training crop), arcs included."""
+    from musicgpt.generation.setup import pinned_header
+    from test_kv_cache import pinned_reference
+
+    header = STEERING.header({"composer": "Chopin", "density": "high"})
+    music = np.r_[STEERING.bos_id, STEERING.encode(PRIMER).ids[:40]]
+    assert pinned_header(STEERING, np.r_[header, music]) == 2 and pinned_header(STEERING, music) == 0
+    assert pinned_header(PLAIN, music) == 0 and pinned_header(STEERING, header) == 2
+    infill_prompt = np.r_[header, STEERING.suffix_id, music[1:5], STEERING.prefix_id, music]
+    assert pinned_header(STEERING, infill_prompt) == 0  # its suffix block would not be kept: neither is its header
+    settings = GenerationSettings(max_new_tokens=300, seconds=None, sampling=SamplingConfig(), seed=2, num_samples=1,
+                                  arcs=ArcsConfig(), stop_at_eos=False, return_logits=False, chunk=16,
+                                  max_note_seconds=0.0, guidance=1.0)
+    g = Generation(model, STEERING, np.r_[header, music], settings)
+    assert g.cache.pinned == 2
+    while not g.done:
+        g.step()
+    seq = torch.tensor([g.seqs[0][: g.cache.length]])  # the last token is fed only when its arcs are wanted
+    assert seq.shape[1] > 2 * model.config.n_ctx
+    with torch.no_grad():
+        expected = pinned_reference(model, seq, model.config.n_ctx, 2)[0, -1]
+    assert (g.logits[0] - expected).abs().max() <= 1e-4  # the next token's distribution: header still read
+    (sample,) = g.samples()
+    validate_arcs(sample.arcs)

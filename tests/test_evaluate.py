@@ -1,8 +1,10 @@
-"""`musicgpt evaluate`: NLL per event against a direct computation, strides, long contexts, inputs, CLI."""
+"""`musicgpt evaluate`: NLL per event against a direct computation, strides, long contexts, inputs, CLI, and
+under controls (each document's own composer, or the one given)."""
 
 import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from musicgpt.errors import ConfigError, DatasetError
 from musicgpt.training.evaluate import EVENT_TYPES, evaluate_checkpoint, score
 from musicgpt.model import GPTConfig, MusicGPT, load_checkpoint, save_model
 from musicgpt.tokens.performance import PerformanceTokenizer
+from tiny_models import steering_model
 from training_fixtures import FIXTURES, prepare_fixtures
 
 
@@ -112,3 +115,32 @@ def test_bos_is_the_first_input_of_every_document():
     split = Split(np.arange(10, 20, dtype=np.uint16), np.array([0, 4, 10]))
     firsts = [w[0] for w, _ in windows(split, 8, 8, Specials(bos=1))]
     assert firsts == [1, 1]
+
+
+@pytest.fixture(scope="module")
+def steering_checkpoint(tmp_path_factory):
+    """The tiny steerable model (composer and density controls, infilling) saved with its tokenizer."""
+    model, tokenizer = steering_model()
+    return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "steer", tokenizer=tokenizer)
+
+
+def test_evaluate_reads_each_files_composer_or_the_given_control(steering_checkpoint, tmp_path, capsys):
+    from musicgpt.corpus.prepare import prepare
+
+    corpus = tmp_path / "corpus"
+    for composer, name in (("Bach", "pop909_331.mid"), ("Chopin", "pop909_806.mid")):
+        (corpus / composer).mkdir(parents=True)
+        shutil.copy(FIXTURES / name, corpus / composer / "a.mid")
+    prepared = tmp_path / "prepared"
+    prepare(corpus, prepared, composer_from="folder", ratios=(1, 0, 0), jobs=1, progress=False)
+    own = evaluate_checkpoint(steering_checkpoint, [prepared], split="train", progress=False)
+    given = evaluate_checkpoint(steering_checkpoint, [prepared], split="train", progress=False,
+                                controls=["composer=Bach"])
+    plain = evaluate_checkpoint(steering_checkpoint, [prepared], split="train", progress=False,
+                                own_controls=False)
+    assert own.controls == "each document's own composer (2 of 2 known)" and given.controls == "composer=Bach"
+    assert plain.controls == "none" and own.n_tokens == given.n_tokens == plain.n_tokens
+    assert len({round(r.nll, 6) for r in (own, given, plain)}) == 3  # three different readings
+    assert main(["evaluate", str(steering_checkpoint), "--data", str(prepared), "--split", "train", "--control",
+                 "composer=Bach", "--quiet"]) == 0
+    assert "controls    composer=Bach" in capsys.readouterr().out

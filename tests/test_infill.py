@@ -1,17 +1,24 @@
-"""Infilling: the layout of a training sequence (the suffix read first, then prefix and middle), and training
-crops with CONTROL headers, control dropout and infilling."""
+"""Infilling: the layout of a training sequence (the suffix read first, then prefix and middle), training crops
+with CONTROL headers, control dropout and infilling; `musicgpt.infill` keeping the rest of a piece exactly and
+filling only the gap, valid MIDI for random spans, and the PNG of an infilled piece."""
 
 from __future__ import annotations
 
+import mido
 import numpy as np
+import pretty_midi
 import pytest
 
+import musicgpt
+from musicgpt.arcs.format import validate_arcs
+from musicgpt.music.scores import read_notes
 from musicgpt.tokens import infill
 from musicgpt.training.conditioning import Conditioner
 
-from tiny_models import PRIMER, steering_tokenizer
+from tiny_models import PRIMER, steering_model, steering_tokenizer
 
-TOK = steering_tokenizer(("composer", "density", "dynamics"))
+TOK = steering_tokenizer(("composer", "density", "dynamics"))  # the layout's and the crops' tests
+STEERING = steering_tokenizer()  # the steering model's: composer and density, infilling
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +71,72 @@ def test_crops_get_headers_dropout_and_infilling(piece):
             assert spans.gap < len(seq) and TOK.token_type(seq[spans.gap]) == TOK.type_code("GAP")
             assert seq[spans.suffix[1]] == TOK.prefix_id and spans.suffix[0] == len(head) + 1
     assert 0.15 < n_infill / 200 < 0.85 and 0.15 < n_none / 200 < 0.45  # 0.2 + 0.8 * 0.3^3 ~ 0.22 get none
+
+
+# ---- musicgpt.infill ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model():
+    return steering_model()[0]
+
+
+@pytest.mark.parametrize("start,end", [(3.0, 6.5), (0.0, 1.5), (60.0, 90.0)])
+def test_infill_keeps_the_rest_exactly_and_fills_only_the_gap(model, start, end, tmp_path):
+    original = read_notes(PRIMER)
+    samples = musicgpt.infill(model, PRIMER, start, end, tokenizer=STEERING, seed=2, num_samples=2, arcs=True,
+                              controls={"composer": "Bach"}, guidance=1.5)
+    outside = (original.start < start) | (original.start >= end)
+    for s in samples:
+        assert s.stop_reason == "end" and s.infill == (start, end)
+        kept, new = s.notes[s.primer_notes], s.notes[~s.primer_notes]
+        np.testing.assert_array_equal(kept.start, original.start[outside])  # exact: not re-quantized
+        np.testing.assert_array_equal(kept.pitch, original.pitch[outside])
+        assert (kept.end <= original.end[outside]).all()  # cut only where a new note of the pitch begins
+        assert len(new) and (new.start >= start).all() and (new.start < end).all() and (new.end <= end + 1e-9).all()
+        assert np.isfinite(s.note_nll[~s.primer_notes]).all() and np.isnan(s.note_nll[s.primer_notes]).all()
+        validate_arcs(s.arcs)
+        notes = s.arcs["notes"]
+        assert s.arcs["infill"] == [start, end] and {n["part"] for n in notes} <= {"prefix", "middle", "suffix"}
+        assert all(n["start"] >= end - 0.006 for n in notes if n["part"] == "suffix")
+        forward = [a for a in s.arcs["arcs"] if notes[a["key"]]["start"] > notes[a["query"]]["start"]]
+        assert all(notes[a["key"]]["part"] == "suffix" != notes[a["query"]]["part"] for a in forward)
+        assert bool(forward) == any(n["part"] == "suffix" for n in notes)  # read first, attended to
+        path = s.save(tmp_path, "x")[0]
+        midi = pretty_midi.PrettyMIDI(str(path))
+        assert [i.name for i in midi.instruments] == ["piece", "infill"]
+        assert sum(len(i.notes) for i in midi.instruments) == len(s.notes)
+        mido.MidiFile(path)  # parses
+
+
+def test_every_infill_of_random_spans_is_valid_midi(model, tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        start = float(rng.uniform(0, 70))
+        end = start + float(rng.uniform(0.2, 8))
+        (s,) = musicgpt.infill(model, PRIMER, start, end, tokenizer=STEERING, seed=i, temperature=1.3)
+        path = s.save(tmp_path, f"s{i}")[0]
+        notes = pretty_midi.PrettyMIDI(str(path)).instruments
+        for pitch in range(128):  # no two notes of one pitch overlap
+            spans = sorted((n.start, n.end) for inst in notes for n in inst.notes if n.pitch == pitch)
+            assert all(a[1] <= b[0] + 1e-6 for a, b in zip(spans, spans[1:]))
+
+
+def test_the_png_of_an_infilled_piece_shades_the_gap_and_dashes_arcs_to_later_notes(model, tmp_path):
+    from matplotlib.figure import Figure
+    from matplotlib.patches import PathPatch
+
+    from musicgpt.viz.png import SUFFIX_COLOR, draw_arcs, render_png
+
+    (s,) = musicgpt.infill(model, PRIMER, 3.0, 6.5, tokenizer=STEERING, seed=2, arcs=True)
+    d, notes = s.arcs, s.arcs["notes"]
+    forward = [a for a in d["arcs"] if notes[a["key"]]["start"] > notes[a["query"]]["start"]]
+    q = forward[0]["query"]
+    ax = Figure().add_subplot()
+    assert draw_arcs(ax, d, q, layers=[forward[0]["layer"]], top=None, threshold=0.0) == q
+    dashed = [p for p in ax.patches if isinstance(p, PathPatch) and p.get_linestyle() not in ("-", "solid")]
+    assert dashed, "an arc to a later (suffix) note is drawn dashed"
+    role = {"prefix": "kept, before the gap", "middle": "infilled"}[notes[q]["part"]]  # the suffix is read first
+    assert role in ax.get_title(loc="left") and [t.get_text() for t in ax.texts] == [" infill ▸"]
+    faces = [tuple(round(c, 3) for c in fc[:3]) for coll in ax.collections for fc in coll.get_facecolors()]
+    assert tuple(round(int(SUFFIX_COLOR[i:i + 2], 16) / 255, 3) for i in (1, 3, 5)) in faces
+    assert render_png(d, tmp_path / "infill.png", q).__eq__(q) and (tmp_path / "infill.png").stat().st_size > 0
