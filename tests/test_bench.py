@@ -1,7 +1,9 @@
-"""The benchmark runner and report: rendering from synthetic results, option parsing, `musicgpt bench`.
+"""The benchmark runner and report: rendering from synthetic results, option parsing, `musicgpt bench`; and
+the benchmarks' own checks at a tiny size (the steering benchmark's, the attend-memory benchmark's).
 
-No benchmark is run here: the report is rendered from small hand-written result files, and the
-runner is exercised through --dry-run, --report-only and a stubbed subprocess.
+No full benchmark is run here: the report is rendered from small hand-written result files, the
+runner is exercised through --dry-run, --report-only and a stubbed subprocess, and the benchmarks
+that do run read tiny random models or a 6-second piece.
 """
 
 from __future__ import annotations
@@ -344,7 +346,7 @@ def test_lengthgen_verdict_and_sample(tmp_path):
     assert list(tokens) == [0, 1, 2, 3, 6, 7, 8, 9]
 
 
-# ---- the steering benchmark's checks, on the tiny steerable model ------------------------------------------
+# ---- the steering benchmark's checks, on the tiny steerable model -----------------------------------
 
 @pytest.fixture(scope="module")
 def steerable():
@@ -385,3 +387,16 @@ def test_the_long_controls_benchmark_compares_a_pinned_header_with_one_that_slid
     assert [(r["pinned"], r["asked"]) for r in out["runs"]] == [(True, "low"), (True, "high"), (False, "low"),
                                                                   (False, "high")]
     assert all(r["notes_per_second_first_third"] >= 0 for r in out["runs"]) and "high_minus_low_last_third_pinned" in out
+
+
+# ---- the attend-memory benchmark, at a tiny size ----------------------------------------------------
+
+def test_attend_memory_benchmark_runs_at_a_tiny_size(tmp_path):
+    out = tmp_path / "attend_memory.json"
+    subprocess.run([sys.executable, "-m", "bench.attend_memory", "--minutes", "0.1", "--out", str(out)], cwd=ROOT,
+                   check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["piece"]["notes"] > 50 and result["attend"]["exit_code"] == 0
+    assert result["attend"]["peak_rss_mb"] > 50 and result["attend"]["arcs"] > 0
+    assert result["outputs"]["arcs_json_bytes"] > 0 and result["before_streaming"]["runs"]
+    assert "caveat" in result and result["machine"]["cores"]

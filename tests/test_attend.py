@@ -1,50 +1,30 @@
-"""Very long inputs (issue 13): the primer's default cut to the model's context and its note, `attend`
-aggregating as it goes (the same arcs as the whole-piece aggregation, no token rows kept beyond one chunk),
-the streamed arcs.json written byte for byte as `write_arcs` would, the viewer page's cap, the progress
-bar, and the attend-memory benchmark at a tiny size. Long pieces are made here with mido."""
+"""`attend` (musicgpt.attend and `musicgpt attend`): a piece teacher-forced through the model with its arcs
+aggregated as it goes (the same arcs as the whole-piece aggregation, no token rows kept beyond one chunk), the
+streamed arcs.json written byte for byte as `write_arcs` would, the viewer page's cap and the progress bar. Long
+pieces come from tiny_models.long_midi."""
 
 from __future__ import annotations
 
 import filecmp
 import json
-import subprocess
-import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import musicgpt
-from musicgpt.arcs.capture import (ArcsConfig, AttentionRecorder, NoteArcsStream, attend, note_arcs, query_rows,
-                                   teacher_force)
+from musicgpt.arcs.capture import ArcsConfig, AttentionRecorder, NoteArcsStream, attend, note_arcs, query_rows
 from musicgpt.arcs.format import read_arcs, write_arcs
 from musicgpt.cli import main
-from musicgpt.generation.primer import PrimerCutWarning, primer_ids
+from musicgpt.generation.primer import primer_ids
+from musicgpt.model.prefill import teacher_force
 from musicgpt.tokens.performance import PerformanceTokenizer
 from musicgpt.viz import write_html
-from midi_factory import make_midi, note
-from tiny_models import FIXTURES, tiny_checkpoint, tiny_model
+from tiny_models import FIXTURES, long_midi, tiny_checkpoint, tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
 TOK = PerformanceTokenizer()
 CHOPIN = FIXTURES / "asap_chopin_etude_op25_8_Toscano02.mid"
 DENSE = ArcsConfig(row_top_k=None, top_n=10_000, min_weight=0.0)
-
-
-def long_midi(path: Path, bars: int = 60, seed: int = 0) -> Path:
-    """A piece of `bars` bars at 120 bpm (two seconds a bar): left-hand eighths and a right-hand melody with
-    changing velocities, so VELOCITY tokens are frequent; about 26 tokens a second."""
-    rng = np.random.default_rng(seed)
-    events = []
-    for bar in range(bars):
-        t0 = bar * 4 * 480
-        for i in range(8):
-            events += note(48 + [0, 7, 12, 16][i % 4], t0 + i * 240, t0 + i * 240 + 200, int(rng.integers(40, 90)))
-        for beat in range(4):
-            events += note(int(rng.integers(64, 80)), t0 + beat * 480, t0 + beat * 480 + 400, int(rng.integers(60, 120)))
-    return make_midi(path, [events])
 
 
 @pytest.fixture(scope="module")
@@ -57,61 +37,8 @@ def checkpoint(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
-# ---- the primer's default cut ----------------------------------------------------------------------------
 
-def test_a_long_primer_is_cut_to_its_first_context_with_a_warning(long_file):
-    model = tiny_model()  # n_ctx 128
-    whole = primer_ids(long_file, TOK)
-    assert len(whole) > 10 * model.config.n_ctx
-    with pytest.warns(PrimerCutWarning) as caught:
-        (s,) = musicgpt.generate(model, long_file, max_new_tokens=5, seed=1, stop_at_eos=False)
-    caught = [w for w in caught if issubclass(w.category, PrimerCutWarning)]
-    assert issubclass(PrimerCutWarning, UserWarning) and len(caught) == 1
-    kept = primer_ids(long_file, TOK, tokens=model.config.n_ctx - 1)  # drops a trailing VELOCITY too
-    assert s.ids[: s.primer_length].tolist() == [TOK.bos_id, *kept.tolist()]
-    assert s.primer_length <= model.config.n_ctx
-    seconds = TOK.seconds_per_id()
-    expected = (f"primer cut to its first {len(kept)} tokens ({seconds[kept].sum():.1f} s of "
-                f"{seconds[whole].sum():.1f} s); pass primer_seconds or primer_tokens to choose")
-    assert str(caught[0].message) == expected
-    assert caught[0].filename == __file__  # points at the caller of generate
-
-
-def test_the_default_cut_never_ends_on_a_velocity(long_file):
-    ids = primer_ids(long_file, TOK)
-    velocity = np.flatnonzero(TOK.token_type(ids) == TOK.type_names.index("VELOCITY"))
-    at = int(velocity[velocity > 50][0])  # a cut right after this VELOCITY would split it from its NOTE_ON
-    with pytest.warns(PrimerCutWarning, match=f"first {at} tokens"):
-        cut = primer_ids(long_file, TOK, max_tokens=at + 1)
-    assert cut.tolist() == ids[:at].tolist()
-
-
-def test_an_explicit_or_short_primer_is_not_cut(long_file, tmp_path):
-    model = tiny_model()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", PrimerCutWarning)
-        (a,) = musicgpt.generate(model, long_file, primer_tokens=400, max_new_tokens=3, seed=1, stop_at_eos=False)
-        (b,) = musicgpt.generate(model, long_file, primer_seconds=20.0, max_new_tokens=3, seed=1, stop_at_eos=False)
-        short = long_midi(tmp_path / "short.mid", bars=1)
-        (c,) = musicgpt.generate(model, short, max_new_tokens=3, seed=1, stop_at_eos=False)
-    assert a.ids[1 : a.primer_length].tolist() == primer_ids(long_file, TOK, tokens=400).tolist()
-    assert a.primer_length > 300  # honoured past the context: the window slides
-    assert b.ids[1 : b.primer_length].tolist() == primer_ids(long_file, TOK, seconds=20.0).tolist()
-    assert c.primer_length == len(primer_ids(short, TOK)) + 1
-
-
-def test_cli_generate_prints_one_note_line_for_the_default_cut(long_file, checkpoint, tmp_path, capsys):
-    args = ["generate", "--checkpoint", str(checkpoint), "--primer", str(long_file), "--max-new-tokens", "4",
-            "--seed", "1", "--quiet", "--out", str(tmp_path / "a")]
-    assert main(args) == 0
-    err = [line for line in capsys.readouterr().err.splitlines() if "primer" in line]
-    assert len(err) == 1 and err[0].startswith("note: primer cut to its first ")  # one line, no traceback
-    assert err[0].endswith("s); pass --primer-seconds or --primer-tokens to choose")
-    assert main(args[:-2] + ["--primer-tokens", "200", "--out", str(tmp_path / "b")]) == 0
-    assert "primer cut" not in capsys.readouterr().err
-
-
-# ---- attend: aggregation as it goes ----------------------------------------------------------------------
+# ---- aggregation as it goes ------------------------------------------------------------------------------
 
 def whole_piece(model, ids, config, chunk):
     """The old way: every row kept to the end, aggregated at once."""
@@ -199,7 +126,8 @@ def test_attend_api_is_the_whole_piece_document():
         arcs_document(TOK, ids, recorder, model.config, 300, nll=nll, x=1)
 
 
-# ---- attend: the command ---------------------------------------------------------------------------------
+
+# ---- the command and its files --------------------------------------------------------------------------
 
 def test_cli_attend_streams_the_same_files_and_shows_progress(checkpoint, long_file, tmp_path, capsys):
     from musicgpt.model import load_checkpoint
@@ -253,14 +181,3 @@ def test_streamed_writer_checks_the_arcs_and_writes_nothing_when_broken(checkpoi
     with pytest.raises(ArcsFormatError, match="not written"):
         write_arcs_columns(head, arcs, tmp_path / "broken.json")
     assert not (tmp_path / "broken.json").exists()
-
-
-def test_attend_memory_benchmark_runs_at_a_tiny_size(tmp_path):
-    out = tmp_path / "attend_memory.json"
-    subprocess.run([sys.executable, "bench/attend_memory.py", "--minutes", "0.1", "--out", str(out)], cwd=ROOT,
-                   check=True, capture_output=True, timeout=300)
-    result = json.loads(out.read_text())
-    assert result["piece"]["notes"] > 50 and result["attend"]["exit_code"] == 0
-    assert result["attend"]["peak_rss_mb"] > 50 and result["attend"]["arcs"] > 0
-    assert result["outputs"]["arcs_json_bytes"] > 0 and result["before_streaming"]["runs"]
-    assert "caveat" in result and result["machine"]["cores"]
