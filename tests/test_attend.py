@@ -1,12 +1,13 @@
 """`attend` (musicgpt.attend and `musicgpt attend`): a piece teacher-forced through the model with its arcs
 aggregated as it goes (the same arcs as the whole-piece aggregation, no token rows kept beyond one chunk), the
-streamed arcs.json written byte for byte as `write_arcs` would, the viewer page's cap and the progress bar. Long
-pieces come from tiny_models.long_midi."""
+streamed arcs.json written byte for byte as `write_arcs` would, the viewer page's cap, the progress bar, and a
+file name that is not UTF-8. Long pieces come from tiny_models.long_midi."""
 
 from __future__ import annotations
 
 import filecmp
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,11 @@ from musicgpt.model.prefill import teacher_force
 from musicgpt.tokens.performance import PerformanceTokenizer
 from musicgpt.viz import write_html
 from tiny_models import FIXTURES, long_midi, tiny_checkpoint, tiny_model
+from training_fixtures import LATIN1, run_cli
 
 TOK = PerformanceTokenizer()
 CHOPIN = FIXTURES / "asap_chopin_etude_op25_8_Toscano02.mid"
+REAL = sorted(FIXTURES.glob("*.mid"))
 DENSE = ArcsConfig(row_top_k=None, top_n=10_000, min_weight=0.0)
 
 
@@ -181,3 +184,14 @@ def test_streamed_writer_checks_the_arcs_and_writes_nothing_when_broken(checkpoi
     with pytest.raises(ArcsFormatError, match="not written"):
         write_arcs_columns(head, arcs, tmp_path / "broken.json")
     assert not (tmp_path / "broken.json").exists()
+
+
+def test_attend_and_evaluate_on_a_name_that_is_not_utf8(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    piece = tmp_path / LATIN1
+    shutil.copy(REAL[0], piece)
+    done = run_cli("attend", str(ckpt), str(piece), "--seconds", "3", "--out", str(tmp_path / "a"))
+    assert done.returncode == 0 and b"caf\xe9.arcs.json" in done.stdout, done.stderr.decode(errors="replace")
+    page = (tmp_path / "a" / f"{Path(LATIN1).stem}.html").read_text(encoding="utf-8")
+    assert "<title>caf\ufffd.mid" in page
+    assert run_cli("evaluate", str(ckpt), "--data", str(piece), "--quiet").returncode == 0

@@ -1,4 +1,5 @@
-"""Checkpoint directories: round trips, atomic replacement, named errors, pickle-free extra states."""
+"""Checkpoint directories: round trips, atomic replacement, named errors, pickle-free extra states; a checkpoint
+that disagrees with itself (another tokenizer.json, one saved before fingerprints, weights that are not finite)."""
 
 import json
 
@@ -6,9 +7,14 @@ import pytest
 import torch
 
 from musicgpt import checkpoint
-from musicgpt.errors import CheckpointError, WriteError
+from musicgpt.cli import main
+from musicgpt.errors import CheckpointError, MusicGPTError, WriteError
 from musicgpt.tokens import PerformanceTokenizer
 from musicgpt.model import GPTConfig, MusicGPT, load_checkpoint, load_model, save_model
+from musicgpt.training.evaluate import Totals, report
+from tiny_models import FIXTURES, tiny_checkpoint
+
+REAL = sorted(FIXTURES.glob("*.mid"))
 
 
 def tiny_model(**kw):
@@ -222,3 +228,40 @@ def test_a_run_directory_stands_for_its_best_else_its_latest_checkpoint(tmp_path
         checkpoint.locate(tmp_path / "nope")
     with pytest.raises(CheckpointError, match="neither a checkpoint directory nor a training run"):
         checkpoint.locate(tmp_path / "run" / "checkpoints")
+
+
+def test_a_tokenizer_json_that_is_not_the_models_is_refused(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    for other in (PerformanceTokenizer(velocity_bins=16), PerformanceTokenizer(time_step=0.02)):  # 375 / 391 tokens
+        other.save(ckpt / "tokenizer.json")
+        with pytest.raises(CheckpointError, match="not the tokenizer its model was saved with"):
+            load_checkpoint(ckpt)
+        for args in (["generate", "--checkpoint", str(ckpt), "--max-new-tokens", "4", "--out", str(tmp_path / "g")],
+                     ["evaluate", str(ckpt), "--data", str(REAL[0]), "--quiet"],
+                     ["attend", str(ckpt), str(REAL[0]), "--tokens", "40", "--out", str(tmp_path / "a")]):
+            assert main(args) == 1 and "not the tokenizer" in capsys.readouterr().err
+
+
+def test_a_checkpoint_saved_before_fingerprints_loads_with_a_warning_and_a_size_check(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "old")
+    config = json.loads((ckpt / "config.json").read_text())
+    del config["tokenizer"]
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="before tokenizer fingerprints"):
+        load_checkpoint(ckpt)
+    PerformanceTokenizer(velocity_bins=16).save(ckpt / "tokenizer.json")
+    with pytest.raises(CheckpointError, match="has 375 tokens, the model 391"):
+        load_checkpoint(ckpt)
+
+
+def test_weights_that_are_not_finite_are_refused_and_evaluate_fails_on_a_nan(tmp_path, capsys):
+    model = tiny_model()
+    with torch.no_grad():
+        model.blocks[1].mlp.fc.weight[3, 5] = float("nan")
+    ckpt = model.save_pretrained(tmp_path / "nan")
+    with pytest.raises(CheckpointError, match="blocks.1.mlp.fc.weight holds NaN or infinite values"):
+        load_model(ckpt)
+    assert main(["evaluate", str(ckpt), "--data", str(REAL[0]), "--quiet"]) == 1
+    assert "NaN or infinite" in capsys.readouterr().err
+    with pytest.raises(MusicGPTError, match="NLL nan"):
+        report(Totals(nll_sum=float("nan"), count=3), None, checkpoint="c", data="d")

@@ -1,13 +1,16 @@
-"""Training configs: strict TOML loading, dotted overrides, presets, and the shipped configs."""
+"""Training configs: strict TOML loading, dotted overrides, presets, and the shipped configs; bad config files,
+a vocab_size that disagrees with the tokenizer, sections left to the defaults, a bad --out: one-line errors."""
 
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from musicgpt.cli import main
 from musicgpt.training.config import Config, apply_override, config_from_dict, dump_toml, load_config, parse_value
 from musicgpt.errors import ConfigError
 from musicgpt.model.gpt import MusicGPT
+from training_fixtures import micro_config, prepare_fixtures, write_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "musicgpt" / "configs"
 
@@ -142,3 +145,43 @@ def test_presets_ship_in_the_package_and_resolve_by_name(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "small-cpu" in capsys.readouterr().out
+
+
+# ---- configs given to `musicgpt train` --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    return prepare_fixtures(tmp_path_factory.mktemp("prepared"))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[train]\nseed = -1\n", "train.seed: must be >= 0"),
+    (b"[train]\nsteps = 1\n# caf\xe9\n", "not UTF-8 text"),
+])
+def test_bad_config_files_are_one_line_errors(tmp_path, prepared, capsys, content, message):
+    (tmp_path / "c.toml").write_bytes(content)
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--data", str(prepared), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_a_vocab_size_that_disagrees_with_the_tokenizer_is_refused(tmp_path, prepared, capsys):
+    config = micro_config(model={"vocab_size": 10})
+    assert "model.vocab_size" in config.explicit
+    assert main(["train", "--config", str(write_config(config, tmp_path / "c.toml")), "--data", str(prepared),
+                 "--out", str(tmp_path / "r")]) == 1
+    assert "model.vocab_size: 10 disagrees with the tokenizer" in capsys.readouterr().err
+
+
+def test_sections_left_to_the_defaults_are_said_and_a_bad_out_is_one_line(tmp_path, prepared, capsys):
+    (tmp_path / "empty.toml").write_text("")
+    from musicgpt.commands.train import _say_defaults
+
+    _say_defaults(load_config(tmp_path / "empty.toml"), "empty.toml", fine_tuning=False)
+    err = capsys.readouterr().err
+    assert "sets nothing in [model]: training the default model (n_layer=6" in err and "steps=1000" in err
+    _say_defaults(load_config(tmp_path / "empty.toml", ["train.steps=2", "model.n_layer=1"]), "empty.toml", False)
+    assert capsys.readouterr().err == ""
+    config = write_config(micro_config(), tmp_path / "c.toml")
+    assert main(["train", "--config", str(config), "--data", str(prepared), "--out", "/proc/x/run"]) == 1
+    assert "/proc/x/run: cannot create the run directory" in capsys.readouterr().err

@@ -144,3 +144,12 @@ def test_evaluate_reads_each_files_composer_or_the_given_control(steering_checkp
     assert main(["evaluate", str(steering_checkpoint), "--data", str(prepared), "--split", "train", "--control",
                  "composer=Bach", "--quiet"]) == 0
     assert "controls    composer=Bach" in capsys.readouterr().out
+
+
+def test_evaluate_names_each_bad_file_and_why(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"")
+    assert main(["evaluate", str(ckpt), "--data", str(bad), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{bad}: empty file" in err and "none of 1 MIDI file" in err

@@ -1,7 +1,9 @@
-"""musicgpt prepare: recipes, splits, shards, manifest, bad files, incremental re-runs."""
+"""musicgpt prepare: recipes, splits, shards, manifest, bad files, incremental re-runs; names that are not UTF-8,
+broken links, a second run on the same folder, an interrupted run, shards that disagree, a full disk."""
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +17,10 @@ from musicgpt.cli import main
 from musicgpt.errors import ConfigError, DatasetError
 from musicgpt.corpus import load_split, prepare, read_manifest
 from musicgpt.corpus.recipes import collect, detect_recipe, hashed_splits, split_fraction
+from musicgpt.corpus.shards import verify
+from musicgpt.corpus.workdir import PartialResults, PrepareLock
 from musicgpt.tokens import PerformanceTokenizer, load_tokenizer
+from training_fixtures import LATIN1, micro_config, run_cli, write_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = sorted(FIXTURES.glob("*.mid"))
@@ -225,3 +230,94 @@ def test_recipes_record_composers(tmp_path):
     assert {s.rel: s.composer for s in collect(corpus, "folder")[1]} == {"Chopin/a.mid": "F. Chopin", "Bach/a.mid": None}
     with pytest.raises(ConfigError, match="only with the folder recipe"):
         collect(FIXTURES, "pop909", composer_from="folder")
+
+
+# ---- odd names and links; a prepared folder is one unit ------------------------------------------------
+
+@pytest.fixture
+def real_corpus(tmp_path) -> Path:
+    """The real fixture files, half of them in a subfolder."""
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    for i, path in enumerate(REAL):
+        shutil.copy(path, root / ("sub" if i % 2 else ".") / path.name)
+    return root
+
+
+def test_a_name_that_is_not_utf8_and_broken_links_do_not_stop_prepare(real_corpus, tmp_path):
+    shutil.copy(REAL[0], real_corpus / "sub" / LATIN1)
+    os.symlink(real_corpus / "gone.mid", real_corpus / "dangling.mid")
+    os.symlink(real_corpus / "loop.mid", real_corpus / "loop.mid")
+    os.symlink(real_corpus, real_corpus / "sub" / "back")  # a directory loop
+    done = run_cli("prepare", str(real_corpus), "--out", str(tmp_path / "out"), "--quiet", "--jobs", "1")
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    manifest = read_manifest(tmp_path / "out")
+    assert f"sub/{LATIN1}" in [s["path"] for s in manifest["sources"]] + [s["path"] for s in manifest["skipped"]]
+    reasons = {s["path"]: s["reason"] for s in manifest["skipped"]}
+    assert reasons["dangling.mid"].startswith("dangling symlink") and reasons["loop.mid"] == "symlink loop"
+    assert reasons["sub/back"].startswith("directory loop")
+    assert b"dangling.mid: dangling symlink" in done.stdout and b"caf\xe9.mid" in done.stdout  # printed as it is
+
+
+def test_a_second_prepare_into_the_same_folder_is_refused_with_the_holders_pid(real_corpus, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with PrepareLock(out):
+        done = run_cli("prepare", str(real_corpus), "--out", str(out), "--quiet")
+        assert done.returncode == 1 and f"pid {os.getpid()}".encode() in done.stderr
+    prepare(real_corpus, out, jobs=1, progress=False)  # released: the next run goes ahead
+
+
+def test_an_interrupted_prepare_keeps_what_it_tokenized(real_corpus, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    added = []
+    keep = PartialResults.add
+
+    def interrupt_after_two(self, *args):
+        keep(self, *args)
+        added.append(args[0])
+        if len(added) == 2:
+            raise KeyboardInterrupt  # Ctrl-C, or a kill, in the middle of the run
+
+    monkeypatch.setattr(PartialResults, "add", interrupt_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(real_corpus, out, jobs=1, progress=False)
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(PartialResults, "add", keep)
+    result = prepare(real_corpus, out, jobs=1, progress=False)
+    assert result.reused == 2 and result.tokenized == len(REAL) - 2
+    assert not list(out.glob(".partial-*")) and verify(out)
+    clean = prepare(real_corpus, tmp_path / "clean", jobs=1, progress=False)
+    for name in result.manifest["shards"]:
+        assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
+    assert clean.manifest["shards"] == result.manifest["shards"]
+
+
+def test_shards_that_disagree_with_the_manifest_are_refused(real_corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    prepare(real_corpus, out, jobs=1, progress=False)
+    data = bytearray((out / "train.tokens.bin").read_bytes())
+    data[10] ^= 1  # another run's shard, same size
+    (out / "train.tokens.bin").write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="train.tokens.bin: does not match manifest.json"):
+        verify(out)
+    config = write_config(micro_config(), tmp_path / "c.toml")
+    assert main(["train", "--config", str(config), "--data", str(out), "--out", str(tmp_path / "run")]) == 1
+    assert "does not match manifest.json" in capsys.readouterr().err
+    (out / "train.tokens.bin").write_bytes(bytes(data[:10]) + bytes([data[10] ^ 1]) + bytes(data[11:]))
+    verify(out)
+    (out / "valid.offsets.npy").unlink()  # a broken validation split is not "no validation"
+    assert main(["train", "--config", str(config), "--data", str(out), "--out", str(tmp_path / "run2")]) == 1
+    assert "valid.offsets.npy: missing" in capsys.readouterr().err
+
+
+def test_a_full_disk_during_prepare_leaves_the_previous_folder_and_one_line(real_corpus, tmp_path):
+    out = tmp_path / "out"
+    prepare(real_corpus, out, jobs=1, progress=False)
+    files = lambda: {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".prepare.lock"}  # noqa
+    before = files()
+    done = run_cli("prepare", str(real_corpus), "--out", str(out), "--quiet", "--jobs", "1", limit_bytes=3000)
+    err = done.stderr.decode().strip()
+    assert done.returncode == 1 and len(err.splitlines()) == 1 and f"{out}/" in err and ": cannot write (" in err, err
+    assert "tokens.bin: cannot write" in err and files() == before and verify(out)
+    assert not list(out.glob(".*.tmp"))

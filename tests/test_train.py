@@ -1,10 +1,13 @@
-"""The training loop on a micro model: checkpoints, exact resume, SIGTERM and kill -9, fine-tuning, logs, plots."""
+"""The training loop on a micro model: checkpoints, exact resume, SIGTERM and kill -9, fine-tuning, logs, plots;
+a full disk, a kill between the two renames of best/, a garbage line in metrics.csv."""
 
 import json
 import math
+import os
 import shutil
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ from musicgpt.training.optim import Schedule, parameter_groups
 from musicgpt.training.rundir import checkpoint_dirs, resume_config
 from musicgpt.training.log import MetricsLog, read_metrics
 from musicgpt.viz.curves import plot_curves
-from training_fixtures import cli, losses, micro_config, prepare_fixtures, write_config
+from training_fixtures import cli, losses, micro_config, prepare_fixtures, run_cli, write_config
 
 
 @pytest.fixture(scope="module")
@@ -301,3 +304,45 @@ def test_resuming_with_more_steps_goes_on_from_the_rate_it_had(tmp_path, data_di
     assert "goes on from" in capsys.readouterr().err
     lr = {r["step"]: r["lr"] for r in read_metrics(run / "metrics.csv") if r["lr"] is not None}
     assert all(lr[s] == pytest.approx(1e-4) for s in range(7, 13))  # metrics.csv row N holds step N-1's rate
+
+
+def test_a_full_disk_while_training_ends_in_one_line_and_the_run_resumes(data_dir, tmp_path):
+    config = write_config(micro_config(train={"steps": 3, "eval_every": 0}), tmp_path / "c.toml")
+    run = tmp_path / "run"
+    assert run_cli("train", "--config", str(config), "--data", str(data_dir), "--out", str(run)).returncode == 0
+    done = run_cli("train", "--resume", str(run), "--set", "train.steps=6", limit_bytes=20_000)
+    err = done.stderr.decode().strip().splitlines()
+    assert done.returncode == 1 and "cannot write" in err[-1] and "Traceback" not in done.stderr.decode(), err
+    done = run_cli("train", "--resume", str(run), "--set", "train.steps=6")
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert (run / "checkpoints" / "step-0000006").is_dir()
+
+
+def test_best_is_put_back_after_a_kill_between_the_two_renames_of_its_replacement(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(micro_config(train={"steps": 3, "eval_every": 3}), run, data=data_dir)
+    best = run / "best"
+    newer = run / ".best.k1ll3d.tmp"  # the complete new copy, and the old one moved aside: best/ is gone
+    shutil.copytree(best, newer)
+    (newer / "marker").write_text("new")
+    os.rename(best, run / ".best.old-1234abcd")
+    assert main(["evaluate", str(run), "--data", str(data_dir), "--quiet"]) == 0
+    assert (best / "marker").read_text() == "new" and not newer.exists()
+    assert main(["train", "--resume", str(run), "--set", "train.steps=4"]) == 0  # the old copy is cleaned up
+    assert not list(run.glob(".best.*")) and (best / "config.json").is_file()
+
+
+def test_a_garbage_line_in_metrics_csv_is_skipped_with_a_warning(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(write_config(micro_config(train={"steps": 3}), tmp_path / "c.toml")),
+                 "--data", str(data_dir), "--out", str(run)]) == 0
+    with open(run / "metrics.csv", "ab") as f:
+        f.write(b"\x00\xff\xfe garbage,,\n4,nan,x\n")
+    with pytest.warns(RuntimeWarning, match="not metrics rows"):
+        rows = read_metrics(run / "metrics.csv")
+    assert [r["step"] for r in rows if r["train_loss"] is not None] == [1, 2, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 0
+        assert main(["train", "--resume", str(run), "--set", "train.steps=4"]) == 0
+    assert json.loads((run / "run.json").read_text())["resumes"]

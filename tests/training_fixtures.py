@@ -1,8 +1,11 @@
-"""Shared helpers for the training, evaluation and distributed tests: a prepared fixture corpus, tiny configs."""
+"""Shared helpers for the training, evaluation and distributed tests: a prepared fixture corpus, tiny configs, the
+CLI in a subprocess (also on a disk that fills up), a file name that is not UTF-8."""
 
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,7 @@ from musicgpt.training.log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
+LATIN1 = os.fsdecode(b"caf\xe9.mid")  # a name that is not UTF-8: Python keeps the byte as a lone surrogate
 
 
 def prepare_fixtures(out: Path) -> Path:
@@ -52,3 +56,13 @@ def cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "musicgpt", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def run_cli(*args: str, limit_bytes: int | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`python -m musicgpt ARGS` with the real stdout and stderr; with a file-size limit, a disk that fills up."""
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return subprocess.run([sys.executable, "-m", "musicgpt", *args], capture_output=True, cwd=cwd, timeout=300,
+                          preexec_fn=limit if limit_bytes else None)
