@@ -1,7 +1,8 @@
 """`attend` (musicgpt.attend and `musicgpt attend`): a piece teacher-forced through the model with its arcs
 aggregated as it goes (the same arcs as the whole-piece aggregation, no token rows kept beyond one chunk), the
-streamed arcs.json written byte for byte as `write_arcs` would, the viewer page's cap, the progress bar, and a
-file name that is not UTF-8. Long pieces come from tiny_models.long_midi."""
+streamed arcs.json written byte for byte as `write_arcs` would, the viewer page's cap, the progress bar, a
+file name that is not UTF-8, each note's NLL (its mean agrees with `musicgpt evaluate`). Long pieces come
+from tiny_models.long_midi."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from musicgpt.arcs.capture import ArcsConfig, AttentionRecorder, NoteArcsStream, attend, note_arcs, query_rows
+from musicgpt.arcs.capture import (ArcsConfig, AttentionRecorder, NoteArcsStream, attend, attend_notes, note_arcs,
+                                   query_rows)
 from musicgpt.arcs.format import read_arcs, write_arcs
 from musicgpt.cli import main
 from musicgpt.generation.primer import primer_ids
@@ -195,3 +197,35 @@ def test_attend_and_evaluate_on_a_name_that_is_not_utf8(tmp_path):
     page = (tmp_path / "a" / f"{Path(LATIN1).stem}.html").read_text(encoding="utf-8")
     assert "<title>caf\ufffd.mid" in page
     assert run_cli("evaluate", str(ckpt), "--data", str(piece), "--quiet").returncode == 0
+
+
+def test_cli_attend_writes_nll_and_its_mean_agrees_with_evaluate(tmp_path, capsys):
+    """Within the context, `musicgpt evaluate` scores every token exactly as attend does: the same mean NLL.
+    Past it they differ by design: attend's window slides over a KV cache, so the keys a token sees carry
+    what their own windows saw (a layer-L model reaches back L x n_ctx tokens), while evaluate reads each
+    window afresh (--stride 1: the last n_ctx tokens exactly; default: non-overlapping windows, whose first
+    tokens see little context). On the tiny random model the means still agree closely."""
+    from musicgpt.model import load_checkpoint
+    from musicgpt.music.midi import read_midi, write_midi
+
+    checkpoint = tiny_checkpoint(tmp_path / "tiny")
+    model, tok = load_checkpoint(checkpoint)
+    notes = read_midi(CHOPIN)
+    for n_notes, stride, tolerance in ((25, None, 1e-5), (120, "1", 2e-3), (120, None, 2e-3)):
+        piece = tmp_path / f"piece{n_notes}.mid"
+        write_midi(notes[np.arange(len(notes)) < n_notes], piece)
+        assert main(["attend", str(checkpoint), str(piece), "--out", str(tmp_path), "--quiet"]) == 0
+        printed = float(capsys.readouterr().out.split(" NLL ")[1].split(" nats a token")[0])
+        d = read_arcs(tmp_path / f"piece{n_notes}.arcs.json")
+        ids = np.r_[tok.bos_id, primer_ids(piece, tok)]
+        assert (len(ids) <= model.config.n_ctx) == (n_notes == 25)
+        stream = attend_notes(model, ids, tok)
+        assert [n["nll"] for n in d["notes"]] == [float(f"{x:.4g}") for x in stream.note_nll()]
+        mean = float(np.nanmean(stream.token_nll))
+        assert abs(printed - mean) < 1e-4
+        assert main(["evaluate", str(checkpoint), "--data", str(piece), "--context", str(model.config.n_ctx),
+                     *(["--stride", stride] if stride else []), "--quiet", "--json", str(tmp_path / "eval.json")]) == 0
+        capsys.readouterr()
+        report = json.loads((tmp_path / "eval.json").read_text())
+        assert report["n_tokens"] == len(ids) - 1  # every token but BOS is scored by both
+        assert abs(report["nll"] - mean) < tolerance, (n_notes, stride)

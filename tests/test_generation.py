@@ -1,5 +1,6 @@
 """Generation: the fast decoder against the model, cached logits against a full forward pass, the sliding
-window, seeds, grammar, primers, MIDI output in every parser, and the CLI end to end on a tiny model."""
+window, seeds, grammar, primers, MIDI output in every parser, and the CLI end to end on a tiny model (its
+arcs.json with each note's NLL)."""
 
 import filecmp
 import json
@@ -221,3 +222,15 @@ def test_the_decoder_is_kept_until_the_weights_change():
     with torch.no_grad():
         full = model(torch.from_numpy(b.ids[: b.primer_length + 39])[None]).logits[0, b.primer_length - 1 :]
     assert (b.logits - full).abs().max() <= 1e-4 and (a.logits - b.logits).abs().max() > 1e-3
+
+
+def test_cli_generate_arcs_writes_each_notes_nll(tmp_path, capsys):
+    checkpoint = tiny_checkpoint(tmp_path / "tiny")
+    assert main(["generate", str(checkpoint), "--primer", str(PRIMER), "--primer-tokens", "50", "--max-new-tokens",
+                 "80", "--seed", "4", "--arcs", "--quiet", "--out", str(tmp_path / "out")]) == 0
+    d = read_arcs(tmp_path / "out" / "sample_00.arcs.json")
+    (s,) = musicgpt.generate(checkpoint, PRIMER, primer_tokens=50, max_new_tokens=80, seed=4)
+    assert [n["nll"] for n in d["notes"]] == [float(f"{x:.4g}") for x in s.note_nll]
+    assert all(n["nll"] > 0 for n in d["notes"])
+    page = (tmp_path / "out" / "sample_00.html").read_text(encoding="utf-8")
+    assert '"nll":[' in page  # the viewer gets the column
