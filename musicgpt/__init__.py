@@ -1,18 +1,7 @@
 """musicgpt: piano performances as event tokens, a GPT-2 with relative attention, and attention arcs.
 
-The package is laid out by pipeline stage (docs/design.md):
-
-    music/       MIDI, MusicXML, ABC <-> Notes in seconds; audio            (no torch)
-    tokens/      tokenizers, grammar, augmentation on ids                   (no torch)
-    corpus/      recipes, parallel preparation into shards, reading them    (no torch)
-    model/       GPTConfig, MusicGPT, relative attention, KV cache, decode step
-    training/    configs, batches, the loop, run directories, evaluation
-    generation/  sampling under the grammar, the generation loop, primers
-    arcs/        attention arcs: captured from the model, stored as arcs.json
-    viz/         HTML viewer, PNGs of arcs, embeddings, curves, head atlases (no torch)
-    metrics/     musical statistics of pieces and sets, copy check          (no torch)
-    analysis/    the head atlas: what every attention head attends to
-    commands/    one module per `musicgpt` subcommand
+The package is laid out by pipeline stage, one room a folder (music, tokens, corpus, model, training,
+generation, arcs, viz, metrics, analysis, studio, commands); docs/design.md draws the tree and its rules.
 
 The names below are the public API; they load on first use, so `import musicgpt` is instant and
 `import musicgpt.music` never loads torch.
