@@ -49,5 +49,12 @@ def chromium(window: str, *flags: str) -> Iterator:
 
 
 def console_errors(driver) -> list:
-    """The page's console errors so far."""
+    """The console errors logged since the last read of the log (`blank_page` reads it too)."""
     return [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def blank_page(driver) -> None:
+    """Leave the page for about:blank and drop the console log so far: what a test reads next is its own (a page
+    left open logs on after its test, e.g. a request to the server that test stopped)."""
+    driver.get("about:blank")
+    driver.get_log("browser")

@@ -1,5 +1,5 @@
 """The studio's page in a real headless Chromium (Debian's chromium + chromedriver, driven by selenium), on a tiny
-model: load it, open a primer, generate, see notes and arcs arrive before the take is done, click a note, stop;
+model: load it, open a primer, generate, see notes and arcs arrive before the take is done, stop, click a note;
 and with a steerable model, choose controls and regenerate a span dragged over the roll.
 
 Skipped when chromium, chromedriver or selenium are missing; `.ci/run` installs them.
@@ -11,16 +11,23 @@ import time
 
 import pytest
 
-from headless import chromium, console_errors, needs_chromium
+from headless import blank_page, chromium, console_errors, needs_chromium
 from studio_fixtures import PRIMER, serve_tiny
 
 pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
-def browser():
+def chrome():
     with chromium("1400,900") as driver:
         yield driver
+
+
+@pytest.fixture
+def browser(chrome):
+    """The module's Chromium on a blank page with an empty console log: each test reads only its own errors."""
+    blank_page(chrome)
+    return chrome
 
 
 def takes(driver) -> list[dict]:
@@ -50,9 +57,25 @@ def long_takes(driver):
         document.querySelector('input[name=seconds]').value = '600';""")
 
 
-def test_open_a_primer_generate_watch_notes_and_arcs_arrive_click_a_note_and_stop(browser):
+def click_at(driver, element, x: float, y: float) -> None:
+    """A real pointer click at (x, y) CSS pixels from the element's top left corner (in the window's view)."""
     from selenium.webdriver.common.action_chains import ActionChains
 
+    rect = driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.left, r.top]", element)
+    actions = ActionChains(driver)
+    actions.w3c_actions.pointer_action.move_to_location(round(rect[0] + x), round(rect[1] + y))
+    actions.w3c_actions.pointer_action.click()
+    actions.perform()
+
+
+def note_point(driver, note: int) -> dict | None:
+    """Where the page draws `note` on the live roll (CSS px from its top left), once the roll is drawn as it
+    stands: after two animation frames."""
+    return driver.execute_async_script("""const id = arguments[0], done = arguments[1];
+        requestAnimationFrame(() => requestAnimationFrame(() => done(window.musicgptStudio.notePoint(id))));""", note)
+
+
+def test_open_a_primer_generate_watch_notes_and_arcs_arrive_stop_and_click_a_note(browser):
     with serve_tiny() as (server, _):
         open_page(browser, server, "tiny")
         assert "trained without controls" in browser.find_element("id", "steer-note").text
@@ -69,30 +92,6 @@ def test_open_a_primer_generate_watch_notes_and_arcs_arrive_click_a_note_and_sto
         assert browser.find_element("id", "stop").is_enabled()
         assert "notes" in browser.find_element("id", "live-stats").text
 
-        browser.find_element("id", "follow").click()  # stop following: the roll holds still for the click
-        # the newest generated note inside the roll as it now stands (later ones are written past its right edge)
-        pick = """const studio = window.musicgptStudio, r =
-            document.getElementById('live-roll').getBoundingClientRect();
-            let best = [-1, null];
-            for (const n of studio.state.sel.samples[0].notes.values()) {
-              const p = studio.notePoint(n.id);
-              if (!n.primer && p && p.x > 40 && p.x < r.width - 10 && p.y > 30 && p.y < r.height - 10 && n.id > best[0])
-                best = [n.id, p];
-            }
-            return best;"""
-        canvas = browser.find_element("id", "live-roll")
-        size = canvas.size
-        for _ in range(3):  # a note of a new lowest or highest pitch may re-space the rows between pick and click
-            latest, point = browser.execute_script(pick)
-            assert latest >= 0
-            ActionChains(browser).move_to_element_with_offset(canvas, point["x"] - size["width"] / 2,
-                                                              point["y"] - size["height"] / 2).click().perform()
-            if browser.execute_script("return window.musicgptStudio.focus()") == latest:
-                break
-        assert browser.execute_script("return window.musicgptStudio.focus()") == latest
-        card = browser.find_element("id", "note-card")
-        assert card.is_displayed() and "surprisal" in card.text and "new" in card.text
-
         browser.find_element("id", "stop").click()
         done = wait_for(browser, lambda d: [t for t in takes(d) if t["state"] == "stopped"], 30, "the take to stop")
         files = done[0]["samples"][0]["files"]
@@ -100,6 +99,31 @@ def test_open_a_primer_generate_watch_notes_and_arcs_arrive_click_a_note_and_sto
         # the finished take opens in the arcs viewer (its playback and model view)
         wait_for(browser, lambda d: d.find_element("id", "viewer").is_displayed(), 20, "the viewer")
         assert browser.find_elements("css selector", "#takes a.dl-midi")
+
+        # Back on the live roll, click the newest note. The take is over, so no note arrives to re-space the rows
+        # between finding the note and clicking it; where notes' hit areas overlap the page picks the newest, so the
+        # click can land on no other note; and the roll is scrolled (a wheel event on it, as a user scrolls) to put
+        # the note at 40% of its width, away from the note card that floats over the roll's top right corner.
+        browser.find_element("id", "tab-live").click()
+        latest = done[0]["samples"][0]["latest"]
+        canvas = browser.find_element("id", "live-roll")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center', inline: 'center'})", canvas)
+        point = note_point(browser, latest)
+        assert point, latest
+        browser.execute_script("arguments[0].dispatchEvent(new WheelEvent('wheel', {deltaY: arguments[1], "
+                               "cancelable: true}))", canvas, point["x"] - 0.4 * canvas.size["width"])
+        point = note_point(browser, latest)
+        assert point and 30 < point["x"] < canvas.size["width"] and 0 < point["y"] < canvas.size["height"], point
+        on_top = browser.execute_script("""const r = arguments[0].getBoundingClientRect();
+            return document.elementFromPoint(r.left + arguments[1], r.top + arguments[2]) === arguments[0]""",
+                                        canvas, point["x"], point["y"])
+        assert on_top, f"another element covers note {latest} at {point}"
+        click_at(browser, canvas, point["x"], point["y"])
+        assert browser.execute_script("return window.musicgptStudio.focus()") == latest
+        card = browser.find_element("id", "note-card")
+        # the card names the clicked note (until the next frame, the newest note "(latest)" that it showed before)
+        wait_for(browser, lambda d: card.is_displayed() and "(latest)" not in card.text, 10, "the clicked note's card")
+        assert "surprisal" in card.text and "new" in card.text
         assert not console_errors(browser)
 
 

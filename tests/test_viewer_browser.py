@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headless import chromium, console_errors, needs_chromium
+from headless import blank_page, chromium, console_errors, needs_chromium
 from musicgpt.arcs.format import read_arcs
 from musicgpt.arcs.select import select_arcs
 from musicgpt.viz.viewer import write_html
@@ -22,9 +22,16 @@ ARC = "#arcs path.arc"
 
 
 @pytest.fixture(scope="module")
-def browser():
+def chrome():
     with chromium("1500,950", "--autoplay-policy=no-user-gesture-required") as driver:
         yield driver
+
+
+@pytest.fixture
+def browser(chrome):
+    """The module's Chromium on a blank page with an empty console log: each test reads only its own errors."""
+    blank_page(chrome)
+    return chrome
 
 
 def _open(driver, path: Path, fragment: str = ""):
