@@ -1,5 +1,6 @@
-"""The studio's steering fields (issue #15 in the studio): controls and guidance, and a span to regenerate, on a
-tiny model grown to a vocabulary with controls and infilling tokens; a plain model refuses them with one error."""
+"""The studio's steering fields: controls and guidance, and a span to regenerate, give the takes that
+musicgpt.generate and musicgpt.infill give, on a tiny model grown to a vocabulary with controls and infilling
+tokens; bad fields are one error event, and a plain model refuses them with one error."""
 
 from __future__ import annotations
 
