@@ -50,7 +50,7 @@ def test_bundled_files_config_and_tokenizer_agree():
     assert isinstance(tokenizer, PerformanceTokenizer)
     assert tokenizer.vocab_size == config.vocab_size
     # steerable: the default codec's 391 tokens first, unchanged, so what PerformanceTokenizer() encodes is what the
-    # model learned; then the controls and infilling tokens (issue #15)
+    # model learned; then the controls and infilling tokens
     plain = PerformanceTokenizer()
     assert {k: v for k, v in tokenizer.params().items() if k not in ("controls", "infill")} == plain.params()
     assert [tokenizer.token_name(i) for i in range(plain.vocab_size)] == [plain.token_name(i) for i in range(391)]
