@@ -266,12 +266,15 @@ def check_not_run(argv: list[str], where: str) -> None:
 
 def _module_help(module: str) -> str:
     out, argv, path = io.StringIO(), sys.argv, list(sys.path)
+    imported = sys.modules.pop(module, None)  # run as __main__ afresh, as `python -m` does (no runpy warning)
     sys.argv, sys.path[:0] = [module, "--help"], [str(ROOT)]
     try:
         with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
             runpy.run_module(module, run_name="__main__")
     finally:
         sys.argv, sys.path[:] = argv, path
+        if imported is not None:
+            sys.modules[module] = imported
     return out.getvalue()
 
 
