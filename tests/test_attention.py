@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from musicgpt.model import _relative_kernel, attention
+from musicgpt.model import _relative_kernel, attention, attention_eager
 from musicgpt.model.attention import attention_probs, relative_attention, relative_logits
 
 
@@ -122,7 +122,7 @@ def test_absolute_kernel_without_relative_embeddings():
 @pytest.fixture
 def head_groups_on_threads(monkeypatch):
     """Force the path that splits heads over worker threads, whatever the size."""
-    monkeypatch.setattr(attention, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(attention_eager, "PARALLEL_MIN_WORK", 0)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
@@ -140,7 +140,7 @@ def test_heads_split_over_threads_give_the_same_result(head_groups_on_threads, w
 
     out = f(q, k, v, rel)
     grads = torch.autograd.grad(out, (q, k, v, rel), rand(*out.shape, seed=4))
-    attention.PARALLEL_MIN_WORK = 1 << 60  # now the single-threaded path: identical masks and results
+    attention_eager.PARALLEL_MIN_WORK = 1 << 60  # now the single-threaded path: identical masks and results
     out1 = f(q, k, v, rel)
     grads1 = torch.autograd.grad(out1, (q, k, v, rel), rand(*out.shape, seed=4))
     torch.testing.assert_close(out, out1)
