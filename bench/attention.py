@@ -44,7 +44,7 @@ import torch.nn.functional as F
 import musicgpt.model.gpt as model_module
 from bench.machine import machine_info
 from musicgpt._io import atomic_write_text
-from musicgpt.model import _relative_kernel
+from musicgpt.model import relative_kernel
 from musicgpt.model.gpt import GPTConfig, MusicGPT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,17 +272,17 @@ def attention_only_section(length: int, rounds: int, threads: int) -> dict:
 
 def kernel_section() -> dict:
     """Whether the fused kernel is in use, and what its one-time build costs (timed into a fresh cache)."""
-    out = {"source": "musicgpt/model/csrc/relative_attention.cpp", "mode": _relative_kernel.mode(),
-           "used": _relative_kernel.load()}
+    out = {"source": "musicgpt/model/csrc/relative_attention.cpp", "mode": relative_kernel.mode(),
+           "used": relative_kernel.load()}
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, MUSICGPT_KERNEL_CACHE=tmp)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", "from musicgpt.model import _relative_kernel as k; k.build(verbose=False)"],
+        proc = subprocess.run([sys.executable, "-c", "from musicgpt.model import relative_kernel as k; k.build(verbose=False)"],
                               env=env, capture_output=True, text=True, cwd=ROOT)
         out["one_time_build_s"] = round(time.perf_counter() - t0, 1) if proc.returncode == 0 else None
         if proc.returncode:
             out["build_error"] = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-    out["build_command"] = " ".join(_relative_kernel.compile_command(Path("OUT.so")))
+    out["build_command"] = " ".join(relative_kernel.compile_command(Path("OUT.so")))
     out["load_average_after_build"] = load_average()
     print(f"  kernel: {out['used']=}, one-time build {out['one_time_build_s']} s", flush=True)
     return out
@@ -302,7 +302,7 @@ def memory_child(name: str, length: int) -> None:
     torch.set_num_threads(1)
     impl = {"naive": "naive", "relative_eager": "eager"}.get(name, "ours")
     c = Contender(name, length, "absolute" if name == "absolute" else "relative", impl=impl)
-    _relative_kernel.load()  # the library's own pages are not the attention's memory
+    relative_kernel.load()  # the library's own pages are not the attention's memory
     before = _rss_kb("VmRSS")
     c.step()
     c.step()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from musicgpt.model import _relative_kernel, attention, attention_eager
+from musicgpt.model import relative_kernel, attention, attention_eager
 from musicgpt.model.attention import attention_probs, relative_attention, relative_logits
 
 
@@ -181,7 +181,7 @@ def test_scratch_buffers_work_after_inference_mode(eager_path, first):
 def kernel(monkeypatch):
     """Skip without the fused kernel (no compiler here)."""
     monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "auto")
-    if not _relative_kernel.load():
+    if not relative_kernel.load():
         pytest.skip("the fused relative-attention kernel cannot be built here")
 
 
@@ -190,13 +190,13 @@ def kernel_calls(kernel, monkeypatch):
     """Count the fused kernel's forward and backward calls."""
     calls = {"forward": 0, "backward": 0}
     for name in calls:
-        real = getattr(_relative_kernel, name)
+        real = getattr(relative_kernel, name)
 
         def counted(*args, _real=real, _name=name):
             calls[_name] += 1
             return _real(*args)
 
-        monkeypatch.setattr(_relative_kernel, name, counted)
+        monkeypatch.setattr(relative_kernel, name, counted)
     return calls
 
 
@@ -256,8 +256,8 @@ def test_fused_kernel_gradients_are_the_same_bits_on_any_thread_count(kernel):
     try:
         for n in (1, 2, 3, 2, 1, 3):
             torch.set_num_threads(n)
-            out, lse = _relative_kernel.forward(q, k, v, rel, None, 8)
-            grads = _relative_kernel.backward(do, q, k, v, rel, out, lse, None, 8)
+            out, lse = relative_kernel.forward(q, k, v, rel, None, 8)
+            grads = relative_kernel.backward(do, q, k, v, rel, out, lse, None, 8)
             seen.add(b"".join(t.contiguous().numpy().tobytes() for t in (out, *grads)))
     finally:
         torch.set_num_threads(threads)
@@ -327,21 +327,21 @@ def test_fused_kernel_in_the_model_matches_the_eager_path(kernel_calls, monkeypa
 
 def test_kernel_mode_from_the_environment(monkeypatch):
     monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "eager")
-    assert _relative_kernel.mode() == "eager" and _relative_kernel.load() is False
+    assert relative_kernel.mode() == "eager" and relative_kernel.load() is False
     monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "fast")
     with pytest.raises(ValueError, match="MUSICGPT_ATTENTION_KERNEL"):
-        _relative_kernel.mode()
+        relative_kernel.mode()
 
 
 def test_failed_build_falls_back_to_the_eager_path(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("MUSICGPT_KERNEL_CACHE", str(tmp_path / "kernels"))
     monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "native")
-    _relative_kernel._load.cache_clear()
-    _relative_kernel._warn_once.cache_clear()
+    relative_kernel._load.cache_clear()
+    relative_kernel._warn_once.cache_clear()
     try:
-        with pytest.raises(_relative_kernel.KernelUnavailable, match="no C\\+\\+ compiler"):
-            _relative_kernel.load()
+        with pytest.raises(relative_kernel.KernelUnavailable, match="no C\\+\\+ compiler"):
+            relative_kernel.load()
         monkeypatch.setenv("MUSICGPT_ATTENTION_KERNEL", "auto")
         q, k, v = (rand(1, 2, 9, 4, dtype=torch.float32, seed=s) for s in range(3))
         rel = rand(2, 5, 4, dtype=torch.float32, seed=3)
@@ -349,8 +349,8 @@ def test_failed_build_falls_back_to_the_eager_path(monkeypatch, tmp_path):
             got = relative_attention(q, k, v, rel, block=4)
         torch.testing.assert_close(got, naive_attention(q, k, v, rel))
     finally:
-        _relative_kernel._load.cache_clear()  # later tests load the real kernel again
-        _relative_kernel._warn_once.cache_clear()
+        relative_kernel._load.cache_clear()  # later tests load the real kernel again
+        relative_kernel._warn_once.cache_clear()
 
 
 def test_fused_kernel_inside_torch_compile(kernel):

@@ -6,7 +6,7 @@
     attention.py        relative attention: picks the fused CPU kernel, SDPA with a bias or the eager path
     skew.py             the skewing, masks and relative tables all three paths share
     attention_eager.py  the eager PyTorch path: block by block, heads over worker threads
-    _relative_kernel.py builds and loads the fused kernel (csrc/relative_attention.cpp)
+    relative_kernel.py builds and loads the fused kernel (csrc/relative_attention.cpp)
     kv_cache.py         keys and values of past tokens, with a sliding window
     decode_step.py      `Decoder`: one token per sequence on the cache, the fast path of generation
     prefill.py          `teacher_force`: ids fed into a cache in chunks (generation's prefill, arcs, the head atlas)

@@ -11,7 +11,7 @@ n), the pad-reshape-slice of the paper without the copies. No O(L²·D) tensor i
 
 Three implementations compute the same thing:
 - the fused CPU kernel (`musicgpt/model/csrc/relative_attention.cpp`, built once on first use by
-  `musicgpt.model._relative_kernel`): per (batch, head, block of queries) two GEMMs, then skew, mask and
+  `musicgpt.model.relative_kernel`): per (batch, head, block of queries) two GEMMs, then skew, mask and
   softmax (and in backward its gradient and the skew's adjoint) in one pass over a block that stays
   in cache; it computes in float32 (bfloat16 inputs are upcast: at head_dim 32, bf16 GEMMs measured
   no faster), without attention dropout. Used whenever it builds; MUSICGPT_ATTENTION_KERNEL=eager
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from musicgpt.model import _relative_kernel
+from musicgpt.model import relative_kernel
 from musicgpt.model.attention_eager import _block_logits, _RelativeAttention, release_scratch
 from musicgpt.model.skew import BLOCK, _band, _extended_table, _heads_first, relative_logits, skewed_view
 
@@ -57,7 +57,7 @@ class _FusedRelativeAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, rel, window, block):
-        out, lse = _relative_kernel.forward(*_float32_rows(q, k, v, rel), window, block)
+        out, lse = relative_kernel.forward(*_float32_rows(q, k, v, rel), window, block)
         out = out.to(q.dtype)  # (B, H, Lq, D), stored (B, Lq, H, D)
         ctx.save_for_backward(q, k, v, rel, out, lse)
         ctx.window, ctx.block = window, block
@@ -67,7 +67,7 @@ class _FusedRelativeAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, rel, out, lse = ctx.saved_tensors
         q32, k32, v32, rel32, grad32, out32 = _float32_rows(q, k, v, rel, grad_out, out)
-        dq, dk, dv, drel = _relative_kernel.backward(grad32, q32, k32, v32, rel32, out32, lse, ctx.window, ctx.block)
+        dq, dk, dv, drel = relative_kernel.backward(grad32, q32, k32, v32, rel32, out32, lse, ctx.window, ctx.block)
         drel = drel.to(rel.dtype) if rel is not None else None
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), drel, None, None
 
@@ -98,12 +98,12 @@ def _use_kernel(q: Tensor, k: Tensor, v: Tensor, rel_emb: Tensor | None, dropout
         return False
     if rel_emb is not None and (rel_emb.device.type != "cpu" or not rel_emb.dtype.is_floating_point):
         return False
-    return _relative_kernel.load()
+    return relative_kernel.load()
 
 
 def _use_biased_sdpa(q: Tensor) -> bool:
     """Whether the SDPA-with-bias path takes this call: by default on CUDA, anywhere when forced."""
-    m = _relative_kernel.mode()
+    m = relative_kernel.mode()
     return m == "sdpa" or (q.device.type == "cuda" and m == "auto")
 
 
