@@ -23,23 +23,13 @@ from musicgpt.generation.primer import primer_ids
 from musicgpt.model.prefill import teacher_force
 from musicgpt.tokens.performance import PerformanceTokenizer
 from musicgpt.viz import write_html
-from tiny_models import FIXTURES, long_midi, tiny_checkpoint, tiny_model
+from tiny_models import FIXTURES, tiny_checkpoint, tiny_model
 from training_fixtures import LATIN1, run_cli
 
 TOK = PerformanceTokenizer()
 CHOPIN = FIXTURES / "asap_chopin_etude_op25_8_Toscano02.mid"
 REAL = sorted(FIXTURES.glob("*.mid"))
 DENSE = ArcsConfig(row_top_k=None, top_n=10_000, min_weight=0.0)
-
-
-@pytest.fixture(scope="module")
-def long_file(tmp_path_factory) -> Path:
-    return long_midi(tmp_path_factory.mktemp("long") / "long.mid")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 

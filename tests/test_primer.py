@@ -5,7 +5,6 @@ tiny_models.long_midi."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,19 +13,9 @@ import musicgpt
 from musicgpt.cli import main
 from musicgpt.generation.primer import PrimerCutWarning, primer_ids
 from musicgpt.tokens.performance import PerformanceTokenizer
-from tiny_models import long_midi, tiny_checkpoint, tiny_model
+from tiny_models import long_midi, tiny_model
 
 TOK = PerformanceTokenizer()
-
-
-@pytest.fixture(scope="module")
-def long_file(tmp_path_factory) -> Path:
-    return long_midi(tmp_path_factory.mktemp("long") / "long.mid")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 def test_a_long_primer_is_cut_to_its_first_context_with_a_warning(long_file):
