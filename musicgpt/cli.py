@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
     chosen = chosen_command(argv)
+    threads = _torch_threads()
     try:
         parser, _ = build_parser(argv)
         args = parser.parse_args(argv)
@@ -77,6 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"musicgpt {chosen}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if threads is not None:  # a command's --threads is the command's: called from Python, it is put back
+            sys.modules["torch"].set_num_threads(threads)
+
+
+def _torch_threads() -> int | None:
+    """torch's CPU thread count when torch is already loaded (None: a command that loads it ends the process)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None and hasattr(torch, "get_num_threads") else None
 
 
 if __name__ == "__main__":
