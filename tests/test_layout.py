@@ -27,7 +27,7 @@ ROOMS = {
     "musicgpt.arcs": "arcs.format", "musicgpt.arcs.format": "arcs.format", "musicgpt.arcs.select": "arcs.format",
     "musicgpt.arcs.capture": "arcs.capture",
     "musicgpt.viz": "viz", "musicgpt.metrics": "metrics", "musicgpt.analysis": "analysis",
-    "musicgpt.studio": "studio",
+    "musicgpt.studio": "studio", "musicgpt.duet": "duet",
 }
 # room -> the rooms it may import (besides itself). Later pipeline stages import earlier ones, never the
 # reverse; the model knows token ids only (no tokens room); viz and metrics draw plain data (no model, no torch);
@@ -48,11 +48,12 @@ ALLOWED = {
     "generation": {"base", "music", "tokens", "checkpoint", "model", "arcs.format", "arcs.capture"},
     "metrics": {"base", "music", "tokens", "corpus"},  # a copy check decodes a prepared split (all torch-free)
     "analysis": {"base", "music", "tokens", "checkpoint", "model", "arcs.format", "arcs.capture", "generation", "viz"},
+    "duet": {"base", "music", "tokens", "model", "generation", "arcs.format", "arcs.capture"},
     # the studio (a web app) serves generation live; only the command line starts it
     "studio": {"base", "music", "tokens", "checkpoint", "device", "model", "generation", "arcs.format", "arcs.capture",
-               "viz"},
+               "viz", "duet"},
     "cli": {"base", "music", "tokens", "corpus", "checkpoint", "device", "model", "training", "training.log",
-            "generation", "arcs.format", "arcs.capture", "viz", "metrics", "analysis", "studio", "cli", "bench"},
+            "generation", "arcs.format", "arcs.capture", "viz", "metrics", "analysis", "studio", "cli", "bench", "duet"},
     "facade": {"base", "music", "tokens", "corpus", "checkpoint", "device", "model", "training", "training.log",
                "generation", "arcs.format", "arcs.capture", "viz", "metrics", "analysis"},
 }

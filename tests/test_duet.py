@@ -1,0 +1,223 @@
+"""The duet engine (musicgpt.duet) on a tiny random model with a fake clock: turn taking, barge-in, timing bounds,
+and the cache equal to one full forward pass over the stream (random weights: the mechanics, not the music)."""
+
+import numpy as np
+import pytest
+import torch
+
+from musicgpt.duet import DuetConfig, DuetSession, FakeClock
+from musicgpt.errors import ConfigError
+from musicgpt.generation.setup import GenerationRequest
+from musicgpt.tokens.performance import PerformanceTokenizer
+from test_kv_cache import pinned_reference
+from tiny_models import steering_model, tiny_model
+
+TOK = PerformanceTokenizer()
+
+
+@pytest.fixture(scope="module")
+def model():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one sequence, tiny ops: a second thread only waits on a busy machine
+    yield tiny_model()
+    torch.set_num_threads(threads)
+
+
+def session(model, seed=1, **config):
+    clock = FakeClock()
+    return DuetSession(model, DuetConfig(**config), GenerationRequest(seed=seed), clock=clock), clock
+
+
+def phrase(s, clock, pitches=(60, 64, 67), start=0.1, gap=0.25, hold=0.2):
+    """The human plays `pitches` one after the other; returns the events the engine answered with."""
+    out = []
+    for i, p in enumerate(pitches):
+        clock.set(start + gap * i)
+        out += s.note_on(p, 80)
+        clock.advance(hold)
+        out += s.note_off(p)
+    return out
+
+
+def run_until(s, clock, end, dt=0.01):
+    """Poll every `dt` seconds up to `end`; the events in the order handed out."""
+    out = []
+    n = int(round((end - clock.now()) / dt))
+    start = clock.now()
+    for i in range(1, n + 1):
+        clock.set(start + i * dt)
+        out += s.poll()
+    return out
+
+
+def until_an_early_note(s, clock, limit=5.0, dt=0.01, sounding=False):
+    """Poll until a model note-on is handed out before it is due (its tokens are in the cache ahead of the clock),
+    and with `sounding` one that is due by now too."""
+    out = []
+    while clock.now() < limit:
+        clock.advance(dt)
+        out += s.poll()
+        ons = [e.time > clock.now() for e in out if e.kind == "on"]
+        if any(ons) and (not sounding or not all(ons)):
+            return out
+    raise AssertionError("the model handed out no note ahead of time")
+
+
+def turns(events):
+    return [(e.who, round(e.time, 6)) for e in events if e.kind == "turn"]
+
+
+def names(ids):
+    return [TOK.token_name(t) for t in ids]
+
+
+def assert_cache_is_the_full_forward(s, model):
+    ids = torch.from_numpy(s.ids)[None]  # (1, T)
+    assert s.cache.length == ids.shape[1]
+    with torch.no_grad():
+        if s.pinned:  # the CONTROL header stays first in the window
+            full = pinned_reference(model, ids, model.config.n_ctx, s.pinned)[:, -1]  # (1, V)
+        else:
+            full = model(ids, window=model.config.n_ctx).logits[:, -1]  # (1, V)
+    assert (s.logits - full).abs().max() <= 1e-4
+
+
+def test_the_human_is_prefilled_as_they_play_and_the_model_takes_over_after_wait_seconds_of_silence(model):
+    s, clock = session(model, wait=1.0, answer=1.0)
+    assert run_until(s, clock, 2.0) == []  # nothing is played, nothing is answered
+    out = phrase(s, clock, start=2.1)  # the last release at 2.1 + 0.5 + 0.2 = 2.8
+    assert out == []
+    assert s.cache.length == len(s.ids)  # every human event is in the cache already
+    assert names(s.ids[1:7]) == ["TIME_SHIFT_100", "TIME_SHIFT_100", "TIME_SHIFT_10", "VELOCITY_19", "NOTE_ON_60",
+                                 "TIME_SHIFT_20"]
+    assert run_until(s, clock, 3.79) == []
+    events = run_until(s, clock, 3.8)
+    assert turns(events) == [("model", 3.8)]
+
+
+def test_the_first_model_note_comes_within_the_bound_and_each_note_carries_arcs_and_surprisal(model):
+    for seed, bound in [(1, 0.0), (2, 0.05), (3, 0.03)]:
+        s, clock = session(model, seed=seed, wait=0.5, first_note=bound)
+        phrase(s, clock)
+        events = run_until(s, clock, 2.0)
+        start = next(e.time for e in events if e.kind == "turn")
+        first = next(e for e in events if e.kind == "on")
+        assert start <= first.time <= start + bound + 1e-9, seed
+        assert first.surprisal is not None and first.surprisal > 0
+        assert first.arcs and all(TOK.token_name(s.ids[a["key"]]).startswith("NOTE_ON") for a in first.arcs)
+        assert any(s.stream.who[a["key"]] == 0 for a in first.arcs)  # it listens to the human's notes
+
+
+def test_events_are_handed_out_at_most_a_lookahead_early_and_the_answer_is_bounded(model):
+    s, clock = session(model, wait=0.5, answer=1.5, lookahead=0.1)
+    phrase(s, clock)
+    handed = []
+    for i in range(1, 400):
+        clock.set(0.8 + i * 0.01)
+        handed += [(clock.now(), e) for e in s.poll()]
+    start, end = [e.time for _, e in handed if e.kind == "turn"]
+    assert end == pytest.approx(start + 1.5)
+    notes = [e for _, e in handed if e.kind in ("on", "off")]
+    assert notes and all(start - 1e-9 <= e.time <= end + 1e-9 for e in notes)
+    assert all(e.time - now <= 0.1 + 1e-9 for now, e in handed)  # never more than the lookahead early
+    ons = {e.id for e in notes if e.kind == "on"}
+    assert ons == {e.id for e in notes if e.kind == "off"}  # every model note ends by the end of its turn
+    assert s.stream.model_on == {} and s.turn == "human"
+    assert len(turns(run_until(s, clock, clock.now() + 3))) == 0  # no second answer before the human plays again
+
+
+def test_barge_in_cancels_what_is_not_due_ends_what_sounds_and_puts_the_human_note_in_the_cache(model):
+    s, clock = session(model, seed=4, wait=0.5, answer=5.0, lookahead=0.1)
+    phrase(s, clock)
+    handed = until_an_early_note(s, clock, sounding=True)
+    ons = [e for e in handed if e.kind == "on"]
+    barge = clock.now()
+    out = s.note_on(72, 100)
+    assert turns(out) == [("human", round(barge, 6))]
+    sounding = {e.id for e in ons if e.time <= barge} - {e.id for e in handed if e.kind == "off" and e.time <= barge}
+    assert sounding and {e.id for e in out if e.kind == "off"} == sounding
+    assert all(e.time == barge for e in out if e.kind == "off")
+    cancelled = {e.id for e in out if e.kind == "cancel"}
+    assert cancelled and cancelled == {e.id for e in ons if e.time > barge}
+    step = int(round((barge - s.origin) / TOK.time_step))
+    model_steps = [at for at, who in zip(s.stream.step_at, s.stream.who) if who == 1]
+    # nothing the model wrote after the barge-in stays (a release of a note struck in that step waits one step)
+    assert model_steps and max(model_steps) <= step + 1
+    assert names(s.ids[-1:]) == ["NOTE_ON_72"] and s.stream.owner[72] == 0
+    assert_cache_is_the_full_forward(s, model)
+    later = run_until(s, clock, barge + 0.4)  # less than `wait`: the model stays silent
+    assert later == []
+
+
+def test_pedal_and_key_triggers_hand_over_at_once_and_other_controllers_are_ignored(model):
+    s, clock = session(model, wait=5.0, trigger_cc=67, trigger_note=21)
+    phrase(s, clock, pitches=(60,))
+    n = len(s.ids)
+    clock.set(0.5)
+    assert s.control(1, 100) == [] and len(s.ids) == n  # a modulation wheel is no music
+    out = s.control(67, 127)
+    assert turns(out) == [("model", 0.5)]
+    s, clock = session(model, wait=5.0, trigger_note=21)
+    clock.set(0.4)
+    out = s.note_on(21, 90)
+    assert turns(out) == [("model", 0.4)] and "NOTE_ON_21" not in names(s.ids)
+
+
+def test_the_sustain_pedal_holds_released_keys_until_it_is_lifted(model):
+    s, clock = session(model, wait=5.0)
+    s.note_on(60, 80)
+    clock.set(0.1)
+    s.control(64, 127)
+    clock.set(0.2)
+    s.note_off(60)
+    assert "NOTE_OFF_60" not in names(s.ids)
+    clock.set(0.5)
+    s.midi([0xB0, 64, 0])  # pedal up, as raw bytes
+    assert names(s.ids[-2:]) == ["TIME_SHIFT_50", "NOTE_OFF_60"]
+    s.midi([0x90, 62, 0])  # a note-on of velocity 0 releases a key that is not down: nothing
+    assert names(s.ids[-1:]) == ["NOTE_OFF_60"]
+    with pytest.raises(ValueError):
+        s.midi([0x90, 200, 10])
+    assert_cache_is_the_full_forward(s, model)
+
+
+@pytest.mark.parametrize("steered", [False, True])
+def test_the_cache_equals_one_full_forward_pass_over_a_long_duet_with_barge_ins(model, steered):
+    """Past n_ctx (128) the window slides; barge-ins cut tokens from the cache's end, or (a steered duet, its
+    CONTROL header pinned in the window) rebuild it."""
+    if steered:
+        model, tokenizer = steering_model()
+        clock = FakeClock()
+        s = DuetSession(model, DuetConfig(wait=0.3, answer=3.0), GenerationRequest(seed=5, controls={
+            "composer": "Chopin"}), clock=clock, tokenizer=tokenizer)
+        assert s.pinned == 1
+    else:
+        s, clock = session(model, seed=5, wait=0.3, answer=3.0)
+    cuts, truncate = [], s.stream.truncate
+    s.stream.truncate = lambda n: (cuts.append(len(s.stream) - n), truncate(n))
+    t = 0.0
+    for round_ in range(10):
+        phrase(s, clock, pitches=(60 + round_, 64, 67, 72), start=t + 0.05, gap=0.07, hold=0.05)
+        until_an_early_note(s, clock, limit=clock.now() + 5)
+        s.note_on(48, 70)
+        assert_cache_is_the_full_forward(s, model)
+        clock.advance(0.1)
+        s.note_off(48)
+        t = clock.now()
+    assert len(s.ids) > 2 * model.config.n_ctx and sum(cuts) > 0  # barge-ins cut tokens the model had written
+    assert_cache_is_the_full_forward(s, model)
+
+
+def test_a_duet_is_repeatable_and_checks_its_settings(model):
+    def play(seed):
+        s, clock = session(model, seed=seed, wait=0.5)
+        phrase(s, clock)
+        return [(e.kind, e.pitch, round(e.time, 6)) for e in run_until(s, clock, 3.0)], s.ids.tolist()
+    assert play(7) == play(7)
+    assert play(7) != play(8)
+    with pytest.raises(ConfigError, match="trigger_cc"):
+        DuetConfig(trigger_cc=64)
+    with pytest.raises(ConfigError, match="wait"):
+        DuetConfig(wait=0)
+    with pytest.raises(ConfigError, match="guidance"):
+        DuetSession(model, request=GenerationRequest(guidance=2.0, controls={"density": "high"}))
