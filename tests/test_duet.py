@@ -1,7 +1,6 @@
 """The duet engine (musicgpt.duet) on a tiny random model with a fake clock: turn taking, barge-in, timing bounds,
 and the cache equal to one full forward pass over the stream (random weights: the mechanics, not the music)."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -208,3 +208,32 @@ def test_a_pair_step_equals_two_steps_on_caches_of_different_lengths(batch):
             assert (a - a_alone).abs().max() <= 1e-5 and (b - b_alone).abs().max() <= 1e-5, t
             assert all((p - q).abs().max() <= 1e-6 for p, q in zip(att, att_alone))
     assert [c.length for c in caches] == [90, 88]
+
+
+def test_truncate_takes_back_the_last_tokens_as_if_never_fed():
+    """Decode 40 tokens of one sequence on a window of 24 in 60 slots, take back the last 6, decode 8 others: the
+    logits equal a full forward pass over the kept tokens and the new ones; a take-back past what the buffers
+    still hold, or of a pinned cache, is refused and changes nothing."""
+    from musicgpt.model.decode_step import Decoder
+    from tiny_models import tiny_model
+
+    model, window = tiny_model(), 24
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randint(0, 391, (1, 40), generator=gen), torch.randint(0, 391, (1, 8), generator=gen)
+    with torch.no_grad():
+        cache, decoder = model.new_cache(window=window, capacity=60), Decoder(model)
+        for t in range(40):
+            decoder.step(a[:, t], cache)
+        assert cache.truncate(6) and cache.length == 34
+        logits = torch.cat([decoder.step(b[:, t], cache)[0][:, None] for t in range(8)], 1)
+        full = model(torch.cat([a[:, :34], b], 1), window=window).logits[:, 34:]
+    assert (logits - full).abs().max() <= 1e-4
+    assert cache.truncate(cache.end) and cache.length == 0  # nothing moved yet: all of it can be taken back
+    with torch.no_grad():
+        small = model.new_cache(window=window, capacity=30)  # 40 tokens in 30 slots: the window moved to the front
+        for t in range(40):
+            decoder.step(a[:, t], small)
+    length, end = small.length, small.end
+    assert not small.truncate(end) and (small.length, small.end) == (length, end)  # keys it would need are gone
+    pinned = model.new_cache(pinned=2)
+    assert not pinned.truncate(1) and pinned.truncate(0)

@@ -162,11 +162,7 @@ class DuetSession:
         if drop <= 0:
             return
         self.stream.truncate(length)
-        cache = self.cache
-        # the kept tokens' keys are still in place when the window the next token sees is still in the buffers
-        if not cache.pinned and cache.end - drop >= min(cache.length - drop, cache.window - 1):
-            cache.end -= drop
-            cache.length -= drop
+        if self.cache.truncate(drop):  # the keys the next token's window needs are still in the buffers
             self.fed = length
         else:  # rebuilt: exact, and costs a prefill of the whole stream
             self.cache = self.model.new_cache(pinned=self.pinned)

@@ -169,6 +169,17 @@ class KVCache:
         if self.pinned and self._pins is None and self.length >= self.pinned:  # still in slots 0 … pinned-1
             self._pins = (self.keys_t[..., : self.pinned].clone(), self.values[:, :, :, : self.pinned].clone())
 
+    def truncate(self, n: int) -> bool:
+        """Forget the last `n` tokens in place (a duet takes back the notes it had not played yet); False, changing
+        nothing, when the keys the window would need again are gone (pinned, or slid out): then rebuild."""
+        if n <= 0:
+            return True
+        if self.pinned or n > self.end or self.end - n < min(self.length - n, self.window - 1):
+            return False
+        self.end -= n
+        self.length -= n
+        return True
+
     def reset(self) -> None:
         """Forget every token but keep the buffers."""
         self.end = self.length = self._n_new = 0
