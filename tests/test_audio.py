@@ -34,14 +34,22 @@ def test_each_available_renderer_writes_the_piece(renderer, tmp_path):
     assert loud[first : first + rate].mean() > 50 * (loud[: max(first, 1)].mean() + 1e-3)  # sound where the notes are
     again = render_wav(MIDI, tmp_path / "y.wav", renderer=renderer, sample_rate=22050)
     assert again.read_bytes() == out.read_bytes()  # deterministic
+    x = frames.astype(float) / 32768
+    rms, peak = (20 * np.log10(v) for v in (np.sqrt((x ** 2).mean()), np.abs(x).max()))
+    assert peak <= audio.PEAK_DBFS + 0.01 and (abs(rms - audio.TARGET_RMS_DBFS) < 0.1 or peak > audio.PEAK_DBFS - 0.1)
 
 
-def test_wav_writer_normalizes_and_interleaves(tmp_path):
+def test_wav_writer_brings_renders_to_one_level_and_interleaves(tmp_path):
     t = np.arange(800) / 8000
     audio._write_wav(tmp_path / "s.wav", np.stack([np.sin(2 * np.pi * 440 * t), 2 * np.sin(2 * np.pi * 220 * t)], 1), 8000)
     frames, rate = read_wav(tmp_path / "s.wav")
     assert rate == 8000 and frames.shape == (800, 2)
-    assert 0.88 < np.abs(frames).max() / 32767 < 0.9  # peak -1 dBFS
+    x = frames / 32768
+    assert abs(20 * np.log10(np.sqrt((x ** 2).mean())) - audio.TARGET_RMS_DBFS) < 0.1  # loud sines brought down
+    clicks = np.zeros((8000, 1))
+    clicks[::2000] = 0.01  # quiet, and all peak: raised until the peak reaches -1 dBFS, short of -18 dBFS RMS
+    audio._write_wav(tmp_path / "q.wav", clicks, 8000)
+    assert 0.88 < np.abs(read_wav(tmp_path / "q.wav")[0]).max() / 32767 < 0.9
     assert np.abs(frames[:, 0]).max() < np.abs(frames[:, 1]).max()
 
 

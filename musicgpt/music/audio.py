@@ -11,6 +11,10 @@ Renderers, tried in this order (or the one named):
 Soundfont: the one given, else $MUSICGPT_SOUNDFONT, else a Debian General MIDI soundfont
 (/usr/share/sounds/sf2/), else TimGM6mb.sf2, which pretty_midi's wheel ships. All notes play as
 acoustic grand piano (program 0).
+
+Level: every render is normalised to the same loudness, RMS at TARGET_RMS_DBFS with the peak held at or below
+PEAK_DBFS (whichever gain is smaller), so renders of quiet and loud pieces, and of different renderers, play
+at one level (FluidSynth's own output of a piano piece sits near -35 dBFS RMS).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from musicgpt._io import atomic_write
 from musicgpt.errors import MusicGPTError
 
 RENDERERS = ("fluidsynth", "tinysoundfont", "symusic")
+TARGET_RMS_DBFS = -18.0  # the level renders are brought to
+PEAK_DBFS = -1.0  # ... unless their peak would pass this
 SYSTEM_SOUNDFONTS = (
     "/usr/share/sounds/sf2/FluidR3_GM.sf2",
     "/usr/share/sounds/sf2/default-GM.sf2",
@@ -96,6 +102,7 @@ def render_wav(midi: str | os.PathLike, wav: str | os.PathLike, *, soundfont: st
     def write(tmp: Path) -> None:
         if name == "fluidsynth":
             _fluidsynth(midi, tmp, sf, sample_rate)
+            _write_wav(tmp, _read_wav(tmp), sample_rate)  # brought to the common level
         else:
             audio = _tinysoundfont(midi, sf, sample_rate) if name == "tinysoundfont" else _symusic(midi, sf, sample_rate)
             _write_wav(tmp, audio, sample_rate)
@@ -167,12 +174,29 @@ def _symusic(midi: Path, soundfont: Path, sample_rate: int) -> np.ndarray:
     return audio.T if audio.shape[0] == 2 else audio  # (samples, 2)
 
 
+def normalise(audio: np.ndarray) -> np.ndarray:
+    """Float samples brought to RMS TARGET_RMS_DBFS, or less where the peak would pass PEAK_DBFS (silence as is)."""
+    if not audio.size:
+        return audio
+    rms, peak = float(np.sqrt(np.mean(np.square(audio)))), float(np.abs(audio).max())
+    if peak == 0:
+        return audio
+    gain = min(10 ** (TARGET_RMS_DBFS / 20) / rms, 10 ** (PEAK_DBFS / 20) / peak)
+    return audio * gain
+
+
+def _read_wav(path: Path) -> np.ndarray:
+    """16-bit PCM -> float samples (n, channels) in [-1, 1)."""
+    with wave.open(str(path), "rb") as f:
+        if f.getsampwidth() != 2:
+            raise AudioError(f"{path}: expected 16-bit PCM from the renderer, got {8 * f.getsampwidth()}-bit")
+        frames = np.frombuffer(f.readframes(f.getnframes()), "<i2").reshape(-1, f.getnchannels())
+    return frames.astype(np.float64) / 32768
+
+
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    """Float samples (n, channels) -> 16-bit PCM, peak-normalized to -1 dBFS when louder."""
-    peak = float(np.abs(audio).max()) if audio.size else 0.0
-    if peak > 0.89:
-        audio = audio * (0.89 / peak)
-    pcm = np.clip(np.round(audio * 32767), -32768, 32767).astype("<i2")
+    """Float samples (n, channels) -> 16-bit PCM at the common level (`normalise`)."""
+    pcm = np.clip(np.round(normalise(audio) * 32767), -32768, 32767).astype("<i2")
     with wave.open(str(path), "wb") as f:
         f.setnchannels(pcm.shape[1] if pcm.ndim == 2 else 1)
         f.setsampwidth(2)
