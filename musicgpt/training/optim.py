@@ -40,11 +40,8 @@ def train_only_rows(model: nn.Module, embedding: nn.Embedding, rows: list[int]) 
     """
     for p in model.parameters():
         p.requires_grad_(False)
-    weight = embedding.weight
-    weight.requires_grad_(True)
-    keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)  # (V, 1)
-    keep[torch.as_tensor(rows, dtype=torch.long, device=weight.device)] = 1.0
-    weight.register_hook(lambda grad: grad * keep)  # (V, d) * (V, 1)
+    embedding.weight.requires_grad_(True)
+    _mask_row_gradients(embedding, rows, keep=True)
 
 
 def freeze_rows(embedding: nn.Embedding, rows: list[int]) -> None:
@@ -54,10 +51,15 @@ def freeze_rows(embedding: nn.Embedding, rows: list[int]) -> None:
     head (the softmax pushes every non-target logit down), and AdamW scales even a tiny gradient to a
     step of about the learning rate. With zero gradients its moments stay zero and it never moves (no
     weight decay on embeddings)."""
+    _mask_row_gradients(embedding, rows, keep=False)
+
+
+def _mask_row_gradients(embedding: nn.Embedding, rows: list[int], keep: bool) -> None:
+    """Multiply the table's gradient by a (V, 1) mask: 1 on `rows` and 0 elsewhere (keep), or the reverse."""
     weight = embedding.weight
-    keep = torch.ones(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)  # (V, 1)
-    keep[torch.as_tensor(rows, dtype=torch.long, device=weight.device)] = 0.0
-    weight.register_hook(lambda grad: grad * keep)  # (V, d) * (V, 1)
+    mask = torch.full((weight.shape[0], 1), float(not keep), dtype=weight.dtype, device=weight.device)  # (V, 1)
+    mask[torch.as_tensor(rows, dtype=torch.long, device=weight.device)] = float(keep)
+    weight.register_hook(lambda grad: grad * mask)  # (V, d) * (V, 1)
 
 
 @dataclass(frozen=True)
