@@ -45,11 +45,13 @@ def plans(monkeypatch):
 def studio_plan(model, tmp_path, **fields):
     """The plan a studio take of these form fields prepares."""
     request = replace(parse_fields({k: str(v) for k, v in fields.items()}), primer_path=PRIMER, primer_name="p.mid")
-    runner = TakeRunner(model, model.tokenizer, FileStore())
+    files = FileStore()
+    runner = TakeRunner(model, model.tokenizer, files)
     try:
         return runner._plan(request)[0]
     finally:
         runner.close()
+        files.close()  # its temporary folder goes
 
 
 def same(a, b) -> None:

@@ -119,7 +119,7 @@ def _generate(args: argparse.Namespace, model, tokenizer, arcs_config):
     """The samples the arguments ask for: one GenerationRequest, whether continuing or infilling."""
     from musicgpt.errors import ConfigError
     from musicgpt.generation.loop import run
-    from musicgpt.generation.infilling import infilled_sample
+    from musicgpt.generation.infilling import finished
     from musicgpt.generation.setup import GenerationRequest, prepare
 
     if args.infill and not args.primer:
@@ -135,8 +135,7 @@ def _generate(args: argparse.Namespace, model, tokenizer, arcs_config):
     except ConfigError as exc:  # in the command's words: its flags, not the Python names
         raise ConfigError(_as_flags(str(exc))) from None
     plan = prepare(model, tokenizer, request)
-    samples = run(model, tokenizer, plan, progress=not args.quiet, threads=args.threads)
-    return [infilled_sample(s, plan.piece, *plan.infill) for s in samples] if plan.infill else samples
+    return finished(plan, run(model, tokenizer, plan, progress=not args.quiet, threads=args.threads))
 
 
 def _as_flags(message: str) -> str:

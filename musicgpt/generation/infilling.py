@@ -25,11 +25,11 @@ import numpy as np
 from musicgpt.arcs.capture import ArcsConfig
 from musicgpt.generation.loop import run
 from musicgpt.generation.sample import Sample
-from musicgpt.generation.setup import DEFAULT_CHUNK, GenerationRequest, load_model_and_tokenizer, prepare
+from musicgpt.generation.setup import DEFAULT_CHUNK, GenerationRequest, Plan, load_model_and_tokenizer, prepare
 from musicgpt.music.notes import Notes
 from musicgpt.tokens import infill as fim
 
-__all__ = ["infill", "infilled_sample", "assemble"]
+__all__ = ["infill", "finished", "infilled_sample", "assemble"]
 
 
 def assemble(notes: Notes, middle: Notes, start: float, end: float) -> tuple[Notes, np.ndarray]:
@@ -67,8 +67,15 @@ def infill(model=None, piece=None, start: float = 0.0, end: float = 0.0, *, toke
         num_samples=num_samples, controls=controls, guidance=guidance,
         arcs=(arcs_config or ArcsConfig()) if arcs else None, chunk=chunk)
     plan = prepare(model, tokenizer, request)
-    raw = run(model, tokenizer, plan, progress=progress, threads=threads)
-    return [infilled_sample(sample, plan.piece, *plan.infill) for sample in raw]
+    return finished(plan, run(model, tokenizer, plan, progress=progress, threads=threads))
+
+
+def finished(plan: Plan, samples: list[Sample]) -> list[Sample]:
+    """The samples of a plan as the user gets them: an infilling plan's made whole pieces (`infilled_sample`),
+    a continuation's as they are."""
+    if plan.infill is None:
+        return samples
+    return [infilled_sample(sample, plan.piece, *plan.infill) for sample in samples]
 
 
 def infilled_sample(sample: Sample, notes: Notes, start: float, end: float) -> Sample:

@@ -103,6 +103,8 @@ class GenerationRequest:
             raise ConfigError(f"max_note_seconds: must be >= 0 (0 = no limit), got {self.max_note_seconds!r}")
         if not (isinstance(self.guidance, (int, float)) and 0 < self.guidance < float("inf")):
             raise ConfigError(f"guidance: must be a positive number (1 = off), got {self.guidance!r}")
+        if self.guidance != 1 and not parse_controls(self.controls):
+            raise ConfigError("guidance: steers towards controls; give some (--control NAME=VALUE) or leave it at 1")
         if int(self.chunk) != self.chunk or self.chunk < 1:
             raise ConfigError(f"chunk: must be a positive integer, got {self.chunk!r}")
         if self.primer_seconds is not None and self.primer_tokens is not None:
@@ -141,7 +143,7 @@ def prepare(model, tokenizer: Tokenizer, request: GenerationRequest, *, stacklev
     `stacklevel` as `warnings.warn` counts it from here (2: the caller of `prepare`)."""
     n_ctx = model.config.n_ctx
     shift_seconds(tokenizer, needed=request.seconds is not None)  # fail before any work
-    header = control_header(tokenizer, request.controls, request.guidance)
+    header = control_header(tokenizer, request.controls)
     seed = random.randrange(2**31) if request.seed is None else int(request.seed)  # Python's: repeatable after set_seed
     common = dict(sampling=request.sampling(), seed=seed, num_samples=int(request.num_samples), arcs=request.arcs,
                   return_logits=request.return_logits, chunk=int(request.chunk), guidance=float(request.guidance))
@@ -189,14 +191,10 @@ def load_model_and_tokenizer(model=None, tokenizer: Tokenizer | None = None, dev
     return model, tokenizer
 
 
-def control_header(tokenizer: Tokenizer, controls, guidance: float) -> np.ndarray:
-    """The CONTROL ids for `controls` (checked against the tokenizer), and a check of the guidance scale."""
-    if not (isinstance(guidance, (int, float)) and 0 < guidance < float("inf")):
-        raise ConfigError(f"guidance: must be a positive number (1 = off), got {guidance!r}")
+def control_header(tokenizer: Tokenizer, controls) -> np.ndarray:
+    """The CONTROL ids for `controls` ({name: value} or ["name=value", ...]), checked against the tokenizer."""
     values = parse_controls(controls)
     if not values:
-        if guidance != 1:
-            raise ConfigError("guidance: steers towards controls; give some (--control NAME=VALUE) or leave it at 1")
         return np.zeros(0, np.int64)
     if not getattr(tokenizer, "controls", None):
         raise ConfigError("controls: this model was trained without control tokens (train with data.controls, "

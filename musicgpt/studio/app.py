@@ -35,6 +35,7 @@ from starlette.routing import Route
 
 from musicgpt import __version__
 from musicgpt.errors import ConfigError, MusicGPTError
+from musicgpt.generation.setup import control_header
 from musicgpt.studio.files import FileStore
 from musicgpt.studio.form import FIELDS, MAX_SAMPLES, parse_fields
 from musicgpt.studio.jobs import Event, Job, Worker
@@ -204,7 +205,7 @@ async def generate(request: Request) -> Response:
             if take.example not in studio.examples:
                 raise ConfigError(f"example {take.example!r}: unknown; known: {', '.join(studio.examples) or 'none'}")
             path, name = studio.examples[take.example], studio.examples[take.example].name
-        take.header(studio.tokenizer)  # controls and guidance checked against the model before the take queues
+        control_header(studio.tokenizer, take.controls)  # checked against the model before the take queues
         if take.infilling and not getattr(studio.tokenizer, "infill", False):
             raise ConfigError("infill_start, infill_end: this model was not trained for infilling (its tokenizer "
                               "has no INFILL tokens)")

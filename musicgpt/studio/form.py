@@ -13,11 +13,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
-
 from musicgpt.arcs.capture import ArcsConfig
 from musicgpt.errors import ConfigError
-from musicgpt.generation.setup import GenerationRequest, control_header
+from musicgpt.generation.setup import GenerationRequest
 
 MAX_SAMPLES = 8  # one batch; more would only slow every sample down
 MAX_SECONDS = 600.0  # of new music per take
@@ -70,10 +68,6 @@ class TakeRequest:
     def infilling(self) -> bool:
         """Whether the take regenerates a span of its primer instead of continuing it."""
         return self.infill_start is not None
-
-    def header(self, tokenizer) -> np.ndarray:
-        """The CONTROL ids the prompt opens with; a ConfigError for controls or guidance the model cannot take."""
-        return control_header(tokenizer, list(self.controls), self.guidance)
 
     def generation_request(self, arcs: ArcsConfig | None = None) -> GenerationRequest:
         """What the take asks generation for: the primer continued, or (infill_start, infill_end) of it refilled

@@ -28,8 +28,8 @@ import torch
 from musicgpt.arcs.capture import ArcsConfig
 from musicgpt.arcs.format import write_arcs
 from musicgpt.errors import MusicGPTError
-# infilled_sample is musicgpt.infill's own last step (the piece around the new middle): one rule for both
-from musicgpt.generation.infilling import infilled_sample as infilled
+# musicgpt.infill's own last step (an infilled middle made the whole piece): one rule for both
+from musicgpt.generation.infilling import finished
 from musicgpt.generation.loop import Generation
 from musicgpt.generation.primer import PrimerCutWarning
 from musicgpt.generation.sample import Sample
@@ -105,8 +105,7 @@ class TakeRunner:
                 return "disconnected"
             samples = generation.samples()
             events = live.finish(samples)
-            if request.infilling:  # the whole piece: its own notes outside the span, the new ones inside
-                samples = [infilled(s, plan.piece, *plan.infill) for s in samples]
+            samples = finished(plan, samples)  # infilling: its own notes outside the span, the new ones inside
             stored = [self._store(take, b, sample) for b, sample in enumerate(samples)]
             job.send(events + [("done", self._done(job, take, samples, stored, started))])
             not_before = time.monotonic() + WRITE_DELAY_S
