@@ -1,7 +1,7 @@
 """The studio's web app (Starlette): the page, its assets, the HTTP API and the files the takes wrote.
 
     GET  /                      the page (musicgpt/studio/assets/studio.html)
-    GET  /assets/NAME           studio.js, studio.css, viewer.css: a fixed table of packaged files
+    GET  /assets/NAME           studio.js, studio.css, viewer.css, piano.js, piano/*.ogg: a fixed table of files
     GET  /api/health            the model and the server's state
     GET  /api/examples          the bundled examples a take can start from
     POST /api/generate          a take, answered as text/event-stream (musicgpt.studio.stream, takes)
@@ -41,12 +41,15 @@ from musicgpt.studio.form import FIELDS, MAX_SAMPLES, parse_fields
 from musicgpt.studio.jobs import Event, Job, Worker
 from musicgpt.studio.sse import encode
 from musicgpt.studio.uploads import DEFAULT_UPLOAD_MB, UploadTooLarge, read_form, save_primer
+from musicgpt.viz.piano import asset_names as piano_assets
 
 # name -> (package, file, media type): everything /assets/ serves
 ASSETS = {
     "studio.js": ("musicgpt.studio", "studio.js", "text/javascript; charset=utf-8"),
     "studio.css": ("musicgpt.studio", "studio.css", "text/css; charset=utf-8"),
     "viewer.css": ("musicgpt.viz", "viewer.css", "text/css; charset=utf-8"),  # the viewer's theme and controls
+    "piano.js": ("musicgpt.viz", "piano.js", "text/javascript; charset=utf-8"),  # the sampler the pages play
+    **{name: ("musicgpt.viz", name, "audio/ogg") for name in piano_assets()},  # its samples: piano/A0v10.ogg, ...
 }
 PAGE = ("musicgpt.studio", "studio.html")
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost"]  # a DNS-rebinding page names another host: refused
@@ -266,7 +269,8 @@ async def download(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/", page), Route("/assets/{name}", asset), Route("/api/health", health), Route("/api/examples", examples),
+    Route("/", page), Route("/assets/{name:path}", asset), Route("/api/health", health),
+    Route("/api/examples", examples),
     Route("/api/generate", generate, methods=["POST"]), Route("/api/cancel", cancel, methods=["POST"]),
     Route("/files/{id}/{name}", download),
 ]
