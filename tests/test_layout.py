@@ -25,7 +25,8 @@ ROOMS = {
     "musicgpt.training": "training", "musicgpt.training.log": "training.log",
     "musicgpt.generation": "generation",
     "musicgpt.arcs": "arcs.format", "musicgpt.arcs.format": "arcs.format", "musicgpt.arcs.select": "arcs.format",
-    "musicgpt.arcs.capture": "arcs.capture",
+    "musicgpt.arcs.capture": "arcs.capture", "musicgpt.arcs.forward": "arcs.capture",
+    "musicgpt.arcs.measures": "arcs.capture", "musicgpt.arcs.influence": "arcs.capture",
     "musicgpt.viz": "viz", "musicgpt.metrics": "metrics", "musicgpt.analysis": "analysis",
     "musicgpt.studio": "studio", "musicgpt.duet": "duet",
 }

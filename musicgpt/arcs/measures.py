@@ -1,0 +1,130 @@
+"""Measures of "this past note shaped that note": attention, norm, rollout (cheap) and influence (the reference).
+
+Every measure scores, for a query note, the earlier notes of its context, per layer and head where it has
+them. The query row of a note is its NOTE_ON's row, as the arcs have always been (docs/arcs-format.md);
+a key note's score is the sum over its tokens (its NOTE_ON and the VELOCITY before it), as `aggregate` sums.
+
+    attention  the softmax weight A[h, q, j] (the arcs as they were)
+    norm       A[h, q, j] * ||v_j W_O^h||, the size of what key j adds to the head's output through the
+               output projection (Kobayashi et al. 2020), as shares of the row's total
+    rollout    attention propagated down through the layers with the residual (Abnar and Zuidema 2020):
+               R_l = (A_l + I) / 2 @ R_{l-1} with A_l the head mean; layer l head h is
+               (A_l^h + I) / 2 @ R_{l-1}, so the head mean of the last layer is the whole rollout
+    influence  how much the query note's tokens' NLL rises when one past note is hidden
+               (`musicgpt.arcs.influence`); no layers or heads
+
+Every cheap measure's row sums to 1 over the keys (shares), as attention does, so any of them fits
+arcs.json's weights. For a piece longer than n_ctx tokens the cheap measures beyond `attention` are
+computed over segments (see `measure_stream`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from musicgpt.arcs.capture import ArcsConfig, NoteArcsStream, query_rows
+from musicgpt.arcs.forward import Trace, trace
+from musicgpt.errors import ConfigError
+from musicgpt.model.prefill import token_nll_of
+
+MEASURES = ("attention", "norm", "rollout", "influence")
+CHEAP = ("attention", "norm", "rollout")
+DEFAULT_MEASURE = "attention"  # what arcs are drawn with unless asked; see docs/benchmarks.md (faithfulness)
+
+
+def check_measure(name: str) -> str:
+    """`name` when it is a measure, else a ConfigError naming the choices."""
+    if name not in MEASURES:
+        raise ConfigError(f"measure: unknown {name!r}; choose one of {', '.join(MEASURES)}")
+    return name
+
+
+def rollout_matrices(mean_probs: list[Tensor]) -> list[Tensor]:
+    """R_l for every layer: (T, T) each, R_l = (A_l + I) / 2 @ R_{l-1}, R_{-1} = I."""
+    eye = torch.eye(mean_probs[0].shape[-1], dtype=torch.float64)
+    out, below = [], eye
+    for a in mean_probs:
+        below = (0.5 * a.double() + 0.5 * eye) @ below
+        out.append(below)
+    return out
+
+
+def token_scores(tr: Trace, rows, measure: str) -> Tensor:
+    """Scores (L, H, R, T) of the query rows `rows` (positions, as given to `trace`) over every key token."""
+    rows = torch.as_tensor(np.asarray(rows, np.int64))
+    attention = torch.stack(tr.row_probs).double()  # (L, H, R, T)
+    if measure == "attention":
+        return attention
+    if measure == "norm":
+        weighted = attention * torch.stack(tr.value_norms).double()[:, :, None, :]  # (L, H, R, T)
+        return weighted / weighted.sum(-1, keepdim=True).clamp_min(1e-30)
+    if measure == "rollout":
+        t = attention.shape[-1]
+        own = torch.zeros(len(rows), t, dtype=torch.float64)
+        own[torch.arange(len(rows)), rows] = 1.0  # (R, T): the query's own row of I
+        below = [torch.eye(t, dtype=torch.float64), *rollout_matrices(tr.mean_probs)[:-1]]
+        return torch.stack([(0.5 * attention[l] + 0.5 * own) @ below[l] for l in range(len(below))])
+    raise ConfigError(f"measure: {measure!r} has no token scores (cheap measures: {', '.join(CHEAP)})")
+
+
+def note_scores(scores: Tensor, owner: np.ndarray, query_note: np.ndarray, n_notes: int) -> np.ndarray:
+    """(L, H, R, N): per query row the sum of `scores` (L, H, R, T) over each note's tokens (`owner`, -1: no
+    note); the query's own note gets NaN."""
+    owner = np.asarray(owner)
+    l, h, r, t = scores.shape
+    out = np.zeros((l, h, r, n_notes + 1))
+    index = np.where(owner[:t] >= 0, owner[:t], n_notes)  # tokens of no note go to a spare column
+    np.add.at(out, (slice(None), slice(None), slice(None), index), scores.numpy())
+    out = out[..., :n_notes]
+    for i, q in enumerate(np.asarray(query_note)):
+        if q >= 0:
+            out[:, :, i, q] = np.nan
+    return out
+
+
+def measure_stream(model, ids, tokenizer, measure: str, *, config: ArcsConfig | None = None,
+                   progress: bool = False) -> NoteArcsStream:
+    """Note arcs (and each token's NLL) of `ids` by a cheap measure other than attention, as `attend_notes` gives
+    attention's.
+
+    A piece of at most n_ctx tokens is one segment: exact. A longer one is read in blocks of n_ctx / 2 query
+    tokens, each with the n_ctx tokens up to its end as its segment: a query sees at least n_ctx / 2 tokens
+    before it, as in generation's sliding window, but the tokens early in a segment lose what lies before it
+    (teacher forcing through the sliding window does not), so beyond n_ctx tokens these arcs approximate.
+    """
+    from tqdm.auto import tqdm
+
+    if measure not in ("norm", "rollout"):
+        raise ConfigError(f"measure: measure_stream computes norm and rollout, not {measure!r}")
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    cfg = model.config
+    stream = NoteArcsStream(tokenizer, ids, cfg.n_layer, cfg.n_head, config)
+    wanted = query_rows(tokenizer, ids)
+    n_ctx = cfg.n_ctx
+    block = len(ids) if len(ids) <= n_ctx else max(1, n_ctx // 2)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(ids), unit="tok", desc=measure, disable=not progress, leave=False, file=sys.stderr)
+    try:
+        for first in range(0, len(ids), block):
+            end = min(first + block, len(ids))
+            seg = max(0, end - n_ctx)
+            rows = np.flatnonzero(wanted[first:end]) + first - seg  # segment positions of the block's NOTE_ONs
+            tr = trace(model, ids[seg:end], rows)
+            logits = tr.logits[first - seg :]  # rows first ... end-1 predict tokens first+1 ... end
+            stop = min(end + 1, len(ids))
+            stream.token_nll[first + 1 : stop] = token_nll_of(logits[: stop - first - 1],
+                                                              torch.from_numpy(ids[first + 1 : stop]))
+            if len(rows):
+                scores = token_scores(tr, rows, measure)  # (L, H, R, T)
+                stream.add(rows + seg, seg, scores.float().permute(0, 2, 1, 3))  # (L, R, H, T)
+            stream.end_chunk()
+            bar.update(end - first)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return stream
