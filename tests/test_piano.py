@@ -68,7 +68,7 @@ def test_the_studio_serves_piano_js_and_every_sample_by_name_only():
 RENDER = """
 const [samples, notes, seconds, done] = arguments;
 (async () => {
-  const ctx = new OfflineAudioContext(1, Math.round(seconds * %d), %d);
+  const ctx = new OfflineAudioContext(2, Math.round(seconds * %d), %d);
   const piano = await MusicgptPiano.create(ctx, {samples});
   for (const [kind, a, b, t] of notes) {
     if (kind === 'on') piano.noteOn(a, b, t);
@@ -76,9 +76,11 @@ const [samples, notes, seconds, done] = arguments;
     else if (kind === 'pedal') piano.pedal(a, t);
     else piano.allOff(t);
   }
-  const out = await ctx.startRendering();
-  done({ready: piano.ready, voices: piano.voicesStarted, names: MusicgptPiano.SAMPLE_NAMES,
-         audio: Array.from(out.getChannelData(0))});
+  const out = await ctx.startRendering(), left = out.getChannelData(0), right = out.getChannelData(1);
+  let peak = 0;
+  for (let i = 0; i < left.length; i++) peak = Math.max(peak, Math.abs(left[i]), Math.abs(right[i]));
+  done({ready: piano.ready, voices: piano.voicesStarted, names: MusicgptPiano.SAMPLE_NAMES, peak,
+         audio: Array.from(left)});
 })().catch((e) => done({error: String(e)}));
 """ % (RATE, RATE)
 
@@ -137,15 +139,16 @@ def test_a_c4_sample_played_at_d4_sounds_at_d4(page):
 
 @needs
 def test_velocity_sets_the_level_and_a_loud_ten_note_chord_does_not_clip(page):
-    samples = sample_urls("C3", "D#3", "F#3", "A3", "C4", "D#4", "F#4", "A4", "C5", "D#5")
+    samples = sample_urls("C1", "C2", "C3", "D#3", "F#3", "A3", "C4", "D#4", "F#4", "A4", "C5", "D#5")
     soft, _ = render(page, samples, [["on", 60, 40, 0.0]], 1.0)
     loud, _ = render(page, samples, [["on", 60, 120, 0.0]], 1.0)
     difference = rms_db(loud) - rms_db(soft)
     assert 15 < difference < 25, difference  # the square law: 40 log10(120 / 40) = 19.1 dB
-    assert -40 < rms_db(loud) < -6, rms_db(loud)
-    chord = [["on", p, 127, 0.0] for p in (36, 43, 48, 52, 55, 60, 64, 67, 72, 76)]
-    x, info = render(page, samples, chord, 1.5)
-    assert info["voices"] == 10 and np.abs(x).max() < 1.0 and rms_db(x) > rms_db(loud), (np.abs(x).max(), rms_db(x))
+    assert -30 < rms_db(loud) < -12, rms_db(loud)  # measured -19.6 dBFS RMS over its first second
+    chord = (36, 43, 48, 52, 55, 60, 64, 67, 72, 76)
+    for low in (36, 24):  # a chord around C4, and one from C1 up (the bass samples are the loudest)
+        x, info = render(page, samples, [["on", p - 36 + low, 127, 0.0] for p in chord], 1.5)
+        assert info["voices"] == 10 and info["peak"] < 0.9 and rms_db(x) > rms_db(loud), (info["peak"], rms_db(x))
 
 
 @needs
@@ -165,5 +168,5 @@ def test_note_off_damps_and_the_sustain_pedal_holds_until_it_lifts(page):
 def test_the_voice_limit_steals_the_oldest(page):
     notes = [["on", 40 + i, 100, 0.01 * i] for i in range(80)]
     x, info = render(page, sample_urls("C4"), notes, 1.0)
-    assert info["voices"] == 80 and np.abs(x).max() < 1.0
+    assert info["voices"] == 80 and info["peak"] < 1.0  # 64 voices at once: the soft clip holds it
     assert json.loads(page.execute_script("return JSON.stringify(MusicgptPiano.DEFAULTS)"))["voices"] == 64

@@ -26,7 +26,7 @@ var MusicgptPiano = (function () {
     maxSeconds: 8,       // decoded samples are cut (with a fade) to this length: 30 samples stay near 80 MB
     release: 0.07,       // note-off damper: exponential time constant, seconds
     quickRelease: 0.012, // allOff, voice stealing and a re-struck key
-    gain: 0.5,           // master gain before the compressor (one sample peaks near 0.5 at velocity 127)
+    gain: 1.0,           // master gain before the compressor: one note at velocity 127 peaks near 0.4
   };
 
   /** The MIDI pitch of a sample name: "A0" -> 21, "D#4" (or "Ds4", "Eb4") -> 63. */
@@ -84,6 +84,15 @@ var MusicgptPiano = (function () {
     return out;
   }
 
+  function softClip(range) {  // the curve of y = x below 0.6, 0.6 + 0.4 tanh((x - 0.6) / 0.4) above, on [-range, range]
+    const n = 4097, curve = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      const x = range * (2 * i / (n - 1) - 1), a = Math.abs(x);
+      curve[i] = Math.sign(x) * (a <= 0.6 ? a : 0.6 + 0.4 * Math.tanh((a - 0.6) / 0.4));
+    }
+    return curve;
+  }
+
   class Piano {
     constructor(ctx, buffers, options) {
       this.ctx = ctx;
@@ -103,8 +112,12 @@ var MusicgptPiano = (function () {
       this.compressor.release.value = 0.2;
       this.output = ctx.createGain();
       this.output.gain.value = options.gain;
-      this.output.connect(this.compressor);
-      this.compressor.connect(options.destination || ctx.destination);
+      // The compressor is no brick wall (dozens of voices at once overshoot it): a soft clip after it, linear
+      // below 0.6, keeps the output under full scale. A shaper reads inputs in [-1, 1]: scaled by 1/4 first.
+      const scale = ctx.createGain(), clip = ctx.createWaveShaper();
+      scale.gain.value = 0.25;
+      clip.curve = softClip(4);
+      this.output.connect(this.compressor).connect(scale).connect(clip).connect(options.destination || ctx.destination);
     }
 
     time(when) {
