@@ -162,6 +162,9 @@ def test_note_off_damps_and_the_sustain_pedal_holds_until_it_lifts(page):
     assert ringing > rms_db(x[int(0.05 * RATE): int(0.3 * RATE)]) - 20 and after < ringing - 50, (ringing, after)
     x, _ = render(page, samples, [["on", 60, 100, 0.0], ["on", 64, 100, 0.0], ["all", 0, 0, 0.3]], 1.0)
     assert rms_db(x[int(0.5 * RATE):]) < -90
+    ahead = [["on", 60, 100, 0.0], ["on", 64, 100, 0.5], ["off", 64, 0, 0.9], ["all", 0, 0, 0.2]]
+    x, _ = render(page, samples, ahead, 1.0)  # a player stopped before the note it had scheduled: never heard
+    assert rms_db(x[int(0.4 * RATE):]) < -90
 
 
 @needs

@@ -137,10 +137,14 @@ var MusicgptPiano = (function () {
 
     noteOn(pitch, velocity, when) {
       if (!(Number(velocity) > 0)) { this.noteOff(pitch, when); return; }  // MIDI's note-on at velocity 0
-      const t = this.time(when), ctx = this.ctx;
+      const t = this.time(when), ctx = this.ctx, quick = this.options.quickRelease;
       pitch = Math.round(Number(pitch));
-      for (const v of this.voices.slice()) if (v.pitch === pitch && !v.ending) this.end(v, t, this.options.quickRelease);
-      while (this.voices.length >= this.options.voices) this.end(this.voices[0], t, this.options.quickRelease);
+      for (const v of this.voices) if (v.pitch === pitch) this.end(v, t, quick);  // a re-struck key damps the last
+      const live = this.voices.filter((v) => !v.stolen);
+      for (let i = 0; i <= live.length - this.options.voices; i++) {  // over the limit: the oldest go, quickly
+        live[i].stolen = true;
+        this.end(live[i], t, quick);
+      }
       const sample = this.sampleFor(pitch);
       const source = ctx.createBufferSource();
       source.buffer = sample.buffer;
@@ -148,7 +152,7 @@ var MusicgptPiano = (function () {
       const env = ctx.createGain();
       env.gain.setValueAtTime(velocityGain(velocity), t);
       source.connect(env).connect(this.output);
-      const voice = { pitch, source, env, held: true, ending: false };
+      const voice = { pitch, source, env, held: true, endAt: Infinity, stolen: false };
       source.onended = () => {
         const i = this.voices.indexOf(voice);
         if (i >= 0) this.voices.splice(i, 1);
@@ -162,7 +166,7 @@ var MusicgptPiano = (function () {
     noteOff(pitch, when) {
       const t = this.time(when);
       pitch = Math.round(Number(pitch));
-      for (const v of this.voices.slice()) {
+      for (const v of this.voices) {
         if (v.pitch !== pitch || !v.held) continue;
         v.held = false;
         if (!this.sustain) this.end(v, t, this.options.release);
@@ -172,24 +176,24 @@ var MusicgptPiano = (function () {
     pedal(down, when) {
       const t = this.time(when);
       this.sustain = !!down;
-      if (this.sustain) return;
-      for (const v of this.voices.slice()) if (!v.held && !v.ending) this.end(v, t, this.options.release);
+      if (!this.sustain) for (const v of this.voices) if (!v.held) this.end(v, t, this.options.release);
     }
 
-    allOff(when) {
+    allOff(when) {  // voices scheduled to start later are silenced too (a player schedules a little ahead)
       const t = this.time(when);
       this.sustain = false;
-      for (const v of this.voices.slice()) if (!v.ending) this.end(v, t, this.options.quickRelease);
+      for (const v of this.voices) this.end(v, t, this.options.quickRelease);
     }
 
-    end(voice, t, tau) {  // release: an exponential fade from t, stopped once inaudible (about -80 dB)
-      voice.ending = true;
+    // Release from t (an exponential fade, stopped once about -80 dB); an earlier end replaces a later one. A voice
+    // stays listed until it has ended, so allOff reaches what a player released ahead of time.
+    end(voice, t, tau) {
       voice.held = false;
+      if (voice.endAt <= t) return;
+      voice.endAt = t;
       voice.env.gain.cancelScheduledValues(t);
       voice.env.gain.setTargetAtTime(0, t, tau);
-      try { voice.source.stop(t + tau * 9); } catch (e) { /* already stopped */ }
-      const i = this.voices.indexOf(voice);
-      if (i >= 0) this.voices.splice(i, 1);
+      try { voice.source.stop(t + tau * 9); } catch (e) { /* an engine that allows one stop() only */ }
     }
   }
 
