@@ -6,10 +6,11 @@
     GET  /api/examples          the bundled examples a take can start from
     POST /api/generate          a take, answered as text/event-stream (musicgpt.studio.stream, takes)
     POST /api/cancel            stop a take (field or query parameter `job`)
+    GET  /api/duet              a WebSocket: play a duet with the model (musicgpt.studio.duet)
     GET  /files/ID/NAME         a file a take wrote (musicgpt.studio.files)
 
 No path from a request reaches the file system: assets and files are looked up in tables by name and id.
-A POST from a page of another origin is refused (a web page could otherwise make the studio generate);
+A POST or a WebSocket from a page of another origin is refused (a web page could otherwise make the studio generate);
 requests with no Origin header (curl, scripts) are served.
 """
 
@@ -31,11 +32,13 @@ from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from musicgpt import __version__
 from musicgpt.errors import ConfigError, MusicGPTError
 from musicgpt.generation.setup import control_header
+from musicgpt.studio.duet import DuetHost
 from musicgpt.studio.files import FileStore
 from musicgpt.studio.form import FIELDS, MAX_SAMPLES, parse_fields
 from musicgpt.studio.jobs import Event, Job, Worker
@@ -268,11 +271,17 @@ async def download(request: Request) -> Response:
                         content_disposition_type="inline" if inline else "attachment", headers=SECURITY_HEADERS)
 
 
+async def duet(websocket: WebSocket) -> None:
+    if _foreign(websocket):  # a page of another origin must not play with (or listen to) the model
+        return await websocket.close(code=1008, reason="duet: refused a page of another origin")
+    await websocket.app.state.duets.serve(websocket)
+
+
 ROUTES = [
     Route("/", page), Route("/assets/{name:path}", asset), Route("/api/health", health),
     Route("/api/examples", examples),
     Route("/api/generate", generate, methods=["POST"]), Route("/api/cancel", cancel, methods=["POST"]),
-    Route("/files/{id}/{name}", download),
+    Route("/files/{id}/{name}", download), WebSocketRoute("/api/duet", duet),
 ]
 
 
@@ -306,5 +315,6 @@ def create_app(model, tokenizer=None, *, model_name: str = "bundled", upload_lim
     app = Starlette(routes=ROUTES, lifespan=lifespan,
                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOOPBACK_HOSTS)])
     app.state.studio = studio
+    app.state.duets = DuetHost(model, tokenizer, model_name)
     app.state.assets = {"/": _asset(*PAGE), **{name: _asset(pkg, file) for name, (pkg, file, _) in ASSETS.items()}}
     return app
