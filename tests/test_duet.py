@@ -1,10 +1,13 @@
 """The duet engine (musicgpt.duet) on a tiny random model with a fake clock: turn taking, barge-in, timing bounds,
 and the cache equal to one full forward pass over the stream (random weights: the mechanics, not the music)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from musicgpt.duet import DuetConfig, DuetSession, FakeClock
+from musicgpt.duet.stream import TokenStream
 from musicgpt.errors import ConfigError
 from musicgpt.generation.setup import GenerationRequest
 from musicgpt.tokens.performance import PerformanceTokenizer
@@ -12,6 +15,7 @@ from test_kv_cache import pinned_reference
 from tiny_models import steering_model, tiny_model
 
 TOK = PerformanceTokenizer()
+PRIMER = Path(__file__).parent / "fixtures" / "pop909_331.mid"
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +82,12 @@ def assert_cache_is_the_full_forward(s, model):
             full = pinned_reference(model, ids, model.config.n_ctx, s.pinned)[:, -1]  # (1, V)
         else:
             full = model(ids, window=model.config.n_ctx).logits[:, -1]  # (1, V)
-    assert (s.logits - full).abs().max() <= 1e-4
+        assert (s.logits - full).abs().max() <= 1e-4
+        if s.guidance is not None:  # the unconditional half: the same stream without the CONTROL header
+            uncond = torch.from_numpy(s.ids[s.pinned:])[None]  # (1, T - header)
+            assert s.guidance.cache.length == uncond.shape[1]
+            full = model(uncond, window=model.config.n_ctx).logits[:, -1]  # (1, V)
+            assert (s.guidance.logits - full).abs().max() <= 1e-4
 
 
 def test_the_human_is_prefilled_as_they_play_and_the_model_takes_over_after_wait_seconds_of_silence(model):
@@ -180,31 +189,44 @@ def test_the_sustain_pedal_holds_released_keys_until_it_is_lifted(model):
     assert_cache_is_the_full_forward(s, model)
 
 
-@pytest.mark.parametrize("steered", [False, True])
+@pytest.mark.parametrize("steered", ["plain", "pinned", "guided"])
 def test_the_cache_equals_one_full_forward_pass_over_a_long_duet_with_barge_ins(model, steered):
-    """Past n_ctx (128) the window slides; barge-ins cut tokens from the cache's end, or (a steered duet, its
-    CONTROL header pinned in the window) rebuild it."""
-    if steered:
+    """Past n_ctx (128) the window slides, and past the buffers' capacity they move to the front keeping a reserve;
+    barge-ins cut tokens from the caches' ends without a rebuild, or (a steered duet whose CONTROL header is pinned
+    in a slid window) rebuild them. Guided: the unconditional cache follows the same stream without the header."""
+    if steered != "plain":
         model, tokenizer = steering_model()
         clock = FakeClock()
-        s = DuetSession(model, DuetConfig(wait=0.3, answer=3.0), GenerationRequest(seed=5, controls={
-            "composer": "Chopin"}), clock=clock, tokenizer=tokenizer)
-        assert s.pinned == 1
+        s = DuetSession(model, DuetConfig(wait=0.3, answer=3.0), GenerationRequest(
+            seed=5, controls={"composer": "Chopin"}, guidance=2.0 if steered == "guided" else 1.0),
+            clock=clock, tokenizer=tokenizer)
+        assert s.pinned == 1 and (s.guidance is not None) == (steered == "guided")
     else:
         s, clock = session(model, seed=5, wait=0.3, answer=3.0)
     cuts, truncate = [], s.stream.truncate
     s.stream.truncate = lambda n: (cuts.append(len(s.stream) - n), truncate(n))
-    t = 0.0
-    for round_ in range(10):
-        phrase(s, clock, pitches=(60 + round_, 64, 67, 72), start=t + 0.05, gap=0.07, hold=0.05)
+    rebuilds, new_cache = [], s._new_cache
+    s._new_cache = lambda pinned: (rebuilds.append(pinned), new_cache(pinned))[1]
+    t, round_ = 0.0, 0
+    while len(s.ids) < s.cache.capacity + model.config.n_ctx and round_ < 60:
+        phrase(s, clock, pitches=(60 + round_ % 12, 64, 67, 72), start=t + 0.05, gap=0.07, hold=0.05)
         until_an_early_note(s, clock, limit=clock.now() + 5)
         s.note_on(48, 70)
-        assert_cache_is_the_full_forward(s, model)
+        if round_ % 4 == 0:
+            assert_cache_is_the_full_forward(s, model)
         clock.advance(0.1)
         s.note_off(48)
-        t = clock.now()
-    assert len(s.ids) > 2 * model.config.n_ctx and sum(cuts) > 0  # barge-ins cut tokens the model had written
+        t, round_ = clock.now(), round_ + 1
+    assert len(s.ids) >= s.cache.capacity + model.config.n_ctx and sum(cuts) > 0  # barge-ins cut model tokens
     assert_cache_is_the_full_forward(s, model)
+    # the stream cut back from its mark is the stream written straight: grammar, clock and who holds each key
+    fresh = TokenStream(s.tokenizer, s.ids[: len(s.stream.prompt)], s.stream.width)
+    for token, who in zip(s.stream.ids[len(fresh) :], s.stream.who[len(fresh) :]):
+        fresh.append(token, who)
+    assert torch.equal(fresh.grammar.blocked, s.stream.grammar.blocked) and fresh.steps == s.stream.steps
+    assert (fresh.owner == s.stream.owner).all() and fresh.model_on == s.stream.model_on
+    if steered == "plain":  # every cut was taken back in place: the reserve outlived the moves to the front
+        assert rebuilds == []
 
 
 def test_a_duet_is_repeatable_and_checks_its_settings(model):
@@ -218,5 +240,29 @@ def test_a_duet_is_repeatable_and_checks_its_settings(model):
         DuetConfig(trigger_cc=64)
     with pytest.raises(ConfigError, match="wait"):
         DuetConfig(wait=0)
-    with pytest.raises(ConfigError, match="guidance"):
-        DuetSession(model, request=GenerationRequest(guidance=2.0, controls={"density": "high"}))
+    with pytest.raises(ConfigError, match="guidance"):  # guidance steers towards controls: none given
+        DuetSession(model, request=GenerationRequest(guidance=2.0))
+    with pytest.raises(ConfigError, match="infilling"):
+        DuetSession(model, request=GenerationRequest(infill=(1.0, 2.0), primer=PRIMER))
+
+
+def test_messages_that_arrive_together_go_in_with_one_prefill_at_their_arrival_times(model):
+    """`receive` stamps each message with its own arrival time and prefills once; the stream is what the same
+    messages sent one by one at those times make. A malformed message is refused whole, naming it."""
+    times = [0.10, 0.12, 0.15, 0.31, 0.33]
+    messages = [[0x90, 60, 80], [0x90, 64, 70], [0x80, 60, 0], [0xB0, 64, 127], [0x90, 64, 0]]
+    one, clock1 = session(model)
+    for m, t in zip(messages, times):
+        clock1.set(t)
+        one.midi(m)
+    batch, clock2 = session(model)
+    clock2.set(0.5)
+    calls, sync = [], batch._sync
+    batch._sync = lambda: (calls.append(1), sync())
+    batch.receive(list(zip(messages, times)))
+    assert batch.ids.tolist() == one.ids.tolist() and len(calls) == 1
+    assert_cache_is_the_full_forward(batch, model)
+    for bad in ([0x90, 60], [0x90, 128, 1], [0x90, 60, 1.5], "note", [True, 60, 1]):
+        with pytest.raises(ValueError, match="MIDI"):
+            batch.receive([([0x90, 61, 80], None), (bad, None)])
+    assert batch.ids.tolist() == one.ids.tolist()  # nothing of a refused batch went in

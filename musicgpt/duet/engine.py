@@ -5,9 +5,11 @@
     for event in session.poll(): ...                # the model's notes due within the lookahead
 
 No web and no MIDI ports here: a front end calls `note_on` / `note_off` / `control` (or `midi` with raw
-bytes) as messages arrive and `poll()` from its loop, and plays what comes back at each event's `time`
-(seconds on the session clock). Human events are tokenized and prefilled as they arrive
-(`musicgpt.duet.stream`), so at the model's turn only decoding is left.
+bytes, or `receive` with several that arrived together, each stamped with its arrival time) as messages
+arrive and `poll()` from its loop, and plays what comes back at each event's `time` (seconds on the session
+clock). Every public method takes the session's lock, so an input thread and a clock pump may call at once.
+Human events are tokenized and prefilled as they arrive (`musicgpt.duet.stream`; messages that arrive
+together in one chunk), so at the model's turn only decoding is left.
 
 Turns: the model takes over once the human has been silent for `wait` seconds after playing, or at once on
 the trigger (a controller pressed, or a key that makes no sound). It plays for up to `answer` seconds of
@@ -20,8 +22,12 @@ After an answer the model waits for the human to play again.
 
 Decoding runs ahead of the clock by `lookahead` seconds at most: a sampled TIME_SHIFT that would pass that
 horizon is held back, unfed, until the clock comes near, so a barge-in cancels at most a lookahead's worth
-of tokens. Sampling is `generate`'s (`GenerationRequest`: temperature, top-k/p, min-p, seed, controls, a
-primer), under its grammar mask; the model never ends a note of the human's. Each model note-on carries
+of tokens, taken back from the caches in place (they keep RESERVE tokens past the window) and from the
+stream by replaying from the turn's start, not from the session's. The poll that makes a turn's first note
+returns with it, so it goes out before the rest of the lookahead is decoded. Sampling is `generate`'s
+(`GenerationRequest`: temperature, top-k/p, min-p, seed, controls with classifier-free guidance, a primer),
+under its grammar mask; the model never ends a note of the human's. Guidance keeps a second cache of the
+same stream without the CONTROL header, fed in the same decode step. Each model note-on carries
 its arcs (its NOTE_ON's attention aggregated to notes, as `musicgpt.arcs.capture.aggregate` does for
 arcs.json, keys named by their NOTE_ON positions) and its surprisal (nats, its VELOCITY and NOTE_ON).
 """
@@ -29,6 +35,7 @@ arcs.json, keys named by their NOTE_ON positions) and its surprisal (nats, its V
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -40,6 +47,7 @@ from musicgpt.arcs.format import round_nll
 from musicgpt.duet.clock import Clock, MonotonicClock
 from musicgpt.duet.stream import HUMAN, MODEL, TokenStream
 from musicgpt.errors import ConfigError
+from musicgpt.generation.guidance import Guidance
 from musicgpt.generation.sampling import GumbelNoise, make_generator, sample
 from musicgpt.generation.setup import GenerationRequest, load_model_and_tokenizer, pinned_header, prepare
 from musicgpt.model.decode_step import Decoder
@@ -47,7 +55,22 @@ from musicgpt.model.prefill import teacher_force
 from musicgpt.music.midi import SUSTAIN_CC, SUSTAIN_THRESHOLD
 from musicgpt.tokens.base import PerformanceEvents
 
-__all__ = ["DuetConfig", "DuetEvent", "DuetSession"]
+__all__ = ["DuetConfig", "DuetEvent", "DuetSession", "parse_midi"]
+
+RESERVE = 256  # tokens a cache keeps past its window: more than a lookahead's worth of decoding ahead
+
+
+def parse_midi(message: Sequence[int]) -> tuple[str, int, int] | None:
+    """(kind, data1, data2) of a raw MIDI message: "on", "off" or "cc"; None for a kind a duet ignores. Raises
+    ValueError for anything that is not three integers [status 0x80..0xFF, data 0..127, data 0..127]."""
+    if (not isinstance(message, (list, tuple)) or len(message) != 3
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in message)):
+        raise ValueError(f"a MIDI message is three integers [status, data1, data2], got {message!r}")
+    status, a, b = message
+    if not (0x80 <= status <= 0xFF and 0 <= a < 128 and 0 <= b < 128):
+        raise ValueError(f"MIDI bytes out of range: {message!r}")
+    kind = {0x80: "off", 0x90: "on", 0xB0: "cc"}.get(status & 0xF0)
+    return None if kind is None else (kind, a, b)
 
 
 @dataclass(frozen=True)
@@ -97,8 +120,8 @@ class DuetSession:
         if not isinstance(self.tokenizer, PerformanceEvents):
             raise ConfigError("duet: needs a performance-event tokenizer (NOTE_ON/NOTE_OFF/TIME_SHIFT/VELOCITY)")
         request = request or GenerationRequest()
-        if request.infill is not None or request.guidance != 1:
-            raise ConfigError("duet: infilling and guidance are not supported in a duet")
+        if request.infill is not None:
+            raise ConfigError("duet: infilling is not for a duet (the human writes what comes next)")
         plan = prepare(self.model, self.tokenizer, request)
         self.config, self.settings, self.clock = config, plan.settings, clock or MonotonicClock()
         self.arcs_config = plan.settings.arcs or ArcsConfig()
@@ -125,8 +148,12 @@ class DuetSession:
         self.held: tuple[int, float] | None = None  # a sampled TIME_SHIFT past the horizon, not fed yet
         self.turn_start = self.turn_end = self.turn_index = 0  # steps, steps, first token of the model's turn
         self.struck = False  # the model has struck a note in this turn
-        self.cache = self.model.new_cache(pinned=self.pinned)
+        self.cache = self._new_cache(self.pinned)
+        self.unconditional = plan.unconditional if plan.settings.guidance != 1 else None
+        self.guidance: Guidance | None = None  # the same stream without the CONTROL header, on a cache of its own
+        self._start_guidance()
         self.fed = 0
+        self.lock = threading.RLock()  # front ends call from their input thread and their clock's pump
         self._sync()
 
     # ---- clock and time ----------------------------------------------------------------------------------
@@ -137,9 +164,19 @@ class DuetSession:
         return self.origin + step * self.step
 
     # ---- the cache ---------------------------------------------------------------------------------------
+    def _new_cache(self, pinned: int):
+        """A cache that keeps RESERVE tokens past its window, so a barge-in takes tokens back without a rebuild."""
+        return self.model.new_cache(pinned=pinned, reserve=RESERVE)
+
+    def _start_guidance(self) -> None:
+        """The unconditional half (guidance != 1): its prompt prefilled now, the stream's later tokens by `_sync`."""
+        if self.unconditional is not None:
+            self.guidance = Guidance(self.model, self.unconditional, 1, self.settings.guidance, self.settings.chunk,
+                                     cache=self._new_cache(0))
+
     @torch.no_grad()
     def _sync(self) -> None:
-        """Feed the stream's tokens the cache has not seen: in chunks, or one at a time once a pinned window slides."""
+        """Feed the stream's tokens the caches have not seen: in chunks, or one at a time once a pinned window slides."""
         new = self.stream.ids[self.fed :]
         if not new:
             return
@@ -149,60 +186,83 @@ class DuetSession:
             chunked, single = new[:room], new[room:]
         else:
             chunked, single = new, []
+        chunk = min(self.settings.chunk, n_ctx // 2)
         if chunked:
             x = torch.tensor([chunked], dtype=torch.long)  # (1, T)
-            self.logits = teacher_force(self.model, x, self.cache, chunk=min(self.settings.chunk, n_ctx // 2))
+            self.logits = teacher_force(self.model, x, self.cache, chunk=chunk)
         for token in single:
             self.logits, _ = self.decoder.step(torch.tensor([token]), self.cache)
+        if self.guidance is not None:  # its prompt is in already; the music after it is the same tokens
+            later = self.stream.ids[max(self.fed, len(self.stream.prompt)) :]
+            if later:
+                x = torch.tensor([later], dtype=torch.long)  # (1, T')
+                self.guidance.logits = teacher_force(self.model, x, self.guidance.cache, chunk=chunk)
         self.fed = len(self.stream)
 
     def _rewind(self, length: int) -> None:
-        """Cut the stream and the cache back to `length` tokens."""
+        """Cut the stream and the caches back to `length` tokens."""
         drop = len(self.stream) - length
         if drop <= 0:
             return
         self.stream.truncate(length)
-        if self.cache.truncate(drop):  # the keys the next token's window needs are still in the buffers
+        taken = self.cache.truncate(drop)
+        if self.guidance is not None:
+            taken = taken and self.guidance.cache.truncate(drop)
+        if taken:  # the keys the next token's window needs are still in the buffers
             self.fed = length
-        else:  # rebuilt: exact, and costs a prefill of the whole stream
-            self.cache = self.model.new_cache(pinned=self.pinned)
-            self.fed = 0
-            self._sync()
+            return
+        # rebuilt: exact, and costs a prefill of the whole stream
+        self.cache = self._new_cache(self.pinned)
+        self._start_guidance()
+        self.fed = 0
+        self._sync()
 
     # ---- the human ---------------------------------------------------------------------------------------
-    def note_on(self, pitch: int, velocity: int = 64) -> list[DuetEvent]:
-        """The human strikes a key (velocity 0 is a release); returns the events it causes (a barge-in's)."""
-        return self._human("on", pitch, velocity)
+    def note_on(self, pitch: int, velocity: int = 64, at: float | None = None) -> list[DuetEvent]:
+        """The human strikes a key (velocity 0 is a release) at clock time `at` (default: now); returns the events
+        it causes (a barge-in's)."""
+        with self.lock:
+            return self._human("on", pitch, velocity, at)
 
-    def note_off(self, pitch: int) -> list[DuetEvent]:
+    def note_off(self, pitch: int, at: float | None = None) -> list[DuetEvent]:
         """The human releases a key."""
-        return self._human("off", pitch, 0)
+        with self.lock:
+            return self._human("off", pitch, 0, at)
 
-    def control(self, number: int, value: int) -> list[DuetEvent]:
+    def control(self, number: int, value: int, at: float | None = None) -> list[DuetEvent]:
         """A control change: 64 is the sustain pedal, `trigger_cc` hands over; any other is ignored."""
-        return self._human("cc", number, value)
+        with self.lock:
+            return self._human("cc", number, value, at)
 
-    def midi(self, message: Sequence[int]) -> list[DuetEvent]:
+    def midi(self, message: Sequence[int], at: float | None = None) -> list[DuetEvent]:
         """A raw MIDI message [status, data1, data2]: note on (0x9n), note off (0x8n), control change (0xBn)."""
-        if len(message) != 3 or not all(isinstance(b, int) for b in message):
-            raise ValueError(f"a MIDI message is three integers [status, data1, data2], got {message!r}")
-        status, a, b = message
-        if not (0x80 <= status <= 0xFF and 0 <= a < 128 and 0 <= b < 128):
-            raise ValueError(f"MIDI bytes out of range: {message!r}")
-        kind = {0x80: "off", 0x90: "on", 0xB0: "cc"}.get(status & 0xF0)
-        return [] if kind is None else self._human(kind, a, b)
+        return self.receive([(message, at)])
 
-    def _human(self, kind: str, a: int, b: int) -> list[DuetEvent]:
+    def receive(self, messages: Sequence[tuple[Sequence[int], float | None]]) -> list[DuetEvent]:
+        """Raw MIDI messages that arrived together, each with its arrival time on the clock (None: now), in one
+        prefill: a front end that falls behind a fast player catches up in one chunk, not one forward per note.
+        Raises ValueError naming the first malformed message (none of them is taken then)."""
+        parsed = [(parse_midi(message), at) for message, at in messages]
+        with self.lock:
+            out: list[DuetEvent] = []
+            for kind_ab, at in parsed:
+                if kind_ab is not None:
+                    out += self._human(*kind_ab, at, sync=False)
+            self._sync()
+            return out
+
+    def _human(self, kind: str, a: int, b: int, at: float | None = None, sync: bool = True) -> list[DuetEvent]:
         if not 0 <= a < 128 or not 0 <= b < 128:
             raise ValueError(f"MIDI data bytes are 0..127, got {a}, {b}")
-        t = self.clock.now()
-        out = self._drain(t, t)
+        now = self.clock.now()
+        t = now if at is None else min(float(at), now)  # stamped at arrival; never in the future
+        out = self._drain(now, now)
         trigger = ((kind == "on" and b > 0 and a == self.config.trigger_note)
                    or (kind == "cc" and a == self.config.trigger_cc and b >= SUSTAIN_THRESHOLD))
         if trigger or (kind in ("on", "off") and a == self.config.trigger_note):
             if trigger and self.turn == "human":
                 self._take_over(t)
-                out += self.poll(t)
+                out += self._poll(now)
             return out
         if kind == "cc" and a != SUSTAIN_CC:
             return out
@@ -214,14 +274,18 @@ class DuetSession:
         if self.stream.human_event(kind, a, b, self._step_of(t)):
             self.played = True
         if kind in ("on", "off"):
-            self.last_human = t
-        self._sync()
+            self.last_human = max(self.last_human, t)
+        if sync:
+            self._sync()
         return out
 
     # ---- turns -------------------------------------------------------------------------------------------
     def poll(self, now: float | None = None) -> list[DuetEvent]:
         """The events due by `now` + lookahead (now: the clock's), taking over or ending the turn as due."""
-        now = self.clock.now() if now is None else now
+        with self.lock:
+            return self._poll(self.clock.now() if now is None else now)
+
+    def _poll(self, now: float) -> list[DuetEvent]:
         if self.turn == "human" and self.played and now - self.last_human >= self.config.wait - 1e-9:
             self._take_over(now)
         if self.turn == "model":
@@ -239,6 +303,7 @@ class DuetSession:
         """The model's turn begins at `t`: the silence so far goes into the stream."""
         self.stream.shift_to(self._step_of(t))
         self._sync()
+        self.stream.mark()  # a barge-in cuts back to here or later: replays from here
         self.turn, self.played, self.struck, self.held = "model", False, False, None
         self.turn_start = self.stream.steps
         self.turn_end = self.turn_start + int(round(self.config.answer / self.step))
@@ -287,12 +352,15 @@ class DuetSession:
                 self.held = (token, nll)
                 return
             self.held = None
+            first = not self.struck
             self._feed(token, nll)
+            if first and self.struck:  # the turn's first note: hand it out now, decode the rest on the next poll
+                return
 
     def _sample(self) -> tuple[int, float]:
         """One token from the last logits under the grammar, the first-note bound and the human's own notes."""
-        logits = self.logits.float()  # (1, V)
-        logp = torch.log_softmax(logits, dim=-1)  # (1, V) the model's own odds, before masks
+        logp = torch.log_softmax(self.logits.float(), dim=-1)  # (1, V) the model's own odds, before masks
+        logits = logp if self.guidance is None else self.guidance.mix(self.logits)  # (1, V) what is sampled from
         blocked = self.stream.grammar.blocked.clone()  # (1, V)
         humans = np.flatnonzero(self.stream.owner == HUMAN)
         blocked[0, torch.from_numpy(self.off0 + humans)] = True  # the model does not release the human's keys
@@ -323,8 +391,12 @@ class DuetSession:
         """Decode the token just appended, keeping its attention row when it is a NOTE_ON."""
         self.fed = position  # everything before it is in the cache
         key_start, header = self.cache.length - self.cache.n_past, self.cache.displaced
-        self.logits, attentions = self.decoder.step(torch.tensor([token]), self.cache,
-                                                    need_attention=bool(self.is_on[token]))
+        need = bool(self.is_on[token])
+        if self.guidance is not None:  # both halves in one pass: the weights read once
+            self.logits, self.guidance.logits, attentions = self.decoder.step_pair(
+                torch.tensor([token]), self.cache, self.guidance.cache, need_attention=need)
+        else:
+            self.logits, attentions = self.decoder.step(torch.tensor([token]), self.cache, need_attention=need)
         self.fed = position + 1
         self._row = None
         if attentions is not None:

@@ -41,6 +41,7 @@ class TokenStream:
         self.step_at: list[int] = []  # the stream's step after each token
         self.human_pedal = False
         self.human_held: set[int] = set()  # released under the pedal, still sounding
+        self._mark: tuple | None = None  # the state at a point `truncate` may cut back to (see `mark`)
         self._reset_state()
         for token in self.prompt.tolist():
             self.append(token, HUMAN)
@@ -75,12 +76,24 @@ class TokenStream:
         self.step_at.append(self.steps)
         self.grammar.push(0, token)
 
+    def mark(self) -> None:
+        """Remember the state here: a `truncate` back to here or later replays from the mark, not from the start."""
+        self._mark = (len(self.ids), self.steps, self.bin, self.owner.copy(), dict(self.model_on),
+                      self.human_pedal, set(self.human_held), self.grammar.snapshot(0))
+
     def truncate(self, length: int) -> None:
         """Forget every token from `length` on (a barge-in cancels the model's notes not yet due)."""
-        ids, who, nll = self.ids[:length], self.who[:length], self.nll[:length]
-        self.ids, self.who, self.nll, self.step_at = [], [], [], []
-        self._reset_state()
-        for token, w, x in zip(ids, who, nll):
+        start = 0
+        if self._mark is not None and self._mark[0] <= length:
+            start, self.steps, self.bin, owner, model_on, self.human_pedal, held, grammar = self._mark
+            self.owner, self.model_on, self.human_held = owner.copy(), dict(model_on), set(held)
+            self.grammar.restore(0, grammar)
+        else:
+            self._mark = None
+            self._reset_state()
+        replay = list(zip(self.ids[start:length], self.who[start:length], self.nll[start:length]))
+        del self.ids[start:], self.who[start:], self.nll[start:], self.step_at[start:]
+        for token, w, x in replay:
             self.append(token, w, x)
 
     def opened_now(self, pitch: int) -> bool:

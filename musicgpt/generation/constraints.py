@@ -10,6 +10,8 @@ EOS only when the caller lets a sequence end. `closing_tokens` ends every soundi
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -125,6 +127,25 @@ class GrammarMask:
             self._opened[b].clear()
         else:
             self._recompute(b)
+
+    def snapshot(self, b: int = 0) -> tuple:
+        """Sequence b's state as it is now, for `restore` (a duet takes back the tokens it had not played yet)."""
+        state = None if self.states is None else _copy_state(self.states[b])
+        fast = None
+        if self._fast:
+            fast = (self._saved[b].copy(), self._after_velocity[b], list(self._opened[b]), self._n_sounding[b])
+        return state, self._blocked[b].copy(), fast
+
+    def restore(self, b: int, snapshot: tuple) -> None:
+        """Put sequence b back in a state `snapshot` took (the snapshot stays usable)."""
+        state, row, fast = snapshot
+        if state is not None:
+            self.states[b] = _copy_state(state)
+        self._blocked[b] = row  # in place: `blocked` shares this memory
+        if fast is not None:
+            saved, self._after_velocity[b], opened, self._n_sounding[b] = fast
+            self._saved[b] = saved
+            self._opened[b] = list(opened)
 
     def finish(self, b: int) -> None:
         """Sequence b takes no more tokens: its row falls back to the generic rule (never empty)."""
@@ -280,3 +301,12 @@ class TimeLimit:
         width = too_long.shape[1]
         blocked[active, :width] |= too_long[active]
         return blocked
+
+
+def _copy_state(state):
+    """A grammar state's copy that shares nothing mutable with it."""
+    copied = copy.copy(state)
+    for name, value in vars(state).items():
+        if isinstance(value, np.ndarray) and not name.startswith("_"):
+            setattr(copied, name, value.copy())
+    return copied

@@ -24,9 +24,10 @@ __all__ = ["Guidance"]
 class Guidance:
     """The unconditional half of a guided batch: its cache, its logits, and how they mix with the conditional ones."""
 
-    def __init__(self, model, prompt: np.ndarray, batch: int, scale: float, chunk: int = PREFILL_CHUNK) -> None:
+    def __init__(self, model, prompt: np.ndarray, batch: int, scale: float, chunk: int = PREFILL_CHUNK,
+                 cache=None) -> None:
         self.scale = float(scale)
-        self.cache = model.new_cache()
+        self.cache = model.new_cache() if cache is None else cache  # a duet brings one that can take tokens back
         self.device = next(model.parameters()).device
         x = torch.from_numpy(np.asarray(prompt, np.int64))[None].expand(batch, -1).contiguous().to(self.device)  # (B, T)
         with torch.no_grad():

@@ -160,10 +160,12 @@ class MusicGPT(nn.Module):
         """Trainable parameters, tied weights counted once."""
         return sum(p.numel() for p in self.parameters())
 
-    def new_cache(self, window: int | None = None, capacity: int | None = None, pinned: int = 0) -> KVCache:
+    def new_cache(self, window: int | None = None, capacity: int | None = None, pinned: int = 0,
+                  reserve: int = 0) -> KVCache:
         """An empty KV cache; `window` (default n_ctx) is how many tokens each query sees, `pinned` how many
-        first tokens stay in it (a CONTROL header, see KVCache)."""
-        return KVCache(self.config.n_layer, window or self.config.n_ctx, capacity, pinned)
+        first tokens stay in it (a CONTROL header), `reserve` how many it keeps past the window to take back
+        (see KVCache)."""
+        return KVCache(self.config.n_layer, window or self.config.n_ctx, capacity, pinned, reserve)
 
     def forward(self, ids: Tensor, targets: Tensor | None = None, cache: KVCache | bool | None = None,
                 return_attention: bool = False, window: int | None = None) -> ModelOutput:

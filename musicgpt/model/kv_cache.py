@@ -13,7 +13,8 @@ is the fast form for that product. `keys` is a (n_layer, H, B, capacity, D) view
 
 Slots are chronological, with spare room past the window: a step writes one slot and attends to a
 view of the last `window` slots, so no step allocates or copies more than its own key and value.
-When the spare room runs out, the last window-1 slots move to the front in one pass (every
+When the spare room runs out, the last window-1 slots (plus `reserve` older ones, which a duet may need
+after taking tokens back with `truncate`) move to the front in one pass (every
 capacity-window+1 steps; with the default capacity of 1.5 windows, once per half window: a few
 microseconds a step, amortized). Relative attention depends on i - j only, so the window slides
 freely; a model with absolute positions cannot go past its context.
@@ -37,7 +38,7 @@ from musicgpt.model import _hugepages as hugepages
 class KVCache:
     """Per-layer keys/values of the last `window` tokens; `length` counts every token seen."""
 
-    def __init__(self, n_layer: int, window: int, capacity: int | None = None, pinned: int = 0):
+    def __init__(self, n_layer: int, window: int, capacity: int | None = None, pinned: int = 0, reserve: int = 0):
         if window < 1:
             raise ValueError(f"cache window must be at least 1, got {window}")
         if not 0 <= pinned < window - 1:
@@ -45,8 +46,9 @@ class KVCache:
         self.n_layer = n_layer
         self.window = window
         self.pinned = pinned
+        self.reserve = max(0, int(reserve))  # tokens kept past the window so `truncate` can take them back
         self._pins: tuple[Tensor, Tensor] | None = None  # the pinned tokens' keys_t and values, once seen
-        self.capacity = max(capacity or window + max(256, window // 2), window)
+        self.capacity = max(capacity or window + max(256, window // 2), window + 2 * self.reserve)
         self.keys_t: Tensor | None = None  # (n_layer, H, B, D, capacity), allocated on first use
         self.values: Tensor | None = None  # (n_layer, H, B, capacity, D)
         self.end = 0  # slots filled in the buffers
@@ -95,6 +97,7 @@ class KVCache:
             if self.values is not None and keep + n_new > self.capacity:  # a long prompt: grow once
                 self._grow(keep + n_new)
             elif self.values is not None and keep > 0:
+                keep = min(self.end, keep + self.reserve, self.capacity - n_new)
                 self._move_to_front(self.end - keep, keep)
             else:
                 self.capacity = max(self.capacity, keep + n_new)
@@ -171,10 +174,12 @@ class KVCache:
 
     def truncate(self, n: int) -> bool:
         """Forget the last `n` tokens in place (a duet takes back the notes it had not played yet); False, changing
-        nothing, when the keys the window would need again are gone (pinned, or slid out): then rebuild."""
+        nothing, when the keys the window would need again are gone (slid out past the `reserve`, or overwritten
+        by the pinned tokens' copies once the window slid): then rebuild."""
         if n <= 0:
             return True
-        if self.pinned or n > self.end or self.end - n < min(self.length - n, self.window - 1):
+        if (self.pinned and self.length > self.window - 1) or n > self.end \
+                or self.end - n < min(self.length - n, self.window - 1):
             return False
         self.end -= n
         self.length -= n
