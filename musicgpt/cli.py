@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "plot": "draw the train/valid curves of a training run to PNG",
     "metrics": "compare generated MIDI against reference MIDI with musical statistics, or check it for copies",
     "studio": "a local web app: generate from a primer and watch the notes and their attention arcs appear live",
+    "live": "duet with the model on MIDI ports: play a keyboard or a DAW track, the model answers",
     "bench": "run the project's benchmarks and render docs/benchmarks.md",
 }
 

@@ -28,7 +28,7 @@ ROOMS = {
     "musicgpt.arcs.capture": "arcs.capture", "musicgpt.arcs.forward": "arcs.capture",
     "musicgpt.arcs.measures": "arcs.capture", "musicgpt.arcs.influence": "arcs.capture",
     "musicgpt.viz": "viz", "musicgpt.metrics": "metrics", "musicgpt.analysis": "analysis",
-    "musicgpt.studio": "studio", "musicgpt.duet": "duet",
+    "musicgpt.studio": "studio", "musicgpt.duet": "duet", "musicgpt.live": "live",
 }
 # room -> the rooms it may import (besides itself). Later pipeline stages import earlier ones, never the
 # reverse; the model knows token ids only (no tokens room); viz and metrics draw plain data (no model, no torch);
@@ -53,8 +53,12 @@ ALLOWED = {
     # the studio (a web app) serves generation live; only the command line starts it
     "studio": {"base", "music", "tokens", "checkpoint", "device", "model", "generation", "arcs.format", "arcs.capture",
                "viz", "duet"},
+    # musicgpt live: the duet on the system's MIDI ports; only the command line starts it
+    "live": {"base", "music", "tokens", "checkpoint", "device", "model", "generation", "arcs.format", "arcs.capture",
+             "duet"},
     "cli": {"base", "music", "tokens", "corpus", "checkpoint", "device", "model", "training", "training.log",
-            "generation", "arcs.format", "arcs.capture", "viz", "metrics", "analysis", "studio", "cli", "bench", "duet"},
+            "generation", "arcs.format", "arcs.capture", "viz", "metrics", "analysis", "studio", "cli", "bench", "duet",
+            "live"},
     "facade": {"base", "music", "tokens", "corpus", "checkpoint", "device", "model", "training", "training.log",
                "generation", "arcs.format", "arcs.capture", "viz", "metrics", "analysis"},
 }
