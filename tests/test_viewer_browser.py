@@ -160,7 +160,7 @@ def test_viewer_interactions(browser, small_page):
     body.send_keys("\ue012")  # ArrowLeft
     assert f"note={q}" in browser.current_url
     body.send_keys(" ")
-    assert "playing" in body.get_attribute("class")
+    _wait(lambda: "playing" in body.get_attribute("class"))  # once the piano's samples are decoded
     time.sleep(0.4)
     body.send_keys(" ")
     assert "playing" not in body.get_attribute("class")
@@ -173,6 +173,27 @@ def test_viewer_interactions(browser, small_page):
     x = float(browser.find_element("id", "cursor").get_attribute("x1"))
     assert 190 < x < 215
 
+    assert console_errors(browser) == []
+
+
+def _wait(condition, timeout: float = 20.0):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(None, timeout, poll_frequency=0.05).until(lambda _: condition())
+
+
+def test_playback_plays_the_embedded_piano_and_pause_silences_it(browser, small_page):
+    d, path = small_page
+    _open(browser, path)
+    assert browser.find_element("id", "piano-credit").text.startswith("Piano: Salamander Grand Piano V3")
+    browser.find_element("id", "play").click()
+    viewer = "window.musicgptViewer"
+    _wait(lambda: browser.execute_script(f"const p = {viewer}.piano(); return !!p && p.voicesStarted > 2"))
+    assert browser.execute_script(f"return {viewer}.audio().state") == "running"
+    assert browser.execute_script(f"return {viewer}.piano().ready && {viewer}.piano().samples.length") == 10
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0  # data: URLs only
+    browser.find_element("id", "play").click()  # pause: every voice released within about 0.2 s
+    _wait(lambda: browser.execute_script(f"return {viewer}.piano().voices.length") == 0, timeout=5)
     assert console_errors(browser) == []
 
 

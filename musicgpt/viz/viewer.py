@@ -8,6 +8,8 @@ head, -weight, key) with per-query offsets, so the page finds a note's arcs with
 surprisal under the model) get a column `nll`: the page can shade notes by it and lists the most
 surprising ones. An infilled piece's notes get a column `part` (prefix, middle, suffix) and `meta.infill`
 the gap: the page shades the gap, colours suffix notes apart and dashes arcs that point forward in time.
+The page plays the notes on a sampled piano (assets/piano.js): ten short samples embedded as data: URLs (about
+190 KB; a page opened inside the studio fetches the studio's full set instead).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from musicgpt._io import atomic_write_text
 from musicgpt import __version__
 from musicgpt.arcs.format import NOTE_KEYS, notes_label, validate_arcs
 from musicgpt.errors import printable
+from musicgpt.viz.piano import ATTRIBUTION, lite_samples
 
 _CORE_KEYS = {"version", "n_layer", "n_head", "model", "tokenizer", "notes", "arcs", "head_names"}
 # Inside <script>, "</script" or "<!--" would end or confuse the block; JSON may spell any
@@ -90,8 +93,9 @@ def render_html(d: dict, title: str | None = None, source: str = "arcs data") ->
         "{{TITLE}}": html.escape(title),
         "{{VERSION}}": html.escape(__version__),
         "/*{{CSS}}*/": _asset("viewer.css"),
-        "/*{{JS}}*/": _asset("viewer.js"),
+        "/*{{JS}}*/": _asset("piano.js") + "\n" + _asset("viewer.js"),
         "{{DATA}}": script_json(viewer_payload(d, title)),
+        "{{PIANO}}": script_json({"attribution": ATTRIBUTION, "samples": lite_samples()}),
     }
     # One pass, so text inside the data can never be taken for a placeholder.
     pattern = re.compile("|".join(re.escape(k) for k in fills))

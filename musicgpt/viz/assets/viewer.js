@@ -82,7 +82,7 @@
     sel: -1, hover: -1,
     layers: new Set([NL - 1]), heads: new Set([...Array(NH).keys()]),
     top: Math.min(maxRun, 6), thr: 0.02, zoom: null, light: false, shade: 'velocity',
-    playing: false, now: 0,
+    playing: false, wantPlay: false, now: 0,
   };
   function parseList(v, n) {
     if (v === 'all') return new Set([...Array(n).keys()]);
@@ -593,43 +593,36 @@
     writeHash(); render();
   }
 
-  // ---------------------------------------------------------------- playback: WebAudio, scheduled a little ahead
-  let ctx = null, bus = null, ctxStart = 0, pieceStart = 0, nextNote = 0, timer = null, raf = 0;
+  // ---------------------------------------------------------------- playback: a sampled piano, scheduled a little ahead
+  // The piano (piano.js) plays the samples embedded in the page (#mgv-piano); inside the studio, whose page
+  // serves the full set, it fetches those. Made on the first play: decoding takes a moment.
+  let ctx = null, piano = null, pianoLoading = null, ctxStart = 0, pieceStart = 0, nextNote = 0, timer = null, raf = 0;
   const sounding = new Set();
+  const PIANO = JSON.parse(document.getElementById('mgv-piano').textContent);
+  $('piano-credit').textContent = PIANO.attribution;
   function firstNoteAt(t) {  // first note with start >= t (binary search)
     let a = 0, b = N;
     while (a < b) { const m = (a + b) >> 1; if (T0[m] < t) a = m + 1; else b = m; }
     return a;
   }
-  function voice(t, dur, pitch, vel) {
-    const f = 440 * Math.pow(2, (pitch - 69) / 12);
-    const amp = 0.16 * Math.pow(vel / 127, 1.6) + 0.005;
-    const decay = 0.25 + 1.6 * Math.pow(Math.max(0, 108 - pitch) / 87, 1.5);  // bass rings longer
-    const out = ctx.createGain();
-    out.gain.setValueAtTime(0, t);
-    out.gain.linearRampToValueAtTime(amp, t + 0.004);
-    out.gain.setTargetAtTime(amp * 0.25, t + 0.004, decay);
-    const end = t + Math.max(dur, 0.05);
-    out.gain.setTargetAtTime(0, end, 0.07);
-    const lp = ctx.createBiquadFilter();
-    lp.type = 'lowpass';
-    lp.frequency.setValueAtTime(Math.min(16000, f * (3 + 9 * vel / 127)), t);
-    lp.frequency.setTargetAtTime(f * 1.8, t + 0.01, decay * 0.6);
-    const partials = [[1, 'triangle', 1], [2.003, 'sine', 0.35], [3.01, 'sine', 0.12], [0.5, 'sine', pitch < 60 ? 0.15 : 0]];
-    for (const [mult, type, g] of partials) {
-      if (!g || f * mult > 18000) continue;
-      const o = ctx.createOscillator(), og = ctx.createGain();
-      o.type = type; o.frequency.value = f * mult; og.gain.value = g;
-      o.connect(og).connect(lp);
-      o.start(t); o.stop(end + 0.6);
+  function inStudio() {  // the studio's page around this one (same origin), which serves /assets/piano/
+    try { return window.parent !== window && !!window.parent.musicgptStudio; } catch (e) { return false; }
+  }
+  function loadPiano() {
+    if (!pianoLoading) {
+      const options = inStudio() ? { baseUrl: '/assets/piano/' } : { samples: PIANO.samples };
+      pianoLoading = MusicgptPiano.create(ctx, options).then((p) => { piano = p; return p; });
     }
-    lp.connect(out).connect(bus);
+    return pianoLoading;
   }
   function schedule() {
     const now = pieceTime();
     while (nextNote < N && T0[nextNote] < now + 0.25) {
       const i = nextNote++;
-      if (T0[i] >= pieceStart - 1e-6) voice(ctxStart + T0[i] - pieceStart, T1[i] - T0[i], P[i], VEL[i]);
+      if (T0[i] < pieceStart - 1e-6) continue;
+      const t = ctxStart + T0[i] - pieceStart;
+      piano.noteOn(P[i], VEL[i], t);
+      piano.noteOff(P[i], t + Math.max(T1[i] - T0[i], 0.05));
     }
     if (now > duration + 0.8) pause();
   }
@@ -640,14 +633,16 @@
       const AC = window.AudioContext || window.webkitAudioContext;
       if (!AC) { $('status').textContent = 'This browser has no WebAudio.'; return; }
       ctx = new AC();
-      const comp = ctx.createDynamicsCompressor();
-      comp.threshold.value = -14; comp.ratio.value = 4;
-      comp.connect(ctx.destination);
-      ctx.master = comp;
     }
     if (ctx.state === 'suspended') ctx.resume();
+    if (!piano) {  // play once the samples are decoded (unless paused meanwhile)
+      $('status').textContent = 'loading the piano…';
+      S.wantPlay = true;
+      loadPiano().then(() => { $('status').textContent = ''; if (S.wantPlay) { S.wantPlay = false; play(); } },
+        (e) => { S.wantPlay = false; $('status').textContent = 'The piano could not be loaded: ' + e.message; });
+      return;
+    }
     if (S.now >= duration) S.now = 0;
-    bus = ctx.createGain(); bus.gain.value = 0.9; bus.connect(ctx.master);
     ctxStart = ctx.currentTime + 0.06; pieceStart = S.now;
     nextNote = firstNoteAt(S.now);
     S.playing = true;
@@ -657,12 +652,12 @@
     raf = requestAnimationFrame(tick);
   }
   function pause() {
+    S.wantPlay = false;
     if (!S.playing) return;
     S.now = Math.min(duration, Math.max(0, pieceTime()));
     S.playing = false;
     clearInterval(timer); cancelAnimationFrame(raf);
-    const b = bus; b.gain.setTargetAtTime(0, ctx.currentTime, 0.02);
-    setTimeout(() => b.disconnect(), 200);
+    piano.allOff();
     document.body.classList.remove('playing');
     for (const i of sounding) { noteEls[i].classList.remove('on'); if (keyEls[P[i]]) keyEls[P[i]].classList.remove('lit'); }
     sounding.clear();
@@ -768,6 +763,7 @@
   window.musicgptViewer = {
     state: S, visibleArcs: (q) => visibleArcs(q, true), select: (q) => select(q, true),
     play, pause, seek, nNotes: N, nLayer: NL, nHead: NH, label: LABEL, headName,
+    piano: () => piano, audio: () => ctx,
     hasNll: HAS_NLL, mostSurprising: BY_NLL.slice(0, 10), setShade, infill: INFILL,
     part: (i) => (PART ? PART[i] : null),
   };
