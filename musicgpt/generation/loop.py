@@ -234,7 +234,8 @@ class Generation:
             if self.recorders is not None:
                 arcs = arcs_document(tokenizer, ids, self.recorders[b], self.model.config, primer_length=n_prompt,
                                      nll=nll, source="musicgpt generate", seed=settings.seed, sample=b,
-                                     sampling=asdict(settings.sampling))
+                                     sampling=asdict(settings.sampling),
+                                     max_note_seconds=settings.max_note_seconds)  # the viewer tells its notes apart
             kept = self.kept_logits[b]
             out.append(Sample(ids=ids, primer_length=n_prompt, n_generated=len(seq) - n_prompt,
                               stop_reason=self.reasons[b] or "length", seed=settings.seed, tokenizer=tokenizer,
