@@ -318,6 +318,23 @@ def test_surprisal_shades_the_notes_and_lists_the_most_surprising(browser, small
     assert console_errors(browser) == []
 
 
+def test_the_most_surprising_notes_leave_out_notes_the_length_limit_ended(browser, small_page, tmp_path):
+    d, _ = small_page
+    new = [i for i, n in enumerate(d["notes"]) if not n["primer"]]
+    forced, chosen = new[3], new[5]  # the limiter ended `forced` (as long as the limit); `chosen` the model
+    notes = [{**n, "nll": 1.0 + i / 100} for i, n in enumerate(d["notes"])]
+    notes[forced] = {**notes[forced], "end": notes[forced]["start"] + 2.0, "nll": 30.0}
+    notes[chosen] = {**notes[chosen], "end": notes[chosen]["start"] + 1.99, "nll": 25.0}
+    for limit, expected_top in ((2.0, chosen), (0.0, forced)):  # 0: no limit, nothing left out
+        doc = {**d, "notes": notes, "max_note_seconds": limit}
+        _open(browser, write_html(doc, tmp_path / f"limit{limit}.html", title="limit"))
+        items = [int(li.get_attribute("data-i")) for li in browser.find_elements("css selector", "#surprise-list li")]
+        assert items[0] == expected_top and (forced in items) == (limit == 0.0), items
+        note = browser.find_element("id", "surprise-note")
+        assert note.is_displayed() == (limit > 0) and (not limit or "1 note ended by the 2 s note-length limit" in note.text)
+    assert console_errors(browser) == []
+
+
 def test_an_infilled_piece_shows_its_gap_its_suffix_and_forward_arcs(browser, tmp_path):
     import musicgpt
     from musicgpt.tokens.controls import controls_vocabulary

@@ -38,6 +38,12 @@
   const NLL = Array.isArray(D.notes.nll) ? Float64Array.from(D.notes.nll, (v) => (typeof v === 'number' ? v : NaN)) : null;
   const BY_NLL = NLL ? [...Array(N).keys()].filter((i) => isFinite(NLL[i])).sort((a, b) => NLL[b] - NLL[a] || a - b) : [];
   const HAS_NLL = BY_NLL.length > 0;
+  // A generated note as long as the note-length limit it was written under (arcs.json's max_note_seconds) was
+  // ended by that limit, not by the model: its NOTE_OFF was forced, so its NLL is no choice of the model's and
+  // the most surprising notes leave it out.
+  const NOTE_LIMIT = D.meta && D.meta.max_note_seconds > 0 ? D.meta.max_note_seconds : 0;
+  const limited = (i) => NOTE_LIMIT > 0 && !PRIMER[i] && T1[i] - T0[i] >= NOTE_LIMIT - 1e-3;
+  const SURPRISING = BY_NLL.filter((i) => !limited(i));
   const NLL_RANK = new Int32Array(N).fill(-1);
   BY_NLL.forEach((i, r) => { NLL_RANK[i] = r; });
   // Colour scale from the 2nd to the 98th percentile of the notes' NLL (outliers clamp): blue low, red high.
@@ -471,12 +477,16 @@
     document.querySelector('.nll-bar').style.background =
       'linear-gradient(90deg, ' + RAMP.map((c, j) => 'rgb(' + c.join(',') + ') ' + (100 * j / (RAMP.length - 1)) + '%').join(', ') + ')';
     let html = '';
-    for (const i of BY_NLL.slice(0, 10)) {
+    for (const i of SURPRISING.slice(0, 10)) {
       html += '<li data-i="' + i + '" title="note #' + i + ' (click to select)"><span class="sw" style="background:' + nllColor(i) +
         '"></span><span>#' + i + ' ' + noteName(P[i]) + ' · ' + fmtTime(T0[i]) + (PRIMER[i] ? ' · primer' : '') +
         '</span><span class="nll">' + NLL[i].toFixed(2) + '</span></li>';
     }
     surpriseList.innerHTML = html;
+    const cut = BY_NLL.length - SURPRISING.length;
+    $('surprise-note').hidden = !cut;
+    $('surprise-note').textContent = cut ? cut + ' note' + (cut > 1 ? 's' : '') + ' ended by the ' + NOTE_LIMIT +
+      ' s note-length limit left out: the limit chose ' + (cut > 1 ? 'their' : 'its') + ' end, not the model' : '';
     surpriseList.addEventListener('click', (e) => { const li = e.target.closest('li'); if (li) select(+li.dataset.i, true); });
   })();
   function markSurprising(q) {
@@ -764,7 +774,7 @@
     state: S, visibleArcs: (q) => visibleArcs(q, true), select: (q) => select(q, true),
     play, pause, seek, nNotes: N, nLayer: NL, nHead: NH, label: LABEL, headName,
     piano: () => piano, audio: () => ctx,
-    hasNll: HAS_NLL, mostSurprising: BY_NLL.slice(0, 10), setShade, infill: INFILL,
+    hasNll: HAS_NLL, mostSurprising: SURPRISING.slice(0, 10), setShade, infill: INFILL,
     part: (i) => (PART ? PART[i] : null),
   };
 })();
