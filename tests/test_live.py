@@ -261,6 +261,20 @@ def test_exit_releases_the_sounding_notes_and_sends_all_notes_off_and_the_echo_i
     assert len(output.messages) == mark + len(tail)  # closed: no echo
 
 
+def test_an_output_that_stops_taking_notes_ends_the_session_in_one_line(model):
+    class Unplugged(Recorder):
+        def _send(self, message):
+            raise OSError("MidiOutAlsa::sendMessage: error sending MIDI message to port.")
+
+    clock = FakeClock()
+    session = DuetSession(model, DuetConfig(wait=0.3), GenerationRequest(seed=1), clock=clock)
+    runner = LiveRunner(session, Unplugged("synth", clock=clock), LiveConfig(echo=True), show=lambda line: None)
+    runner.receive(mido.Message("note_on", note=60, velocity=80))
+    with pytest.raises(MidiPortError, match=r"^MIDI output 'synth' stopped taking notes \(MidiOutAlsa::send"):
+        runner.step()
+    assert runner.close().human_notes == 1  # closing sends nothing more and raises nothing
+
+
 def test_messages_are_stamped_on_arrival_and_a_full_inbox_drops_and_counts(model):
     clock = FakeClock()
     session = DuetSession(model, DuetConfig(wait=5.0), GenerationRequest(seed=1), clock=clock)

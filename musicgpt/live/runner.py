@@ -23,6 +23,7 @@ from musicgpt.duet import DuetEvent, DuetSession
 from musicgpt.duet.stream import HUMAN
 from musicgpt.errors import ConfigError
 from musicgpt.live.display import LiveStats, human_line, model_line, turn_line
+from musicgpt.live.ports import MidiPortError
 from musicgpt.live.scheduler import Scheduler
 
 __all__ = ["LiveConfig", "LiveRunner"]
@@ -97,6 +98,9 @@ class LiveRunner:
         self._take(self.session.poll())
         self.scheduler.send_due()
         self._show_sent()
+        if self.scheduler.failure is not None:
+            raise MidiPortError(f"MIDI output {getattr(self.scheduler.output, 'name', '')!r} stopped taking notes "
+                                f"({self.scheduler.failure})")
 
     def _human(self, arrived: list[tuple[float, list[int]]]) -> list[DuetEvent]:
         """The arrived messages into the session, each at its arrival time, in one prefill."""

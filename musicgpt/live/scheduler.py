@@ -49,6 +49,7 @@ class Scheduler:
     log: deque = field(default_factory=deque)  # Sent entries not yet shown
     lateness: list[float] = field(default_factory=list)  # seconds each model note-on went out after its due time
     closed: bool = False
+    failure: str | None = None  # why the output stopped taking messages (unplugged): the pump reports it
 
     def __post_init__(self):
         if not 0 <= self.channel < 16:
@@ -129,7 +130,13 @@ class Scheduler:
             return ended
 
     def _send(self, message: mido.Message) -> None:
-        self.output.send(message)
+        if self.failure is not None:
+            return
+        try:
+            self.output.send(message)
+        except (OSError, RuntimeError, ValueError) as exc:  # a device unplugged, a port closed under us
+            self.failure = " ".join(str(exc).split()) or type(exc).__name__
+            self.closed = True
 
     # ---- the sender thread -------------------------------------------------------------------------------
     def start(self) -> None:
