@@ -19,6 +19,7 @@ from typing import Callable
 
 from bench.format import shown, table
 from bench.plots import drawing
+from bench.report_live import section_duet
 from bench.report_music import section_lengthgen, section_metrics
 from bench.report_speed import (section_attend_memory, section_attention, section_generate, section_gpu,
                                 section_roundtrip, section_studio, section_tokenize, section_train)
@@ -78,6 +79,8 @@ SECTIONS: dict[str, tuple[str, str, Callable[..., tuple[list[str], str]], str]] 
                       "python -m bench.attend_memory"),
     "studio": ("studio_latency.json", "Studio: first streamed note and streaming overhead", section_studio,
                "python -m bench.studio_latency"),
+    "duet": ("duet_latency.json", "Duet: takeover, barge-in and timing in real time", section_duet,
+             "python -m bench.duet_latency"),
     "gpu": ("gpu.json", "GPU: relative attention and generation", section_gpu, "python -m bench.gpu (needs CUDA)"),
     "lengthgen-full": ("lengthgen-full.json", "Length generalization (full run)",
                        lambda d, img: section_lengthgen(d, img, "lengthgen-full"),

@@ -78,6 +78,12 @@ def _train(size: str, ctx: Context) -> list[str]:
                    "full": []}[size]
 
 
+def _duet(size: str, ctx: Context) -> list[str]:
+    data = [] if ctx.shared else ["--data", "examples"]
+    return data + {"quick": ["--phrases", "4", "--paths", "engine"], "default": ["--phrases", "12"],
+                   "full": ["--phrases", "24"]}[size]
+
+
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("tokenize", "bench.tokenizer_speed", "tokenize.json",
               _by_size(["--every", "50", "--rounds", "2", "--crops", "500"],
@@ -96,6 +102,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               _by_size(["--size", "quick", "--steps", "100"], ["--size", "quick"], ["--size", "full", "--reuse"])),
     Benchmark("studio", "bench.studio_latency", "studio_latency.json",
               _by_size(["--rounds", "1", "--seconds", "10"], ["--rounds", "5"], ["--rounds", "9"])),
+    Benchmark("duet", "bench.duet_latency", "duet_latency.json", _duet),
 )}
 
 
