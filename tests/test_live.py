@@ -301,6 +301,8 @@ def test_list_ports_and_a_missing_port_or_backend_is_one_line(system, capsys, mo
     assert err.count("\n") == 0 and "no MIDI input port matches 'Disklavier'; inputs: 'Keystation" in err
     assert main(["live", str(checkpoint), "--in", "keystation"]) == 1
     assert "--out PORT or --out-virtual NAME" in capsys.readouterr().err
+    assert main(["live", str(checkpoint), "--in", "keystation", "--out", "fluid", "--top-p", "2"]) == 1
+    assert "musicgpt live: error: --top-p: must lie in (0, 1]" in capsys.readouterr().err  # in the flags' words
     monkeypatch.setenv("MIDO_BACKEND", "no_such_midi_module")
     assert main(["live", "--list-ports"]) == 1
     assert "no MIDI backend: no_such_midi_module does not import" in capsys.readouterr().err

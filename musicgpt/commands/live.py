@@ -107,9 +107,9 @@ def _start(args: argparse.Namespace, system):
     from musicgpt.generation.primer import PrimerCutWarning
     from musicgpt.live.runner import LiveConfig, LiveRunner
 
+    config, request = _duet_config(args), _request(args)  # checked before the model loads
     torch.set_num_threads(args.threads)
     model, tokenizer = model_of(args)
-    config, request = _duet_config(args), _request(args)
     with warnings.catch_warnings(record=True) as caught:  # reading the primer may cut it to fit the context
         warnings.simplefilter("always", PrimerCutWarning)
         session = DuetSession(model, config, request, clock=MonotonicClock(), tokenizer=tokenizer)
@@ -136,24 +136,34 @@ def _start(args: argparse.Namespace, system):
 
 def _duet_config(args: argparse.Namespace):
     """The DuetConfig the flags ask for; its messages in the flags' words."""
-    import re
-
     from musicgpt.duet import DuetConfig
     from musicgpt.errors import ConfigError
 
     try:
         return DuetConfig(**{name: getattr(args, name) for name in DUET_FLAGS})
     except ConfigError as exc:
-        raise ConfigError(re.sub(r"^duet (\w+)", lambda m: DUET_FLAGS.get(m[1], m[1]), str(exc))) from None
+        raise ConfigError(_as_flags(str(exc).removeprefix("duet "))) from None
 
 
 def _request(args: argparse.Namespace):
     """generate's one settings object, from the options borrowed from it."""
+    from musicgpt.errors import ConfigError
     from musicgpt.generation.setup import GenerationRequest
 
-    return GenerationRequest(primer=args.primer, primer_seconds=args.primer_seconds, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, keep_type_mass=not args.plain_mask,
-                             seed=args.seed, controls=args.control)
+    try:
+        return GenerationRequest(primer=args.primer, primer_seconds=args.primer_seconds, temperature=args.temperature,
+                                 top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                                 keep_type_mass=not args.plain_mask, seed=args.seed, controls=args.control)
+    except ConfigError as exc:
+        raise ConfigError(_as_flags(str(exc))) from None
+
+
+def _as_flags(message: str) -> str:
+    """A settings object's message with the argument it names written as this command's flag."""
+    import re
+
+    names = {**{name: "--" + name.replace("_", "-") for name in SAMPLING}, **DUET_FLAGS, "controls": "--control"}
+    return re.sub(r"^(\w+)", lambda m: names.get(m[1], m[1]), message)
 
 
 def _line(text: str) -> None:
