@@ -339,7 +339,10 @@ def test_the_command_duets_in_real_time_on_ports_and_leaves_no_note_sounding(sys
 def test_virtual_ports_on_the_system_sequencer(checkpoint, capsys, monkeypatch):
     pytest.importorskip("rtmidi", reason="python-rtmidi is not installed (the live extra)")
     monkeypatch.delenv("MIDO_BACKEND", raising=False)
-    midi = open_system()
+    try:
+        midi = open_system()
+    except MidiPortError as exc:  # a sequencer this user may not open
+        pytest.skip(str(exc))
     heard = []
 
     def pianist():
@@ -352,7 +355,7 @@ def test_virtual_ports_on_the_system_sequencer(checkpoint, capsys, monkeypatch):
             keys.send(mido.Message("note_on", note=pitch, velocity=80))
             time.sleep(0.05)
             keys.send(mido.Message("note_off", note=pitch))
-        time.sleep(2.5)
+        time.sleep(3.5)  # past the session's end: its closing note-offs are heard too
         keys.close()
         listen.close()
     hands = threading.Thread(target=pianist)

@@ -76,22 +76,22 @@ class PortSystem:
         lines += [f"  {n}" for n in self.outputs()] or ["  (none)"]
         return "\n".join(lines)
 
-    def open_input(self, wanted: str, callback: Callable[[mido.Message], None]):
+    def open_input(self, wanted: str, callback: Callable[[mido.Message], None]) -> mido.ports.BaseInput:
         """The input port `wanted` names, calling `callback` with each message as it arrives (the backend's thread)."""
         name = match_port(wanted, self.inputs(), "input")
         return self._open(lambda: self.backend.open_input(name, callback=callback), f"input {name!r}")
 
-    def open_output(self, wanted: str):
+    def open_output(self, wanted: str) -> mido.ports.BaseOutput:
         """The output port `wanted` names."""
         name = match_port(wanted, self.outputs(), "output")
         return self._open(lambda: self.backend.open_output(name), f"output {name!r}")
 
-    def open_virtual_input(self, name: str, callback: Callable[[mido.Message], None]):
+    def open_virtual_input(self, name: str, callback: Callable[[mido.Message], None]) -> mido.ports.BaseInput:
         """A new input port called `name` that other programs (a DAW) send to."""
         return self._open(lambda: self.backend.open_input(name, virtual=True, callback=callback),
                           f"virtual input {name!r}", virtual=True)
 
-    def open_virtual_output(self, name: str):
+    def open_virtual_output(self, name: str) -> mido.ports.BaseOutput:
         """A new output port called `name` that other programs (a DAW, a synth) listen to."""
         return self._open(lambda: self.backend.open_output(name, virtual=True), f"virtual output {name!r}",
                           virtual=True)

@@ -52,7 +52,7 @@ class LiveConfig:
 class LiveRunner:
     """A `DuetSession` played through `output` (a mido output port), fed by `receive`; times on its clock."""
 
-    def __init__(self, session: DuetSession, output, config: LiveConfig = LiveConfig(),
+    def __init__(self, session: DuetSession, output: mido.ports.BaseOutput, config: LiveConfig = LiveConfig(),
                  show: Callable[[str], None] = print):
         self.session, self.config, self.show = session, config, show
         self.clock = session.clock

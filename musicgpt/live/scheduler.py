@@ -39,7 +39,7 @@ class Sent:
 class Scheduler:
     """The model's notes to `output` (a mido output port) on `channel` (0..15) at their times on `clock`."""
 
-    output: object
+    output: mido.ports.BaseOutput
     clock: Clock
     channel: int = 0
     queue: list = field(default_factory=list)  # heap of (due, ORDER, seq, event, label)
