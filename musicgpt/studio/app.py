@@ -51,6 +51,8 @@ ASSETS = {
     "studio.js": ("musicgpt.studio", "studio.js", "text/javascript; charset=utf-8"),
     "studio.css": ("musicgpt.studio", "studio.css", "text/css; charset=utf-8"),
     "viewer.css": ("musicgpt.viz", "viewer.css", "text/css; charset=utf-8"),  # the viewer's theme and controls
+    "duet.js": ("musicgpt.studio", "duet.js", "text/javascript; charset=utf-8"),  # the Duet mode
+    "duet.css": ("musicgpt.studio", "duet.css", "text/css; charset=utf-8"),
     "piano.js": ("musicgpt.viz", "piano.js", "text/javascript; charset=utf-8"),  # the sampler the pages play
     **{name: ("musicgpt.viz", name, "audio/ogg") for name in piano_assets()},  # its samples: piano/A0v10.ogg, ...
 }
