@@ -17,7 +17,8 @@ strings and tensors (an optimizer's state_dict, say): tensors go to the .safeten
 structure to the .json file, so loading runs no code.
 
 A checkpoint that disagrees with itself is refused on load: a tokenizer.json that is not the one
-recorded in config.json (another time step or velocity bins, say), or weights that are not finite.
+recorded in config.json (another time step or velocity bins, say), or missing though config.json records
+one, or weights that are not finite.
 Checkpoints saved before fingerprints were recorded load with a warning, and must at least have a
 tokenizer of the model's vocabulary size.
 """
@@ -233,15 +234,19 @@ def load_tokenizer(path: str | Path | None = None) -> Tokenizer | None:
     """The tokenizer saved in a checkpoint directory, or None if it has none; refused if it is not the one
     the checkpoint recorded (see the module docstring)."""
     path = resolve(path)
+    raw = read_config(path)
+    recorded = (raw.get("tokenizer") or {}).get("fingerprint")
     if not (path / TOKENIZER).is_file():
+        if recorded is not None:  # the default tokenizer in its place could read the model with the wrong timing
+            kind = (raw.get("tokenizer") or {}).get("type", "performance")
+            raise CheckpointError(f"checkpoint {path}: {TOKENIZER} is missing; {CONFIG} records the tokenizer the "
+                                  f"model was trained with ({kind}, fingerprint {recorded}): put that file back")
         return None
+    if recorded is None and path.resolve() == DEFAULT_DIR.resolve():
+        recorded = BUNDLED_TOKENIZER_FINGERPRINT
     from musicgpt.tokens.registry import load_tokenizer as _load  # loads miditok only for a miditok tokenizer
 
     tokenizer = _load(path / TOKENIZER)
-    raw = read_config(path)
-    recorded = (raw.get("tokenizer") or {}).get("fingerprint")
-    if recorded is None and path.resolve() == DEFAULT_DIR.resolve():
-        recorded = BUNDLED_TOKENIZER_FINGERPRINT
     if recorded is not None and tokenizer.fingerprint() != recorded:
         raise CheckpointError(f"checkpoint {path}: {TOKENIZER} is not the tokenizer its model was saved with "
                               f"({tokenizer!r}, fingerprint {tokenizer.fingerprint()}; {CONFIG} records {recorded})")

@@ -5,6 +5,8 @@ where it is faster (CUDA GPUs with bf16, CPUs with AMX), else None (fp32). Under
 `setup_distributed` joins the process group (gloo on CPU, NCCL on CUDA) and says which rank this
 is; without it, one process. `hardware` describes the machine for a run's run.json, `cpu_model` and
 `cpu_flags` the CPU (read from /proc/cpuinfo) for run records, benchmarks and kernel builds.
+`available_memory` says how much memory a device has free (the host: MemAvailable, within the process's
+cgroup limit), so that a size that cannot fit is refused before it is allocated (`check_memory`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["cpu_model", "cpu_flags", "Dist", "setup_distributed", "teardown", "pick_device", "autocast_dtype",
-           "cpu_has_amx", "hardware"]
+           "cpu_has_amx", "hardware", "available_memory", "check_memory", "format_bytes"]
 
 
 def _cpuinfo_field(*names: str) -> str | None:
@@ -44,6 +46,64 @@ def cpu_model() -> str:
 def cpu_flags() -> str:
     """The CPU's feature flags (x86 'flags', Arm 'Features'), space-separated; '' when unknown."""
     return _cpuinfo_field("flags", "Features") or ""
+
+
+def available_memory(device: "str | torch.device" = "cpu") -> int | None:
+    """Bytes the device can still allocate: a CUDA device's free memory, else the host's MemAvailable (or free
+    pages), capped by the cgroup's limit when one is set; None when unknown."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0]) if torch.cuda.is_available() else None
+    host = _meminfo_available()
+    room = _cgroup_room()
+    known = [n for n in (host, room) if n is not None]
+    return min(known) if known else None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _cgroup_room() -> int | None:
+    """What the process's cgroup (v2) still lets it use, or None without a limit."""
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="utf-8") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="utf-8") as f:
+            used = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(0, int(limit) - used)
+
+
+def check_memory(needed: int, what: str, device: "str | torch.device" = "cpu") -> None:
+    """A ConfigError when `needed` bytes cannot fit in the device's available memory; `what` names the thing
+    and its size ("model: 1.1e12 parameters"), the message adds what it needs and what there is."""
+    free = available_memory(device)
+    if free is not None and needed > free:
+        where = "this machine" if not str(device).startswith("cuda") else str(device)
+        raise ConfigError(f"{what} would need {format_bytes(needed)} of memory; {where} has "
+                          f"{format_bytes(free)} available")
+
+
+def format_bytes(n: float) -> str:
+    """A byte count for people: 512 B, 3.4 MB, 13.2 TB (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
 
 
 @dataclass(frozen=True)

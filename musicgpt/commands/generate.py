@@ -47,6 +47,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="per note, layer and head: keep the N heaviest earlier notes (default 6)")
     arcs.add_argument("--arcs-min-weight", type=float, default=0.01, metavar="W",
                       help="drop note arcs lighter than W (default 0.01)")
+    arcs.add_argument("--measure", default=None, metavar="NAME",
+                      help="what the arcs measure: attention, norm, rollout or influence (default: "
+                           "musicgpt.arcs.format.DEFAULT_MEASURE; all but attention are computed after generating)")
     arcs.add_argument("--arcs-row-top-k", type=int, default=64, metavar="K",
                       help="per token, layer and head: keep the K heaviest keys while generating (default 64)")
     audio = parser.add_argument_group("audio")
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     arcs_config = ArcsConfig(row_top_k=args.arcs_row_top_k, top_n=args.arcs_top_n,
                              min_weight=args.arcs_min_weight) if args.arcs else None
+    measure = _arcs_measure(args)
     if args.wav:
         from musicgpt.music.audio import NO_RENDERER, AudioError, available_renderers
 
@@ -89,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", PrimerCutWarning)
         warnings.showwarning = _cut_notes_as_lines(warnings.showwarning)
         samples = _generate(args, model, tokenizer, arcs_config)
+    if measure not in (None, "attention"):  # computed after generating, from each sample's ids
+        from musicgpt.arcs.measures import remeasure
+
+        for s in samples:
+            s.arcs = remeasure(model, tokenizer, s.arcs, s.ids, measure, arcs_config, progress=not args.quiet)
     for i, s in enumerate(samples):
         name = f"sample_{i:02d}"
         written = s.save(args.out, name, wav=args.wav, soundfont=args.soundfont)
@@ -100,6 +109,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {', '.join(str(p) for p in written)} ({what}, {s.seconds:.1f} s, {s.n_generated} tokens, "
               f"stopped by {s.stop_reason}, seed {s.seed})")
     return 0
+
+
+def _arcs_measure(args: argparse.Namespace) -> str | None:
+    """The measure the arcs are made with (None: no arcs), checked before anything is generated."""
+    from musicgpt.arcs.format import DEFAULT_MEASURE, MEASURES
+    from musicgpt.errors import ConfigError
+
+    if not args.arcs:
+        if args.measure is not None:
+            raise ConfigError("--measure: only with --arcs")
+        return None
+    measure = args.measure or DEFAULT_MEASURE
+    if measure not in MEASURES:
+        raise ConfigError(f"--measure: unknown measure {measure!r}; choose one of {', '.join(MEASURES)}")
+    if measure != "attention" and args.infill:
+        raise ConfigError(f"--measure {measure}: with --infill the arcs are attention only")
+    return measure
 
 
 def _cut_notes_as_lines(show):
@@ -142,5 +168,5 @@ def _as_flags(message: str) -> str:
     """A GenerationRequest's message with its argument names written as this command's flags."""
     import re
 
-    names = "primer_seconds|primer_tokens|max_new_tokens|max_note_seconds|seconds|infill"
+    names = "primer_seconds|primer_tokens|max_new_tokens|max_note_seconds|num_samples|seconds|infill|seed"
     return re.sub(rf"(?<![\w-])({names})(?![\w-])", lambda m: "--" + m.group(1).replace("_", "-"), message)

@@ -7,14 +7,16 @@ the prompt the model reads and the `GenerationSettings` a `Generation` runs.
 
 Every default lives here. A request continues its primer ([CONTROL*] [BOS] primer), or, with
 `infill=(START, END)`, regenerates the primer's notes with onsets in [START, END) and keeps the rest
-(`infill_prompt`). Both kinds take the same sampling settings; an infilled middle is held to its gap by
-the sampler's clock, so it takes its length from the gap (a length in seconds or tokens, or a primer cut,
-is refused) and never ends at EOS. `max_note_seconds` defaults to 10 s for a continuation and to no limit
+(`infill_prompt`; the span begins inside the piece and ends at most INFILL_PAST_END_SECONDS past it, and the
+prompt is built from the tokens it keeps, whatever the span's times). Both kinds take the same sampling
+settings; an infilled middle is held to its gap by the sampler's clock, so it takes its length from the gap
+(a length in seconds or tokens, or a primer cut, is refused) and never ends at EOS. `max_note_seconds` defaults to 10 s for a continuation and to no limit
 for an infilled middle (the gap bounds it); given, it holds for both.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -35,8 +37,8 @@ from musicgpt.tokens.controls import parse_controls
 from musicgpt.tokens.registry import tokenizer_of
 
 __all__ = ["GenerationRequest", "GenerationSettings", "Plan", "prepare", "load_model_and_tokenizer", "control_header",
-           "pinned_header", "infill_prompt", "shift_seconds", "DEFAULT_NEW_TOKENS", "DEFAULT_MAX_NOTE_SECONDS",
-           "TOKENS_PER_SECOND_CAP", "DEFAULT_CHUNK"]
+           "pinned_header", "infill_prompt", "check_span", "shift_seconds", "DEFAULT_NEW_TOKENS",
+           "DEFAULT_MAX_NOTE_SECONDS", "TOKENS_PER_SECOND_CAP", "DEFAULT_CHUNK"]
 
 DEFAULT_NEW_TOKENS = 1024  # with no length given
 DEFAULT_MAX_NOTE_SECONDS = 10.0  # real piano holds 0.08% of its notes longer (ASAP, pedal folded)
@@ -46,6 +48,8 @@ DEFAULT_CHUNK = PREFILL_CHUNK  # prefill chunk (tokens)
 INFILL_SPARE_TOKENS = 64  # an infilled middle's budget: the gap at TOKENS_PER_SECOND_CAP, plus this
 MIDDLE_TOKENS_PER_SECOND = 60  # room kept for an infilled middle (dense piano writes ~35-50 tokens a second)
 PREFIX_SHARE = 0.6  # of the rest of the context: the prefix's share, the suffix getting the remainder
+INFILL_PAST_END_SECONDS = 600.0  # an infilled span may run this far past the piece's last note (a take's cap)
+SEED_LIMIT = 2**63  # seeds are 0 .. SEED_LIMIT - 1: torch's generators take 64-bit seeds
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,11 @@ class GenerationRequest:
     chunk: int = DEFAULT_CHUNK
 
     def __post_init__(self):
+        for name in ("primer_seconds", "seconds", "max_note_seconds"):
+            if getattr(self, name) is not None and not _finite(getattr(self, name)):
+                raise ConfigError(f"{name}: must be finite, got {getattr(self, name)!r}")
+        if self.seed is not None and not (_integer(self.seed) and 0 <= self.seed < SEED_LIMIT):
+            raise ConfigError(f"seed: must be an integer in 0..2**63-1, got {self.seed!r}")
         if int(self.num_samples) != self.num_samples or self.num_samples < 1:
             raise ConfigError(f"num_samples: must be a positive integer, got {self.num_samples!r}")
         if self.seconds is not None and not self.seconds > 0:
@@ -111,6 +120,8 @@ class GenerationRequest:
             raise ConfigError("primer_seconds and primer_tokens: give the primer's length one way, not both")
         if self.infill is not None:
             start, end = self.infill
+            if not (_finite(start) and _finite(end)):
+                raise ConfigError(f"infill: START and END must be finite, got {start!r}, {end!r}")
             if not 0 <= start < end:
                 raise ConfigError(f"infill: need 0 <= START < END, got {start!r}, {end!r}")
             given = [name for name in ("primer_seconds", "primer_tokens", "seconds", "max_new_tokens")
@@ -152,6 +163,7 @@ def prepare(model, tokenizer: Tokenizer, request: GenerationRequest, *, stacklev
         piece = read_notes(request.primer) if isinstance(request.primer, (str, os.PathLike)) else request.primer
         if not isinstance(piece, Notes):
             raise ConfigError("infill: give the piece to fill (a MIDI, MusicXML or ABC file, or Notes)")
+        check_span(piece, start, end)
         prompt, unconditional, gap_steps = infill_prompt(tokenizer, piece, start, end, n_ctx, header)
         settings = GenerationSettings(
             max_new_tokens=int(gap_steps * tokenizer.time_step * TOKENS_PER_SECOND_CAP) + INFILL_SPARE_TOKENS,
@@ -170,6 +182,33 @@ def prepare(model, tokenizer: Tokenizer, request: GenerationRequest, *, stacklev
                                   stop_at_eos=bool(request.stop_at_eos), max_note_seconds=float(max_note or 0.0),
                                   **common)
     return Plan(np.r_[header, music].astype(np.int64), music, settings)
+
+
+def check_span(piece: Notes, start: float, end: float) -> None:
+    """An infilled span begins inside the piece and ends at most INFILL_PAST_END_SECONDS past its last note
+    (a ConfigError otherwise: a span beyond the piece would be silence, then music from nothing)."""
+    length = float(piece.end.max()) if len(piece) else 0.0
+    if start >= length:
+        raise ConfigError(f"infill: START {start:g} s is not inside the piece (it ends at {length:.1f} s); "
+                          "the span to fill must begin before its end")
+    if end > length + INFILL_PAST_END_SECONDS:
+        raise ConfigError(f"infill: END {end:g} s is more than {INFILL_PAST_END_SECONDS:g} s past the piece's end "
+                          f"({length:.1f} s); give END {length + INFILL_PAST_END_SECONDS:.1f} or less")
+
+
+def _finite(value) -> bool:
+    """Whether `value` is a real number that is not NaN or infinite (nor an integer too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _integer(value) -> bool:
+    """Whether `value` is an integer (not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def load_model_and_tokenizer(model=None, tokenizer: Tokenizer | None = None, device=None) -> tuple[Any, Tokenizer]:
@@ -232,14 +271,14 @@ def infill_prompt(tokenizer, notes: Notes, start: float, end: float, n_ctx: int,
         raise ConfigError(f"infill: need 0 <= START < END (at least one {step * 1000:g} ms step apart), "
                           f"got {start!r}, {end!r}")
     enc = tokenizer.encode(notes)
-    prefix, _ = fim.cut(enc.ids, tokenizer, s, e)
     suffix = fim.suffix_tokens(enc.notes, e * step, tokenizer)
     gap_seconds = (e - s) * step
     middle_room = int(np.clip(gap_seconds * MIDDLE_TOKENS_PER_SECOND, 64, n_ctx // 2))
     room = n_ctx - len(header) - 4 - middle_room
+    prefix, whole = fim.prefix_tail(enc.ids, tokenizer, s, room)  # no more than the prompt can keep
     n_prefix = min(len(prefix), max(int(room * PREFIX_SHARE), room - len(suffix)))
     n_suffix = min(len(suffix), room - n_prefix)
-    bos = n_prefix == len(prefix)  # the prefix still starts at the piece's start
+    bos = whole and n_prefix == len(prefix)  # the prefix still starts at the piece's start
     body = fim.layout(tokenizer, suffix[:n_suffix], prefix[len(prefix) - n_prefix :], gap_seconds, bos=bos)
     return np.r_[np.asarray(header, np.int64), body], body, e - s
 

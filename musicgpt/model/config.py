@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from musicgpt.device import check_memory
 from musicgpt.errors import ConfigError
 
 __all__ = ["GPTConfig", "PRESETS", "POSITIONS"]
 
 POSITIONS = ("relative", "absolute", "both")
+SIZES = ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "n_ctx", "max_relative_distance")
+FLOAT_BYTES = 4  # float32: what a model is built in before any cast
 
 
 @dataclass
@@ -33,14 +37,40 @@ class GPTConfig:
     def __post_init__(self):
         if self.position not in POSITIONS:
             raise ConfigError(f"model.position: {self.position!r} is not one of {', '.join(POSITIONS)}")
-        for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "n_ctx", "max_relative_distance"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"model.{name}: must be a positive integer, got {getattr(self, name)!r}")
+        for name in SIZES:
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"model.{name}: must be a positive integer, got {value!r}")
         if self.d_model % self.n_head:
             raise ConfigError(f"model.d_model: {self.d_model} is not divisible by n_head={self.n_head}")
         for name in ("dropout", "attn_dropout"):
-            if not 0.0 <= float(getattr(self, name)) < 1.0:
-                raise ConfigError(f"model.{name}: must be in [0, 1), got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+                raise ConfigError(f"model.{name}: must be a number in [0, 1), got {value!r}")
+        for name in ("tie_weights", "bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"model.{name}: must be true or false, got {getattr(self, name)!r}")
+        # refused here, before torch allocates (and fails with a traceback) or the machine starts to swap
+        check_memory(self.weight_bytes(), f"model: {self.num_parameters():.3g} parameters ({self.describe()})")
+
+    def num_parameters(self) -> int:
+        """The parameters a MusicGPT of this shape has (tied weights counted once), computed without building it."""
+        d, f, b = self.d_model, self.d_ff, int(self.bias)
+        block = (2 * (d + b * d)  # two LayerNorms
+                 + 3 * d * d + b * 3 * d + d * d + b * d  # qkv and the output projection
+                 + (self.max_relative_distance * d if self.position in ("relative", "both") else 0)  # (H, R, D)
+                 + d * f + b * f + f * d + b * d)  # the MLP
+        positions = self.n_ctx * d if self.position in ("absolute", "both") else 0
+        head = 0 if self.tie_weights else self.vocab_size * d
+        return self.vocab_size * d + positions + self.n_layer * block + (d + b * d) + head
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weights in float32."""
+        return self.num_parameters() * FLOAT_BYTES
+
+    def describe(self) -> str:
+        """The sizes in one line: 'n_layer 6, n_head 8, d_model 256, ...'."""
+        return ", ".join(f"{name} {getattr(self, name)}" for name in SIZES)
 
     @property
     def head_dim(self) -> int:

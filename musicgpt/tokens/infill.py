@@ -26,7 +26,7 @@ import numpy as np
 
 from musicgpt.music.notes import Notes
 
-__all__ = ["InfillSpans", "clock_steps", "cut", "suffix_tokens", "layout", "spans", "decode_with_suffix",
+__all__ = ["InfillSpans", "clock_steps", "cut", "prefix_tail", "suffix_tokens", "layout", "spans", "decode_with_suffix",
            "timeline"]
 
 
@@ -51,23 +51,29 @@ def clock_steps(ids: np.ndarray, tokenizer) -> np.ndarray:
     return np.cumsum(steps) - steps
 
 
-def _shifts(tokenizer, steps: int) -> list[int]:
-    """TIME_SHIFT ids that advance `steps` (full shifts, then the remainder), as the encoder writes them."""
-    full, rest = divmod(int(steps), tokenizer.max_shift_steps)
-    return [int(tokenizer.time_shift(tokenizer.max_shift_steps))] * full + ([int(tokenizer.time_shift(rest))] if rest else [])
+def _retimed(tokenizer, events: np.ndarray, times: np.ndarray, begin: int, end: int,
+             last: int | None = None) -> tuple[np.ndarray, int]:
+    """(event tokens at their times (steps, ascending, in [begin, end)) with TIME_SHIFTs from `begin` to `end`,
+    full shifts then the remainder as the encoder writes them; the number of tokens that makes in all).
 
-
-def _retimed(tokenizer, events: np.ndarray, times: np.ndarray, begin: int, end: int) -> np.ndarray:
-    """Event tokens at their times (steps, ascending, in [begin, end)) with TIME_SHIFTs from `begin` to `end`."""
-    out: list[int] = []
-    now = begin
-    for token, t in zip(events.tolist(), times.tolist()):
-        if t > now:
-            out += _shifts(tokenizer, t - now)
-            now = t
-        out.append(token)
-    out += _shifts(tokenizer, end - now)
-    return np.asarray(out, np.int64)
+    With `last`, only the last `last` tokens are built: the work is the events' and the kept tokens', never
+    the length of the silences, so a far-off time costs a count, not a token per shift."""
+    events = np.asarray(events, np.int64)
+    advance = np.diff(np.r_[begin, np.asarray(times, np.int64), end]).clip(min=0)  # (E+1,) before each event, then to end
+    full, rest = np.divmod(advance, tokenizer.max_shift_steps)  # (E+1,) full shifts and the remainder's steps
+    lengths = full + (rest > 0) + np.r_[np.ones(len(events), np.int64), 0]  # (E+1,) a segment: its shifts, its event
+    ends = np.cumsum(lengths)  # (E+1,) one past each segment's last token
+    total = int(ends[-1])
+    first = 0 if last is None else max(0, total - max(0, int(last)))  # the first token built
+    out = np.full(total - first, tokenizer.time_shift(tokenizer.max_shift_steps), np.int64)  # full shifts, until set
+    remainder_at = (ends - lengths + full)[rest > 0]  # (R,) where each remainder shift goes
+    shown = remainder_at >= first
+    if shown.any():
+        out[remainder_at[shown] - first] = tokenizer.time_shift(rest[rest > 0][shown])
+    event_at = ends[:-1] - 1  # (E,) each segment's last token is its event
+    shown = event_at >= first
+    out[event_at[shown] - first] = events[shown]
+    return out, total
 
 
 def cut(ids: np.ndarray, tokenizer, start_step: int, end_step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -77,13 +83,23 @@ def cut(ids: np.ndarray, tokenizer, start_step: int, end_step: int | None = None
     time = clock_steps(ids, tokenizer)
     event = tokenizer.token_type(ids) != tokenizer.type_code("TIME_SHIFT")
     before = event & (time < start_step)
-    prefix = _retimed(tokenizer, ids[before], time[before], 0, start_step)
+    prefix, _ = _retimed(tokenizer, ids[before], time[before], 0, start_step)
     if end_step is None:
         inside = event & (time >= start_step)
         end_step = int(time[inside].max()) if inside.any() else start_step
     else:
         inside = event & (time >= start_step) & (time < end_step)
-    return prefix, _retimed(tokenizer, ids[inside], time[inside], start_step, max(end_step, start_step))
+    return prefix, _retimed(tokenizer, ids[inside], time[inside], start_step, max(end_step, start_step))[0]
+
+
+def prefix_tail(ids: np.ndarray, tokenizer, start_step: int, last: int) -> tuple[np.ndarray, bool]:
+    """(the last `last` tokens of `cut`'s prefix, whether that is the whole prefix): what an infilling prompt
+    keeps, built from those tokens alone, however far `start_step` lies."""
+    ids = np.asarray(ids, np.int64)
+    time = clock_steps(ids, tokenizer)
+    before = (tokenizer.token_type(ids) != tokenizer.type_code("TIME_SHIFT")) & (time < start_step)
+    tail, total = _retimed(tokenizer, ids[before], time[before], 0, start_step, last)
+    return tail, len(tail) == total
 
 
 def suffix_tokens(notes: Notes, end_seconds: float, tokenizer) -> np.ndarray:

@@ -1,0 +1,125 @@
+"""Bad input to the commands and the Python calls behind them (issue 23): each gives a one-line error naming the
+thing and the reason, never a traceback, an allocation that takes the machine down, or silent nonsense."""
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+import musicgpt
+from musicgpt.cli import main
+from musicgpt.errors import CheckpointError, ConfigError
+from musicgpt.model.gpt import GPTConfig, MusicGPT
+from musicgpt.music.scores import read_notes
+from musicgpt.tokens import infill as fim
+from musicgpt.tokens.performance import PerformanceTokenizer
+from tiny_models import PRIMER, steering_model, tiny_model
+
+PIECE_SECONDS = 76.0  # the primer's last note ends here
+
+
+@pytest.fixture(scope="module")
+def steering(tmp_path_factory):
+    """A tiny checkpoint that can infill."""
+    model, tokenizer = steering_model()
+    return model.save_pretrained(tmp_path_factory.mktemp("steer") / "steer", tokenizer=tokenizer)
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """The error `musicgpt ARGV` prints: exit status 1, one line, no traceback."""
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--infill", "nan", "3"], "--infill: START and END must be finite"),
+    (["--infill", "1", "inf"], "--infill: START and END must be finite"),
+    (["--infill", "0", "1e9"], "more than 600 s past the piece's end (76.0 s)"),
+    (["--infill", "500", "600"], "START 500 s is not inside the piece (it ends at 76.0 s)"),
+    (["--seconds", "inf"], "--seconds: must be finite"),
+    (["--seed", "1180591620717411303424"], "--seed: must be an integer in 0..2**63-1"),
+    (["--seed", "-1"], "--seed: must be an integer in 0..2**63-1"),
+])
+def test_generate_refuses_spans_lengths_and_seeds_it_cannot_use(steering, tmp_path, capsys, args, words):
+    started = time.perf_counter()
+    err = one_line_error(capsys, ["generate", str(steering), "--primer", str(PRIMER), "--quiet",
+                                  "--out", str(tmp_path / "o"), *args])
+    assert words in err
+    assert time.perf_counter() - started < 30  # refused before any work, not after building a gap of 1e9 s
+    assert not (tmp_path / "o").exists()
+
+
+def test_python_infill_and_generate_refuse_the_same(steering):
+    model = MusicGPT.from_pretrained(steering)
+    for start, end in ((0.0, 1e9), (500.0, 600.0), (float("nan"), 3.0), (1.0, float("inf"))):
+        with pytest.raises(ConfigError, match="infill: "):
+            musicgpt.infill(model, PRIMER, start, end)
+    with pytest.raises(ConfigError, match="seed: must be an integer"):
+        musicgpt.generate(model, None, max_new_tokens=2, seed=2**70)
+    with pytest.raises(ConfigError, match="seconds: must be finite"):
+        musicgpt.generate(model, None, seconds=float("inf"))
+    samples = musicgpt.infill(model, PRIMER, 70.0, PIECE_SECONDS + 5, seed=1)  # past the end, within the cap
+    assert samples[0].infill == (70.0, PIECE_SECONDS + 5)
+
+
+def test_an_infilling_prefix_is_built_from_the_tokens_it_keeps():
+    """A start far past the piece costs a count, not a TIME_SHIFT per second (1e11 steps would be 800 GB)."""
+    tokenizer = PerformanceTokenizer()
+    ids = tokenizer.encode(read_notes(PRIMER)).ids
+    started = time.perf_counter()
+    tail, whole = fim.prefix_tail(ids, tokenizer, 10**11, 100)
+    assert time.perf_counter() - started < 1.0
+    assert len(tail) == 100 and not whole
+    assert set(tail[:-1].tolist()) == {tokenizer.time_shift(tokenizer.max_shift_steps)}  # the silence before START
+    assert tokenizer.token_type(tail[-1:])[0] == tokenizer.type_code("TIME_SHIFT")  # ... and its remainder
+    for start in (0, 250, 3000, 7600, 9000):
+        prefix, _ = fim.cut(ids, tokenizer, start, start + 50)
+        for keep in (0, 7, len(prefix), len(prefix) + 3):
+            tail, whole = fim.prefix_tail(ids, tokenizer, start, keep)
+            assert np.array_equal(tail, prefix[len(prefix) - min(keep, len(prefix)):])
+            assert whole == (keep >= len(prefix))
+
+
+def test_a_checkpoint_whose_recorded_tokenizer_is_missing_is_refused_everywhere(checkpoint, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    (broken / "tokenizer.json").unlink()
+    fingerprint = json.loads((broken / "config.json").read_text())["tokenizer"]["fingerprint"]
+    for argv in (["generate", str(broken), "--max-new-tokens", "2", "--quiet", "--out", str(tmp_path / "g")],
+                 ["evaluate", str(broken), "--data", str(PRIMER), "--quiet"], ["info", str(broken)],
+                 ["attend", str(PRIMER), "--checkpoint", str(broken), "--out", str(tmp_path / "a")]):
+        err = one_line_error(capsys, argv)
+        assert "tokenizer.json is missing" in err and fingerprint in err
+    with pytest.raises(CheckpointError, match=f"tokenizer.json is missing.*{fingerprint}"):
+        musicgpt.pipeline(broken)
+    unrecorded = tiny_model().save_pretrained(tmp_path / "unrecorded")  # saved without one: nothing to refuse
+    assert MusicGPT.from_pretrained(unrecorded).tokenizer is None
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("n_layer", "six", "model.n_layer: must be a positive integer, got 'six'"),
+    ("n_layer", 6.5, "model.n_layer: must be a positive integer, got 6.5"),
+    ("bias", 1, "model.bias: must be true or false"),
+    ("d_model", 2**20, "would need 35.2 TB of memory; this machine has"),
+    ("vocab_size", 10**11, "would need 12.8 TB of memory; this machine has"),
+])
+def test_a_bad_model_config_in_a_checkpoint_is_one_line(checkpoint, tmp_path, capsys, key, value, words):
+    bad = tmp_path / "bad"
+    shutil.copytree(checkpoint, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["model"][key] = value
+    (bad / "config.json").write_text(json.dumps(config))
+    err = one_line_error(capsys, ["generate", str(bad), "--max-new-tokens", "2", "--quiet",
+                                  "--out", str(tmp_path / "g")])
+    assert words in err and "bad model config in config.json" in err
+
+
+def test_a_model_config_counts_its_parameters_without_building_the_model():
+    for overrides in ({}, {"position": "absolute", "tie_weights": False}, {"position": "both", "bias": False}):
+        config = GPTConfig.preset("tiny", **overrides)
+        assert config.num_parameters() == sum(p.numel() for p in MusicGPT(config).parameters())
