@@ -9,8 +9,8 @@ import warnings
 from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, model_of
 
 # generate's options a duet samples with: borrowed from its parser, so their names, defaults and help are its own
-SAMPLING = ("primer", "primer_seconds", "temperature", "top_k", "top_p", "min_p", "seed", "control", "plain_mask",
-            "threads")
+SAMPLING = ("primer", "primer_seconds", "temperature", "top_k", "top_p", "min_p", "seed", "control", "guidance",
+            "plain_mask", "threads")
 DUET_FLAGS = {"wait": "--wait", "answer": "--answer", "first_note": "--first-note", "lookahead": "--lookahead",
               "trigger_cc": "--trigger-cc", "trigger_note": "--trigger-note"}
 
@@ -153,7 +153,8 @@ def _request(args: argparse.Namespace):
     try:
         return GenerationRequest(primer=args.primer, primer_seconds=args.primer_seconds, temperature=args.temperature,
                                  top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                                 keep_type_mass=not args.plain_mask, seed=args.seed, controls=args.control)
+                                 keep_type_mass=not args.plain_mask, seed=args.seed, controls=args.control,
+                                 guidance=args.guidance)
     except ConfigError as exc:
         raise ConfigError(_as_flags(str(exc))) from None
 
