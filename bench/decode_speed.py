@@ -138,12 +138,13 @@ def matmul_round(model, reps: int) -> dict[str, float]:
     return out
 
 
-def decode_rounds(models: dict, tokenizer, contexts: list[int], tokens: int, rounds: int, threads: int) -> dict:
+def decode_rounds(models: dict, tokenizer, contexts: list[int], tokens: int, rounds: int, threads: int,
+                  dram_mb: int = DRAM_MB) -> dict:
     """Per context and precision, per round: step and loop tokens/s and the read and DRAM bounds (interleaved)."""
     torch.set_num_threads(threads)
     ids = piece_ids(tokenizer, max(contexts) + tokens + 1)
     out = {str(n): {p: {"step": [], "loop": [], "read_bound": [], "dram_bound": []} for p in models} for n in contexts}
-    dram = torch.ones(DRAM_MB * 2**20 // 4)
+    dram = torch.ones(dram_mb * 2**20 // 4)
     for r in range(rounds):
         order = list(models)[r % len(models):] + list(models)[: r % len(models)]
         for n in contexts:
@@ -298,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "asap",
                         help="prepared ASAP (musicgpt prepare) for the test NLL; missing: no NLL")
     parser.add_argument("--nll-docs", type=int, default=8, help="test documents scored (0: no NLL)")
+    parser.add_argument("--dram-mb", type=int, default=DRAM_MB,
+                        help=f"buffer read for the DRAM bound, MB (default {DRAM_MB}: far past the caches)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "decode_speed.json")
     args = parser.parse_args(argv)
     torch.backends.quantized.engine = "fbgemm"
@@ -312,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     sweep, runs = {}, {}
     for t in dict.fromkeys(threads):
         torch.set_num_threads(t)
-        sweep[str(t)] = bandwidth_sweep(SWEEP_MB)
+        sweep[str(t)] = bandwidth_sweep(tuple(mb for mb in SWEEP_MB if mb <= args.dram_mb))
         print(f"threads {t}: bandwidth {[round(r['gb_s_median'], 1) for r in sweep[str(t)]]} GB/s", file=sys.stderr)
-        runs[str(t)] = decode_rounds(models, tokenizer, contexts, args.tokens, args.rounds, t)
+        runs[str(t)] = decode_rounds(models, tokenizer, contexts, args.tokens, args.rounds, t, args.dram_mb)
     summary = {t: summarize(r, models, args.tokens) for t, r in runs.items()}
     torch.set_num_threads(1)
     mm_rounds = [matmul_round(base, 20) for _ in range(max(3, args.rounds))]
@@ -334,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                   "weight_bytes": {p: weight_bytes(m) for p, m in models.items()}},
         "settings": {"tokens": args.tokens, "contexts": contexts, "rounds": args.rounds, "threads": threads},
         "bandwidth": {"method": "float32 Tensor.sum over one buffer re-read many times, median of 5 timings "
-                                "(GB/s = 1e9 bytes)", "sweep": sweep},
+                                "(GB/s = 1e9 bytes)", "sweep": sweep, "dram_mb": args.dram_mb},
         "runs": runs, "summary": summary,
         "matmuls": {"rounds": len(mm_rounds), "median_s": {k: statistics.median(r[k] for r in mm_rounds)
                                                            for k in mm_rounds[0]}},
