@@ -1,7 +1,7 @@
 """arcs.json: attention arcs over the notes of a piece (build, validate, read, write, and stream-write; no torch).
 
 The format is specified in docs/arcs-format.md (version 1: notes, arcs per layer and head, the optional
-keys kind, head_names, infill, and per note nll and part); `validate_arcs` checks every rule there.
+keys kind, measure, head_names, infill, and per note nll and part); `validate_arcs` checks every rule there.
 """
 
 from __future__ import annotations
@@ -136,9 +136,21 @@ def validate_arcs(d: Any, source: str = "arcs data") -> None:
 
 KINDS = ("piece", "generated")
 MAX_HEAD_NAME = 60
+# What an arc's weight measures (docs/arcs-format.md); a file without "measure" holds attention.
+MEASURES = ("attention", "norm", "rollout", "influence")
+# The measure arcs are made with unless one is asked for (attend, generate --arcs): the one place it is set.
+# bench/faithfulness.py measures which is most faithful; docs/benchmarks.md says why this one.
+DEFAULT_MEASURE = "attention"
+
+
+def document_measure(d: Mapping[str, Any]) -> str:
+    """The measure of a document's arcs: its "measure" key, else "attention" (files written before the key)."""
+    return d.get("measure", "attention")
 
 
 def _validate_optional(d: dict, fail) -> None:
+    if "measure" in d and d["measure"] not in MEASURES:
+        fail(f"'measure' must be one of {', '.join(map(repr, MEASURES))}, got {d['measure']!r}")
     if "kind" in d and d["kind"] not in KINDS:
         fail(f"'kind' must be one of {', '.join(map(repr, KINDS))}, got {d['kind']!r}")
     if "infill" in d:

@@ -27,19 +27,18 @@ import torch
 from torch import Tensor
 
 from musicgpt.arcs.capture import ArcsConfig, NoteArcsStream, query_rows
+from musicgpt.arcs.format import DEFAULT_MEASURE, MEASURES  # noqa: F401 (DEFAULT_MEASURE: re-exported)
 from musicgpt.arcs.forward import Trace, trace
 from musicgpt.errors import ConfigError
 from musicgpt.model.prefill import token_nll_of
 
-MEASURES = ("attention", "norm", "rollout", "influence")
 CHEAP = ("attention", "norm", "rollout")
-DEFAULT_MEASURE = "attention"  # what arcs are drawn with unless asked; see docs/benchmarks.md (faithfulness)
 
 
-def check_measure(name: str) -> str:
-    """`name` when it is a measure, else a ConfigError naming the choices."""
+def check_measure(name: str, what: str = "measure") -> str:
+    """`name` when it is a measure, else a ConfigError naming `what` (the flag) and the choices."""
     if name not in MEASURES:
-        raise ConfigError(f"measure: unknown {name!r}; choose one of {', '.join(MEASURES)}")
+        raise ConfigError(f"{what}: unknown measure {name!r}; choose one of {', '.join(MEASURES)}")
     return name
 
 
@@ -128,3 +127,27 @@ def measure_stream(model, ids, tokenizer, measure: str, *, config: ArcsConfig | 
         bar.close()
         model.train(was_training)
     return stream
+
+
+def remeasure(model, tokenizer, doc: dict, ids, measure: str, config: ArcsConfig | None = None, *,
+              candidates: int | None = 16, progress: bool = False) -> dict:
+    """The arcs.json dict `doc` of the token sequence `ids` with its arcs made by `measure` instead (notes, header
+    and surprisal kept; "measure" set). `candidates`: influence's, as `influence_arcs`."""
+    from musicgpt.arcs.format import validate_arcs
+    from musicgpt.arcs.influence import influence_arcs, piece_maps
+
+    check_measure(measure)
+    config = config or ArcsConfig(**doc.get("arcs_params", {}))
+    if measure == "attention":
+        return dict(doc, measure=measure)
+    if measure == "influence":
+        arcs = influence_arcs(model, ids, piece_maps(tokenizer, ids), config, candidates=candidates, progress=progress)
+    else:
+        arcs = measure_stream(model, ids, tokenizer, measure, config=config, progress=progress).result()
+    if len(arcs.note_token) != len(doc["notes"]):
+        raise ConfigError(f"{measure}: the token ids decode to {len(arcs.note_token)} notes, the arcs document has "
+                          f"{len(doc['notes'])}")
+    arcs.weight = np.minimum(1.0, [float(f"{w:.4g}") for w in arcs.weight.tolist()])  # as build_arcs rounds
+    out = dict(doc, measure=measure, arcs=arcs.as_dict_rows())
+    validate_arcs(out, source=f"arcs by {measure}")
+    return out

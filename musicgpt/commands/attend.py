@@ -43,6 +43,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-weight", type=float, default=0.01, metavar="W", help="drop arcs lighter than W (default 0.01)")
     parser.add_argument("--row-top-k", type=int, default=64, metavar="K",
                         help="per token, layer and head: keep the K heaviest keys (default 64)")
+    parser.add_argument("--measure", default=None, metavar="NAME",
+                        help="what the arcs measure: attention, norm, rollout or influence (default: "
+                             "musicgpt.arcs.format.DEFAULT_MEASURE; see docs/arcs-format.md)")
+    parser.add_argument("--influence-candidates", type=int, default=16, metavar="N",
+                        help="--measure influence: per note, hide only the N past notes attention ranks highest "
+                             "(default 16; 0: every past note, slow)")
     parser.add_argument("--html-max-arcs", type=int, default=HTML_MAX_ARCS, metavar="N",
                         help=f"the viewer page embeds at most N arcs, the heaviest (default {HTML_MAX_ARCS:,}; "
                              "arcs.json keeps them all); 0: no page")
@@ -64,7 +70,14 @@ def run(args: argparse.Namespace) -> int:
     from musicgpt.music.scores import read_notes
     from musicgpt.viz import write_html
 
+    from musicgpt.arcs.format import DEFAULT_MEASURE
+    from musicgpt.arcs.influence import influence_arcs, piece_maps
+    from musicgpt.arcs.measures import check_measure, measure_stream
+
     source = args.file
+    measure = check_measure(args.measure or DEFAULT_MEASURE, "--measure")
+    if args.influence_candidates < 0:
+        raise ConfigError(f"--influence-candidates: must be >= 0 (0: every past note), got {args.influence_candidates}")
     if args.html_max_arcs < 0:
         raise ConfigError(f"--html-max-arcs: must be >= 0 (0: no page), got {args.html_max_arcs}")
     config = ArcsConfig(row_top_k=args.row_top_k, top_n=args.top_n, min_weight=args.min_weight)
@@ -85,11 +98,18 @@ def run(args: argparse.Namespace) -> int:
                                                      "model": model.config.to_dict()}, source=str(args.heads))
     if args.threads:
         torch.set_num_threads(args.threads)
-    stream = attend_notes(model, ids, tokenizer, config=config, progress=not args.quiet)
-    arcs = stream.result()
+    if measure in ("norm", "rollout"):
+        stream = measure_stream(model, ids, tokenizer, measure, config=config, progress=not args.quiet)
+    else:  # attention's arcs, and each note's surprisal for influence
+        stream = attend_notes(model, ids, tokenizer, config=config, progress=not args.quiet)
+    if measure == "influence":
+        arcs = influence_arcs(model, ids, piece_maps(tokenizer, ids), config, progress=not args.quiet,
+                              candidates=args.influence_candidates or None)
+    else:
+        arcs = stream.result()
     no_arcs = NoteArcs(*(np.zeros(0, np.int64) for _ in range(5)), note_token=arcs.note_token)
     doc = note_document(stream.notes, no_arcs, tokenizer, model.config, config, primer_mask=primer_mask,
-                        nll=stream.note_nll(), source=f"musicgpt attend {source.name}",
+                        nll=stream.note_nll(), source=f"musicgpt attend {source.name}", measure=measure,
                         **extra)  # notes (with their surprisal) and header, validated; arcs follow
     mean_nll = float(np.nanmean(stream.token_nll)) if len(stream.token_nll) > 1 else float("nan")
     del stream
@@ -109,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         del arcs
         write_html(page, html_path, title=source.name)
         written.append(str(html_path))
-    print(f"wrote {', '.join(written)} ({len(doc['notes'])} notes, {n_arcs} arcs, "
+    print(f"wrote {', '.join(written)} ({len(doc['notes'])} notes, {n_arcs} arcs by {measure}, "
           f"{doc['n_layer']} layers x {doc['n_head']} heads, NLL {mean_nll:.4f} nats a token)")
     return 0
 
