@@ -190,3 +190,17 @@ def test_primer_notes_match_on_the_rounded_onset_and_the_pitch():
         kwargs = {"primer_starts": [0.0, 1.0], "primer_pitches": [60, 61], "time_step": 0.01, **bad}
         with pytest.raises(ValueError):
             mark_primer_notes(starts, pitches, **kwargs)
+
+
+def test_a_file_from_before_the_measure_key_reads_as_attention(small):
+    from musicgpt.arcs.format import MEASURES, document_measure
+
+    raw = json.loads((FIXTURES / "arcs_small.json").read_text())
+    assert "measure" not in raw  # written before arcs.json said what its weights measure
+    assert document_measure(small) == "attention"
+    for measure in MEASURES:
+        d = dict(tiny(), measure=measure)
+        validate_arcs(d)
+        assert document_measure(d) == measure
+    with pytest.raises(ArcsFormatError, match="'measure' must be one of 'attention', 'norm'.*got 'saliency'"):
+        validate_arcs(dict(tiny(), measure="saliency"), source="x.arcs.json")
