@@ -5,6 +5,9 @@
     pump.put([0x90, 60, 80])            # from any thread: False when the inbox was full (the message is dropped)
     pump.stop()                         # the model's sounding notes get their note-offs, then send(None)
 
+The thread calls `step()` every TICK_S (sooner when a message arrives) and `finish()` at the end; a test
+drives both by hand on a `FakeClock`.
+
 Decoding runs here, never on the server's event loop. The engine hands out the model's events at most a
 lookahead early; the pump keeps them in time order and sends each once it is due within EARLY_S (never
 later than due), so a client can schedule it exactly on its own clock and a barge-in still reaches what has
