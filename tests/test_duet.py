@@ -104,13 +104,13 @@ def test_the_human_is_prefilled_as_they_play_and_the_model_takes_over_after_wait
 
 
 def test_the_first_model_note_comes_within_the_bound_and_each_note_carries_arcs_and_surprisal(model):
-    for seed, bound in [(1, 0.0), (2, 0.05), (3, 0.03)]:
-        s, clock = session(model, seed=seed, wait=0.5, first_note=bound)
+    for seed, bound, lead in [(1, 0.0, 0.0), (2, 0.05, 0.03), (3, 0.03, 0.1)]:
+        s, clock = session(model, seed=seed, wait=0.5, first_note=bound, lead=lead)
         phrase(s, clock)
         events = run_until(s, clock, 2.0)
-        start = next(e.time for e in events if e.kind == "turn")
+        start = next(e.time for e in events if e.kind == "turn")  # the takeover; the turn begins `lead` later
         first = next(e for e in events if e.kind == "on")
-        assert start <= first.time <= start + bound + 1e-9, seed
+        assert start + lead - 1e-9 <= first.time <= start + lead + bound + 1e-9, seed
         assert first.surprisal is not None and first.surprisal > 0
         assert first.arcs and all(TOK.token_name(s.ids[a["key"]]).startswith("NOTE_ON") for a in first.arcs)
         assert any(s.stream.who[a["key"]] == 0 for a in first.arcs)  # it listens to the human's notes
@@ -124,7 +124,7 @@ def test_events_are_handed_out_at_most_a_lookahead_early_and_the_answer_is_bound
         clock.set(0.8 + i * 0.01)
         handed += [(clock.now(), e) for e in s.poll()]
     start, end = [e.time for _, e in handed if e.kind == "turn"]
-    assert end == pytest.approx(start + 1.5)
+    assert end == pytest.approx(start + s.config.lead + 1.5)  # the answer counts from the turn's beginning
     notes = [e for _, e in handed if e.kind in ("on", "off")]
     assert notes and all(start - 1e-9 <= e.time <= end + 1e-9 for e in notes)
     assert all(e.time - now <= 0.1 + 1e-9 for now, e in handed)  # never more than the lookahead early

@@ -3,6 +3,7 @@ a cancel or a turn, on the session clock) and `parse_midi` (raw MIDI bytes to a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -30,17 +31,19 @@ class DuetConfig:
 
     wait: float = 1.0  # the model takes over after this much silence from the human
     answer: float = 8.0  # the model plays at most this long per turn
-    first_note: float = 0.05  # the model's first note comes at most this long after it takes over
+    lead: float = 0.03  # the model's turn begins this long after it takes over: time to decode its first note
+    first_note: float = 0.03  # its first note comes at most this long after its turn begins
     lookahead: float = 0.1  # events are handed out at most this early
     trigger_cc: int | None = None  # a controller (not 64, the sustain pedal) whose press (>= 64) hands over at once
     trigger_note: int | None = None  # a key that hands over at once (it makes no sound)
 
     def __post_init__(self):
-        for name in ("wait", "answer", "lookahead"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"duet {name}: must be positive, got {getattr(self, name)!r}")
-        if not self.first_note >= 0:
-            raise ConfigError(f"duet first_note: must be >= 0, got {self.first_note!r}")
+        for name in ("wait", "answer", "lookahead", "lead", "first_note"):
+            value = getattr(self, name)
+            positive = name in ("wait", "answer", "lookahead")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and (value > 0 if positive else value >= 0)):
+                raise ConfigError(f"duet {name}: must be a finite number {'> 0' if positive else '>= 0'} (seconds), "
+                                  f"got {value!r}")
         if self.trigger_cc is not None and not (0 <= self.trigger_cc < 128 and self.trigger_cc != 64):
             raise ConfigError(f"duet trigger_cc: a controller 0..127 other than the sustain pedal (64), "
                               f"got {self.trigger_cc!r}")

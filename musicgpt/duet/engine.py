@@ -13,7 +13,8 @@ together in one chunk), so at the model's turn only decoding is left.
 
 Turns: the model takes over once the human has been silent for `wait` seconds after playing, or at once on
 the trigger (a controller pressed, or a key that makes no sound). It plays for up to `answer` seconds of
-its own timing; its first note comes within `first_note` seconds (longer TIME_SHIFTs are masked until it
+its own timing; its turn begins `lead` seconds after it takes over (the time to decode a first note, so that
+note is not late) and its first note comes within `first_note` seconds (longer TIME_SHIFTs are masked until it
 has struck one, as Aria bounds its first time token). A human note-on during its turn is a barge-in: the
 model's notes not yet due are cancelled (a `cancel` event for each one already handed out) and removed
 from the cache, the sounding ones end now (`off`), and the human's note goes in. A human release or pedal
@@ -249,15 +250,17 @@ class DuetSession:
         return out
 
     def _take_over(self, t: float) -> None:
-        """The model's turn begins at `t`: the silence so far goes into the stream."""
+        """The model takes over at `t`: the silence so far goes into the stream; its turn begins `lead` later, so
+        its first note, decoded now, is not late."""
         self.stream.shift_to(self._step_of(t))
-        self._sync()
         self.stream.mark()  # a barge-in cuts back to here or later: replays from here
+        self.turn_index, taken = len(self.stream), self.stream.steps
+        self.stream.shift_to(self._step_of(t + self.config.lead))
+        self._sync()
         self.turn, self.played, self.struck, self.held = "model", False, False, None
         self.turn_start = self.stream.steps
         self.turn_end = self.turn_start + int(round(self.config.answer / self.step))
-        self.turn_index = len(self.stream)
-        self.outbox.append(DuetEvent("turn", self._time_of(self.turn_start), who="model"))
+        self.outbox.append(DuetEvent("turn", self._time_of(taken), who="model"))
 
     def _end_turn(self, step: int, t: float | None = None) -> list[DuetEvent]:
         """The model's notes end at `step` (a barge-in: at clock time t); the human's deferred events go in."""
