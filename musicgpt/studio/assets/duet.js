@@ -37,6 +37,7 @@
 
   // ------------------------------------------------------------------ mode
   const HELP = $('help').textContent;
+  for (const name of PARAMS) document.querySelector('#duet-settings input[name=' + name + ']').placeholder = 'default';
   function setMode(mode) {
     D.mode = mode;
     $('help').textContent = mode === 'duet' ? 'play: the keys below, Z–M and Q–P, a MIDI keyboard · Space pedal · ' +
