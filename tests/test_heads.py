@@ -1,6 +1,7 @@
 """The head atlas (`musicgpt heads`): row measures by hand and against a whole-piece forward pass, the naming
 rule, heads.json, the PNGs, and head names in the viewer, `view --heads` and `attend --heads`."""
 
+import copy
 import json
 import math
 
@@ -218,3 +219,42 @@ def test_cli_heads_writes_the_atlas_and_view_and_attend_show_the_names(checkpoin
     assert "another model" in err and len(err.splitlines()) == 1
     assert main(["heads", str(checkpoint), str(tmp_path / "nothing.mid"), "--out", str(tmp_path / "x")]) == 1
     assert "nothing.mid: no such file" in capsys.readouterr().err
+
+
+def test_head_importance_equals_zeroing_the_head_by_hand():
+    from musicgpt.analysis.importance import head_importance, knocked_out_nll
+
+    model = tiny_model()
+    ids = piece_ids(TOK, PRIMER, 150)  # longer than n_ctx (128): the window slides
+    found = head_importance(model, [ids], batch=3)
+
+    def nll(m) -> float:
+        with torch.no_grad():
+            out = np.full((1, len(ids)), np.nan)
+            from musicgpt.model.prefill import teacher_force
+
+            teacher_force(m, torch.as_tensor(ids)[None], m.new_cache(), token_nll=out)
+        return float(np.nanmean(out[0, 1:]))
+
+    base = nll(model)
+    assert found["base_nll"] == pytest.approx(base, abs=1e-5)
+    d = model.config.d_model // model.config.n_head
+    for layer in range(model.config.n_layer):
+        for head in range(model.config.n_head):
+            knocked = copy.deepcopy(model)
+            with torch.no_grad():  # the head's columns of the output projection: its output never arrives
+                knocked.blocks[layer].attn.proj.weight[:, head * d : (head + 1) * d] = 0.0
+            assert found["importance"][layer, head] == pytest.approx(nll(knocked) - base, abs=1e-5)
+    assert knocked_out_nll(model, ids, [None])[0] == pytest.approx(base, abs=1e-6)
+
+
+def test_heads_importance_flag_writes_it_beside_the_names(checkpoint, tmp_path, capsys):
+    assert main(["heads", str(checkpoint), str(PRIMER), "--out", str(tmp_path), "--importance",
+                 "--importance-tokens", "80", "--max-tokens", "80", "--quiet"]) == 0
+    atlas = read_heads(tmp_path / "heads.json")
+    assert np.array(atlas["importance"]).shape == (2, 2) and atlas["importance_tokens"] == 80
+    assert (tmp_path / "heads_importance.png").stat().st_size > 1000
+    assert "most important heads" in capsys.readouterr().out
+    broken = dict(atlas, importance=[[0.1, float("nan")], [0.0, 0.0]])
+    with pytest.raises(HeadsFormatError, match="'importance' must be 2 lists of 2 finite numbers"):
+        validate_heads(broken)

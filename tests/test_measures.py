@@ -14,8 +14,8 @@ import torch
 
 from musicgpt.arcs.capture import ArcsConfig
 from musicgpt.arcs.forward import Trace, run, trace
-from musicgpt.arcs.influence import influence, note_influence, piece_maps, query_context
-from musicgpt.arcs.measures import measure_stream, token_scores
+from musicgpt.arcs.influence import influence, piece_maps, query_context
+from musicgpt.arcs.measures import measure_stream, note_influence, token_scores
 from musicgpt.cli import main
 from musicgpt.errors import ConfigError
 from musicgpt.music.scores import read_notes

@@ -4,6 +4,8 @@
               token (BOS), itself, earlier notes of the same pitch and of the same pitch class; mean
               attention distance in tokens and seconds; entropy; a name per head by explicit thresholds
               (`head_atlas(model, tokenizer, pieces)` -> the heads.json dict; `musicgpt heads`)
+    importance.py  head importance: the NLL rise over pieces when each head's output is zeroed
+              (`musicgpt heads --importance`)
 
 The heads.json file and its pictures are plain data and live in `musicgpt.viz.heads` (no torch). Only
 the command line and the package facade import this room.
@@ -20,6 +22,7 @@ _LAZY = {
     "name_head": ("musicgpt.analysis.heads", "name_head"),
     "HeadMeasures": ("musicgpt.analysis.heads", "HeadMeasures"),
     "THRESHOLDS": ("musicgpt.analysis.heads", "THRESHOLDS"),
+    "head_importance": ("musicgpt.analysis.importance", "head_importance"),
 }
 
 __all__ = ["MAX_TOKENS", "PATTERN_TOKENS", *_LAZY]

@@ -197,11 +197,12 @@ def piece_ids(tokenizer, source, max_tokens: int = MAX_TOKENS) -> np.ndarray:
 
 
 def head_atlas(model, tokenizer, pieces: Iterable, *, max_tokens: int = MAX_TOKENS, chunk: int = PREFILL_CHUNK,
-               pattern_tokens: int = PATTERN_TOKENS, checkpoint: str | None = None,
+               pattern_tokens: int = PATTERN_TOKENS, checkpoint: str | None = None, importance_tokens: int = 0,
                progress: bool = False) -> tuple[dict, np.ndarray | None]:
     """(the heads.json dict, the attention pattern of the first piece's first `pattern_tokens` tokens as
     (L, H, P, P) or None) of `model` over `pieces` (file paths or Notes). Measures and names as in the
-    module docstring; each piece is cut to `max_tokens` tokens, BOS included."""
+    module docstring; each piece is cut to `max_tokens` tokens, BOS included. importance_tokens > 0: also each
+    head's importance (`musicgpt.analysis.importance`) over the pieces' first `importance_tokens` tokens."""
     if max_tokens < 2:
         raise ConfigError(f"heads max_tokens: must be at least 2 (BOS and one token), got {max_tokens}")
     if chunk < 1:
@@ -244,6 +245,12 @@ def head_atlas(model, tokenizer, pieces: Iterable, *, max_tokens: int = MAX_TOKE
         "measures": measures, "names": names, "pieces": per_piece,
         "excerpt": [tokenizer.token_name(int(t)) for t in excerpt] if excerpt is not None else [],
     }
+    if importance_tokens > 0:
+        from musicgpt.analysis.importance import RULE, head_importance
+
+        found = head_importance(model, [piece_ids(tokenizer, p, importance_tokens) for p in pieces])
+        atlas.update(importance=_rounded(found["importance"]), importance_rule=RULE,
+                     importance_tokens=int(importance_tokens), importance_base_nll=round(found["base_nll"], 6))
     validate_heads(atlas)
     return atlas, pattern
 

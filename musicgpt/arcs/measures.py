@@ -13,6 +13,9 @@ a key note's score is the sum over its tokens (its NOTE_ON and the VELOCITY befo
     influence  how much the query note's tokens' NLL rises when one past note is hidden
                (`musicgpt.arcs.influence`); no layers or heads
 
+Influence on demand for one note (`note_influence`) and for a whole piece (`influence_arcs`) scores only the
+past notes a cheap measure ranks highest; `remeasure` turns a document's arcs into another measure's.
+
 Every cheap measure's row sums to 1 over the keys (shares), as attention does, so any of them fits
 arcs.json's weights. For a piece longer than n_ctx tokens the cheap measures beyond `attention` are
 computed over segments (see `measure_stream`).
@@ -26,9 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from musicgpt.arcs.capture import ArcsConfig, NoteArcsStream, query_rows
+from musicgpt.arcs.capture import ArcsConfig, NoteArcs, NoteArcsStream, query_rows
 from musicgpt.arcs.format import DEFAULT_MEASURE, MEASURES  # noqa: F401 (DEFAULT_MEASURE: re-exported)
 from musicgpt.arcs.forward import Trace, trace
+from musicgpt.arcs.influence import Maps, QueryContext, influence, piece_maps, query_context
 from musicgpt.errors import ConfigError
 from musicgpt.model.prefill import token_nll_of
 
@@ -134,7 +138,6 @@ def remeasure(model, tokenizer, doc: dict, ids, measure: str, config: ArcsConfig
     """The arcs.json dict `doc` of the token sequence `ids` with its arcs made by `measure` instead (notes, header
     and surprisal kept; "measure" set). `candidates`: influence's, as `influence_arcs`."""
     from musicgpt.arcs.format import validate_arcs
-    from musicgpt.arcs.influence import influence_arcs, piece_maps
 
     check_measure(measure)
     config = config or ArcsConfig(**doc.get("arcs_params", {}))
@@ -151,3 +154,55 @@ def remeasure(model, tokenizer, doc: dict, ids, measure: str, config: ArcsConfig
     out = dict(doc, measure=measure, arcs=arcs.as_dict_rows())
     validate_arcs(out, source=f"arcs by {measure}")
     return out
+
+
+def rank_candidates(tr: Trace, ctx: QueryContext, n_notes: int, count: int | None, rank_by: str) -> np.ndarray:
+    """Indices into ctx.past of the `count` past notes `rank_by` (a cheap measure, the last layer's head mean,
+    as the viewer draws) scores highest, in order of their tokens; every past note when count is None."""
+    if count is None or count >= len(ctx.past):
+        return np.arange(len(ctx.past))
+    on = len(ctx.ids) - 1
+    scores = note_scores(token_scores(tr, [on], rank_by), ctx.owner, np.array([ctx.note]), n_notes)
+    viewer = scores[-1, :, 0].mean(0)[ctx.past]  # (P,)
+    return np.sort(np.argsort(-viewer, kind="stable")[:count])
+
+
+@torch.no_grad()
+def note_influence(model, ids, maps: Maps, note: int, *, candidates: int | None = 16, rank_by: str = "attention",
+                   batch: int = 8) -> dict[int, float]:
+    """On demand, for one query note: {past note: NLL rise in nats when it is hidden}, for the `candidates` past
+    notes `rank_by` ranks highest (None: every past note; the others are not scored)."""
+    ctx = query_context(ids, maps, note, model.config.n_ctx)
+    tr = trace(model, ctx.ids, [len(ctx.ids) - 1])
+    chosen = rank_candidates(tr, ctx, len(maps.note_token), candidates, rank_by)
+    rises = influence(model, ctx, tr, chosen, batch=batch)
+    return {int(ctx.past[i]): float(r) for i, r in zip(chosen, rises)}
+
+
+def influence_arcs(model, ids, maps: Maps, config, *, candidates: int | None = 16, rank_by: str = "attention",
+                   progress: bool = False):
+    """NoteArcs of every query note by influence: per note the past notes that raise its NLL when hidden, as shares
+    of the rises (negative rises dropped), the `config.top_n` largest of at least `config.min_weight`. Influence
+    has no layers or heads: every arc is at the last layer, head 0."""
+    from tqdm.auto import tqdm
+
+    cols: dict[str, list] = {"query": [], "key": [], "weight": []}
+    queries = [n for n in range(len(maps.note_token)) if maps.note_token[n] >= 0]
+    for note in tqdm(queries, unit="note", desc="influence", disable=not progress, leave=False, file=sys.stderr):
+        rises = note_influence(model, ids, maps, note, candidates=candidates, rank_by=rank_by)
+        if not rises:
+            continue
+        keys = np.array(list(rises), np.int64)
+        gain = np.maximum(np.array(list(rises.values())), 0.0)
+        if gain.sum() <= 0:
+            continue
+        share = gain / gain.sum()
+        order = np.lexsort((keys, -share))[: config.top_n]
+        order = order[share[order] >= max(config.min_weight, 1e-12)]
+        cols["query"].extend([note] * len(order))
+        cols["key"].extend(keys[order].tolist())
+        cols["weight"].extend(share[order].tolist())
+    n = len(cols["query"])
+    return NoteArcs(query=np.array(cols["query"], np.int64), key=np.array(cols["key"], np.int64),
+                    layer=np.full(n, model.config.n_layer - 1, np.int64), head=np.zeros(n, np.int64),
+                    weight=np.array(cols["weight"], np.float64), note_token=maps.note_token)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from musicgpt.commands._args import output_folder, positive_int
 from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, model_of
 
 HTML_MAX_ARCS = 1_000_000  # about 17 MB of page; a 5-minute piece of dense piano has some 1.5 million arcs
@@ -55,7 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=Path, metavar="HEADS.json",
                         help="a head atlas of the same model (musicgpt heads): its head names go into arcs.json "
                              "and the viewer's model view")
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help="CPU threads (default: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -71,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from musicgpt.viz import write_html
 
     from musicgpt.arcs.format import DEFAULT_MEASURE
-    from musicgpt.arcs.influence import influence_arcs, piece_maps
-    from musicgpt.arcs.measures import check_measure, measure_stream
+    from musicgpt.arcs.influence import piece_maps
+    from musicgpt.arcs.measures import check_measure, influence_arcs, measure_stream
 
     source = args.file
     measure = check_measure(args.measure or DEFAULT_MEASURE, "--measure")
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         from musicgpt.viz.heads import read_heads
 
         atlas = read_heads(args.heads)  # before the model runs: a bad file fails at once
+    out = output_folder(args.out or source.parent)  # before the work: a file in the way is said now
     model, tokenizer = model_of(args)
     notes = read_notes(source)
     ids = np.r_[tokenizer.bos_id, primer_ids(notes, tokenizer, seconds=args.seconds, tokens=args.tokens)]
@@ -113,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
                         **extra)  # notes (with their surprisal) and header, validated; arcs follow
     mean_nll = float(np.nanmean(stream.token_nll)) if len(stream.token_nll) > 1 else float("nan")
     del stream
-    out = args.out or source.parent
-    out.mkdir(parents=True, exist_ok=True)
     arcs_path, html_path = out / f"{source.stem}.arcs.json", out / f"{source.stem}.html"
     write_arcs_columns(doc, arcs, arcs_path)  # rounds arcs.weight in place to what the file holds
     n_arcs, written = len(arcs), [str(arcs_path)]

@@ -21,6 +21,7 @@ import argparse
 import time
 from pathlib import Path
 
+from musicgpt.commands._args import positive_int
 from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, checkpoint_of
 
 
@@ -36,8 +37,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"read at most the first N tokens of each piece, BOS included (default {MAX_TOKENS})")
     parser.add_argument("--pattern-tokens", type=int, default=PATTERN_TOKENS, metavar="N",
                         help=f"tokens of the first piece drawn in heads_patterns.png (default {PATTERN_TOKENS}; 0: none)")
+    parser.add_argument("--importance", action="store_true",
+                        help="also each head's importance: the NLL rise when it is knocked out (L x H + 1 passes "
+                             "over each piece's first --importance-tokens tokens); in heads.json and heads_importance.png")
+    parser.add_argument("--importance-tokens", type=int, default=512, metavar="N",
+                        help="tokens of each piece the importance reads, BOS included (default 512)")
     parser.add_argument("--dpi", type=int, default=150, help="PNG resolution (default: 150)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help="CPU threads (default: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no line per piece on stderr")
 
 
@@ -86,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_tokens < 2:
         raise ConfigError(f"--max-tokens: must be at least 2, got {args.max_tokens}")
+    if args.importance and args.importance_tokens < 2:
+        raise ConfigError(f"--importance-tokens: must be at least 2, got {args.importance_tokens}")
     if args.pattern_tokens < 0:
         raise ConfigError(f"--pattern-tokens: must be >= 0, got {args.pattern_tokens}")
     if _piece_not_model(args.checkpoint):
@@ -99,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = tokenizer_of(model)
     given = args.checkpoint if args.checkpoint is not None else args.checkpoint_option
     atlas, pattern = head_atlas(model, tokenizer, pieces, max_tokens=args.max_tokens, pattern_tokens=args.pattern_tokens,
-                                checkpoint=str(given) if given is not None else "bundled", progress=not args.quiet)
+                                checkpoint=str(given) if given is not None else "bundled", progress=not args.quiet,
+                                importance_tokens=args.importance_tokens if args.importance else 0)
     json_path = write_heads(atlas, args.out / "heads.json")
     pictures = render_atlas(atlas, args.out, pattern if args.pattern_tokens else None, dpi=args.dpi)
     named = [f"L{layer} H{head} {name}" for layer, row in enumerate(atlas["names"])
@@ -110,4 +119,9 @@ def run(args: argparse.Namespace) -> int:
     print("named heads: " + (", ".join(named) if named else "none above the thresholds but 'local' and 'broad'")
           + f"; local {sum(r.count('local') for r in atlas['names'])}, broad {sum(r.count('broad') for r in atlas['names'])}, "
           f"unnamed {sum(r.count(None) for r in atlas['names'])}")
+    if args.importance:
+        ranked = sorted(((v, layer, head) for layer, row in enumerate(atlas["importance"]) for head, v in enumerate(row)),
+                        reverse=True)[:5]
+        print("most important heads (NLL rise knocked out, nats a token): " + ", ".join(
+            f"L{layer} H{head} {v:+.3f} ({atlas['names'][layer][head] or 'unnamed'})" for v, layer, head in ranked))
     return 0

@@ -6,7 +6,9 @@
      "thresholds": {...}, "rule": "...",
      "measures": {measure: [[value per head] per layer] or null}, "names": [[name or null per head] per layer],
      "pieces": [{"file": ..., "tokens": ..., "rows": {measure: rows}, "measures": {...}}, ...],
-     "excerpt": [token names of the pattern grid's excerpt]}
+     "excerpt": [token names of the pattern grid's excerpt],
+     "importance": [[NLL rise per head] per layer], "importance_rule": "...", "importance_tokens": 512,
+     "importance_base_nll": 2.1}   (the importance keys only with `musicgpt heads --importance`)
 
 The measures (MEASURES) and the naming rule are defined and computed in `musicgpt.analysis.heads`;
 this module reads, checks and writes the file and draws it: one layers x heads heatmap per measure,
@@ -86,6 +88,8 @@ def validate_heads(d: Any, source: str = "heads data") -> None:
             fail(f"'{key}' must be an object")
     if not isinstance(d.get("pieces"), list):
         fail("'pieces' must be a list")
+    if "importance" in d and not _grid_of(d["importance"], n_layer, n_head, number):
+        fail(f"'importance' must be {n_layer} lists of {n_head} finite numbers (nats per token)")
 
 
 def read_heads(path: str | os.PathLike) -> dict:
@@ -175,6 +179,32 @@ def render_measure_png(atlas: dict, measure: str, path: str | os.PathLike, *, dp
     return atomic_savefig(fig, path, make_parents=True, format="png")
 
 
+def render_importance_png(atlas: dict, path: str | os.PathLike, *, dpi: int = 150) -> Path:
+    """A layers x heads heatmap of head importance (the NLL rise when the head is knocked out), each cell with
+    its value and the head's pattern name."""
+    a = np.array(atlas["importance"], np.float64)
+    n_layer, n_head = a.shape
+    fig = _figure(max(6.5, 1.0 + 0.85 * n_head), 1.2 + 0.6 * n_layer, dpi)
+    ax = fig.add_subplot()
+    top = max(float(np.abs(a).max()), 1e-6)
+    image = ax.imshow(a, cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto")  # red: the NLL rises without it
+    fig.colorbar(image, ax=ax, shrink=0.9, label="nats per token")
+    for layer in range(n_layer):
+        for head in range(n_head):
+            name = atlas["names"][layer][head]
+            text = f"{a[layer, head]:.3f}" + (f"\n{SHORT.get(name, name)}" if name else "")
+            ax.text(head, layer, text, ha="center", va="center", fontsize=7.5,
+                    color="white" if abs(a[layer, head]) > 0.6 * top else "black")
+    ax.set_xticks(range(n_head), [f"H{h}" for h in range(n_head)])
+    ax.set_yticks(range(n_layer), [f"L{layer}" for layer in range(n_layer)])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(f"head importance: NLL rise when the head is knocked out (output zeroed)\n"
+                 f"{len(atlas['pieces'])} piece(s), first {atlas.get('importance_tokens', '?')} tokens each; "
+                 f"labels: the head's pattern", fontsize=9, loc="left")
+    return atomic_savefig(fig, path, make_parents=True, format="png")
+
+
 def render_patterns_png(atlas: dict, pattern: np.ndarray, path: str | os.PathLike, *, dpi: int = 150) -> Path:
     """A layers x heads grid of attention patterns (L, H, P, P): each cell the rows of the excerpt's tokens
     (down) over its keys (across), square-root colour scale, titled with the head's name."""
@@ -204,6 +234,8 @@ def render_atlas(atlas: dict, out_dir: str | os.PathLike, pattern: np.ndarray | 
     out_dir = Path(out_dir)
     written = [render_measure_png(atlas, m, out_dir / f"heads_{m}.png", dpi=dpi)
                for m in MEASURES if atlas["measures"][m] is not None]
+    if atlas.get("importance") is not None:
+        written.append(render_importance_png(atlas, out_dir / "heads_importance.png", dpi=dpi))
     if pattern is not None:
         written.append(render_patterns_png(atlas, pattern, out_dir / "heads_patterns.png", dpi=dpi))
     return written
