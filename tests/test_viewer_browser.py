@@ -205,6 +205,17 @@ def test_hash_restores_the_view(browser, small_page):
     assert _count(browser) == len(want) > 0
     assert "light" in browser.find_element("css selector", "body").get_attribute("class")
     assert console_errors(browser) == []
+    # #t= opens the page at a time (the studio opens a take at its new music): the clock there, the roll scrolled
+    _open(browser, path, "#t=6.5&zoom=120")
+    assert browser.execute_script("return window.musicgptViewer.state.now") == 6.5
+    assert browser.find_element("id", "clock").text.startswith("0:06.5")
+    left, width = browser.execute_script("const s = document.getElementById('scroller'); return [s.scrollLeft, s.clientWidth]")
+    x = float(browser.find_element("id", "cursor").get_attribute("x1"))
+    assert left > 0 and left < x < left + width, (left, x, width)  # scrolled, the cursor in view
+    browser.execute_script("window.musicgptViewer.setTheme(true)")
+    assert "light" in browser.find_element("css selector", "body").get_attribute("class")
+    assert "t=6.50" in browser.current_url and "theme=light" in browser.current_url
+    assert console_errors(browser) == []
 
 
 def test_large_piece_stays_correct(browser, tmp_path):

@@ -105,6 +105,7 @@
     if (h.has('zoom')) { const z = +h.get('zoom'); if (z > 0) S.zoom = z; }
     if (h.get('theme') === 'light') S.light = true;
     if (h.get('shade') === 'nll' && HAS_NLL) S.shade = 'nll';
+    if (h.has('t')) { const t = +h.get('t'); if (t >= 0 && isFinite(t)) S.now = Math.min(t, duration); }  // opens there
   }
   const listText = (set, n) => set.size === n ? 'all' : set.size === 0 ? 'none' : [...set].sort((a, b) => a - b).join(',');
   function writeHash() {
@@ -113,6 +114,7 @@
     parts.push('layers=' + listText(S.layers, NL), 'heads=' + listText(S.heads, NH), 'top=' + S.top, 'thr=' + S.thr, 'zoom=' + Math.round(S.zoom));
     if (S.light) parts.push('theme=light');
     if (S.shade === 'nll') parts.push('shade=nll');
+    if (S.now > 0) parts.push('t=' + S.now.toFixed(2));
     try { history.replaceState(null, '', '#' + parts.join('&')); } catch (e) { /* some file:// setups refuse; the status line still shows it */ }
   }
 
@@ -767,13 +769,14 @@
   syncControls();
   layout();
   if (S.shade === 'nll') applyShade();
+  if (S.now > 0) { placeCursor(); scrollToTime(S.now, 0.08); }  // #t=: the cursor there, a little room before it
   if (S.sel >= 0) select(S.sel, true);
 
   // A small handle for notebooks, debugging and the browser tests.
   window.musicgptViewer = {
     state: S, visibleArcs: (q) => visibleArcs(q, true), select: (q) => select(q, true),
     play, pause, seek, nNotes: N, nLayer: NL, nHead: NH, label: LABEL, headName,
-    piano: () => piano, audio: () => ctx,
+    piano: () => piano, audio: () => ctx, setTheme: (light) => { S.light = !!light; applyTheme(); writeHash(); },
     hasNll: HAS_NLL, mostSurprising: SURPRISING.slice(0, 10), setShade, infill: INFILL,
     part: (i) => (PART ? PART[i] : null),
   };
