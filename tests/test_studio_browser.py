@@ -19,7 +19,7 @@ pytestmark = needs_chromium
 
 @pytest.fixture(scope="module")
 def chrome():
-    with chromium("1400,900") as driver:
+    with chromium("1400,900", "--autoplay-policy=no-user-gesture-required") as driver:
         yield driver
 
 
@@ -96,9 +96,28 @@ def test_open_a_primer_generate_watch_notes_and_arcs_arrive_stop_and_click_a_not
         done = wait_for(browser, lambda d: [t for t in takes(d) if t["state"] == "stopped"], 30, "the take to stop")
         files = done[0]["samples"][0]["files"]
         assert files["midi"].endswith(".mid") and files["arcs"].endswith(".arcs.json")
-        # the finished take opens in the arcs viewer (its playback and model view)
+        # the finished take opens in the arcs viewer (its playback and model view) at its first new note, not at 0 s
         wait_for(browser, lambda d: d.find_element("id", "viewer").is_displayed(), 20, "the viewer")
         assert browser.find_elements("css selector", "#takes a.dl-midi")
+        first_new = browser.execute_script("""const s = window.musicgptStudio.state, notes = s.sel.samples[s.sample].notes;
+            return Math.min(...[...notes.values()].filter((n) => !n.primer).map((n) => n.start))""")
+        assert first_new > 0.5  # after a 3 s primer
+        now = wait_for(browser, lambda d: viewer_state(d, "state.now"), 20, "the viewer's clock")
+        assert abs(now - first_new) < 0.01, (now, first_new)
+        assert viewer_state(browser, "scroller") > 0  # scrolled to it
+        # the studio's light theme reaches the embedded viewer
+        assert viewer_state(browser, "light") is False
+        browser.find_element("id", "theme").click()
+        wait_for(browser, lambda d: viewer_state(d, "light") is True, 10, "the viewer's light theme")
+        browser.find_element("id", "theme").click()
+        # at 1440x900 the takes and their downloads are in view without scrolling
+        browser.set_window_size(1440, 900)
+        in_view = wait_for(browser, lambda d: d.execute_script("""const a = document.querySelector('#takes a.dl-midi'),
+            left = document.getElementById('left'), r = a.getBoundingClientRect();
+            return r.bottom <= window.innerHeight && r.right <= window.innerWidth && left.scrollHeight <= left.clientHeight
+              ? [r.bottom, window.innerHeight] : null"""), 5, "the downloads in view")
+        assert in_view[1] >= 700, in_view  # a page about as high as a 900 px screen gives it
+        browser.set_window_size(1400, 900)
 
         # Back on the live roll, click the newest note. The take is over, so no note arrives to re-space the rows
         # between finding the note and clicking it; where notes' hit areas overlap the page picks the newest, so the
@@ -124,7 +143,67 @@ def test_open_a_primer_generate_watch_notes_and_arcs_arrive_stop_and_click_a_not
         # the card names the clicked note (until the next frame, the newest note "(latest)" that it showed before)
         wait_for(browser, lambda d: card.is_displayed() and "(latest)" not in card.text, 10, "the clicked note's card")
         assert "surprisal" in card.text and "new" in card.text
+        # the card leaves the roll's right half free, where the model writes (the roll follows it at 75%)
+        card_box = browser.execute_script("const r = arguments[0].getBoundingClientRect(), c = arguments[1]"
+                                          ".getBoundingClientRect(); return [r.right - c.left, c.width]", card, canvas)
+        assert card_box[0] < 0.5 * card_box[1], card_box
         assert not console_errors(browser)
+
+
+def viewer_state(driver, what: str):
+    """The embedded viewer's clock (`state.now`), its scroll position or theme, once its page is loaded."""
+    return driver.execute_script("""const w = document.getElementById('viewer').contentWindow, v = w && w.musicgptViewer;
+        if (!v) return null;
+        if (arguments[0] === 'scroller') return w.document.getElementById('scroller').scrollLeft;
+        if (arguments[0] === 'light') return w.document.body.classList.contains('light');
+        return v.state.now""", what)
+
+
+def test_the_live_view_plays_the_take_and_generate_while_one_runs_keeps_it_on_screen_and_stop_stops_it(browser):
+    with serve_tiny() as (server, _):
+        open_page(browser, server, "tiny")
+        browser.find_element("id", "primer-file").send_keys(str(PRIMER))
+        browser.find_element("id", "primer_seconds").send_keys("2")
+        long_takes(browser)
+        browser.find_element("id", "generate").click()
+        wait_for(browser, lambda d: [t for t in takes(d) if t["state"] == "running" and t["samples"][0]["newNotes"] >= 3],
+                 60, "the take to run")
+        # the piano plays the take as it is written
+        voices = wait_for(browser, lambda d: d.execute_script("const p = window.musicgptStudio.piano(); "
+                                                               "return p && p.voicesStarted"), 30, "piano voices")
+        assert voices > 0 and browser.execute_script("return window.musicgptStudio.audio().state") == "running"
+        assert browser.execute_script("return window.musicgptStudio.listening()") == 0
+        # two more takes while it runs: they queue in the list, the running take stays on screen
+        for _ in range(2):
+            browser.find_element("id", "generate").click()
+        wait_for(browser, lambda d: len(takes(d)) == 3 and takes(d)[0]["job"], 20, "the queued takes")
+        sel = "const s = window.musicgptStudio.state; return s.takes.indexOf(s.sel)"
+        assert browser.execute_script(sel) == 2 and takes(browser)[2]["state"] == "running"
+        # Stop on a take still waiting in the queue: it ends, said in one line ("seed undefined" and a stuck
+        # "stopping take" were the old symptoms)
+        pick = "document.querySelectorAll('#takes li.take')[arguments[0]].click()"  # the list is redrawn as takes run
+        browser.execute_script(pick, 0)
+        assert browser.execute_script(sel) == 0
+        browser.find_element("id", "stop").click()
+        wait_for(browser, lambda d: takes(d)[0]["state"] == "stopped", 20, "the queued take to stop")
+        wait_for(browser, lambda d: "stopped before it started" in d.find_element("id", "status").text, 10,
+                 "the status, not " + browser.find_element("id", "status").text)
+        assert takes(browser)[2]["state"] == "running"  # the take that runs was left alone
+        # Stop on the running take on screen stops it; the next one in the queue then runs
+        browser.execute_script(pick, 2)
+        browser.find_element("id", "stop").click()
+        wait_for(browser, lambda d: takes(d)[2]["state"] == "stopped" and takes(d)[1]["state"] == "running", 30,
+                 "the running take to stop and the next to run")
+        browser.find_element("id", "stop").click()  # nothing running on screen: the running take stops
+        wait_for(browser, lambda d: takes(d)[1]["state"] == "stopped", 30, "the last take to stop")
+        text = browser.find_element("id", "takes").text
+        assert "undefined" not in text and "seed" in text, text
+        assert not browser.find_element("id", "status").text.startswith("stopping")
+        browser.find_element("id", "tab-live").click()
+        browser.find_element("id", "sound").click()  # the sound toggle: off, and every voice released
+        assert browser.execute_script("return window.musicgptStudio.state.sound") is False
+        assert not console_errors(browser)
+
 
 
 def test_controls_and_a_span_dragged_over_the_roll_are_regenerated(browser):
@@ -160,4 +239,16 @@ def test_controls_and_a_span_dragged_over_the_roll_are_regenerated(browser):
                           60, "the regenerated span")
         assert refill[0]["state"] == "done", refill
         assert refill[0]["infill"] == [round(span[0], 3), round(span[1], 3)]
+        # the notes after the span stay on the live roll: as many as the take's arcs.json keeps there
+        import httpx
+
+        got = httpx.Client(base_url=server.url, timeout=30).get(refill[0]["samples"][0]["files"]["arcs"])
+        assert got.status_code == 200, (got.status_code, got.text[:200])
+        arcs = got.json()
+        suffix = [n for n in arcs["notes"] if n.get("part") == "suffix"]
+        assert suffix and refill[0]["kept"] == len(suffix), (refill[0]["kept"], len(suffix))
+        # and the viewer opens at the span (once the live view has played it)
+        wait_for(browser, lambda d: d.find_element("id", "viewer").is_displayed(), 30, "the viewer")
+        now = wait_for(browser, lambda d: viewer_state(d, "state.now"), 20, "the viewer's clock")
+        assert abs(now - refill[0]["infill"][0]) < 0.01, (now, refill[0]["infill"])
         assert not console_errors(browser)

@@ -8,7 +8,7 @@
   const S = {
     health: null, primer: null, primerLabel: '', example: '', takes: [], sel: null, sample: 0, focus: -1,
     view: 'live', light: false, follow: true, pps: 60, scrollT: 0, shade: 'velocity', layer: 'all', top: 2,
-    span: null, canInfill: false,
+    span: null, canInfill: false, sound: true,
   };
   const NAMES = ['C', 'C♯', 'D', 'D♯', 'E', 'F', 'F♯', 'G', 'G♯', 'A', 'A♯', 'B'];
   const noteName = (p) => NAMES[p % 12] + (Math.floor(p / 12) - 1);
@@ -87,8 +87,14 @@
     if (!files || !files.midi) return;
     const blob = await (await fetch(files.midi)).blob();
     const name = 'take_' + sp.take.n + '_sample_' + sp.sample + '.mid';
+    // The notes after the span stay as they are (the new take's MIDI and arcs.json have them), but the stream
+    // follows only what the model writes: the live roll draws them from this take.
+    const after = [...sp.take.samples[sp.sample].notes.values(), ...(sp.take.suffix || [])]
+      .filter((n) => n.start >= sp.t1 - 1e-6)
+      .map((n, k) => ({ ...n, id: -1 - k, primer: true, surprisal: null, suffix: true }));
     generate({ primer: new File([blob], name, { type: 'audio/midi' }), infill_start: sp.t0.toFixed(3),
-      infill_end: sp.t1.toFixed(3), label: name + ' ' + sp.t0.toFixed(1) + '–' + sp.t1.toFixed(1) + ' s' });
+      infill_end: sp.t1.toFixed(3), label: name + ' ' + sp.t0.toFixed(1) + '–' + sp.t1.toFixed(1) + ' s',
+      source: after });
   }
   $('infill').addEventListener('click', (e) => { e.currentTarget.blur(); regenerateSpan(); });
 
@@ -212,9 +218,17 @@
     const form = settingsForm(span && span.primer ? span : null);
     const take = newTake(form);
     if (span && span.label) take.primer = span.label;
+    if (span && span.source) take.suffix = span.source;
+    audio();  // a click made this take: the moment a browser lets a page start its sound
+    const watching = S.sel && (S.sel.state === 'running' || S.sel.state === 'queued');
     S.takes.unshift(take);
-    selectTake(take, 0);
-    status('sending the request…');
+    if (watching) {  // the take on screen goes on; the new one waits in the list until it is picked
+      renderTakes();
+      status('take queued: it starts when the one running ends');
+    } else {
+      selectTake(take, 0);
+      status('sending the request…');
+    }
     try {
       const resp = await fetch('/api/generate', { method: 'POST', body: form, signal: take.controller.signal });
       if (!resp.ok) {
@@ -256,6 +270,7 @@
     take.events++;
     if (name === 'note') {
       const sample = take.samples[d.sample];
+      heard(take, d);
       if (d.dropped) { sample.notes.delete(d.id); return changed(take); }
       if (!d.primer && !sample.notes.has(d.id)) {
         sample.nNew++;
@@ -272,7 +287,7 @@
       if (d.take) take.n = d.take;
       if (d.state === 'queued') {
         take.state = 'queued'; take.ahead = d.ahead;
-        status('waiting: ' + d.ahead + ' take' + (d.ahead > 1 ? 's' : '') + ' ahead of this one');
+        if (take === S.sel) status('waiting: ' + d.ahead + ' take' + (d.ahead > 1 ? 's' : '') + ' ahead of this one');
       } else if (d.state === 'running') {
         if (take.state !== 'running') status('generating take ' + (take.n || '') + '…');
         take.state = 'running';
@@ -290,15 +305,23 @@
       }
     } else if (name === 'done') {
       take.state = d.stopped ? 'stopped' : 'done';
-      take.seed = d.seed;
-      for (const s of d.samples) {
+      if (d.seed !== undefined && d.seed !== null) take.seed = d.seed;
+      for (const s of d.samples || []) {
         take.samples[s.sample].files = s.files;
         take.samples[s.sample].result = s;
       }
-      status('take ' + take.n + (d.stopped ? ' stopped' : ' done') + ' in ' + d.elapsed_s.toFixed(1) + ' s (' +
-        d.tokens_per_s.toFixed(0) + ' tokens/s)' + (take.firstNoteMs !== null ? '; first new note after ' +
-        Math.round(take.firstNoteMs) + ' ms' : ''));
-      if (take === S.sel && take.samples[S.sample].files && take.samples[S.sample].files.viewer) showView('viewer');
+      // a take stopped while it waited in the queue has no timing (and no files)
+      const timing = typeof d.elapsed_s === 'number' ? ' in ' + d.elapsed_s.toFixed(1) + ' s (' +
+        d.tokens_per_s.toFixed(0) + ' tokens/s)' : d.message ? ': ' + d.message : '';
+      status((take.n ? 'take ' + take.n : 'the queued take') + (d.stopped ? ' stopped' : ' done') + timing + (take.firstNoteMs !== null ?
+        '; first new note after ' + Math.round(take.firstNoteMs) + ' ms' : ''));
+      if (take === S.sel && take.samples[S.sample].files && take.samples[S.sample].files.viewer) {
+        if (!d.stopped && live.take === take && live.busy()) {  // a whole take is heard to its end, then viewed
+          live.openWhenPlayed = true;
+          $('status').textContent += ' · playing it to its end (the Viewer tab opens it now)';
+        }
+        else showView('viewer');
+      }
       renderTakes();
     } else if (name === 'error') {
       fail(take, d.message);
@@ -315,7 +338,7 @@
 
   function stop() {
     const take = S.sel && (S.sel.state === 'running' || S.sel.state === 'queued') ? S.sel
-      : S.takes.find((t) => t.state === 'running' || t.state === 'queued');
+      : S.takes.find((t) => t.state === 'running') || S.takes.find((t) => t.state === 'queued');
     if (!take) return;
     take.stopAsked = true;
     if (!take.job) { take.controller.abort(); return; }
@@ -324,6 +347,89 @@
   }
   $('generate').addEventListener('click', (e) => { e.currentTarget.blur(); generate(); });
   $('stop').addEventListener('click', (e) => { e.currentTarget.blur(); stop(); });
+
+  // ------------------------------------------------------------------ sound: the take played as it is written
+  // The watched take's new notes play on the piano (piano.js, the studio's full sample set) in musical time from
+  // its first new note, a little ahead of the clock; where the model writes slower than real time, the clock
+  // waits at the newest note written. The sound toggle silences it; another take or the viewer stops it.
+  const live = {
+    ctx: null, piano: null, take: null, sample: 0, queue: [], played: new Map(), t0: null, ctxStart: 0, front: 0,
+    lastEnd: null, timer: 0, openWhenPlayed: false,
+    busy: () => !!(live.piano && live.take && S.sound && live.t0 !== null),  // playing a take, not yet at its end
+  };
+  function audio() {  // made on a click: browsers let a page start its audio only after a gesture
+    const AC = window.AudioContext || window.webkitAudioContext;
+    if (!AC || typeof MusicgptPiano === 'undefined') return null;
+    if (!live.ctx) {
+      live.ctx = new AC();
+      MusicgptPiano.create(live.ctx, { baseUrl: '/assets/piano/' }).then((p) => { live.piano = p; },
+        (e) => status('the piano could not be loaded: ' + e.message, true));
+    }
+    if (live.ctx.state === 'suspended') live.ctx.resume();
+    return live.ctx;
+  }
+  function listen(take, b) {  // from now on play this take's sample (null: silence)
+    if (live.take === take && live.sample === b) return;
+    if (live.piano) live.piano.allOff();
+    Object.assign(live, { take, sample: b, queue: [], played: new Map(), t0: null, front: 0, lastEnd: null,
+      openWhenPlayed: false });
+    clearInterval(live.timer);
+    live.timer = take ? setInterval(playDue, 40) : 0;
+  }
+  const ctxTime = (t) => live.ctxStart + t - live.t0;
+  function heard(take, d) {  // a note event: queue a new note, update a queued one, end one that sounds
+    if (take !== live.take || d.sample !== live.sample || d.primer) return;
+    const sounding = live.played.get(d.id);
+    if (sounding) {
+      if (!sounding.off && (d.dropped || d.end !== null)) {
+        sounding.off = true;
+        live.piano.noteOff(sounding.pitch, d.dropped ? undefined : ctxTime(d.end));
+      }
+      return;
+    }
+    const i = live.queue.findIndex((n) => n.id === d.id);
+    if (d.dropped) { if (i >= 0) live.queue.splice(i, 1); return; }
+    if (i >= 0) live.queue[i] = d; else live.queue.push(d);
+    live.front = Math.max(live.front, d.start);
+  }
+  function playDue() {
+    const take = live.take, piano = live.piano, ctx = live.ctx;
+    if (!take || !piano) return;
+    if (live.t0 === null) {
+      if (!live.queue.length) return;
+      live.t0 = Math.min(...live.queue.map((n) => n.start));
+      live.ctxStart = ctx.currentTime + 0.1;
+    }
+    let t = live.t0 + (ctx.currentTime - live.ctxStart);
+    const writing = take.state === 'running' || take.state === 'queued';
+    if (writing && t > live.front) { live.ctxStart += t - live.front; t = live.front; }  // wait for the model
+    live.queue.sort((a, b) => a.start - b.start);
+    while (live.queue.length && live.queue[0].start < t + 0.2) {
+      const n = live.queue.shift();
+      if (!S.sound) continue;  // muted: the clock goes on, silently
+      piano.noteOn(n.pitch, n.velocity, ctxTime(n.start));
+      live.played.set(n.id, { pitch: n.pitch, off: n.end !== null });
+      if (n.end !== null) piano.noteOff(n.pitch, ctxTime(n.end));
+    }
+    if (writing) return;
+    for (const n of live.played.values()) if (!n.off) { n.off = true; piano.noteOff(n.pitch); }  // never ended
+    if (live.lastEnd === null) {
+      let end = live.t0;
+      for (const n of take.samples[live.sample].notes.values()) if (!n.primer) end = Math.max(end, n.end !== null ? n.end : n.start);
+      live.lastEnd = ctxTime(end) + 0.3;
+    }
+    if (!live.queue.length && ctx.currentTime > live.lastEnd) finishListening();
+  }
+  function finishListening() {
+    const open = live.openWhenPlayed && live.take === S.sel;
+    listen(null, 0);
+    if (open) showView('viewer');
+  }
+  $('sound').addEventListener('change', (e) => {
+    S.sound = e.target.checked;
+    e.target.blur();
+    if (S.sound) audio(); else if (live.piano) live.piano.allOff();
+  });
 
   // ------------------------------------------------------------------ takes
   let takesDirty = false, lastTakes = 0;
@@ -361,11 +467,9 @@
       li.appendChild(head);
       const meta = document.createElement('div');
       meta.className = 'meta';
-      meta.textContent = (take.primer || 'no primer') + ' · ' + take.summary + (take.seed !== null ? ' · seed ' + take.seed : '') +
+      meta.textContent = (take.primer || 'no primer') + ' · ' + take.summary + (take.seed !== null && take.seed !== undefined ? ' · seed ' + take.seed : '') +
         (take.state === 'error' ? ' · ' + take.message : '');
       li.appendChild(meta);
-      const mini = document.createElement('canvas');
-      li.appendChild(mini);
       if (take.samples.length > 1) {
         const chips = document.createElement('div');
         chips.className = 'samples';
@@ -392,6 +496,8 @@
         }
         li.appendChild(links);
       }
+      const mini = document.createElement('canvas');  // below the downloads: those stay in view first
+      li.appendChild(mini);
       li.addEventListener('click', () => selectTake(take, take === S.sel ? S.sample : 0));
       list.appendChild(li);
       requestAnimationFrame(() => drawMini(mini, take.samples[b], take));
@@ -401,7 +507,10 @@
   function selectTake(take, b) {
     const same = take === S.sel && b === S.sample;
     S.sel = take; S.sample = b;
-    if (!same) { S.focus = -1; S.follow = $('follow').checked = take.state === 'running' || take.state === 'queued'; }
+    if (!same) {
+      S.focus = -1; S.follow = $('follow').checked = take.state === 'running' || take.state === 'queued';
+      listen(take.state === 'running' || take.state === 'queued' ? take : null, b);
+    }
     const files = take.samples[b].files;
     $('tab-viewer').disabled = !(files && files.viewer);
     showView(files && files.viewer && (take.state === 'done' || take.state === 'stopped') && !same ? 'viewer' : S.view === 'viewer' && files && files.viewer ? 'viewer' : 'live');
@@ -433,10 +542,30 @@
     $('tab-viewer').classList.toggle('on', view === 'viewer');
     $('tab-viewer').disabled = !(files && files.viewer);
     for (const e of document.querySelectorAll('.live-only')) e.hidden = view !== 'live';
-    if (view === 'viewer' && $('viewer').getAttribute('src') !== files.viewer) $('viewer').setAttribute('src', files.viewer);
+    if (view === 'viewer') {
+      listen(null, 0);  // the viewer plays the take itself
+      const frame = $('viewer');
+      if (frame.dataset.file !== files.viewer) {  // a new page: opened at the new music, in the studio's theme
+        frame.dataset.file = files.viewer;
+        frame.setAttribute('src', files.viewer + '#t=' + viewStart(S.sel, S.sample).toFixed(2) + (S.light ? '&theme=light' : ''));
+      } else viewerTheme();
+    }
     if (view === 'live') requestDraw();
   }
-  $('tab-live').addEventListener('click', () => showView('live'));
+  // Where the viewer opens: a regenerated span's start, else the first generated note (not the primer at 0 s).
+  function viewStart(take, b) {
+    if (take.infill) return Math.max(0, take.infill[0]);
+    let first = Infinity;
+    for (const n of take.samples[b].notes.values()) if (!n.primer) first = Math.min(first, n.start);
+    return isFinite(first) ? first : take.primerEnd || 0;
+  }
+  function viewerTheme() {  // the embedded viewer follows the studio's theme
+    try {
+      const viewer = $('viewer').contentWindow.musicgptViewer;
+      if (viewer && viewer.state.light !== S.light) viewer.setTheme(S.light);
+    } catch (e) { /* not loaded yet: its URL carries the theme */ }
+  }
+  $('tab-live').addEventListener('click', () => { live.openWhenPlayed = false; showView('live'); });  // the user's choice
   $('tab-viewer').addEventListener('click', () => showView('viewer'));
 
   // ------------------------------------------------------------------ the live roll
@@ -449,9 +578,11 @@
   const css = (name) => getComputedStyle(document.body).getPropertyValue(name).trim();
   const endOf = (n, take) => (n.end !== null ? n.end : Math.max(take.front, n.start + 0.05));
 
-  function pitchRange(sample) {
+  // A sample's notes as drawn: those streamed, and after a regenerated span the notes kept after it.
+  const drawn = (sample, take) => (take && take.suffix ? [...sample.notes.values(), ...take.suffix] : sample.notes.values());
+  function pitchRange(sample, take) {
     let lo = 127, hi = 0;
-    for (const n of sample.notes.values()) { lo = Math.min(lo, n.pitch); hi = Math.max(hi, n.pitch); }
+    for (const n of drawn(sample, take)) { lo = Math.min(lo, n.pitch); hi = Math.max(hi, n.pitch); }
     if (lo > hi) { lo = 48; hi = 72; }
     const mid = (lo + hi) / 2, half = Math.max(12, (hi - lo) / 2 + 2);
     return [Math.max(0, Math.floor(mid - half)), Math.min(127, Math.ceil(mid + half))];
@@ -474,9 +605,9 @@
     c.setTransform(dpr, 0, 0, dpr, 0, 0);
     c.clearRect(0, 0, rect.width, rect.height);
     const sample = take && take.samples[S.sample];
-    $('live-empty').hidden = !!(sample && sample.notes.size);
+    $('live-empty').hidden = !!(sample && (sample.notes.size || (take.suffix && take.suffix.length)));
     if (!sample) { geo = null; drawStats(); return; }
-    const [lo, hi] = pitchRange(sample), rows = hi - lo + 1;
+    const [lo, hi] = pitchRange(sample, take), rows = hi - lo + 1;
     const W = rect.width, H = rect.height, rowH = (H - TOP - 4) / rows, pps = S.pps;
     let front = take.front;
     for (const n of sample.notes.values()) front = Math.max(front, n.start);
@@ -518,7 +649,7 @@
     const primerColor = css('--primer'), contColor = css('--cont'), muted = css('--muted');
     const focus = focusNote(take, sample), arcs = focus >= 0 ? visibleArcs(sample, focus) : [];
     const lit = new Set(arcs.map((a) => a[0]));
-    for (const n of sample.notes.values()) {
+    for (const n of drawn(sample, take)) {
       const x0 = X(n.start), x1 = X(endOf(n, take));
       if (x1 < KEYS || x0 > W) continue;
       if (scale) c.fillStyle = typeof n.surprisal === 'number' ? ramp((n.surprisal - scale[0]) / (scale[1] - scale[0])) : muted;
@@ -633,10 +764,10 @@
     const c = mini.getContext('2d');
     c.setTransform(dpr, 0, 0, dpr, 0, 0);
     let end = 1, lo = 127, hi = 0;
-    for (const n of sample.notes.values()) { end = Math.max(end, endOf(n, take)); lo = Math.min(lo, n.pitch); hi = Math.max(hi, n.pitch); }
+    for (const n of drawn(sample, take)) { end = Math.max(end, endOf(n, take)); lo = Math.min(lo, n.pitch); hi = Math.max(hi, n.pitch); }
     if (lo > hi) return;
     const sx = (w - 4) / end, sy = (h - 4) / (hi - lo + 1);
-    for (const n of sample.notes.values()) {
+    for (const n of drawn(sample, take)) {
       c.fillStyle = n.primer ? css('--primer') : css('--cont');
       c.fillRect(2 + n.start * sx, 2 + (hi - n.pitch) * sy, Math.max(1, (endOf(n, take) - n.start) * sx), Math.max(1, sy));
     }
@@ -698,6 +829,7 @@
     e.currentTarget.blur();
     S.light = !S.light;
     document.body.classList.toggle('light', S.light);
+    viewerTheme();
     requestDraw(); renderTakes();
   });
   document.addEventListener('keydown', (e) => {
@@ -712,6 +844,7 @@
     takes: () => S.takes.map((t) => ({
       n: t.n, job: t.job, state: t.state, message: t.message, firstNoteMs: t.firstNoteMs, events: t.events,
       infill: t.infill || null, samples: t.samples.map((s) => ({ notes: s.notes.size, newNotes: s.nNew, arcs: s.nArcs, files: s.files, latest: s.latest })),
+      kept: t.suffix ? t.suffix.length : 0,
     })),
     notePoint: (id) => {  // the canvas point (CSS px) at the middle of a note's start, for clicking it
       const sample = S.sel && S.sel.samples[S.sample], n = sample && sample.notes.get(id);
@@ -719,6 +852,7 @@
       return { x: geo.X(n.start) + 2, y: geo.Y(n.pitch) + geo.rowH / 2 };
     },
     focus: () => S.focus,
+    piano: () => live.piano, audio: () => live.ctx, listening: () => (live.take ? S.takes.indexOf(live.take) : -1),
   };
   renderTakes();
   requestDraw();
