@@ -16,7 +16,8 @@ notes have their NOTE_ON at position >= --min-context):
   (what one-at-a-time influence ranks highest, hidden together; a reference, not a bound).
 
 Usage: python -m bench.faithfulness [--checkpoint CKPT] [--data FOLDER] [--notes N] [--out FILE.json]
-Writes bench/results/faithfulness.json by default.
+Writes bench/results/faithfulness.json by default. `--on-demand T` instead times influence for one clicked note
+with T tokens of context (16 or 32 candidates ranked by attention, and every past note) into the same file.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from bench.machine import CAVEAT, machine_info
 from musicgpt._io import atomic_write_text
 from musicgpt.arcs.forward import trace
 from musicgpt.arcs.influence import base_nll, influence, masked_nll, piece_maps, query_context
-from musicgpt.arcs.measures import CHEAP, note_scores, token_scores
+from musicgpt.arcs.measures import CHEAP, note_influence, note_scores, token_scores
 from musicgpt.corpus.recipes import collect
 from musicgpt.errors import MusicGPTError
 from musicgpt.model import load_model
@@ -141,6 +142,31 @@ def summarize(queries: list[dict]) -> dict:
     return {"spearman": spear, "deletion": deletion}
 
 
+def on_demand(model, tokenizer, pieces: list[Path], context: int, candidates: list[int | None]) -> dict:
+    """Seconds to compute one query note's influence arcs on demand (what a click asks for), for the first
+    note of the first piece long enough with `context` tokens before its NOTE_ON, per candidate count."""
+    for path in pieces:
+        ids = np.r_[tokenizer.bos_id, tokenizer.encode(read_notes(path)).ids][: context + 8].astype(np.int64)
+        maps = piece_maps(tokenizer, ids)
+        later = np.flatnonzero(maps.note_token >= min(context, model.config.n_ctx) - 1)
+        if len(later):
+            note = int(later[0])
+            break
+    else:
+        raise SystemExit(f"no piece has {context} tokens")
+    ctx = query_context(ids, maps, note, model.config.n_ctx)
+    rows = []
+    for count in candidates:
+        began = time.perf_counter()
+        rises = note_influence(model, ids, maps, note, candidates=count)
+        rows.append({"candidates": count if count is not None else len(ctx.past), "seconds": round(time.perf_counter() - began, 2),
+                     "scored": len(rises)})
+        print(f"on demand: {path.name} note {note}, {len(ctx.ids)} tokens of context, {len(ctx.past)} past notes, "
+              f"{rows[-1]['scored']} scored in {rows[-1]['seconds']} s", flush=True)
+    return {"piece": path.name, "note": note, "context_tokens": int(len(ctx.ids)), "past_notes": int(len(ctx.past)),
+            "rank_by": "attention", "runs": rows, "threads": torch.get_num_threads(), "machine": machine_info()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the bundled model)")
@@ -154,6 +180,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "faithfulness.json")
+    parser.add_argument("--on-demand", type=int, default=0, metavar="T",
+                        help="only time influence on demand for one note with T tokens of context (16, 32 and every "
+                             "past note scored) and add it to --out under 'on_demand' (the rest of the file is kept)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -161,6 +190,12 @@ def main() -> None:
     tokenizer = tokenizer_of(model)
     rng = np.random.default_rng(args.seed)
     pieces = held_out_pieces(args.data, args.split)
+    if args.on_demand:
+        report = json.loads(args.out.read_text()) if args.out.exists() else {"benchmark": "faithfulness"}
+        report["on_demand"] = on_demand(model, tokenizer, pieces, args.on_demand, [16, 32, None])
+        atomic_write_text(args.out, json.dumps(report, indent=1) + "\n", make_parents=True)
+        print(f"wrote {args.out} (on_demand)")
+        return
     rng.shuffle(pieces)
     began, queries, used = time.perf_counter(), [], []
     start_machine = machine_info(torch_details=True)
