@@ -277,6 +277,7 @@ def test_the_command_binds_loopback_and_warns_for_another_host(tmp_path, monkeyp
     from tiny_models import tiny_checkpoint
 
     ckpt = tiny_checkpoint(tmp_path / "tiny")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # the default takes folder: made by no take here
     served = []
     monkeypatch.setattr(server_module.StudioServer, "run", lambda self: served.append((self.host, self.port)))
     assert main(["studio", str(ckpt), "--port", "0", "--no-browser"]) == 0

@@ -6,6 +6,7 @@
     GET  /api/examples          the bundled examples a take can start from
     POST /api/generate          a take, answered as text/event-stream (musicgpt.studio.stream, takes)
     POST /api/cancel            stop a take (field or query parameter `job`)
+    GET  /api/takes             the takes in the takes folder, newest first (also those of earlier runs)
     GET  /api/duet              a WebSocket: play a duet with the model (musicgpt.studio.duet)
     GET  /files/ID/NAME         a file a take wrote (musicgpt.studio.files)
 
@@ -39,11 +40,12 @@ from musicgpt import __version__
 from musicgpt.errors import ConfigError, MusicGPTError
 from musicgpt.generation.setup import control_header
 from musicgpt.studio.duet import DuetHost
-from musicgpt.studio.files import FileStore
+from musicgpt.studio.files import DEFAULT_TAKES_LIMIT_MB, POLICY, FileStore
 from musicgpt.studio.form import FIELDS, MAX_SAMPLES, parse_fields
 from musicgpt.studio.jobs import Event, Job, Worker
 from musicgpt.studio.sse import encode
-from musicgpt.studio.uploads import DEFAULT_UPLOAD_MB, UploadTooLarge, read_form, save_primer
+from musicgpt.studio.uploads import (DEFAULT_UPLOAD_MB, FORM_SLACK, BodyLimit, UploadTooLarge, read_form,
+                                     save_primer)
 from musicgpt.viz.piano import asset_names as piano_assets
 
 # name -> (package, file, media type): everything /assets/ serves
@@ -260,6 +262,14 @@ async def cancel(request: Request) -> Response:
     return JSONResponse({"job": job.id, "state": job.state, "cancelled": was != "finished"}, headers=SECURITY_HEADERS)
 
 
+async def takes(request: Request) -> Response:
+    files = _studio(request).files
+    used = await run_in_threadpool(files.used)
+    return JSONResponse({"takes": files.listing(), "folder": str(files.takes_dir) if files.persistent else None,
+                         "used_mb": round(used / 2**20, 3), "limit_mb": round(files.limit / 2**20, 3),
+                         "policy": POLICY}, headers=SECURITY_HEADERS)
+
+
 async def download(request: Request) -> Response:
     entry = _studio(request).files.get(request.path_params["id"], request.path_params["name"])
     if entry is None:
@@ -283,14 +293,17 @@ ROUTES = [
     Route("/", page), Route("/assets/{name:path}", asset), Route("/api/health", health),
     Route("/api/examples", examples),
     Route("/api/generate", generate, methods=["POST"]), Route("/api/cancel", cancel, methods=["POST"]),
+    Route("/api/takes", takes),
     Route("/files/{id}/{name}", download), WebSocketRoute("/api/duet", duet),
 ]
 
 
 def create_app(model, tokenizer=None, *, model_name: str = "bundled", upload_limit_mb: float = DEFAULT_UPLOAD_MB,
-               examples: Path | None = None, threads: int = 1, hosts: list[str] | None = None) -> Starlette:
+               examples: Path | None = None, threads: int = 1, hosts: list[str] | None = None,
+               takes: Path | None = None, takes_limit_mb: float = DEFAULT_TAKES_LIMIT_MB) -> Starlette:
     """The studio app for a loaded model, read with `tokenizer` (default: the one the model carries); `hosts`: the
-    Host names it answers (default: loopback names only)."""
+    Host names it answers (default: loopback names only); `takes`: the folder that keeps the takes (default: a
+    temporary one, removed when the app stops), held under `takes_limit_mb`."""
     from musicgpt.music.audio import available_renderers
     from musicgpt.studio.takes import TakeRunner
     from musicgpt.tokens.base import PerformanceEvents
@@ -303,10 +316,12 @@ def create_app(model, tokenizer=None, *, model_name: str = "bundled", upload_lim
                           "(NOTE_ON/NOTE_OFF/TIME_SHIFT/VELOCITY); the studio follows notes through them")
     if not upload_limit_mb > 0:
         raise ConfigError(f"max upload: must be a positive number of MB, got {upload_limit_mb!r}")
-    files = FileStore()
+    if not takes_limit_mb > 0:
+        raise ConfigError(f"takes limit: must be a positive number of MB, got {takes_limit_mb!r}")
+    files = FileStore(takes, takes_limit_mb)
     wav = bool(available_renderers())
     runner = TakeRunner(model, tokenizer, files, threads=threads, wav=wav)
-    studio = Studio(model, tokenizer, model_name, files, Worker(runner), int(upload_limit_mb * 2**20),
+    studio = Studio(model, tokenizer, model_name, files, Worker(runner, runner.discard), int(upload_limit_mb * 2**20),
                     find_examples(examples if examples is not None else default_examples()), wav, runner)
 
     @asynccontextmanager
@@ -315,7 +330,8 @@ def create_app(model, tokenizer=None, *, model_name: str = "bundled", upload_lim
         await run_in_threadpool(studio.close)
 
     app = Starlette(routes=ROUTES, lifespan=lifespan,
-                    middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOOPBACK_HOSTS)])
+                    middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOOPBACK_HOSTS),
+                                Middleware(BodyLimit, limits={"/api/generate": studio.upload_limit + 2 * FORM_SLACK})])
     app.state.studio = studio
     app.state.duets = DuetHost(model, tokenizer, model_name)
     app.state.assets = {"/": _asset(*PAGE), **{name: _asset(pkg, file) for name, (pkg, file, _) in ASSETS.items()}}

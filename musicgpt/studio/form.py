@@ -21,6 +21,7 @@ MAX_SAMPLES = 8  # one batch; more would only slow every sample down
 MAX_SECONDS = 600.0  # of new music per take
 MAX_NEW_TOKENS = 50_000
 DEFAULT_SECONDS = 20.0
+MAX_SEED = 2**63 - 1  # torch's generator takes a 64-bit seed; a larger one would fail inside the take
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,27 @@ class TakeRequest:
             raise ConfigError(f"num_samples: must lie in 1..{MAX_SAMPLES}, got {self.num_samples!r}")
         if (self.infill_start is None) != (self.infill_end is None):
             raise ConfigError("infill_start and infill_end: give both (the span to regenerate, in seconds) or neither")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed: must lie in 0..{MAX_SEED} (2**63 - 1), got {self.seed!r}")
         if self.infilling and not 0 <= self.infill_start < self.infill_end:
             raise ConfigError(f"infill_start, infill_end: need 0 <= start < end, got {self.infill_start!r}, "
                               f"{self.infill_end!r}")
+        if self.infilling and self.infill_end - self.infill_start > MAX_SECONDS:
+            # checked before the piece is read: a span of 1e9 s would otherwise be built token by token
+            raise ConfigError(f"infill_start, infill_end: a span of at most {MAX_SECONDS:g} s (a take's longest), "
+                              f"got {self.infill_end - self.infill_start:g} s")
         self.generation_request()  # generation's own checks: before the take is queued, not when it starts
 
     @property
     def infilling(self) -> bool:
         """Whether the take regenerates a span of its primer instead of continuing it."""
         return self.infill_start is not None
+
+    def check_span(self, piece_seconds: float) -> None:
+        """Refuse an infilling span that does not lie within the piece (0 .. its last note's end, in seconds)."""
+        if self.infilling and self.infill_end > piece_seconds + 1e-6:
+            raise ConfigError(f"infill_start, infill_end: the span must lie within the piece (0 to "
+                              f"{piece_seconds:.3f} s), got {self.infill_start:g} to {self.infill_end:g} s")
 
     def generation_request(self, arcs: ArcsConfig | None = None) -> GenerationRequest:
         """What the take asks generation for: the primer continued, or (infill_start, infill_end) of it refilled

@@ -67,8 +67,9 @@ class Job:
 class Worker:
     """Runs jobs one at a time in a daemon thread, first come first served."""
 
-    def __init__(self, run: Callable[[Job], str]):
+    def __init__(self, run: Callable[[Job], str], discard: Callable[[Job], None] | None = None):
         self._run = run  # runs one job to its end; returns its outcome
+        self._discard = discard  # forgets a job that never ran (its upload): cancelled or disconnected while queued
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -108,6 +109,8 @@ class Worker:
                 self._queue.remove(job)
         job.cancel(reason)
         if waiting:
+            if self._discard is not None:
+                self._discard(job)
             job.state, job.outcome = "finished", "cancelled" if reason != "disconnected" else reason
             job.send([("done", {"job": job.id, "stopped": True, "samples": [],
                                 "message": "stopped before it started"})])

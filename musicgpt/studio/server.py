@@ -28,6 +28,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def allowed_hosts(host: str) -> list[str]:
+    """The Host names the app answers when bound to `host`: the loopback names and the bound address as the
+    printed URL writes it (`[::1]`, `127.0.0.2`); any name for a wildcard or another machine's address."""
+    if not is_loopback(host):
+        return ["*"]
+    names = ["127.0.0.1", "localhost", url_host(host)]
+    return list(dict.fromkeys(names))
+
+
+def url_host(host: str) -> str:
+    """`host` as a URL writes it: IPv6 in brackets, the wildcard as 127.0.0.1."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 class StudioServer:
     """An ASGI app on a bound socket, served by uvicorn."""
 
@@ -51,8 +67,7 @@ class StudioServer:
     @property
     def url(self) -> str:
         """The page's address."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return f"http://{url_host(self.host)}:{self.port}/"
 
     def run(self) -> None:
         """Serve until interrupted (Ctrl-C / SIGTERM)."""

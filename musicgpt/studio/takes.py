@@ -15,26 +15,30 @@ when first asked for.
 
 from __future__ import annotations
 
-import itertools
 from concurrent.futures import ThreadPoolExecutor
 import threading
 import time
 import warnings
+from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from musicgpt.arcs.capture import ArcsConfig
 from musicgpt.arcs.format import write_arcs
+from musicgpt.device import available_memory
 from musicgpt.errors import MusicGPTError
 # musicgpt.infill's own last step (an infilled middle made the whole piece): one rule for both
+from musicgpt.generation.budget import check_fits, estimate, expected_tokens
 from musicgpt.generation.infilling import finished
 from musicgpt.generation.loop import Generation
 from musicgpt.generation.primer import PrimerCutWarning
 from musicgpt.generation.sample import Sample
 from musicgpt.generation.setup import Plan, prepare
-from musicgpt.studio.files import FileStore, StoredFile
+from musicgpt.music.scores import read_notes
+from musicgpt.studio.files import FileStore, StoredFile, now_iso
 from musicgpt.studio.form import TakeRequest
 from musicgpt.studio.jobs import Event, Job
 from musicgpt.studio.stream import LiveGeneration
@@ -47,6 +51,19 @@ FORM_CUT_CHOICE = "primer_seconds or primer_tokens (fields)"  # how a client cho
 
 QUIET_WAIT_S = 30.0  # the longest the file writer waits for a take to reach its first new note
 WRITE_DELAY_S = 0.5  # after `done`: a client that starts its next take at once does so before the writer
+
+
+def _wav_maker(midi: Path):
+    """The maker of a take's WAV, rendered from its MIDI when first asked for."""
+    from musicgpt.music.audio import render_wav
+
+    return partial(render_wav, midi)
+
+
+def _drop_upload(request: TakeRequest) -> None:
+    """Remove the take's uploaded primer (read once; an example's file is not ours)."""
+    if request.primer_path is not None and request.example is None:
+        request.primer_path.unlink(missing_ok=True)
 
 
 def _make(entry: StoredFile, quiet: threading.Event, not_before: float) -> None:
@@ -69,28 +86,35 @@ class TakeRunner:
                  arcs_config: ArcsConfig | None = None):
         self.model, self.tokenizer, self.files = model.eval(), tokenizer, files
         self.threads, self.wav = threads, wav
+        self.available_memory = available_memory  # bytes free now (a test may pretend a smaller machine)
         self.arcs_config = arcs_config or ArcsConfig()
-        self._numbers = itertools.count(1)
+        self.files.load(_wav_maker if wav else None)  # the takes a previous server left in the folder
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="musicgpt-studio-files")
         self._quiet = threading.Event()  # clear from a take's start to its first new note: the writer waits
         self._quiet.set()
 
     def close(self) -> None:
-        """Stop writing files (the server is stopping and removes its folder)."""
+        """Stop writing files (the server is stopping)."""
         self._writer.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def discard(job: Job) -> None:
+        """Forget a job that never ran (cancelled or disconnected while queued): its upload is removed."""
+        _drop_upload(job.request)
 
     def __call__(self, job: Job) -> str:
         """Run one take to its end; returns its outcome (done, stopped, disconnected or error)."""
         request: TakeRequest = job.request
         torch.set_num_threads(self.threads)  # generation of one batch is fastest on one thread
         self._quiet.clear()
+        take, kept = None, False
         try:
             plan, notice = self._plan(request)
             settings = plan.settings
             started = time.perf_counter()
             generation = Generation.from_plan(self.model, self.tokenizer, plan)
             live = LiveGeneration(generation, request.infill_start)
-            take = next(self._numbers)
+            take = self.files.new_take()
             head = {"job": job.id, "take": take, "state": "running", "seed": settings.seed,
                     "primer_tokens": len(plan.prompt) - 1, "primer": request.primer_name,
                     "primer_end": request.infill_start if request.infilling else
@@ -107,7 +131,11 @@ class TakeRunner:
             events = live.finish(samples)
             samples = finished(plan, samples)  # infilling: its own notes outside the span, the new ones inside
             stored = [self._store(take, b, sample) for b, sample in enumerate(samples)]
-            job.send(events + [("done", self._done(job, take, samples, stored, started))])
+            done = self._done(job, take, samples, stored, started)
+            self.files.finish_take(take, self._info(request, done, stored),
+                                   [sample["files"] for sample in done["samples"]])
+            kept = True
+            job.send(events + [("done", done)])
             not_before = time.monotonic() + WRITE_DELAY_S
             for files in stored:  # written beside the next take, not before it: a new take starts at once
                 for kind, (_, entry) in files.items():
@@ -119,8 +147,9 @@ class TakeRunner:
             return "error"
         finally:
             self._quiet.set()
-            if request.primer_path is not None and request.example is None:
-                request.primer_path.unlink(missing_ok=True)  # an upload is read once
+            if take is not None and not kept:  # disconnected or failed: nothing to list
+                self.files.drop_take(take)
+            _drop_upload(request)
 
     def _steps(self, job: Job, generation: Generation, live: LiveGeneration, started: float) -> None:
         """Step until done or cancelled, sending events in batches."""
@@ -151,11 +180,26 @@ class TakeRunner:
     def _plan(self, request: TakeRequest) -> tuple[Plan, str | None]:
         """The take's prompt and settings, prepared as `musicgpt.generate` / `musicgpt.infill` prepare them, and the
         note saying the primer was cut to fit (None when it was not)."""
+        wanted = request.generation_request(self.arcs_config)
+        if request.infilling:  # the span is checked against the piece before anything is built for it
+            piece = read_notes(request.primer_path)
+            request.check_span(piece.end_time)
+            wanted = replace(wanted, primer=piece)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PrimerCutWarning)
-            plan = prepare(self.model, self.tokenizer, request.generation_request(self.arcs_config))
+            plan = prepare(self.model, self.tokenizer, wanted)
+        self._check_memory(plan)
         cuts = [w.message for w in caught if isinstance(w.message, PrimerCutWarning)]
         return plan, cuts[0].describe(FORM_CUT_CHOICE) if cuts else None
+
+    def _check_memory(self, plan: Plan) -> None:
+        """Refuse a take whose batch would not fit in the memory available now (before any of it is allocated)."""
+        settings = plan.settings
+        tokens = expected_tokens(len(plan.prompt), settings.max_new_tokens, settings.seconds)
+        need = estimate(self.model.config, settings.num_samples, tokens=tokens, arcs=settings.arcs is not None,
+                        arcs_top_k=settings.arcs.row_top_k if settings.arcs else None,
+                        guidance=settings.guidance != 1, chunk=settings.chunk)
+        check_fits(need, self.available_memory())
 
     def _store(self, take: int, b: int, sample: Sample) -> dict[str, tuple[str, StoredFile]]:
         """The sample's files, kind -> (id, entry): MIDI now; arcs.json and the viewer page made after `done`;
@@ -163,17 +207,26 @@ class TakeRunner:
         from musicgpt.viz.viewer import write_html
 
         stem = f"take_{take:02d}_sample_{b:02d}"
-        files = {"midi": self.files.add(f"{stem}.mid", sample.to_midi)}
+        files = {"midi": self.files.add(f"{stem}.mid", sample.to_midi, take)}
         files["midi"][1].ensure()
         if sample.arcs is not None:
             doc = sample.arcs
-            files["arcs"] = self.files.add(f"{stem}.arcs.json", partial(write_arcs, doc))
-            files["viewer"] = self.files.add(f"{stem}.html", lambda path: write_html(doc, path, title=stem))
+            files["arcs"] = self.files.add(f"{stem}.arcs.json", partial(write_arcs, doc), take)
+            files["viewer"] = self.files.add(f"{stem}.html", lambda path: write_html(doc, path, title=stem), take)
         if self.wav:
-            from musicgpt.music.audio import render_wav
-
-            files["wav"] = self.files.add(f"{stem}.wav", partial(render_wav, files["midi"][1].path))
+            files["wav"] = self.files.add(f"{stem}.wav", _wav_maker(files["midi"][1].path), take)
         return files
+
+    @staticmethod
+    def _info(request: TakeRequest, done: dict[str, Any], stored: list[dict]) -> dict[str, Any]:
+        """What take.json keeps of a finished take: enough to list it again after a restart."""
+        samples = [{"sample": s["sample"], "stop_reason": s["stop_reason"], "seconds": s["seconds"],
+                    "notes": s["notes"], "files": {kind: entry.name for kind, (_, entry) in files.items()}}
+                   for s, files in zip(done["samples"], stored)]
+        return {"date": now_iso(), "seed": done["seed"], "primer": request.primer_name,
+                "seconds": max((s["seconds"] for s in samples), default=0.0), "stopped": done["stopped"],
+                "infill": [request.infill_start, request.infill_end] if request.infilling else None,
+                "controls": list(request.controls), "samples": samples}
 
     def _done(self, job: Job, take: int, samples: list[Sample], stored: list[dict], started: float) -> dict[str, Any]:
         out = []
