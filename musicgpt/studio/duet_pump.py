@@ -143,7 +143,6 @@ class DuetPump:
     def _human(self, midi: list[int]) -> list[Message]:
         """Hand a human message to the engine; echo a key the stream took as a `note` (start, then end)."""
         session, stream = self.session, self.session.stream
-        n = len(stream)
         try:
             out = self._engine(session.midi(midi))
         except ValueError as exc:
@@ -151,9 +150,10 @@ class DuetPump:
         kind, a, b = midi[0] & 0xF0, midi[1], midi[2]
         now = session.clock.now()
         if kind == NOTE_ON and b > 0:
-            position = len(stream) - 1
-            if len(stream) > n and stream.who[position] == 0 and int(stream.owner[a]) == 0 \
-                    and stream.ids[position] == session.tokenizer.note_on(a):
+            position = len(stream) - 1  # a key the stream took is its last token (a barge-in cut the model's before)
+            known = self.keys.get(a)
+            if stream.ids[position] == session.tokenizer.note_on(a) and stream.who[position] == 0 \
+                    and (known is None or known["id"] != position):  # not a strike merged into the sounding note
                 out += self._key_up(a, now)  # a re-struck key ends its note first
                 start = session.origin + stream.step_at[position] * session.step
                 self.keys[a] = {"event": "note", "sample": 0, "id": position, "pitch": a, "velocity": b,
