@@ -98,8 +98,12 @@ class DuetPump:
 
     # ---- the pump's thread ----------------------------------------------------------------------------------
     def step(self, wait: float = 0.0) -> list[Message]:
-        """One turn of the pump: the human's messages (waiting up to `wait` s for one), the engine polled, the
-        events now due, and drops to report; returns the messages to send."""
+        """One turn of the pump: `take_in(wait)`, then `decode()`; returns the messages to send."""
+        return self.take_in(wait) + self.decode()
+
+    def take_in(self, wait: float = 0.0) -> list[Message]:
+        """The human's messages (waiting up to `wait` s for one) and the engine's events now due: what can go out
+        before the model decodes on."""
         out = []
         try:
             out += self._human(self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait())
@@ -112,7 +116,11 @@ class DuetPump:
                 releases, self.releases = list(self.releases.values()), {}
             for midi in releases:
                 out += self._human(midi)
-        out += self._engine(self.session.poll())
+        return out + self._due(self.session.clock.now())
+
+    def decode(self) -> list[Message]:
+        """The engine polled (it decodes up to its lookahead), the events now due, and drops to report."""
+        out = self._engine(self.session.poll())
         out += self._due(self.session.clock.now())
         return out + self._report_drops()
 
@@ -131,9 +139,9 @@ class DuetPump:
     def _run(self) -> None:
         try:
             while not self.stopping.is_set():
-                out = self.step(TICK_S)
-                if out:
-                    self.send(out)
+                for out in (self.take_in(TICK_S), self.decode()):  # a barge-in's messages go before a decode
+                    if out:
+                        self.send(out)
         except Exception as exc:  # the engine failed: say so in one line; the server goes on
             self.send([{"event": "error", "message": " ".join(f"duet: {type(exc).__name__}: {exc}".split())}])
         finally:
