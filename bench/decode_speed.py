@@ -157,6 +157,8 @@ def decode_rounds(models: dict, tokenizer, contexts: list[int], tokens: int, rou
                 cell["dram_bound"].append(dram.numel() * 4 / read_seconds(dram, 2) / nbytes)
                 cell["loop"].append(time_loop(model, tokenizer, ids, n, tokens, seed=r))
                 del buf
+        print(f"threads {threads} round {r + 1}/{rounds}: step tokens/s at n={contexts[-1]} "
+              + ", ".join(f"{p} {out[str(contexts[-1])][p]['step'][-1]:.0f}" for p in models), file=sys.stderr)
     return out
 
 
@@ -312,13 +314,6 @@ def main(argv: list[str] | None = None) -> int:
     models = {p: for_cpu_decoding(base, p) for p in precisions}
     contexts = [int(c) for c in args.contexts.split(",")]
     threads = [torch.get_num_threads() if t == "all" else int(t) for t in args.threads.split(",")]
-    sweep, runs = {}, {}
-    for t in dict.fromkeys(threads):
-        torch.set_num_threads(t)
-        sweep[str(t)] = bandwidth_sweep(tuple(mb for mb in SWEEP_MB if mb <= args.dram_mb))
-        print(f"threads {t}: bandwidth {[round(r['gb_s_median'], 1) for r in sweep[str(t)]]} GB/s", file=sys.stderr)
-        runs[str(t)] = decode_rounds(models, tokenizer, contexts, args.tokens, args.rounds, t, args.dram_mb)
-    summary = {t: summarize(r, models, args.tokens) for t, r in runs.items()}
     torch.set_num_threads(1)
     mm_rounds = [matmul_round(base, 20) for _ in range(max(3, args.rounds))]
     nll = None
@@ -330,23 +325,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"NLL {nll['decode']}", file=sys.stderr)
     result = {
         "benchmark": "decode_speed", "command": "python -m bench.decode_speed " + " ".join(argv or sys.argv[1:]),
-        "machine_start": start, "machine_end": machine_info(),
+        "machine_start": start,
         "cpu": {"caches": cache_sizes(), "flags": {f: f in cpu_flags().split() for f in FLAGS}},
         "model": {"checkpoint": args.checkpoint or "bundled", "parameters": base.num_parameters(),
                   "n_layer": base.config.n_layer, "d_model": base.config.d_model,
                   "weight_bytes": {p: weight_bytes(m) for p, m in models.items()}},
         "settings": {"tokens": args.tokens, "contexts": contexts, "rounds": args.rounds, "threads": threads},
         "bandwidth": {"method": "float32 Tensor.sum over one buffer re-read many times, median of 5 timings "
-                                "(GB/s = 1e9 bytes)", "sweep": sweep, "dram_mb": args.dram_mb},
-        "runs": runs, "summary": summary,
+                                "(GB/s = 1e9 bytes)", "sweep": {}, "dram_mb": args.dram_mb},
+        "runs": {}, "summary": {},
         "matmuls": {"rounds": len(mm_rounds), "median_s": {k: statistics.median(r[k] for r in mm_rounds)
                                                            for k in mm_rounds[0]}},
         "nll": nll, "no_nll_reason": None if nll else f"no prepared data at {args.data} or --nll-docs 0",
-        "verdict": verdict(summary, nll), "targets": PAYS,
+        "targets": PAYS,
         "caveat": f"{CAVEAT} Bounds assume one read of every byte per token; the read bound re-reads a buffer "
                   f"of the step's size, so it includes what the CPU caches hold, as the step does. {NO_GPU}.",
     }
-    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n", make_parents=True)
+    for t in dict.fromkeys(threads):  # the file is written after each thread count: a long run keeps what it did
+        torch.set_num_threads(t)
+        sweep = result["bandwidth"]["sweep"][str(t)] = bandwidth_sweep(tuple(mb for mb in SWEEP_MB
+                                                                             if mb <= args.dram_mb))
+        print(f"threads {t}: bandwidth {[round(r['gb_s_median'], 1) for r in sweep]} GB/s", file=sys.stderr)
+        runs = result["runs"][str(t)] = decode_rounds(models, tokenizer, contexts, args.tokens, args.rounds, t,
+                                                      args.dram_mb)
+        result["summary"][str(t)] = summarize(runs, models, args.tokens)
+        result.update(machine_end=machine_info(), verdict=verdict(result["summary"], nll))
+        atomic_write_text(args.out, json.dumps(result, indent=1) + "\n", make_parents=True)
     lines, headline = section_decode_speed(result, args.out.parent)
     print("\n".join(lines) + f"\n{headline}\nwrote {args.out}")
     return 0
