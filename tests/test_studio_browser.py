@@ -110,6 +110,13 @@ def test_open_a_primer_generate_watch_notes_and_arcs_arrive_stop_and_click_a_not
         browser.find_element("id", "theme").click()
         wait_for(browser, lambda d: viewer_state(d, "light") is True, 10, "the viewer's light theme")
         browser.find_element("id", "theme").click()
+        # its playback fetches the studio's full piano (not the small set a standalone page embeds)
+        browser.execute_script("document.getElementById('viewer').contentWindow.musicgptViewer.play()")
+        played = wait_for(browser, lambda d: d.execute_script("""const v = document.getElementById('viewer')
+            .contentWindow.musicgptViewer, p = v.piano(); return p && p.voicesStarted > 0 && [p.samples.length,
+            v.audio().state]"""), 60, "the viewer's piano")
+        assert played == [30, "running"], played
+        browser.execute_script("document.getElementById('viewer').contentWindow.musicgptViewer.pause()")
         # at 1440x900 the takes and their downloads are in view without scrolling
         browser.set_window_size(1440, 900)
         in_view = wait_for(browser, lambda d: d.execute_script("""const a = document.querySelector('#takes a.dl-midi'),
