@@ -295,3 +295,23 @@ def test_the_memory_estimate_matches_the_bundled_models_measured_size():
         budget.check_fits(budget.estimate(bundled, 500, tokens=1126), 8 * 2**30)
     budget.check_fits(plain, None)  # unknown memory: nothing refused
     assert budget.expected_tokens(100, 4000, 20.0) == 100 + 1001 and budget.expected_tokens(1, 30, None) == 31
+
+
+def test_the_page_lists_the_takes_of_an_earlier_session_with_the_cap_policy(tmp_path):
+    from headless import chromium, needs_chromium
+
+    if needs_chromium.args[0]:
+        pytest.skip(needs_chromium.kwargs["reason"])
+    folder = tmp_path / "takes"
+    with serve_tiny(takes=folder) as (server, _):
+        events_of(server, {"max_new_tokens": "10", "seed": "8"})
+    with serve_tiny(takes=folder) as (server, _), chromium("1400,900") as driver:
+        driver.get(server.url)
+        assert wait_until(lambda: driver.execute_script(
+            "const e = document.getElementById('earlier-takes'); return e && e.textContent"), timeout=30)
+        text = driver.execute_script("return document.getElementById('earlier-takes').textContent")
+        links = driver.execute_script("return [...document.querySelectorAll('#earlier-takes a')].map(a => a.href)")
+        assert "Earlier takes (1)" in text and "Take 1" in text and "seed 8" in text and str(folder) in text
+        assert "oldest takes are removed first" in text and any(link.endswith(".mid") for link in links)
+        midi = next(link for link in links if link.endswith(".mid"))
+        assert httpx.get(midi).status_code == 200

@@ -45,6 +45,34 @@
     showSteering(h);
   }).catch(() => status('cannot reach the studio server', true));
 
+  // ------------------------------------------------------------------ earlier takes (GET /api/takes)
+  // The takes folder outlives the server: the takes found there when the page opened (earlier sessions) are
+  // listed under this session's as downloads, with the folder, its size and what happens at its cap.
+  fetch('/api/takes').then((r) => r.json()).then((t) => {
+    const box = document.createElement('details');
+    box.id = 'earlier-takes';
+    box.innerHTML = '<summary></summary><ol class="earlier"></ol><p class="muted small"></p>';
+    box.querySelector('summary').textContent = 'Earlier takes (' + t.takes.length + ')';
+    box.querySelector('p').textContent = 'Kept in ' + (t.folder || 'a temporary folder, removed when the studio stops') +
+      ' · ' + t.used_mb.toFixed(1) + ' of ' + t.limit_mb + ' MB · ' + t.policy + '.';
+    for (const take of t.takes) {
+      const li = document.createElement('li');
+      li.textContent = 'Take ' + take.take + ' · ' + (take.date || '').slice(0, 16).replace('T', ' ') + ' · ' +
+        (take.primer || 'no primer') + (take.seed !== null ? ' · seed ' + take.seed : '') + ' ';
+      take.samples.forEach((sample, b) => {
+        for (const [kind, label] of [['midi', 'MIDI'], ['arcs', 'arcs.json'], ['wav', 'WAV'], ['viewer', 'viewer']]) {
+          if (!sample.files[kind]) continue;
+          const a = document.createElement('a');
+          a.href = sample.files[kind]; a.textContent = (take.samples.length > 1 ? b + ':' : '') + label + ' ';
+          if (kind === 'viewer') a.target = '_blank'; else a.download = '';
+          li.appendChild(a);
+        }
+      });
+      box.querySelector('ol').appendChild(li);
+    }
+    $('takes-card').appendChild(box);
+  }).catch(() => {});
+
   // ------------------------------------------------------------------ steering: controls, guidance, a span
   // Offered only as far as the model was trained for them (/api/health: controls, infill); otherwise disabled
   // with a note saying why.
