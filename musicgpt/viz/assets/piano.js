@@ -179,9 +179,10 @@ var MusicgptPiano = (function () {
       if (!this.sustain) for (const v of this.voices) if (!v.held) this.end(v, t, this.options.release);
     }
 
-    allOff(when) {  // voices scheduled to start later are silenced too (a player schedules a little ahead)
+    // Voices scheduled to start later are silenced too (a player schedules a little ahead). The pedal stays as it is
+    // (a player may still hold it down): notes played after this follow it.
+    allOff(when) {
       const t = this.time(when);
-      this.sustain = false;
       for (const v of this.voices) this.end(v, t, this.options.quickRelease);
     }
 
