@@ -315,3 +315,23 @@ def test_the_page_lists_the_takes_of_an_earlier_session_with_the_cap_policy(tmp_
         assert "oldest takes are removed first" in text and any(link.endswith(".mid") for link in links)
         midi = next(link for link in links if link.endswith(".mid"))
         assert httpx.get(midi).status_code == 200
+
+
+def test_a_restart_skips_unfinished_or_foreign_take_folders_and_serves_no_outside_file(tmp_path):
+    folder = tmp_path / "takes"
+    for name, info in [("take_01", None), ("take_02", "[1, 2]"), ("take_03", '{"samples": [3]}'),
+                       ("take_04", json.dumps({"samples": [{"files": {"midi": "../../secret.mid", "arcs": "a.json"}}],
+                                               "seed": 1}))]:
+        (folder / name).mkdir(parents=True)
+        if info is not None:
+            (folder / name / "take.json").write_text(info)
+    (folder / "take_04" / "a.json").write_text("{}")
+    (tmp_path / "secret.mid").write_text("secret")
+    store = FileStore(folder)
+    try:
+        assert store.load() == 1
+        (take,) = store.listing()
+        assert take["take"] == 4 and list(take["samples"][0]["files"]) == ["arcs"]
+        assert store.new_take() == 5  # numbering goes on past every folder, listed or not
+    finally:
+        store.close()

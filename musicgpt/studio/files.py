@@ -152,7 +152,7 @@ class FileStore:
         """A new take's number (one past the highest in the folder) and its empty folder."""
         with self._lock:
             self.takes_dir.mkdir(parents=True, exist_ok=True)  # made with the first take: a failed start makes none
-            number = max([*self._takes, *self._numbers_on_disk()], default=0) + 1
+            number = max([*self._takes, *self._folders_on_disk()], default=0) + 1
             while True:  # another server may share the folder: a name taken meanwhile moves on to the next
                 folder = self.takes_dir / f"take_{number:02d}"
                 try:
@@ -186,26 +186,23 @@ class FileStore:
         """List the finished takes already in the folder (a restart); `wav(midi path)` makes a maker for a WAV
         not rendered yet. Returns how many were found."""
         found = 0
-        for number in sorted(self._numbers_on_disk()):
-            folder = self.takes_dir / f"take_{number:02d}"
+        for number, folder in sorted(self._folders_on_disk().items()):
             try:
                 info = json.loads((folder / INFO).read_text(encoding="utf-8"))
-                samples = info["samples"]
-            except (OSError, ValueError, KeyError, TypeError):
+                files = [{str(kind): str(name) for kind, name in sample["files"].items()} for sample in info["samples"]]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue  # unfinished (the server was killed) or not ours: left as it is
             with self._lock:
                 self._takes[number] = take = Take(number, folder, info=info)
-            for sample in samples:
-                names = dict(sample.get("files", {}))
-                urls = {}
-                for kind, name in names.items():
-                    if kind != "wav" and (folder / str(name)).is_file() and "/" not in str(name):
-                        urls[kind] = self.url(self.add(str(name), None, number)[0])
-                if wav is not None and "midi" in names and "midi" in urls:
-                    stem = Path(str(names["midi"])).stem
-                    made = (folder / f"{stem}.wav").is_file()
-                    maker = None if made else wav(folder / str(names["midi"]))
-                    urls["wav"] = self.url(self.add(f"{stem}.wav", maker, number)[0])
+            for names in files:
+                # only plain names of files in the take's own folder
+                names = {kind: name for kind, name in names.items() if Path(name).name == name and name}
+                urls = {kind: self.url(self.add(name, None, number)[0]) for kind, name in names.items()
+                        if kind != "wav" and (folder / name).is_file()}
+                if wav is not None and "midi" in urls:
+                    name = f"{Path(names['midi']).stem}.wav"
+                    maker = None if (folder / name).is_file() else wav(folder / names["midi"])
+                    urls["wav"] = self.url(self.add(name, maker, number)[0])
                 take.urls.append(urls)
             found += 1
         return found
@@ -245,12 +242,13 @@ class FileStore:
                 removed.append(number)
         return removed
 
-    def _numbers_on_disk(self) -> list[int]:
+    def _folders_on_disk(self) -> dict[int, Path]:
+        """The take folders in the takes folder, by number."""
         try:
-            names = [p.name for p in self.takes_dir.iterdir() if p.is_dir()]
+            folders = [p for p in self.takes_dir.iterdir() if p.is_dir()]
         except OSError:
-            return []
-        return [int(m.group(1)) for m in map(TAKE_FOLDER.match, names) if m]
+            return {}
+        return {int(m.group(1)): p for p in folders if (m := TAKE_FOLDER.match(p.name))}
 
     def close(self) -> None:
         """Forget every file and remove the temporary folder (a takes folder given to the store stays)."""
