@@ -121,7 +121,7 @@ def test_open_a_primer_generate_watch_notes_and_arcs_arrive_stop_and_click_a_not
         browser.set_window_size(1440, 900)
         in_view = wait_for(browser, lambda d: d.execute_script("""const a = document.querySelector('#takes a.dl-midi'),
             left = document.getElementById('left'), r = a.getBoundingClientRect();
-            return r.bottom <= window.innerHeight && r.right <= window.innerWidth && left.scrollHeight <= left.clientHeight
+            return left.scrollTop === 0 && r.bottom <= left.getBoundingClientRect().bottom && r.right <= window.innerWidth
               ? [r.bottom, window.innerHeight] : null"""), 5, "the downloads in view")
         assert in_view[1] >= 700, in_view  # a page about as high as a 900 px screen gives it
         browser.set_window_size(1400, 900)
