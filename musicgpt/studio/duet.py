@@ -9,7 +9,8 @@ trigger_note) and the sampling (`GenerationRequest`: temperature, top_p, top_k, 
 parsed as the studio's form parses them); a parameter left out keeps its default there, a bad one is an
 `error` naming it, and the socket closes. One duet plays at a time: a second client is told so and closed.
 The duet plays on a copy of the studio's model, decoded on its own thread (`DuetPump`), so neither the
-event loop nor a take being generated waits for it (a Decoder keeps scratch buffers: one per thread).
+event loop nor a take being generated waits for it (a model's Decoder keeps scratch buffers that two threads
+must not share).
 A message that is not a MIDI message is answered by an `error`; the duet goes on.
 """
 
@@ -38,7 +39,7 @@ CONFIG_PARAMS = {"wait": float, "answer": float, "first_note": float, "lookahead
 REQUEST_PARAMS = ("temperature", "top_p", "top_k", "min_p", "seed", "control")  # GenerationRequest's, as the form's
 PARAMS = (*CONFIG_PARAMS, *REQUEST_PARAMS)
 MAX_MESSAGE = 512  # characters: a MIDI message is about 30
-CLOSE_NORMAL, CLOSE_POLICY, CLOSE_ERROR, CLOSE_BUSY = 1000, 1008, 1011, 1013
+CLOSE_NORMAL, CLOSE_POLICY, CLOSE_BUSY = 1000, 1008, 1013
 FLUSH_S = 2.0  # what the pump sends last (note-offs) gets this long to go out once the session ends
 
 
