@@ -110,12 +110,15 @@ def test_open_a_primer_generate_watch_notes_and_arcs_arrive_stop_and_click_a_not
         browser.find_element("id", "theme").click()
         wait_for(browser, lambda d: viewer_state(d, "light") is True, 10, "the viewer's light theme")
         browser.find_element("id", "theme").click()
-        # its playback fetches the studio's full piano (not the small set a standalone page embeds)
+        # its playback plays the studio's full piano (not the small set a standalone page embeds), sharing the
+        # samples the studio's page decoded
+        wait_for(browser, lambda d: d.execute_script("return !!window.musicgptStudio.piano()"), 60, "the studio's piano")
         browser.execute_script("document.getElementById('viewer').contentWindow.musicgptViewer.play()")
         played = wait_for(browser, lambda d: d.execute_script("""const v = document.getElementById('viewer')
             .contentWindow.musicgptViewer, p = v.piano(); return p && p.voicesStarted > 0 && [p.samples.length,
-            v.audio().state]"""), 60, "the viewer's piano")
-        assert played == [30, "running"], played
+            v.audio().state, p.samples[0].buffer === window.musicgptStudio.piano().samples[0].buffer]"""), 60,
+                          "the viewer's piano")
+        assert played == [30, "running", True], played
         browser.execute_script("document.getElementById('viewer').contentWindow.musicgptViewer.pause()")
         # at 1440x900 the takes and their downloads are in view without scrolling
         browser.set_window_size(1440, 900)

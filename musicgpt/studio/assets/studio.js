@@ -453,6 +453,8 @@
     listen(null, 0);
     if (open) showView('viewer');
   }
+  // The samples take seconds to decode: start at the page's first click or key (a gesture lets the audio start).
+  for (const type of ['pointerdown', 'keydown']) document.addEventListener(type, audio, { once: true, capture: true });
   $('sound').addEventListener('change', (e) => {
     S.sound = e.target.checked;
     e.target.blur();

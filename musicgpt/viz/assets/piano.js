@@ -2,7 +2,7 @@
 // see assets/piano/README.md). Used by the viewer's playback, the studio's live view and the duet page.
 //
 //   MusicgptPiano.create(audioContext, {baseUrl: "/assets/piano/"} | {samples: {"A0": "data:audio/ogg;base64,..."}})
-//     -> Promise<piano>
+//     -> Promise<piano>                   (or {decoded: otherPiano.samples}: share samples already decoded)
 //   piano.noteOn(pitch, velocity, when)   when: audioContext time; omitted = now
 //   piano.noteOff(pitch, when)
 //   piano.pedal(down, when)               sustain: notes released while down ring until it lifts
@@ -198,9 +198,15 @@ var MusicgptPiano = (function () {
     }
   }
 
-  /** Decode the samples and make a piano; resolves once at least one sample decoded. */
+  /** Decode the samples and make a piano; resolves once at least one sample decoded. (`decoded`: another piano's
+   * `samples`, already decoded: a page in a frame shares its parent's instead of decoding them again.) */
   async function create(ctx, options) {
     options = Object.assign({}, DEFAULTS, options || {});
+    if (options.decoded && options.decoded.length) {
+      const piano = new Piano(ctx, options.decoded.slice(), options);
+      piano.ready = true;
+      return piano;
+    }
     let urls;
     if (options.samples) urls = options.samples;
     else {

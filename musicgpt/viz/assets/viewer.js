@@ -617,12 +617,13 @@
     while (a < b) { const m = (a + b) >> 1; if (T0[m] < t) a = m + 1; else b = m; }
     return a;
   }
-  function inStudio() {  // the studio's page around this one (same origin), which serves /assets/piano/
-    try { return window.parent !== window && !!window.parent.musicgptStudio; } catch (e) { return false; }
+  function studio() {  // the studio's page around this one (same origin), which serves /assets/piano/
+    try { return window.parent !== window ? window.parent.musicgptStudio || null : null; } catch (e) { return null; }
   }
   function loadPiano() {
     if (!pianoLoading) {
-      const options = inStudio() ? { baseUrl: '/assets/piano/' } : { samples: PIANO.samples };
+      const around = studio(), shared = around && around.piano && around.piano();
+      const options = shared ? { decoded: shared.samples } : around ? { baseUrl: '/assets/piano/' } : { samples: PIANO.samples };
       pianoLoading = MusicgptPiano.create(ctx, options).then((p) => { piano = p; return p; });
     }
     return pianoLoading;
