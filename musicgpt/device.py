@@ -49,12 +49,19 @@ def cpu_flags() -> str:
 
 
 def available_memory(device: "str | torch.device" = "cpu") -> int | None:
-    """Bytes the device can still allocate: a CUDA device's free memory, else the host's MemAvailable (or free
-    pages), capped by the cgroup's limit when one is set; None when unknown."""
+    """Bytes the device can still allocate: a CUDA device's free memory (its total before this process uses
+    CUDA: asking for the free memory would open a context on it), else the host's MemAvailable (or free pages),
+    capped by the cgroup's limit when one is set; None when unknown."""
     if str(device).startswith("cuda"):
         import torch
 
-        return int(torch.cuda.mem_get_info(torch.device(device))[0]) if torch.cuda.is_available() else None
+        if not torch.cuda.is_available():
+            return None
+        index = torch.device(device).index
+        index = torch.cuda.current_device() if index is None and torch.cuda.is_initialized() else index or 0
+        if torch.cuda.is_initialized():
+            return int(torch.cuda.mem_get_info(index)[0])
+        return int(torch.cuda.get_device_properties(index).total_memory)
     host = _meminfo_available()
     room = _cgroup_room()
     known = [n for n in (host, room) if n is not None]
@@ -93,7 +100,7 @@ def check_memory(needed: int, what: str, device: "str | torch.device" = "cpu") -
     free = available_memory(device)
     if free is not None and needed > free:
         where = "this machine" if not str(device).startswith("cuda") else str(device)
-        raise ConfigError(f"{what} would need {format_bytes(needed)} of memory; {where} has "
+        raise ConfigError(f"{what} would need at least {format_bytes(needed)} of memory; {where} has "
                           f"{format_bytes(free)} available")
 
 

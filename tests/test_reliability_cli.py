@@ -105,8 +105,8 @@ def test_a_checkpoint_whose_recorded_tokenizer_is_missing_is_refused_everywhere(
     ("n_layer", "six", "model.n_layer: must be a positive integer, got 'six'"),
     ("n_layer", 6.5, "model.n_layer: must be a positive integer, got 6.5"),
     ("bias", 1, "model.bias: must be true or false"),
-    ("d_model", 2**20, "would need 35.2 TB of memory; this machine has"),
-    ("vocab_size", 10**11, "would need 12.8 TB of memory; this machine has"),
+    ("d_model", 2**20, "would need at least 35.2 TB of memory; this machine has"),
+    ("vocab_size", 10**11, "would need at least 12.8 TB of memory; this machine has"),
 ])
 def test_a_bad_model_config_in_a_checkpoint_is_one_line(checkpoint, tmp_path, capsys, key, value, words):
     bad = tmp_path / "bad"
@@ -123,3 +123,54 @@ def test_a_model_config_counts_its_parameters_without_building_the_model():
     for overrides in ({}, {"position": "absolute", "tie_weights": False}, {"position": "both", "bias": False}):
         config = GPTConfig.preset("tiny", **overrides)
         assert config.num_parameters() == sum(p.numel() for p in MusicGPT(config).parameters())
+
+
+@pytest.mark.parametrize("command", ["generate", "attend", "heads"])
+def test_threads_must_be_positive(checkpoint, tmp_path, capsys, command):
+    args = {"generate": [], "attend": [str(PRIMER)], "heads": [str(PRIMER), "--out", str(tmp_path / "h")]}[command]
+    with pytest.raises(SystemExit) as exc:
+        main([command, *args, "--checkpoint", str(checkpoint), "--threads", "-1"])
+    assert exc.value.code == 2
+    assert "argument --threads: must be a positive integer, got -1" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_made_is_said_before_the_work(checkpoint, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    for out, words in ((tmp_path / "afile", "exists and is not a folder"),
+                       (tmp_path / "afile" / "sub", "cannot create the folder (Not a directory)")):
+        err = one_line_error(capsys, ["generate", str(checkpoint), "--max-new-tokens", "2", "--quiet",
+                                      "--out", str(out)])
+        assert f"--out {out}: {words}" in err
+        err = one_line_error(capsys, ["attend", str(PRIMER), "--checkpoint", str(checkpoint), "--tokens", "8",
+                                      "--quiet", "--out", str(out)])
+        assert f"--out {out}: {words}" in err
+
+
+def test_evaluate_refuses_a_context_that_cannot_fit(checkpoint, capsys):
+    err = one_line_error(capsys, ["evaluate", str(checkpoint), "--data", str(PRIMER), "--context", str(10**9),
+                                  "--quiet"])
+    assert "--context 1000000000: a window of 1000000000 tokens would need at least" in err
+    assert "TB of memory; this machine has" in err
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(checkpoint), "--data", str(PRIMER), "--context", "0"])
+    assert "argument --context: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_generate_refuses_a_batch_that_cannot_fit_and_says_how_many_would(checkpoint, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setattr("musicgpt.device.available_memory", lambda device="cpu": 100 * 2**20)
+    err = one_line_error(capsys, ["generate", str(checkpoint), "--num-samples", "500", "--max-new-tokens", "2",
+                                  "--quiet", "--out", str(tmp_path / "g")])
+    assert "--num-samples 500: needs about" in err and "over the limit of 80 MB" in err and "samples fit" in err
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_context_no_cache_can_hold_is_refused_before_generating(checkpoint, tmp_path, capsys):
+    huge = tmp_path / "huge"
+    shutil.copytree(checkpoint, huge)
+    config = json.loads((huge / "config.json").read_text())
+    config["model"]["n_ctx"] = 10**10  # relative positions: no weight grows, the KV cache would be 7.7 TB
+    (huge / "config.json").write_text(json.dumps(config))
+    err = one_line_error(capsys, ["generate", str(huge), "--max-new-tokens", "2", "--quiet",
+                                  "--out", str(tmp_path / "g")])
+    assert "--num-samples 1: needs about" in err and "not even one sample fits" in err

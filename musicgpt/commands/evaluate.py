@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from musicgpt.commands._args import positive_int
 from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, checkpoint_of
 
 
@@ -14,7 +15,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="a `musicgpt prepare` output (uses --split), or MIDI folders/files (tokenized here)")
     parser.add_argument("--split", default="test", choices=("train", "valid", "test"),
                         help="split of a prepared directory (default: test)")
-    parser.add_argument("--context", type=int, metavar="L",
+    parser.add_argument("--context", type=positive_int, metavar="L",
                         help="window length (default: the trained context; longer works with relative attention)")
     parser.add_argument("--stride", type=int, metavar="S",
                         help="window step (default: L, non-overlapping); smaller gives every token more context")
@@ -33,12 +34,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the figures (one of them the line `nll <number>`)."""
+    from musicgpt.device import check_memory, pick_device
     from musicgpt.errors import ConfigError
+    from musicgpt.model.config import GPTConfig
     from musicgpt.training.evaluate import evaluate_checkpoint, write_json
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
-    result = evaluate_checkpoint(checkpoint_of(args), args.data, split=args.split, context=args.context,
+    path = checkpoint_of(args)
+    config = GPTConfig.from_checkpoint(path)
+    context = args.context or config.n_ctx  # one window at least, before a forward pass allocates it
+    window = config.forward_bytes(1, context, value_bytes=4 if args.precision == "fp32" else 2)
+    check_memory(config.weight_bytes() + window, f"--context {context}: a window of {context} tokens",
+                 pick_device(args.device))
+    result = evaluate_checkpoint(path, args.data, split=args.split, context=args.context,
                                  stride=args.stride, batch_size=args.batch_size, device=args.device,
                                  precision=args.precision, progress=not args.quiet, controls=args.control,
                                  own_controls=not args.no_controls)

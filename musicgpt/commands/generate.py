@@ -8,6 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from musicgpt.commands._args import output_folder, positive_int
 from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, model_of
 
 CUT_CHOICE = "--primer-seconds or --primer-tokens"  # how this command chooses a primer's length
@@ -66,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             "costs a second pass)")
     steer.add_argument("--infill", nargs=2, type=float, metavar=("START", "END"),
                        help="regenerate the primer's notes with onsets in [START, END) seconds, keeping the rest")
-    parser.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads (default 1: fastest for one piece)")
+    parser.add_argument("--threads", type=positive_int, default=1, metavar="N", help="CPU threads (default 1: fastest for one piece)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -161,7 +162,23 @@ def _generate(args: argparse.Namespace, model, tokenizer, arcs_config):
     except ConfigError as exc:  # in the command's words: its flags, not the Python names
         raise ConfigError(_as_flags(str(exc))) from None
     plan = prepare(model, tokenizer, request)
+    _check_memory(model.config, plan, args)
+    output_folder(args.out)  # before the work: a file in the way, or no permission, is said now
     return finished(plan, run(model, tokenizer, plan, progress=not args.quiet, threads=args.threads))
+
+
+def _check_memory(config, plan, args: argparse.Namespace) -> None:
+    """Refuse a batch whose KV caches, prefill and arcs would not fit in the memory available (the limit and how
+    many samples would fit in the message), before anything is allocated."""
+    from musicgpt.device import available_memory
+    from musicgpt.generation import budget
+
+    s = plan.settings
+    need = budget.estimate(config, s.num_samples, tokens=budget.expected_tokens(len(plan.prompt), s.max_new_tokens,
+                                                                                s.seconds),
+                           arcs=s.arcs is not None, arcs_top_k=s.arcs.row_top_k if s.arcs else None,
+                           guidance=s.guidance != 1, chunk=s.chunk)
+    budget.check_fits(need, available_memory(), what="--num-samples")
 
 
 def _as_flags(message: str) -> str:

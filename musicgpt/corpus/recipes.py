@@ -13,9 +13,10 @@ of one group (a piece, a song) always share a split, so no piece leaks from trai
 
 Composer (the `composer` control, see `musicgpt.tokens.controls`), when the corpus says it: ASAP's
 `composer`, MAESTRO's `canonical_composer`, GiantMIDI's surname (the file name's first field), a
-folder's `metadata.csv` (a `composer` column and the file in `path`, `file`, `midi_filename` or
-`midi_performance`, relative to the folder), or, with composer_from="folder", each file's first
-folder below the corpus folder (`Chopin/ballade1.mid`). Otherwise None (the `unknown` composer).
+folder's `metadata.csv` (a `composer` column and the file in `path`, `file`, `filename`, `midi`,
+`midi_filename` or `midi_performance`, relative to the folder; names in any case), or, with
+composer_from="folder", each file's first folder below the corpus folder (`Chopin/ballade1.mid`).
+Otherwise None (the `unknown` composer).
 
 Hashed split: u = the first 8 bytes of sha256(group) as a fraction in [0, 1); train when
 u < ratio_train, valid when u < ratio_train + ratio_valid, else test. This is deterministic and
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +66,8 @@ def check_ratios(ratios) -> tuple[float, float, float]:
         values = tuple(float(r) for r in ratios)
     except (TypeError, ValueError):
         raise ConfigError(f"split ratios: expected three numbers, got {ratios!r}") from None
-    if len(values) != 3 or min(values) < 0 or sum(values) <= 0 or values[0] <= 0:
-        raise ConfigError(f"split ratios: need train > 0, valid >= 0, test >= 0, got {ratios!r}")
+    if len(values) != 3 or not all(map(math.isfinite, values)) or min(values) < 0 or values[0] <= 0:
+        raise ConfigError(f"split ratios: need three finite numbers, train > 0, valid >= 0, test >= 0, got {ratios!r}")
     total = sum(values)
     return values[0] / total, values[1] / total, values[2] / total
 
@@ -143,7 +145,7 @@ def giantmidi(root: Path, ratios=DEFAULT_RATIOS) -> list[Source]:
     return _grouped(root, files, ratios, composers)
 
 
-FILE_COLUMNS = ("path", "file", "midi_filename", "midi_performance")
+FILE_COLUMNS = ("path", "file", "filename", "midi", "midi_filename", "midi_performance")  # the first one present
 
 
 def folder(root: Path, ratios=DEFAULT_RATIOS, composer_from: str = "metadata") -> list[Source]:
@@ -153,11 +155,14 @@ def folder(root: Path, ratios=DEFAULT_RATIOS, composer_from: str = "metadata") -
     if composer_from == "folder":
         composers = {p: rel.split("/")[0] for p, rel in files if "/" in rel}
     elif composer_from == "metadata" and (root / "metadata.csv").is_file():
-        rows = _read_csv(root / "metadata.csv", {"composer"})
+        rows = [{key.strip().lower(): value or "" for key, value in row.items() if isinstance(key, str)}
+                for row in _read_csv(root / "metadata.csv", set())]  # column names as people write them: File, MIDI
         column = next((c for c in FILE_COLUMNS if rows and c in rows[0]), None)
-        if column is None:
-            raise ConfigError(f"{root / 'metadata.csv'}: has a composer column but no file column "
-                              f"(one of: {', '.join(FILE_COLUMNS)})")
+        if not rows or "composer" not in rows[0] or column is None:
+            lacking = ("composer column" if not rows or "composer" not in rows[0]
+                       else f"file column (one of: {', '.join(FILE_COLUMNS)})")
+            raise ConfigError(f"{root / 'metadata.csv'}: has no {lacking}; name the columns so, or pass "
+                              "--composer-from none|folder")
         composers = {(root / row[column]).resolve(): row["composer"].strip() for row in rows if row["composer"].strip()}
         composers = {p: composers[p.resolve()] for p, _ in files if p.resolve() in composers}
     elif composer_from not in ("metadata", "none"):

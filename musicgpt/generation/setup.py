@@ -10,8 +10,9 @@ Every default lives here. A request continues its primer ([CONTROL*] [BOS] prime
 (`infill_prompt`; the span begins inside the piece and ends at most INFILL_PAST_END_SECONDS past it, and the
 prompt is built from the tokens it keeps, whatever the span's times). Both kinds take the same sampling
 settings; an infilled middle is held to its gap by the sampler's clock, so it takes its length from the gap
-(a length in seconds or tokens, or a primer cut, is refused) and never ends at EOS. `max_note_seconds` defaults to 10 s for a continuation and to no limit
-for an infilled middle (the gap bounds it); given, it holds for both.
+(a length in seconds or tokens, or a primer cut, is refused) and never ends at EOS. `max_note_seconds`
+defaults to 10 s for a continuation and to no limit for an infilled middle (the gap bounds it); given, it
+holds for both.
 """
 
 from __future__ import annotations

@@ -68,6 +68,13 @@ class GPTConfig:
         """Bytes of the weights in float32."""
         return self.num_parameters() * FLOAT_BYTES
 
+    def forward_bytes(self, batch: int, length: int, training: bool = False, value_bytes: int = FLOAT_BYTES) -> int:
+        """A lower bound on what one forward pass over batch x length tokens and its loss allocate beside the
+        weights: the logits and the loss's log-softmax of them, one layer's queries, keys and values (training:
+        also every layer's input, kept for backward)."""
+        per_token = 2 * self.vocab_size + 3 * self.d_model + (self.n_layer * self.d_model if training else 0)
+        return int(batch) * int(length) * per_token * value_bytes
+
     def describe(self) -> str:
         """The sizes in one line: 'n_layer 6, n_head 8, d_model 256, ...'."""
         return ", ".join(f"{name} {getattr(self, name)}" for name in SIZES)

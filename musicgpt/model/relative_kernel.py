@@ -32,9 +32,14 @@ import torch
 
 from musicgpt._io import atomic_write
 from musicgpt.device import cpu_flags
+from musicgpt.errors import ConfigError
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "relative_attention.cpp"
 MODES = ("auto", "native", "eager", "sdpa")
+
+
+class KernelModeError(ConfigError, ValueError):
+    """MUSICGPT_ATTENTION_KERNEL names no mode: a setting of the user's (the CLI says so in one line)."""
 
 
 class KernelUnavailable(RuntimeError):
@@ -45,7 +50,7 @@ def mode() -> str:
     """MUSICGPT_ATTENTION_KERNEL: 'auto', 'native', 'eager' or 'sdpa'."""
     value = os.environ.get("MUSICGPT_ATTENTION_KERNEL", "auto").strip().lower() or "auto"
     if value not in MODES:
-        raise ValueError(f"MUSICGPT_ATTENTION_KERNEL: {value!r} is not one of {', '.join(MODES)}")
+        raise KernelModeError(f"MUSICGPT_ATTENTION_KERNEL: {value!r} is not one of {', '.join(MODES)}")
     return value
 
 

@@ -59,7 +59,7 @@ def _retimed(tokenizer, events: np.ndarray, times: np.ndarray, begin: int, end: 
     With `last`, only the last `last` tokens are built: the work is the events' and the kept tokens', never
     the length of the silences, so a far-off time costs a count, not a token per shift."""
     events = np.asarray(events, np.int64)
-    advance = np.diff(np.r_[begin, np.asarray(times, np.int64), end]).clip(min=0)  # (E+1,) before each event, then to end
+    advance = np.diff(np.r_[begin, np.asarray(times, np.int64), end]).clip(min=0)  # (E+1,) before each event, and after
     full, rest = np.divmod(advance, tokenizer.max_shift_steps)  # (E+1,) full shifts and the remainder's steps
     lengths = full + (rest > 0) + np.r_[np.ones(len(events), np.int64), 0]  # (E+1,) a segment: its shifts, its event
     ends = np.cumsum(lengths)  # (E+1,) one past each segment's last token

@@ -8,6 +8,7 @@ naming the dotted key, so a typo never silently trains the wrong model.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -15,8 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from musicgpt.device import check_memory
 from musicgpt.errors import ConfigError
 from musicgpt.model.config import PRESETS, GPTConfig
+
+SEED_LIMIT = 2**63  # torch's generators take 64-bit seeds, and each rank adds 1000 to the run's
+OPTIMIZER_COPIES = 4  # float32 weights, their gradients and AdamW's two moments
 
 
 def _require(checks: dict[str, tuple[bool, str]]) -> None:
@@ -101,7 +106,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require({"steps": (self.steps >= 0, "be >= 0"), "batch_size": (self.batch_size >= 1, "be >= 1"),
                   "grad_accum": (self.grad_accum >= 1, "be >= 1"), "threads": (self.threads >= 0, "be >= 0"),
-                  "seed": (self.seed >= 0, "be >= 0 (a seed for numpy and torch)"),
+                  "seed": (0 <= self.seed < SEED_LIMIT, "be >= 0 and < 2**63 (a seed for numpy and torch)"),
                   "eval_every": (self.eval_every >= 0, "be >= 0 (0 disables evaluation)"),
                   "checkpoint_every": (self.checkpoint_every >= 1, "be >= 1"),
                   "keep_last": (self.keep_last >= 1, "be >= 1"), "log_every": (self.log_every >= 1, "be >= 1")})
@@ -140,9 +145,26 @@ class Config:
     # the dotted keys the file and the overrides set (the rest are defaults); not written to TOML
     explicit: frozenset[str] = field(default_factory=frozenset, init=False, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        m, t = self.model, self.train  # a lower bound (bf16 halves the activations): refused only if it cannot fit
+        activations = m.forward_bytes(t.batch_size, m.n_ctx, training=True,
+                                      value_bytes=4 if t.precision == "fp32" else 2)
+        check_memory(OPTIMIZER_COPIES * m.weight_bytes() + activations,
+                     f"training: {m.num_parameters():.3g} parameters and batches of train.batch_size {t.batch_size} x "
+                     f"model.n_ctx {m.n_ctx} tokens", _train_device(t.device))
+
     def defaulted(self, section: str) -> bool:
         """Whether nothing in [section] was set: every value in it is a default."""
         return not any(key.split(".", 1)[0] == section for key in self.explicit)
+
+
+def _train_device(name: str) -> str:
+    """The device whose memory a run of `train.device` uses: CUDA under 'auto' when there is one."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package
@@ -320,6 +342,8 @@ def _check(hint: Any, value: Any, key: str) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not _finite(value):  # TOML writes inf and nan; no setting means them (AdamW with eps = inf never steps)
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
             return float(value)
     elif hint is str:
         if isinstance(value, str):
@@ -327,6 +351,13 @@ def _check(hint: Any, value: Any, key: str) -> Any:
     elif isinstance(value, hint):
         return value
     raise ConfigError(f"{key}: expected {_name(hint)}, got {_describe(value)}")
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _name(hint: Any) -> str:
