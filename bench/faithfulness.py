@@ -167,6 +167,46 @@ def on_demand(model, tokenizer, pieces: list[Path], context: int, candidates: li
             "rank_by": "attention", "runs": rows, "threads": torch.get_num_threads(), "machine": machine_info()}
 
 
+def _pm(fig: dict) -> str:
+    return "-" if fig["mean"] is None else f"{fig['mean']:+.3f} ± {fig['se'] or 0:.3f}"
+
+
+def section(d: dict) -> tuple[list[str], str]:
+    """The docs/benchmarks.md section of a results file: (Markdown lines, one-line headline)."""
+    from bench.format import table
+
+    sp, de = d["spearman"], d["deletion"]
+    lines = [f"`python -m bench.faithfulness` ({d['checkpoint']} model): {d['notes']} query notes from "
+             f"{len(d['pieces'])} held-out pieces ({d['split']} split of {Path(d['data']).name}, by piece), each "
+             f"in the first {d['tokens']} tokens of its piece with its NOTE_ON at position >= {d['min_context']}. "
+             "Influence hides one past note at a time (masked, positions unchanged) and every past note is "
+             "scored; figures are means over the query notes ± their standard error.", ""]
+    rows = []
+    for m in CHEAP:
+        heads = np.array(sp[m]["note_on"]["heads"], dtype=float)
+        l, h = np.unravel_index(np.nanargmax(heads), heads.shape)
+        layers = sp[m]["note_on"]["layers"]
+        best = int(np.nanargmax(np.array(layers, dtype=float)))
+        rows.append([m, _pm(sp[m]["note_on"]["viewer"]), _pm(sp[m]["note_on"]["all"]), f"L{best} {layers[best]:+.3f}",
+                     f"L{l} H{h} {heads[l, h]:+.3f}", _pm(sp[m]["before"]["viewer"])])
+    lines += ["Spearman correlation with influence of each measure's ranking of the past notes:", ""]
+    lines += table(["measure", "viewer: last layer, head mean", "all layers and heads", "best layer (head mean)",
+                    "best head", "viewer, row before the note"], rows)
+    names = [*(n for n in de if n not in ("random", "recent", "influence")), "influence", "random", "recent"]
+    ks = [str(k) for k in d["ks"]]
+    lines += ["Deletion: the query note's NLL rise (nats) when the top k past notes are hidden together:", ""]
+    lines += table(["hidden notes", *(f"k = {k}" for k in ks)], [[n, *(_pm(de[n][k]) for k in ks)] for n in names])
+    if "on_demand" in d:
+        o = d["on_demand"]
+        runs = ", ".join(f"{r['scored']} scored: {r['seconds']} s" for r in o["runs"])
+        lines += [f"Influence on demand for one note with {o['context_tokens']} tokens of context ({o['past_notes']} "
+                  f"past notes; candidates ranked by {o['rank_by']}, {o['threads']} thread(s), load average "
+                  f"{'/'.join(f'{x:.2f}' for x in o['machine']['load_average'] or [])}): {runs}.", ""]
+    viewer = {m: sp[m]["note_on"]["viewer"]["mean"] for m in CHEAP}
+    top = max(viewer, key=lambda m: viewer[m])
+    return lines, f"viewer Spearman with influence: {top} {viewer[top]:+.3f} (of {', '.join(CHEAP)})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the bundled model)")
@@ -176,7 +216,7 @@ def main() -> None:
     parser.add_argument("--per-piece", type=int, default=2, help="query notes per piece (default 2)")
     parser.add_argument("--tokens", type=int, default=384, help="context: the first N tokens of each piece")
     parser.add_argument("--min-context", type=int, default=128, help="query NOTE_ONs at positions >= this")
-    parser.add_argument("--batch", type=int, default=8, help="ablations per forward pass")
+    parser.add_argument("--batch", type=int, default=1, help="ablations per forward pass (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "faithfulness.json")

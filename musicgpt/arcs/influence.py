@@ -81,14 +81,12 @@ def targets_nll(logits: torch.Tensor, ids: np.ndarray, targets: np.ndarray, star
 
 def masked_nll(model, ctx: QueryContext, tr: Trace, masks: list[np.ndarray], *, batch: int = 8) -> np.ndarray:
     """The query note's NLL with each set of segment positions in `masks` hidden, (len(masks),). Rows before a
-    set's first position are the unmasked run's; sets with similar first positions share a batch."""
+    set's first position are the unmasked run's; sets with similar first positions share a batch (`_groups`)."""
     last = int(ctx.targets.max())  # rows up to last - 1 predict the targets
     ids = torch.as_tensor(ctx.ids[:last])
     firsts = np.array([int(m.min()) for m in masks], np.int64)
-    order = np.argsort(-firsts, kind="stable")  # nearest first: the cheapest batches together
     out = np.empty(len(masks))
-    for i in range(0, len(order), batch):
-        group = order[i : i + batch]
+    for group in _groups(firsts, last, batch):
         start = int(firsts[group].min())
         key_mask = torch.zeros(len(group), last, dtype=torch.bool)
         for row, j in enumerate(group):
@@ -97,6 +95,23 @@ def masked_nll(model, ctx: QueryContext, tr: Trace, masks: list[np.ndarray], *, 
         got = run(model, ids[None].expand(len(group), -1), start=start, prefix=prefix, key_mask=key_mask)
         out[group] = targets_nll(got["logits"], ctx.ids, ctx.targets, start)
     return out
+
+
+def _groups(firsts: np.ndarray, last: int, batch: int, waste: float = 0.25) -> list[np.ndarray]:
+    """Mask sets in batches of at most `batch`, nearest first; a set joins a batch only while the rows the batch
+    computes (its size times the rows from its earliest first position) exceed the rows its sets need alone by
+    at most `waste` (a far note beside near ones would make every one of them recompute from the far one)."""
+    groups: list[list[int]] = []
+    need = 0
+    for j in np.argsort(-firsts, kind="stable").tolist():
+        rows = last - int(firsts[j])
+        if groups and len(groups[-1]) < batch and (len(groups[-1]) + 1) * rows <= (1 + waste) * (need + rows):
+            groups[-1].append(j)
+            need += rows
+        else:
+            groups.append([j])
+            need = rows
+    return [np.asarray(g, np.int64) for g in groups]
 
 
 def base_nll(ctx: QueryContext, tr: Trace) -> float:

@@ -169,9 +169,10 @@ def rank_candidates(tr: Trace, ctx: QueryContext, n_notes: int, count: int | Non
 
 @torch.no_grad()
 def note_influence(model, ids, maps: Maps, note: int, *, candidates: int | None = 16, rank_by: str = "attention",
-                   batch: int = 8) -> dict[int, float]:
+                   batch: int = 1) -> dict[int, float]:
     """On demand, for one query note: {past note: NLL rise in nats when it is hidden}, for the `candidates` past
-    notes `rank_by` ranks highest (None: every past note; the others are not scored)."""
+    notes `rank_by` ranks highest (None: every past note; the others are not scored). batch: ablations per
+    forward pass (on the CPU one at a time measured fastest: a batch recomputes rows from its earliest note)."""
     ctx = query_context(ids, maps, note, model.config.n_ctx)
     tr = trace(model, ctx.ids, [len(ctx.ids) - 1])
     chosen = rank_candidates(tr, ctx, len(maps.note_token), candidates, rank_by)
