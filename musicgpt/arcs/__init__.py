@@ -2,6 +2,9 @@
 
     capture.py  from the model (torch): record attention rows while generating or teacher-forcing a
                 piece, aggregate them to notes, `attend(model, ids, tokenizer)` -> the arcs.json dict
+    measures.py what an arc measures (torch): attention, norm, rollout, influence (`measure_stream`,
+                `note_influence`, `remeasure`); influence.py hides a past note and measures the NLL rise;
+                forward.py the model's forward pass layer by layer (key masks, prefix reuse)
     format.py   arcs.json (no torch): `build_arcs`, `validate_arcs`, `read_arcs`, `write_arcs`
     select.py   which arcs to draw (no torch): `select_arcs`, `filter_arcs`, `arcs_by_query`
     primer.py   which notes are the primer (no torch): `mark_primer_notes`
