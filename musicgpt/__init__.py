@@ -7,6 +7,8 @@ The names below are the public API; they load on first use, so `import musicgpt`
 `import musicgpt.music` never loads torch.
 """
 
+import sys
+
 from musicgpt._lazy import lazy_getattr
 
 __version__ = "0.2.0"  # read by pyproject.toml, the CLI, the viewer and the studio
@@ -35,12 +37,28 @@ _LAZY = {
     "set_seed": ("musicgpt.generation.pipeline", "set_seed"),
     "state_dict_summary": ("musicgpt.model.inspect", "state_dict_summary"),
     "head_atlas": ("musicgpt.analysis.heads", "head_atlas"),
+    "show": ("musicgpt.viz.inline", "show"),
+    "inline_html": ("musicgpt.viz.inline", "inline_html"),
 }
+# Shown inline by `inline_html` in IPython (a notebook); named, not imported, so `import musicgpt` stays instant
+_INLINE = (("musicgpt.generation.sample", "Sample"), ("musicgpt.arcs.format", "ArcsDocument"))
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "load_ipython_extension", *_LAZY]
 
 __getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+def load_ipython_extension(shell) -> None:
+    """`%load_ext musicgpt`, run by `import musicgpt` in IPython: samples and arcs documents show themselves inline
+    (a head atlas has its own `_repr_html_`)."""
+    formatter = shell.display_formatter.formatters["text/html"]
+    for module, name in _INLINE:
+        formatter.for_type_by_name(module, name, lambda x: __getattr__("inline_html")(x))
+
+
+if getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)() is not None:
+    load_ipython_extension(sys.modules["IPython"].get_ipython())

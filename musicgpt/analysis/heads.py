@@ -55,6 +55,7 @@ from musicgpt.model.prefill import PREFILL_CHUNK, teacher_force
 from musicgpt.errors import ConfigError, MusicGPTError
 from musicgpt.tokens.base import PerformanceEvents
 from musicgpt.viz.heads import HEADS_VERSION, MEASURES, validate_heads
+from musicgpt.viz.inline import HeadAtlas
 
 QUERIES = {
     "previous": "every token after BOS",
@@ -252,7 +253,7 @@ def head_atlas(model, tokenizer, pieces: Iterable, *, max_tokens: int = MAX_TOKE
         atlas.update(importance=_rounded(found["importance"]), importance_rule=RULE,
                      importance_tokens=int(importance_tokens), importance_base_nll=round(found["base_nll"], 6))
     validate_heads(atlas)
-    return atlas, pattern
+    return HeadAtlas(atlas, pattern), pattern  # the dict, shown as the layers x heads grid in a notebook
 
 
 _RULE = ("a head is named by the largest of previous, first, self and same_pitch (relative to its threshold) "

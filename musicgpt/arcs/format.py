@@ -31,6 +31,11 @@ class ArcsFormatError(MusicGPTError):
     """An arcs.json file or dict breaks the format; the message names the file and the problem."""
 
 
+class ArcsDocument(dict):
+    """An arcs.json dict as `build_arcs` and `read_arcs` return it: a plain dict, of a type of its own so that a
+    notebook can show it as the viewer (`musicgpt.load_ipython_extension` registers it with IPython)."""
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -89,7 +94,7 @@ def build_arcs(
         }
         for a in arcs
     ]
-    d = {
+    d = ArcsDocument({
         "version": ARCS_VERSION,
         "n_layer": int(n_layer),
         "n_head": int(n_head),
@@ -98,7 +103,7 @@ def build_arcs(
         **extra,
         "notes": note_list,
         "arcs": arc_list,
-    }
+    })
     validate_arcs(d, source="build_arcs")
     return d
 
@@ -263,7 +268,7 @@ def read_arcs(path: str | os.PathLike) -> dict:
     """Load and validate an arcs.json file; errors name the file and the problem."""
     d = read_json(path, ArcsFormatError)
     validate_arcs(d, source=str(path))
-    return d
+    return ArcsDocument(d)
 
 
 def write_arcs(d: dict, path: str | os.PathLike) -> None:

@@ -65,6 +65,17 @@ class Sample:
         write_tracks([(names[0], self.notes[primer]), (names[1], self.notes[~primer])], path)
         return path
 
+    def to_wav(self, path: str | os.PathLike, *, soundfont: str | os.PathLike | None = None,
+               sample_rate: int = 44100) -> Path:
+        """Render the piece to a WAV file (`musicgpt.music.audio`: AudioError where no renderer exists)."""
+        import tempfile
+
+        from musicgpt.music.audio import render_wav
+
+        with tempfile.TemporaryDirectory(prefix="musicgpt-wav-") as tmp:
+            midi = self.to_midi(Path(tmp) / "piece.mid")
+            return render_wav(midi, path, soundfont=soundfont, sample_rate=sample_rate)
+
     def save(self, out_dir: str | os.PathLike, name: str, *, wav: bool = False,
              soundfont: str | os.PathLike | None = None) -> list[Path]:
         """Write NAME.mid, NAME.arcs.json when arcs exist, and NAME.wav if asked (the viewer page is

@@ -5,6 +5,7 @@
     embeddings.py  relative-position and NOTE_ON embedding plots from numpy arrays (`musicgpt info --plot`)
     curves.py      `plot_curves(run_dir)`: train/valid curves of a run (`musicgpt plot`)
     heads.py       heads.json (a head atlas): read, write, validate, and its heatmaps and pattern grid
+    inline.py      `show(x)`, `inline_html(x)`: a sample, arcs or a head atlas inline in a notebook (Jupyter)
 
 Everything here draws from plain data (arcs.json dicts, arrays, metrics.csv); matplotlib loads only
 when a PNG module does.
@@ -20,6 +21,8 @@ _LAZY = {
     "draw_arcs": ("musicgpt.viz.png", "draw_arcs"),
     "render_grid_png": ("musicgpt.viz.png", "render_grid_png"),
     "plot_curves": ("musicgpt.viz.curves", "plot_curves"),
+    "show": ("musicgpt.viz.inline", "show"),
+    "inline_html": ("musicgpt.viz.inline", "inline_html"),
 }
 
 __all__ = ["render_html", "write_html", *_LAZY]
