@@ -219,7 +219,10 @@
     $('duet-listen-note').textContent = noteName(q.pitch) + ' at ' + q.start.toFixed(2) + ' s: its attention over ' +
       'all layers and heads, to earlier notes';
     list.textContent = '';
-    const top = arcs.filter(([key]) => D.notes.has(key)).slice(0, 6), max = top.length ? top[0][1] : 1;
+    const known = arcs.filter(([key]) => D.notes.has(key)), top = known.slice(0, 5);
+    const yours = known.find(([key]) => D.notes.get(key).who === 'human');  // your strongest note is always listed
+    if (yours && !top.includes(yours)) top.push(yours);
+    const max = top.length ? top[0][1] : 1;
     for (const [key, share] of top) {
       const k = D.notes.get(key), li = document.createElement('li');
       const who = document.createElement('span'), bar = document.createElement('div'), fill = document.createElement('div');
@@ -483,8 +486,8 @@
         const k = D.notes.get(key);
         if (!k) continue;
         const xk = X(k.start) + 1, yk = Y(k.pitch) + rowH / 2, top = Math.max(4, Math.min(yq, yk) - Math.min(H * 0.45, 18 + 0.35 * (xq - xk)));
-        c.strokeStyle = k.who === 'human' ? human : model;
-        c.globalAlpha = fade * (0.35 + 0.65 * Math.min(1, share * 4));
+        c.strokeStyle = k.who === 'human' ? human : model;  // arcs to your notes stay visible as the note ages
+        c.globalAlpha = (k.who === 'human' ? Math.max(fade, 0.7) : fade) * (0.35 + 0.65 * Math.min(1, share * 4));
         c.lineWidth = 0.8 + 10 * share;
         c.beginPath(); c.moveTo(xq, yq); c.bezierCurveTo(xq - (xq - xk) * 0.15, top, xk + (xq - xk) * 0.15, top, xk, yk); c.stroke();
       }
