@@ -273,6 +273,9 @@
     }
     return -1;
   }
+  window.addEventListener('keydown', (e) => {  // the Generate mode's shortcuts do not fire behind the duet
+    if (D.mode === 'duet' && (e.key === 'Enter' || e.key === 'Escape')) e.stopImmediatePropagation();
+  }, true);
   const typing = (e) => /^(INPUT|SELECT|TEXTAREA)$/.test(e.target.tagName) || e.ctrlKey || e.metaKey || e.altKey;
   document.addEventListener('keydown', (e) => {
     if (D.mode !== 'duet' || typing(e)) return;
