@@ -93,6 +93,19 @@ var MusicgptPiano = (function () {
     return curve;
   }
 
+  // The samples begin with 9 to 23 ms of near silence before the hammer's attack; a voice starts 2 ms before the
+  // attack (the first sample frame over 5% of the peak), so notes sound when they are due and evenly.
+  function onsetOf(buffer) {
+    const channels = [...Array(buffer.numberOfChannels).keys()].map((c) => buffer.getChannelData(c));
+    const scan = Math.min(buffer.length, Math.floor(0.5 * buffer.sampleRate));  // low notes peak late
+    let peak = 0;
+    for (const x of channels) for (let i = 0; i < scan; i++) peak = Math.max(peak, Math.abs(x[i]));
+    for (let i = 0; i < scan; i++) {
+      for (const x of channels) if (Math.abs(x[i]) > 0.05 * peak) return Math.max(0, i / buffer.sampleRate - 0.002);
+    }
+    return 0;
+  }
+
   class Piano {
     constructor(ctx, buffers, options) {
       this.ctx = ctx;
@@ -101,7 +114,7 @@ var MusicgptPiano = (function () {
       this.ready = false;
       this.sustain = false;
       this.voices = [];              // sounding voices, oldest first
-      this.samples = buffers;        // [{pitch, buffer}] sorted by pitch
+      this.samples = buffers;        // [{pitch, buffer, onset}] sorted by pitch
       this.nearest = new Map();      // pitch -> sample, filled on first use
       this.compressor = ctx.createDynamicsCompressor();
       // A limiter more than a colour: chords of ten loud notes stay under full scale.
@@ -158,7 +171,7 @@ var MusicgptPiano = (function () {
         if (i >= 0) this.voices.splice(i, 1);
         env.disconnect();
       };
-      source.start(t);
+      source.start(t, sample.onset || 0);
       this.voices.push(voice);
       this.voicesStarted++;
     }
@@ -216,8 +229,8 @@ var MusicgptPiano = (function () {
     }
     const loaded = await Promise.all(Object.entries(urls).map(async ([name, url]) => {
       try {
-        const buffer = await decode(ctx, await loadBytes(url));
-        return { pitch: pitchOf(name), buffer: shorten(ctx, buffer, options.maxSeconds) };
+        const buffer = shorten(ctx, await decode(ctx, await loadBytes(url)), options.maxSeconds);
+        return { pitch: pitchOf(name), buffer, onset: onsetOf(buffer) };
       } catch (e) {
         console.warn('MusicgptPiano: sample ' + name + ' not loaded: ' + (e && e.message ? e.message : e));
         return null;
