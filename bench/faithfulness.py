@@ -202,9 +202,11 @@ def section(d: dict) -> tuple[list[str], str]:
         lines += [f"Influence on demand for one note with {o['context_tokens']} tokens of context ({o['past_notes']} "
                   f"past notes; candidates ranked by {o['rank_by']}, {o['threads']} thread(s), load average "
                   f"{'/'.join(f'{x:.2f}' for x in o['machine']['load_average'] or [])}): {runs}.", ""]
-    viewer = {m: sp[m]["note_on"]["viewer"]["mean"] for m in CHEAP}
-    top = max(viewer, key=lambda m: viewer[m])
-    return lines, f"viewer Spearman with influence: {top} {viewer[top]:+.3f} (of {', '.join(CHEAP)})"
+    viewer = ", ".join(f"{m} {sp[m]['note_on']['viewer']['mean']:+.3f}" for m in CHEAP)
+    three = {n: de[n]["3"]["mean"] for n in ("attention_all_layers", "random", "recent") if n in de}
+    return lines, (f"Spearman with influence (last layer): {viewer}; hiding the top 3 by attention (all layers) "
+                   + ", ".join(f"{n.replace('attention_all_layers', 'attention')} {v:.2f}" for n, v in three.items())
+                   + " nats")
 
 
 def main() -> None:
