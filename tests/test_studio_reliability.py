@@ -89,13 +89,19 @@ def steer():
     ("0", "nan", "infill_end: expected a finite number"),
     ("1", "inf", "infill_end: expected a finite number"),
     ("-5", "1", "need 0 <= start < end"),
-    ("100", "400", "the span must lie within the piece (0 to 75.994 s)"),
+    ("100", "400", "START 100 s is not inside the piece (it ends at 76.0 s)"),
 ])
 def test_a_span_outside_the_piece_or_not_finite_is_refused_before_anything_is_built(steer, monkeypatch, start,
                                                                                        end, words):
     server, app = steer
     built = []
-    monkeypatch.setattr(takes_module, "prepare", lambda *a, **k: built.append(a))
+
+    class Counted(Generation):
+        @classmethod
+        def from_plan(cls, *args, **kwargs):
+            built.append(args)
+            return super().from_plan(*args, **kwargs)
+    monkeypatch.setattr(takes_module, "Generation", Counted)
     events = events_of(server, {"infill_start": start, "infill_end": end}, UPLOAD)
     names = [name for name, _ in events]  # the piece's length is read by the worker: it may say "accepted" first
     assert names[-1] == "error" and set(names[:-1]) <= {"progress"} and words in events[-1][1]["message"], events

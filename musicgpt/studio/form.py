@@ -76,12 +76,6 @@ class TakeRequest:
         """Whether the take regenerates a span of its primer instead of continuing it."""
         return self.infill_start is not None
 
-    def check_span(self, piece_seconds: float) -> None:
-        """Refuse an infilling span that does not lie within the piece (0 .. its last note's end, in seconds)."""
-        if self.infilling and self.infill_end > piece_seconds + 1e-6:
-            raise ConfigError(f"infill_start, infill_end: the span must lie within the piece (0 to "
-                              f"{piece_seconds:.3f} s), got {self.infill_start:g} to {self.infill_end:g} s")
-
     def generation_request(self, arcs: ArcsConfig | None = None) -> GenerationRequest:
         """What the take asks generation for: the primer continued, or (infill_start, infill_end) of it refilled
         (the form's length fields then do not apply: the middle takes its length from the span)."""

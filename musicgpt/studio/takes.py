@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 import threading
 import time
 import warnings
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ from musicgpt.generation.loop import Generation
 from musicgpt.generation.primer import PrimerCutWarning
 from musicgpt.generation.sample import Sample
 from musicgpt.generation.setup import Plan, prepare
-from musicgpt.music.scores import read_notes
 from musicgpt.studio.files import FileStore, StoredFile, now_iso
 from musicgpt.studio.form import TakeRequest
 from musicgpt.studio.jobs import Event, Job
@@ -180,14 +178,9 @@ class TakeRunner:
     def _plan(self, request: TakeRequest) -> tuple[Plan, str | None]:
         """The take's prompt and settings, prepared as `musicgpt.generate` / `musicgpt.infill` prepare them, and the
         note saying the primer was cut to fit (None when it was not)."""
-        wanted = request.generation_request(self.arcs_config)
-        if request.infilling:  # the span is checked against the piece before anything is built for it
-            piece = read_notes(request.primer_path)
-            request.check_span(piece.end_time)
-            wanted = replace(wanted, primer=piece)
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught:  # prepare checks an infilling span against the piece
             warnings.simplefilter("always", PrimerCutWarning)
-            plan = prepare(self.model, self.tokenizer, wanted)
+            plan = prepare(self.model, self.tokenizer, request.generation_request(self.arcs_config))
         self._check_memory(plan)
         cuts = [w.message for w in caught if isinstance(w.message, PrimerCutWarning)]
         return plan, cuts[0].describe(FORM_CUT_CHOICE) if cuts else None
