@@ -3,6 +3,7 @@ atlas, that it is self-contained, and that it works in headless Chromium as a no
 an <iframe srcdoc> of one host page, two viewers side by side)."""
 
 import base64
+import dataclasses
 import html
 import json
 import re
@@ -98,7 +99,9 @@ def test_a_sample_shows_its_viewer_and_plays_where_a_renderer_exists(shell, samp
     assert isinstance(sample.arcs, ArcsDocument)
     output = shell.display_formatter.format(sample)[0]["text/html"]
     assert_self_contained(output)
-    assert f"seed {sample.seed}" in frames(output)[0]
+    assert f"seed {sample.seed} · {len(sample.notes)} notes · arcs by attention</title>" in frames(output)[0]
+    bare = inline_html(dataclasses.replace(sample, arcs=None))  # generated without arcs: no viewer, still audio
+    assert "generated without arcs" in bare and not frames(bare) and ("<audio" in bare) == FLUIDSYNTH
     if not FLUIDSYNTH:
         assert "No audio player" in output and "<audio" not in output
         pytest.skip("FluidSynth is not installed (apt-get install fluidsynth fluid-soundfont-gm): no <audio> to check")

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from musicgpt import __version__
-from musicgpt.arcs.format import read_arcs, validate_arcs
+from musicgpt.arcs.format import document_measure, read_arcs, validate_arcs
 from musicgpt.errors import MusicGPTError, printable
 from musicgpt.viz.heads import SHORT, TITLES, read_heads, validate_heads
 from musicgpt.viz.viewer import render_html, script_json
@@ -78,13 +78,14 @@ def audio_html(wav: bytes) -> str:
 
 def arcs_html(d: dict, *, title: str | None = None, source: str = "arcs data") -> str:
     """The arcs viewer of an arcs.json dict as a notebook output."""
-    title = title or f"musicgpt · {len(d.get('notes', []))} notes"
+    title = title or f"musicgpt · {len(d.get('notes', []))} notes · arcs by {document_measure(d)}"
     return inline_page(render_html(d, title=title, source=source), height=VIEWER_HEIGHT, title=title)
 
 
 def sample_html(sample: Any, *, title: str | None = None) -> str:
     """A generated sample: the arcs viewer (when it has arcs) and a player of its audio (when it can be rendered)."""
-    title = title or f"musicgpt · sample, seed {sample.seed} · {len(sample.notes)} notes"
+    measure = f" · arcs by {document_measure(sample.arcs)}" if sample.arcs is not None else ""
+    title = title or f"musicgpt · sample, seed {sample.seed} · {len(sample.notes)} notes{measure}"
     parts = [arcs_html(sample.arcs, title=title) if sample.arcs is not None else
              f"<p>{html.escape(title)}: generated without arcs (arcs=True draws the viewer).</p>"]
     if sample.seconds > AUDIO_SECONDS:
