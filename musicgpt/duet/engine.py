@@ -17,7 +17,9 @@ its own timing; its turn begins `lead` seconds after it takes over (the time to 
 note is not late) and its first note comes within `first_note` seconds (longer TIME_SHIFTs are masked until it
 has struck one, as Aria bounds its first time token). A human note-on during its turn is a barge-in: the
 model's notes not yet due are cancelled (a `cancel` event for each one already handed out) and removed
-from the cache, the sounding ones end now (`off`), and the human's note goes in. A human release or pedal
+from the cache, the sounding ones end now (`off`), and the human's note goes in: these events come back at
+once, before any forward pass (the stream and the caches are cut in place); the prefill of the human's note
+follows with the next `poll`. A human release or pedal
 change during the model's turn changes no sound of the model's: it reaches the stream when the turn ends.
 After an answer the model waits for the human to play again.
 
@@ -79,7 +81,7 @@ class DuetSession:
         self.origin = self.clock.now()
         self.stream = TokenStream(self.tokenizer, plan.prompt, self.model.config.vocab_size)
         self.pinned = pinned_header(self.tokenizer, plan.prompt)
-        self.decoder = Decoder.for_model(self.model)
+        self.decoder = Decoder(self.model)  # its own scratch buffers: another thread may decode the same model
         self.noise = GumbelNoise(make_generator(plan.settings.seed), 1, self.model.config.vocab_size)
         vocab = np.arange(self.model.config.vocab_size)
         kinds = self.tokenizer.token_type(vocab)
@@ -103,6 +105,7 @@ class DuetSession:
         self.guidance: Guidance | None = None  # the same stream without the CONTROL header, on a cache of its own
         self._start_guidance()
         self.fed = 0
+        self.barged = False  # a barge-in has cut the stream; its prefill waits for the next poll
         self.lock = threading.RLock()  # front ends call from their input thread and their clock's pump
         self._sync()
 
@@ -127,6 +130,7 @@ class DuetSession:
     @torch.no_grad()
     def _sync(self) -> None:
         """Feed the stream's tokens the caches have not seen: in chunks, or one at a time once a pinned window slides."""
+        self.barged = False
         new = self.stream.ids[self.fed :]
         if not new:
             return
@@ -198,7 +202,8 @@ class DuetSession:
             for kind_ab, at in parsed:
                 if kind_ab is not None:
                     out += self._human(*kind_ab, at, sync=False)
-            self._sync()
+            if not self.barged:  # a barge-in returns before the prefill: silence first
+                self._sync()
             return out
 
     def _human(self, kind: str, a: int, b: int, at: float | None = None, sync: bool = True) -> list[DuetEvent]:
@@ -225,7 +230,7 @@ class DuetSession:
             self.played = True
         if kind in ("on", "off"):
             self.last_human = max(self.last_human, t)
-        if sync:
+        if sync and not self.barged:  # a barge-in's prefill waits for the next poll
             self._sync()
         return out
 
@@ -236,6 +241,7 @@ class DuetSession:
             return self._poll(self.clock.now() if now is None else now)
 
     def _poll(self, now: float) -> list[DuetEvent]:
+        self._sync()  # what a barge-in or the end of a turn left unfed
         if self.turn == "human" and self.played and now - self.last_human >= self.config.wait - 1e-9:
             self._take_over(now)
         if self.turn == "model":
@@ -275,12 +281,11 @@ class DuetSession:
         for kind, a, b, _ in self.deferred:
             self.stream.human_event(kind, a, b, self.stream.steps)
         self.deferred.clear()
-        self._sync()
-        return events
+        return events  # the tokens go into the cache with the next poll's or human event's prefill
 
     def _barge_in(self, t: float) -> list[DuetEvent]:
         """The human plays during the model's turn: cancel what is not due by `t`, end what sounds, hand back."""
-        step = self._step_of(t)
+        step, self.barged = self._step_of(t), True
         out = [e for e in self.outbox if e.time <= t + 1e-9]  # due, never handed out: they did sound
         self.outbox = []
         out += [DuetEvent("cancel", e.time, pitch=e.pitch, id=e.id) for e in self.handed if e.time > t + 1e-9]

@@ -41,6 +41,7 @@ class TokenStream:
         self.step_at: list[int] = []  # the stream's step after each token
         self.human_pedal = False
         self.human_held: set[int] = set()  # released under the pedal, still sounding
+        self.waiting: set[int] = set()  # released within the step they began in: they end when the step passes
         self._mark: tuple | None = None  # the state at a point `truncate` may cut back to (see `mark`)
         self._reset_state()
         for token in self.prompt.tolist():
@@ -79,14 +80,15 @@ class TokenStream:
     def mark(self) -> None:
         """Remember the state here: a `truncate` back to here or later replays from the mark, not from the start."""
         self._mark = (len(self.ids), self.steps, self.bin, self.owner.copy(), dict(self.model_on),
-                      self.human_pedal, set(self.human_held), self.grammar.snapshot(0))
+                      self.human_pedal, set(self.human_held), set(self.waiting), self.grammar.snapshot(0))
 
     def truncate(self, length: int) -> None:
         """Forget every token from `length` on (a barge-in cancels the model's notes not yet due)."""
         start = 0
         if self._mark is not None and self._mark[0] <= length:
-            start, self.steps, self.bin, owner, model_on, self.human_pedal, held, grammar = self._mark
-            self.owner, self.model_on, self.human_held = owner.copy(), dict(model_on), set(held)
+            start, self.steps, self.bin, owner, model_on, self.human_pedal, held, waiting, grammar = self._mark
+            self.owner, self.model_on, self.human_held, self.waiting = owner.copy(), dict(model_on), set(held), \
+                set(waiting)
             self.grammar.restore(0, grammar)
         else:
             self._mark = None
@@ -102,8 +104,14 @@ class TokenStream:
 
     # ---- forced tokens -------------------------------------------------------------------------------------
     def shift_to(self, step: int) -> None:
-        """TIME_SHIFTs from the current step to `step` (none if it is not later)."""
+        """TIME_SHIFTs from the current step to `step` (none if it is not later); the human's releases that waited
+        for the step their notes began in to pass go in one step after it."""
         gap = step - self.steps
+        if gap > 0 and self.waiting:
+            self.append(self.tok.time_shift(1), HUMAN)
+            self.release(sorted(p for p in self.waiting if self.owner[p] == HUMAN))
+            self.waiting.clear()
+            gap -= 1
         while gap > 0:
             k = min(gap, self.tok.max_shift_steps)
             self.append(self.tok.time_shift(k), HUMAN)
@@ -137,6 +145,7 @@ class TokenStream:
         if kind == "on":
             self.shift_to(step)
             self.human_held.discard(a)
+            self.waiting.discard(a)  # struck again within its first step: it goes on sounding
             return self.strike(a, b)
         if kind == "off":
             if self.owner[a] != HUMAN or a in self.human_held:
@@ -145,6 +154,9 @@ class TokenStream:
                 self.human_held.add(a)
                 return False
             self.shift_to(step)
+            if self.opened_now(a):  # a note lasts one step at least: it ends when the clock moves on, so
+                self.waiting.add(a)  # a fast player's releases never push the stream ahead of the clock
+                return False
             self.release([a])
         elif kind == "cc" and a == SUSTAIN_CC:
             down = b >= SUSTAIN_THRESHOLD

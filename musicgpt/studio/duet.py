@@ -4,22 +4,20 @@
     client -> server   {"midi": [144, 60, 80]}                    note on (0x9n), note off (0x8n), control (0xBn)
     server -> client   {"event": "ready" | "turn" | "midi" | "note" | "arcs" | "error", ...}
 
-Query parameters set the engine (`DuetConfig`: wait, answer, first_note, lookahead, trigger_cc,
-trigger_note) and the sampling (`GenerationRequest`: temperature, top_p, top_k, min_p, seed, control,
+Query parameters set the engine (`DuetConfig`'s fields: wait, answer, lead, first_note, lookahead, trigger_cc,
+trigger_note) and the sampling (`GenerationRequest`: temperature, top_p, top_k, min_p, seed, control, guidance,
 parsed as the studio's form parses them); a parameter left out keeps its default there, a bad one is an
 `error` naming it, and the socket closes. One duet plays at a time: a second client is told so and closed.
-The duet plays on a copy of the studio's model, decoded on its own thread (`DuetPump`), so neither the
-event loop nor a take being generated waits for it (a model's Decoder keeps scratch buffers that two threads
-must not share).
+The duet plays on the studio's model, decoded on its own thread (`DuetPump`) with scratch buffers of its own
+(`DuetSession` makes its own Decoder), so neither the event loop nor a take being generated waits for it.
 A message that is not a MIDI message is answered by an `error`; the duet goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable
 
 from starlette.concurrency import run_in_threadpool
@@ -34,9 +32,8 @@ from musicgpt.studio.sse import to_json
 
 __all__ = ["DuetHost", "DuetParams", "parse_params", "parse_message", "PARAMS"]
 
-CONFIG_PARAMS = {"wait": float, "answer": float, "first_note": float, "lookahead": float, "trigger_cc": int,
-                 "trigger_note": int}  # DuetConfig's fields
-REQUEST_PARAMS = ("temperature", "top_p", "top_k", "min_p", "seed", "control")  # GenerationRequest's, as the form's
+CONFIG_PARAMS = {f.name: int if "int" in str(f.type) else float for f in fields(DuetConfig)}  # DuetConfig's fields
+REQUEST_PARAMS = ("temperature", "top_p", "top_k", "min_p", "seed", "control", "guidance")  # GenerationRequest's
 PARAMS = (*CONFIG_PARAMS, *REQUEST_PARAMS)
 MAX_MESSAGE = 512  # characters: a MIDI message is about 30
 CLOSE_NORMAL, CLOSE_POLICY, CLOSE_BUSY = 1000, 1008, 1013
@@ -99,23 +96,22 @@ def parse_message(text: str | None) -> list[int]:
 
 
 class DuetHost:
-    """The studio's duet: one at a time, on a copy of the studio's model made at the first duet."""
+    """The studio's duet: one at a time, on the studio's model (a session decodes with scratch buffers of its own,
+    so a take generated on another thread at the same time does not share them)."""
 
     def __init__(self, model, tokenizer, model_name: str):
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
-        self.copy = None
         self.playing = False
 
     def _session(self, params: DuetParams) -> DuetSession:
-        if self.copy is None:
-            self.copy = copy.deepcopy(self.model).eval()
-        return DuetSession(self.copy, params.config, params.request, tokenizer=self.tokenizer)
+        return DuetSession(self.model, params.config, params.request, tokenizer=self.tokenizer)
 
     def _ready(self, session: DuetSession, params: DuetParams, pump: DuetPump) -> dict[str, Any]:
         sampling = session.settings.sampling
         return {"event": "ready", "model": self.model_name, "time": round(session.clock.now(), 6),
                 "settings": {**asdict(params.config), "temperature": sampling.temperature, "top_p": sampling.top_p,
                              "top_k": sampling.top_k, "min_p": sampling.min_p, "seed": session.settings.seed,
+                             "guidance": session.settings.guidance,
                              "control": list(params.request.controls)},
                 "step": session.step, "early": pump.early, "inbox": INBOX}
 
