@@ -255,7 +255,20 @@ def verdict(summary: dict, nll: dict | None) -> dict:
 def section_decode_speed(d: dict, img: Path) -> tuple[list[str], str]:
     """The report's section (lines, headline) for decode_speed.json (bench/report.py's renderer signature)."""
     m = d["model"]
-    lines = [f"Model {m['checkpoint']} ({m['parameters']:,} parameters, {m['n_layer']} layers, d_model "
+    lines = [f"`{d['command']}`. At batch 1 a decode step reads every weight once, plus the cached keys and values "
+             "and the relative embeddings of the tokens it sees, so tokens/s <= bandwidth / bytes per token. *step*: "
+             "the KV-cached decode step alone (`Decoder.step`, `Int8Decoder.step`); *loop*: generation's own loop "
+             "(`Generation.step`: the step plus grammar masks and sampling). *read bound*: 1 / the seconds to read "
+             "a buffer of the step's bytes once (re-read as the step re-reads its weights, so it sits in the CPU "
+             "caches as far as they hold it); *DRAM bound*: the bandwidth of reading a "
+             f"{d['bandwidth'].get('dram_mb', DRAM_MB)} MB buffer / the bytes. Precisions from "
+             "`musicgpt.model.precision.for_cpu_decoding` (bfloat16: weights, activations and cache in bf16; int8: "
+             "the projections and the output head as int8 weights with per-row scales through fbgemm's dynamic "
+             "quantization, the rest float32). A precision is offered to users only if generation's loop runs "
+             f">= {PAYS['speedup']}x faster than float32 at one thread at every context with test NLL within "
+             f"{PAYS['nll_delta']} of float32's. Absolute tokens/s depend on what else ran (the load average); the "
+             "ratios come from interleaved rounds.", "",
+             f"Model {m['checkpoint']} ({m['parameters']:,} parameters, {m['n_layer']} layers, d_model "
              f"{m['d_model']}); CPU caches {', '.join(f'{k} {v}' for k, v in d['cpu']['caches'].items())}; "
              f"flags: {', '.join(f'{k} {fmt(v)}' for k, v in d['cpu']['flags'].items())}. {d['settings']['rounds']} "
              f"interleaved rounds of {d['settings']['tokens']} tokens per cell.", ""]
