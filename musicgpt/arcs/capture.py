@@ -312,6 +312,7 @@ def note_document(notes, arcs: NoteArcs, tokenizer, model_config, config: ArcsCo
     note_rows = [{"pitch": int(notes.pitch[i]), "start": float(notes.start[i]), "end": float(notes.end[i]),
                   "velocity": int(notes.velocity[i]), "token": int(arcs.note_token[i]),
                   "primer": bool(primer[i])} for i in range(len(notes))]
+    extra.setdefault("measure", "attention")  # these arcs are attention (other measures: musicgpt.arcs.measures)
     for row, part in zip(note_rows, parts or ()):
         row["part"] = part
     if nll is not None:
