@@ -19,8 +19,9 @@ it by the session's start, or over the socket by the `ready` message's time, a s
 
 - takeover: from the moment the human has been silent `wait` seconds to the model's first note-on
   sounding (sounding = the later of its due time and its receipt: a client plays an early message on time);
-- human note in the cache: from sending a note-on to its echo (the pump echoes a key once `DuetSession`
-  has prefilled it), during the flood phrase and over all phrases;
+- human note in the cache: from sending a note-on to the end of the prefill that put its NOTE_ON in the KV
+  cache (`DuetSession._sync` timed in this process, for both paths), during the flood phrase and over all
+  phrases;
 - barge-in: from sending the human's note-on into the model's answer to receiving the last note-off of the
   model's sounding notes (a barge-in with no model note sounding is not counted);
 - jitter: how late each model note on/off message arrives after its due time (0 when early);
@@ -37,6 +38,7 @@ import json
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -118,6 +120,7 @@ class Client:
     def __init__(self, send: Callable[[list[int]], None]):
         self.send_midi = send
         self.received: list[tuple[float, dict]] = []
+        self.fed: list[tuple[float, int]] = []  # (when a prefill returned, tokens in the cache after it)
         self.sent: list[tuple[float, list[int], int]] = []  # (time, message, phrase)
         self.changed = threading.Condition()
 
@@ -150,6 +153,24 @@ class Client:
                 self.changed.wait(left)
 
 
+@contextmanager
+def timing_prefills(client: Client):
+    """Record when each `DuetSession._sync` returns and how many tokens the cache then holds."""
+    from musicgpt.duet.engine import DuetSession
+
+    original = DuetSession._sync
+
+    def timed(session):
+        original(session)
+        client.fed.append((time.monotonic(), session.fed))
+
+    DuetSession._sync = timed
+    try:
+        yield
+    finally:
+        DuetSession._sync = original
+
+
 def perform(client: Client, phrases_: list[Timed], script: Script) -> None:
     """Play each phrase; listen to the model's answer a moment; barge in with the next phrase."""
     rng = np.random.default_rng(script.seed)
@@ -176,7 +197,8 @@ def engine_path(model, phrases_: list[Timed], script: Script) -> Client:
     client.origin = session.clock.start  # the session clock's zero on time.monotonic
     pump.start()
     try:
-        perform(client, phrases_, script)
+        with timing_prefills(client):
+            perform(client, phrases_, script)
     finally:
         pump.stop()
     return client
@@ -207,7 +229,8 @@ def websocket_path(model, phrases_: list[Timed], script: Script) -> Client:
 
             reader = threading.Thread(target=read, daemon=True)
             reader.start()
-            perform(client, phrases_, script)
+            with timing_prefills(client):
+                perform(client, phrases_, script)
     finally:
         server.stop()
     return client
@@ -226,13 +249,21 @@ def percentiles(values: list[float]) -> dict[str, Any]:
 def figures(client: Client, flood_index: int, script: Script) -> dict[str, Any]:
     """The measures above from what one client sent and received."""
     received = client.received
-    echoes = {}  # (pitch, n-th strike of that pitch) -> echo receipt and server start
+    echoes = {}  # (pitch, n-th strike of that pitch) -> (echo receipt, its NOTE_ON's position)
     count: dict[int, int] = {}
     for t, m in received:
         if m.get("event") == "note" and m.get("who") == "human" and m.get("end") is None:
             k = count.get(m["pitch"], 0)
             count[m["pitch"]] = k + 1
-            echoes[(m["pitch"], k)] = (t, m["start"])
+            echoes[(m["pitch"], k)] = (t, m["id"])
+    fed_t = np.array([t for t, _ in client.fed])
+    fed_n = np.array([n for _, n in client.fed])
+
+    def in_cache(sent: float, position: int) -> float | None:
+        """When the first prefill after `sent` returned with the NOTE_ON at `position` in the cache."""
+        hit = np.flatnonzero((fed_t >= sent) & (fed_n > position))
+        return float(fed_t[hit[0]]) if len(hit) else None
+
     cache, flood_cache, missing = [], [], 0
     count = {}
     for t, message, index in client.sent:
@@ -241,12 +272,13 @@ def figures(client: Client, flood_index: int, script: Script) -> dict[str, Any]:
         k = count.get(message[1], 0)
         count[message[1]] = k + 1
         echo = echoes.get((message[1], k))
-        if echo is None:
+        fed = None if echo is None else in_cache(t, echo[1])
+        if fed is None:
             missing += 1
             continue
-        cache.append(echo[0] - t)
+        cache.append(fed - t)
         if index == flood_index:
-            flood_cache.append(echo[0] - t)
+            flood_cache.append(fed - t)
     origin = client.origin  # server time s -> client time s + origin
     midi = [(t, m) for t, m in received if m.get("event") == "midi"]
     jitter = [max(0.0, t - (m["time"] + origin)) for t, m in midi]

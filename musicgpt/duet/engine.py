@@ -188,13 +188,14 @@ class DuetSession:
         with self.lock:
             return self._human("cc", number, value, at)
 
-    def midi(self, message: Sequence[int], at: float | None = None) -> list[DuetEvent]:
+    def midi(self, message: Sequence[int], at: float | None = None, sync: bool = True) -> list[DuetEvent]:
         """A raw MIDI message [status, data1, data2]: note on (0x9n), note off (0x8n), control change (0xBn)."""
-        return self.receive([(message, at)])
+        return self.receive([(message, at)], sync)
 
-    def receive(self, messages: Sequence[tuple[Sequence[int], float | None]]) -> list[DuetEvent]:
+    def receive(self, messages: Sequence[tuple[Sequence[int], float | None]], sync: bool = True) -> list[DuetEvent]:
         """Raw MIDI messages that arrived together, each with its arrival time on the clock (None: now), in one
         prefill: a front end that falls behind a fast player catches up in one chunk, not one forward per note.
+        sync=False leaves the prefill to the next `poll` (a front end taking in a queue one message at a time).
         Raises ValueError naming the first malformed message (none of them is taken then)."""
         parsed = [(parse_midi(message), at) for message, at in messages]
         with self.lock:
@@ -202,7 +203,7 @@ class DuetSession:
             for kind_ab, at in parsed:
                 if kind_ab is not None:
                     out += self._human(*kind_ab, at, sync=False)
-            if not self.barged:  # a barge-in returns before the prefill: silence first
+            if sync and not self.barged:  # a barge-in returns before the prefill: silence first
                 self._sync()
             return out
 

@@ -62,7 +62,7 @@ class DuetPump:
         self.sounding: dict[int, Message] = {}  # model note id -> its `note` message: struck, not yet ended
         self.keys: dict[int, Message] = {}  # human pitch -> its `note` message while the key (or pedal) holds it
         self.pedal, self.held = False, set()  # the human's sustain pedal and the keys it holds
-        self.releases: dict[tuple[bool, int], list[int]] = {}  # releases past a full inbox, one per key
+        self.releases: dict[tuple[bool, int], tuple[list[int], float]] = {}  # past a full inbox, one per key
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="musicgpt-duet", daemon=True)
@@ -79,13 +79,13 @@ class DuetPump:
         A release (note-off, pedal up) is never dropped: past the inbox it waits in a set of at most one per
         key, so a flood cannot leave a key of the human's down in the model's stream."""
         try:
-            self.inbox.put_nowait(midi)
+            self.inbox.put_nowait((midi, self.session.clock.now()))  # stamped on arrival
             return True
         except queue.Full:
             kind, a, b = midi[0] & 0xF0, midi[1], midi[2]
             if kind == NOTE_OFF or (kind == NOTE_ON and b == 0) or (kind == CONTROL and a == PEDAL and b < 64):
                 with self.lock:
-                    self.releases[(kind == CONTROL, a)] = midi
+                    self.releases[(kind == CONTROL, a)] = (midi, self.session.clock.now())
                 return True
             self.dropped += 1
             return False
@@ -106,16 +106,16 @@ class DuetPump:
         before the model decodes on."""
         out = []
         try:
-            out += self._human(self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait())
-            while True:  # everything that queued meanwhile, before the model decodes on
-                out += self._human(self.inbox.get_nowait())
+            out += self._human(*(self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait()))
+            while True:  # everything that queued meanwhile, before the model decodes on (one prefill, at its poll)
+                out += self._human(*self.inbox.get_nowait())
         except queue.Empty:
             pass
         if self.releases:
             with self.lock:
                 releases, self.releases = list(self.releases.values()), {}
-            for midi in releases:
-                out += self._human(midi)
+            for midi, at in releases:
+                out += self._human(midi, at)
         return out + self._due(self.session.clock.now())
 
     def decode(self) -> list[Message]:
@@ -148,11 +148,12 @@ class DuetPump:
             self.send(self.finish())
             self.send(None)
 
-    def _human(self, midi: list[int]) -> list[Message]:
-        """Hand a human message to the engine; echo a key the stream took as a `note` (start, then end)."""
+    def _human(self, midi: list[int], at: float | None = None) -> list[Message]:
+        """Hand a human message, stamped `at` its arrival, to the engine (prefilled by the next poll); echo a key the
+        stream took as a `note` (start, then end)."""
         session, stream = self.session, self.session.stream
         try:
-            out = self._engine(session.midi(midi))
+            out = self._engine(session.midi(midi, at, sync=False))
         except ValueError as exc:
             return [{"event": "error", "message": f"midi {midi}: {exc}"}]
         kind, a, b = midi[0] & 0xF0, midi[1], midi[2]
