@@ -14,32 +14,59 @@ from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, model_of
 CUT_CHOICE = "--primer-seconds or --primer-tokens"  # how this command chooses a primer's length
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `musicgpt generate`."""
-    add_checkpoint_argument(parser)
+def add_primer_arguments(parser, tokens: bool = True) -> None:
+    """--primer and how much of it (--primer-seconds, and --primer-tokens unless `tokens` is False)."""
     parser.add_argument("--primer", metavar="FILE", help="MIDI, MusicXML (.xml/.musicxml/.mxl) or ABC file to continue "
                                                          "(default: none, unconditional)")
     cut = parser.add_mutually_exclusive_group()
     cut.add_argument("--primer-seconds", type=float, metavar="S",
                      help="use the primer's first S seconds (default: as much as fits the model's context, its first "
                           "n_ctx - 1 tokens, with a note when that cuts it)")
-    cut.add_argument("--primer-tokens", type=int, metavar="N", help="use the primer's first N tokens (default: as above)")
-    parser.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds of new music")
-    parser.add_argument("--max-new-tokens", type=int, metavar="N",
-                        help="stop after N new tokens (default 1024; with --seconds, a cap of 200 per second)")
+    if tokens:
+        cut.add_argument("--primer-tokens", type=int, metavar="N",
+                         help="use the primer's first N tokens (default: as above)")
+
+
+def add_sampling_arguments(parser) -> None:
+    """How tokens are drawn: --temperature, --top-k, --top-p, --min-p, --seed, --plain-mask (generate's and a duet's)."""
     parser.add_argument("--temperature", type=float, default=1.0, metavar="T", help="softmax temperature; 0 = greedy (default 1)")
     parser.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K most likely tokens (0 = off)")
     parser.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (1 = off)")
     parser.add_argument("--min-p", type=float, default=0.0, metavar="P",
                         help="drop tokens less likely than P times the most likely one (0 = off)")
     parser.add_argument("--seed", type=int, metavar="N", help="random seed (default: drawn and printed); "
-                                                              "the same seed gives byte-identical files")
+                                                              "the same seed gives the same music")
+    parser.add_argument("--plain-mask", action="store_true",
+                        help="mask invalid tokens without handing their probability to valid ones of the same type")
+
+
+def add_control_arguments(parser) -> None:
+    """--control and --guidance: steering a model trained with controls."""
+    parser.add_argument("--control", action="append", default=[], metavar="NAME=VALUE",
+                        help="condition on a control, e.g. composer=Chopin or density=high (repeatable)")
+    parser.add_argument("--guidance", type=float, default=1.0, metavar="G",
+                        help="classifier-free guidance towards the controls (1 = off, the default; 2-3 = stronger; "
+                             "costs a second pass)")
+
+
+def add_threads_argument(parser) -> None:
+    """--threads: CPU threads for the model."""
+    parser.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                        help="CPU threads (default 1: fastest for one piece)")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `musicgpt generate`."""
+    add_checkpoint_argument(parser)
+    add_primer_arguments(parser)
+    parser.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds of new music")
+    parser.add_argument("--max-new-tokens", type=int, metavar="N",
+                        help="stop after N new tokens (default 1024; with --seconds, a cap of 200 per second)")
+    add_sampling_arguments(parser)
     parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="how many pieces (one batch; default 1)")
     parser.add_argument("--out", type=Path, default=Path("generated"), metavar="DIR",
                         help="output folder for sample_00.mid … (default: ./generated)")
     parser.add_argument("--ignore-eos", action="store_true", help="never let the model end a piece early (mask EOS)")
-    parser.add_argument("--plain-mask", action="store_true",
-                        help="mask invalid tokens without handing their probability to valid ones of the same type")
     parser.add_argument("--max-note-seconds", type=float, metavar="S",
                         help="end a note that has sounded S seconds at the next step (default 10, with --infill no limit; 0 = never)")
     arcs = parser.add_argument_group("attention arcs")
@@ -58,16 +85,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     audio.add_argument("--soundfont", metavar="SF2", help="soundfont for --wav (default: a system GM soundfont or "
                                                           "pretty_midi's TimGM6mb.sf2)")
     steer = parser.add_argument_group("steering (a model trained with controls / infilling)")
-    steer.add_argument("--control", action="append", default=[], metavar="NAME=VALUE",
-                       help="condition on a control, e.g. composer=Chopin or density=high (repeatable)")
+    add_control_arguments(steer)
     steer.add_argument("--list-controls", action="store_true",
                        help="print the controls and values the checkpoint knows, and whether it can infill; then exit")
-    steer.add_argument("--guidance", type=float, default=1.0, metavar="G",
-                       help="classifier-free guidance towards the controls (1 = off, the default; 2-3 = stronger; "
-                            "costs a second pass)")
     steer.add_argument("--infill", nargs=2, type=float, metavar=("START", "END"),
                        help="regenerate the primer's notes with onsets in [START, END) seconds, keeping the rest")
-    parser.add_argument("--threads", type=positive_int, default=1, metavar="N", help="CPU threads (default 1: fastest for one piece)")
+    add_threads_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -8,10 +8,11 @@ import warnings
 
 from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, model_of
 
-# generate's options a duet samples with: borrowed from its parser, so their names, defaults and help are its own
+# generate's options a duet samples with: declared by generate's own functions, so names, defaults and help are its
 SAMPLING = ("primer", "primer_seconds", "temperature", "top_k", "top_p", "min_p", "seed", "control", "guidance",
             "plain_mask", "threads")
-DUET_FLAGS = {"wait": "--wait", "answer": "--answer", "first_note": "--first-note", "lookahead": "--lookahead",
+DUET_FLAGS = {"wait": "--wait", "answer": "--answer", "lead": "--lead", "first_note": "--first-note",
+              "lookahead": "--lookahead",
               "trigger_cc": "--trigger-cc", "trigger_note": "--trigger-note"}
 
 
@@ -39,8 +40,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help=f"the model plays after S seconds of silence from you (default {DuetConfig.wait:g})")
     duet.add_argument("--answer", type=float, default=DuetConfig.answer, metavar="S",
                       help=f"the model plays at most S seconds per turn (default {DuetConfig.answer:g})")
+    duet.add_argument("--lead", type=float, default=DuetConfig.lead, metavar="S",
+                      help=f"its turn begins S seconds after it takes over: the time to decode its first note, so that "
+                           f"note is not late (default {DuetConfig.lead:g})")
     duet.add_argument("--first-note", type=float, default=DuetConfig.first_note, metavar="S",
-                      help=f"its first note comes at most S seconds after it takes over "
+                      help=f"its first note comes at most S seconds after its turn begins "
                            f"(default {DuetConfig.first_note:g})")
     duet.add_argument("--lookahead", type=float, default=DuetConfig.lookahead, metavar="S",
                       help=f"the model writes up to S seconds ahead of the clock; a note you play cancels "
@@ -50,21 +54,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                            "(the soft pedal)")
     duet.add_argument("--trigger-note", type=int, metavar="KEY",
                       help="a key (MIDI number, 21 = the lowest A) that hands over at once and makes no sound")
+    from musicgpt.commands.generate import (add_control_arguments, add_primer_arguments, add_sampling_arguments,
+                                            add_threads_argument)
+
     sampling = parser.add_argument_group("sampling (as in musicgpt generate)")
-    borrow_options(sampling, "generate", SAMPLING)
+    add_primer_arguments(sampling, tokens=False)
+    add_sampling_arguments(sampling)
+    add_control_arguments(sampling)
+    add_threads_argument(sampling)
     parser.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds (default: at Ctrl-C)")
     parser.add_argument("--quiet", action="store_true", help="no line per note: turns and the summary only")
-
-
-def borrow_options(group, command: str, dests: tuple[str, ...]) -> None:
-    """Add another subcommand's options (by destination) to `group` as that command declares them."""
-    import importlib
-
-    donor = argparse.ArgumentParser(add_help=False)
-    importlib.import_module(f"musicgpt.commands.{command}").configure(donor)
-    actions = {action.dest: action for action in donor._actions}  # argparse lists a parser's options only here
-    for dest in dests:
-        group._add_action(actions[dest])
 
 
 def run(args: argparse.Namespace) -> int:
