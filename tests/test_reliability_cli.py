@@ -165,12 +165,14 @@ def test_generate_refuses_a_batch_that_cannot_fit_and_says_how_many_would(checkp
     assert not (tmp_path / "g").exists()
 
 
-def test_a_context_no_cache_can_hold_is_refused_before_generating(checkpoint, tmp_path, capsys):
+def test_a_context_no_cache_can_hold_is_refused_on_load(checkpoint, tmp_path, capsys):
     huge = tmp_path / "huge"
     shutil.copytree(checkpoint, huge)
     config = json.loads((huge / "config.json").read_text())
-    config["model"]["n_ctx"] = 10**10  # relative positions: no weight grows, the KV cache would be 7.7 TB
+    config["model"]["n_ctx"] = 10**10  # relative positions: no weight grows, one sequence's keys and values: 5.1 TB
     (huge / "config.json").write_text(json.dumps(config))
-    err = one_line_error(capsys, ["generate", str(huge), "--max-new-tokens", "2", "--quiet",
-                                  "--out", str(tmp_path / "g")])
-    assert "--num-samples 1: needs about" in err and "not even one sample fits" in err
+    for argv in (["generate", str(huge), "--max-new-tokens", "2", "--quiet", "--out", str(tmp_path / "g")],
+                 ["attend", str(PRIMER), "--checkpoint", str(huge), "--tokens", "8", "--out", str(tmp_path / "a")],
+                 ["heads", str(PRIMER), "--checkpoint", str(huge), "--out", str(tmp_path / "h")]):
+        err = one_line_error(capsys, argv)
+        assert "one 10000000000-token context" in err and "would need at least 5.1 TB of memory" in err

@@ -25,7 +25,7 @@ HUGE_SEED = "1180591620717411303424"  # 2**70
     ("finetune.lr=inf", "finetune.lr: must be a finite number"),
     ("data.stretch=nan", "data.stretch: must be a finite number"),
     ("model.d_model=1048576", "model: 8.8e+12 parameters"),
-    ("model.n_ctx=1000000000", "training: "),
+    ("model.n_ctx=1000000000", "one 1000000000-token context"),
     ("train.batch_size=1000000000", "train.batch_size 1000000000 x model.n_ctx 128 tokens would need at least"),
 ])
 def test_a_config_value_no_run_can_use_is_refused_by_name(override, words):

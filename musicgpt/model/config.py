@@ -50,8 +50,11 @@ class GPTConfig:
         for name in ("tie_weights", "bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"model.{name}: must be true or false, got {getattr(self, name)!r}")
-        # refused here, before torch allocates (and fails with a traceback) or the machine starts to swap
-        check_memory(self.weight_bytes(), f"model: {self.num_parameters():.3g} parameters ({self.describe()})")
+        # refused here, before torch allocates (and fails with a traceback) or the machine starts to swap: a model
+        # that cannot hold its weights and one sequence's keys and values over its context can do nothing here
+        check_memory(self.weight_bytes() + self.cache_bytes(),
+                     f"model: {self.num_parameters():.3g} parameters and one {self.n_ctx}-token context "
+                     f"({self.describe()})")
 
     def num_parameters(self) -> int:
         """The parameters a MusicGPT of this shape has (tied weights counted once), computed without building it."""
@@ -67,6 +70,10 @@ class GPTConfig:
     def weight_bytes(self) -> int:
         """Bytes of the weights in float32."""
         return self.num_parameters() * FLOAT_BYTES
+
+    def cache_bytes(self, batch: int = 1) -> int:
+        """Bytes of the keys and values of every layer over a full context, in float32 (a KV cache's least)."""
+        return 2 * self.n_layer * int(batch) * self.n_ctx * self.d_model * FLOAT_BYTES
 
     def forward_bytes(self, batch: int, length: int, training: bool = False, value_bytes: int = FLOAT_BYTES) -> int:
         """A lower bound on what one forward pass over batch x length tokens and its loss allocate beside the
