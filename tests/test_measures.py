@@ -20,7 +20,8 @@ from musicgpt.cli import main
 from musicgpt.errors import ConfigError
 from musicgpt.music.scores import read_notes
 from musicgpt.tokens.performance import PerformanceTokenizer
-from tiny_models import PRIMER, tiny_checkpoint, tiny_model
+from headless import chromium, console_errors, needs_chromium
+from tiny_models import FIXTURES, PRIMER, tiny_checkpoint, tiny_model
 
 TOK = PerformanceTokenizer()
 
@@ -172,3 +173,19 @@ def test_an_unknown_measure_is_refused_by_name(tmp_path, capsys):
     assert main(["generate", str(ckpt), "--measure", "norm", "--out", str(tmp_path)]) != 0
     err = capsys.readouterr().err
     assert "--measure: unknown measure 'saliency'" in err and "--measure: only with --arcs" in err
+
+
+@needs_chromium
+def test_the_viewer_says_which_measure_it_draws(tmp_path):
+    from musicgpt.arcs.format import read_arcs
+    from musicgpt.viz.viewer import write_html
+
+    d = read_arcs(FIXTURES / "arcs_tiny.json")  # from before the measure key: attention
+    pages = {"attention": write_html(d, tmp_path / "old.html"),
+             "rollout": write_html(dict(d, measure="rollout"), tmp_path / "rollout.html")}
+    with chromium("1000,700") as driver:
+        for measure, page in pages.items():
+            driver.get(page.resolve().as_uri())
+            driver.find_element("css selector", "#notes rect")
+            assert f" arcs by {measure} · " in driver.find_element("id", "stats").text
+            assert console_errors(driver) == []

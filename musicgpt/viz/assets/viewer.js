@@ -33,6 +33,7 @@
   // What the non-primer notes are: 'continuation' (generated), 'piece' (an existing piece, musicgpt attend), 'infill'.
   const LABEL = INFILL ? 'infill' : D.label === 'piece' ? 'piece' : 'continuation';
   const HEAD_NAMES = Array.isArray(D.head_names) ? D.head_names : null;  // [layer][head]: name or null
+  const MEASURE = (D.meta && D.meta.measure) || 'attention';  // what the arcs' weights measure (arcs.json "measure")
   const headName = (l, h) => (HEAD_NAMES && HEAD_NAMES[l] && HEAD_NAMES[l][h]) || null;
   // Surprisal (arcs.json's optional per-note "nll": the model's NLL of the note's tokens, in nats); NaN: unknown.
   const NLL = Array.isArray(D.notes.nll) ? Float64Array.from(D.notes.nll, (v) => (typeof v === 'number' ? v : NaN)) : null;
@@ -756,7 +757,7 @@
   $('title').textContent = D.title;
   const nArcs = AK.length, nPrimer = PRIMER.reduce((a, b) => a + b, 0);
   $('stats').textContent = N + ' notes (' + (nPrimer ? nPrimer + ' primer, ' + (N - nPrimer) + ' ' + LABEL : LABEL) + ') · ' + fmtTime(duration) +
-    ' · ' + nArcs.toLocaleString('en-US') + ' arcs · ' + NL + ' layers × ' + NH + ' heads';
+    ' · ' + nArcs.toLocaleString('en-US') + ' arcs by ' + MEASURE + ' · ' + NL + ' layers × ' + NH + ' heads';
   $('legend-cont').textContent = LABEL;
   document.querySelectorAll('.legend .primer-only').forEach((e) => { e.hidden = !hasPrimer; });
   $('legend-infill').hidden = !INFILL;
