@@ -84,7 +84,9 @@
       });
     }
     try {
-      D.piano = await window.MusicgptPiano.create(D.audio, { baseUrl: '/assets/piano/' });
+      const studio = window.musicgptStudio && window.musicgptStudio.piano();  // the live view's, if it decoded one
+      D.piano = await window.MusicgptPiano.create(D.audio, studio && studio.ready && studio.samples
+        ? { decoded: studio.samples } : { baseUrl: '/assets/piano/' });
     } catch (e) {
       line('the piano sound could not load: ' + (e && e.message ? e.message : e), true);
     }
