@@ -14,7 +14,7 @@
   // octave on the top letter row (sharps on the digits), going on with I 9 O 0 P.
   const ROWS = ['zsxdcvgbhnjm', 'q2w3er5t6y7ui9o0p'];
   const HANDOFF_S = 0.04;  // a model note goes to the instrument this long before it sounds (a later cancel stops it)
-  const PARAMS = ['wait', 'answer', 'temperature', 'top_p', 'top_k', 'min_p', 'seed', 'first_note'];
+  const PARAMS = ['wait', 'answer', 'temperature', 'top_p', 'top_k', 'min_p', 'seed', 'first_note', 'guidance'];
   const D = {
     mode: 'generate', ws: null, ready: null, turn: null, turns: [], health: null,
     notes: new Map(), arcs: new Map(), latest: -1,  // note id -> note / [[key, share], ...] by share, newest model note
