@@ -200,6 +200,10 @@ def test_inline_outputs_in_one_host_page_in_chromium(sample, atlas, tmp_path):
         driver.execute_script("dispatchEvent(new Event('resize'))")
         time.sleep(0.3)
         assert driver.execute_script(height) == rows
+        driver.find_element("id", "play").click()  # the sampled piano plays inside the sandboxed frame
+        _wait(driver, "const p = window.musicgptViewer.piano(); return !!p && p.voicesStarted > 2")
+        assert driver.execute_script("return window.musicgptViewer.audio().state") == "running"
+        driver.find_element("id", "play").click()
         driver.switch_to.default_content()
         driver.switch_to.frame(second)
         assert driver.execute_script("return document.querySelectorAll('#arcs path.arc').length") == before
