@@ -128,8 +128,8 @@ def request_options(args) -> dict:
              if getattr(args, name) is not None}
     if args.controls:
         given["controls"] = args.controls
-    if args.no_follow_primer:
-        given["follow_primer"] = False
+    if args.follow_primer is not None:
+        given["follow_primer"] = args.follow_primer
     return given
 
 
@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-p", type=float, default=None)
     parser.add_argument("--max-note-seconds", type=float, default=None)
     parser.add_argument("--controls", nargs="*", default=None, metavar="NAME=VALUE")
-    parser.add_argument("--no-follow-primer", action="store_true",
-                        help="no controls read from the primer (the set-up's follow_primer=False)")
+    parser.add_argument("--follow-primer", action=argparse.BooleanOptionalAction, default=None,
+                        help="controls read from the primer on or off (default: the set-up's follow_primer)")
     parser.add_argument("--copies", type=Path, default=CORPORA / "asap",
                         help="corpus whose train split the copy check indexes (default ASAP)")
     parser.add_argument("--no-copies", action="store_true", help="skip the copy check")

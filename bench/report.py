@@ -19,6 +19,7 @@ from typing import Callable
 
 from bench.format import shown, table
 from bench.plots import drawing
+from bench.report_continuation import section_continuation
 from bench.report_live import section_duet
 from bench.report_music import section_lengthgen, section_metrics
 from bench.report_speed import (section_attend_memory, section_attention, section_generate, section_gpu,
@@ -75,6 +76,8 @@ SECTIONS: dict[str, tuple[str, str, Callable[..., tuple[list[str], str]], str]] 
     "train": ("train.json", "Training throughput", section_train, "python -m bench.train"),
     "generate": ("generate.json", "Generation speed", section_generate, "python -m bench.generate"),
     "metrics": ("metrics.json", "Music metrics", section_metrics, "python -m bench.metrics"),
+    "continuation": ("continuation.json", "Continuations against the real next seconds", section_continuation,
+                     "python -m bench.continuation"),
     "attend_memory": ("attend_memory.json", "Attention arcs of a long piece: memory", section_attend_memory,
                       "python -m bench.attend_memory"),
     "studio": ("studio_latency.json", "Studio: first streamed note and streaming overhead", section_studio,

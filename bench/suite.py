@@ -84,6 +84,12 @@ def _duet(size: str, ctx: Context) -> list[str]:
                    "full": ["--phrases", "24"]}[size]
 
 
+def _continuation(size: str, ctx: Context) -> list[str]:
+    data = [] if ctx.shared else ["--asap", "examples", "--pop909", "-", "--split", "train", "--copies", "examples"]
+    return data + {"quick": ["--primers", "8", "--seeds", "1", "--seconds", "10", "--no-copies"], "default": [],
+                   "full": ["--primers", "80", "--seeds", "4"]}[size]
+
+
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("tokenize", "bench.tokenizer_speed", "tokenize.json",
               _by_size(["--every", "50", "--rounds", "2", "--crops", "500"],
@@ -96,6 +102,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("metrics", "bench.metrics", "metrics.json",
               _by_size(["--files", "12", "--rounds", "2"], ["--files", "40", "--rounds", "3"],
                        ["--files", "150", "--rounds", "3"])),
+    Benchmark("continuation", "bench.continuation", "continuation.json", _continuation),
     Benchmark("attend_memory", "bench.attend_memory", "attend_memory.json",
               _by_size(["--minutes", "1"], ["--minutes", "5"], [])),
     Benchmark("lengthgen", "bench.length_generalization", "lengthgen.json",

@@ -96,10 +96,10 @@ def test_follow_primer_reads_density_from_the_primer_unless_given_or_off():
     model, tokenizer = steering_model()
     dense = piece(5, seconds=1, rate=25.0)
     names = lambda plan: [tokenizer.token_name(int(t)) for t in plan.prompt[: len(plan.prompt) - len(plan.unconditional)]]
-    followed = names(prepare(model, tokenizer, GenerationRequest(primer=dense, seconds=1, seed=0)))
+    followed = names(prepare(model, tokenizer, GenerationRequest(primer=dense, seconds=1, seed=0, follow_primer=True)))
     assert any("density" in n and "high" in n for n in followed)
     given = names(prepare(model, tokenizer, GenerationRequest(primer=dense, seconds=1, seed=0,
-                                                                controls={"density": "low"})))
+                                                                follow_primer=True, controls={"density": "low"})))
     assert any("density" in n and "low" in n for n in given) and not any("high" in n for n in given)
     assert names(prepare(model, tokenizer, GenerationRequest(primer=dense, seconds=1, seed=0,
                                                              follow_primer=False))) == []

@@ -34,7 +34,7 @@ from musicgpt.music.notes import Notes
 from musicgpt.music.scores import read_notes
 from musicgpt.tokens import infill as fim
 from musicgpt.tokens.base import PerformanceEvents, Tokenizer
-from musicgpt.tokens.controls import parse_controls
+from musicgpt.tokens.controls import COMPUTED_CONTROLS, computed_values, parse_controls
 from musicgpt.tokens.registry import tokenizer_of
 
 __all__ = ["GenerationRequest", "GenerationSettings", "Plan", "prepare", "load_model_and_tokenizer", "control_header",
@@ -91,6 +91,7 @@ class GenerationRequest:
     stop_at_eos: bool = True  # False masks EOS
     max_note_seconds: float | None = None  # None: DEFAULT_MAX_NOTE_SECONDS, no limit when infilling; 0: never
     controls: Any = ()  # {name: value} or ["name=value", ...]
+    follow_primer: bool = False  # density/dynamics controls read from the primer, where the model knows them
     guidance: float = 1.0  # classifier-free guidance towards the controls (1: off)
     arcs: ArcsConfig | None = None  # capture attention arcs (None: no arcs)
     return_logits: bool = False
@@ -172,12 +173,18 @@ def prepare(model, tokenizer: Tokenizer, request: GenerationRequest, *, stacklev
             end_steps=gap_steps, **common)
         return Plan(prompt, unconditional, settings, piece, (start, end))
     max_new = request.max_new_tokens
+    followed = [n for n in getattr(tokenizer, "controls", None) or {} if n in COMPUTED_CONTROLS
+                and request.follow_primer and n not in parse_controls(request.controls)]  # room for their tokens
     if max_new is None:
         max_new = DEFAULT_NEW_TOKENS if request.seconds is None else max(
             MIN_TOKENS_FOR_SECONDS, int(request.seconds * TOKENS_PER_SECOND_CAP))
     music = np.r_[tokenizer.bos_id, primer_ids(request.primer, tokenizer, seconds=request.primer_seconds,
-                                               tokens=request.primer_tokens, max_tokens=n_ctx - 1 - len(header),
+                                               tokens=request.primer_tokens,
+                                               max_tokens=n_ctx - 1 - len(header) - len(followed),
                                                stacklevel=stacklevel + 1)].astype(np.int64)
+    if request.follow_primer:
+        followed_values = primer_controls(tokenizer, music[1:])  # what the user gives wins
+        header = control_header(tokenizer, {**followed_values, **parse_controls(request.controls)})
     max_note = DEFAULT_MAX_NOTE_SECONDS if request.max_note_seconds is None else request.max_note_seconds
     settings = GenerationSettings(max_new_tokens=int(max_new), seconds=request.seconds,
                                   stop_at_eos=bool(request.stop_at_eos), max_note_seconds=float(max_note or 0.0),
@@ -240,6 +247,13 @@ def control_header(tokenizer: Tokenizer, controls) -> np.ndarray:
         raise ConfigError("controls: this model was trained without control tokens (train with data.controls, "
                           "or use a model that has them)")
     return tokenizer.header(values)
+
+
+def primer_controls(tokenizer: Tokenizer, ids: np.ndarray) -> dict[str, str]:
+    """The computed controls (density, dynamics) the tokenizer knows, measured on the primer's music tokens
+    (`tokens.controls.computed_values`): what "follow the primer" tells the model ({} without them or notes)."""
+    known = [n for n in getattr(tokenizer, "controls", None) or {} if n in COMPUTED_CONTROLS]
+    return computed_values(ids, tokenizer, known) if known and len(ids) else {}
 
 
 def pinned_header(tokenizer: Tokenizer, prompt: np.ndarray) -> int:

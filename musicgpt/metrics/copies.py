@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from musicgpt.errors import MusicGPTError
 from musicgpt.metrics.folder import FolderNotes, folder_notes
+from musicgpt.music.midi import primer_track_notes
 from musicgpt.music.notes import Notes
 
 COPY_GRID = 0.01  # seconds: onsets are rounded to this grid (the PerformanceTokenizer's time step)
@@ -176,9 +177,19 @@ class CopyIndex:
     def n_notes(self) -> int:
         return int(self.offsets[-1])
 
-    def longest_run(self, notes: Notes) -> CopyMatch:
-        """The longest run `notes` shares with any training piece, which piece and where (module docstring)."""
+    def longest_run(self, notes: Notes, exclude: Notes | None = None) -> CopyMatch:
+        """The longest run `notes` shares with any training piece, which piece and where (module docstring).
+
+        exclude: notes that are not the model's (a primed sample's primer, an infilled piece's kept notes): they
+        leave the sequence before the search (same onset step and pitch), so a primer taken from the training
+        data is not a copy, while generated notes that go on copying its piece still are; generated_note counts
+        in the whole sequence, generated_notes the notes searched."""
         seq = NoteSequence.from_notes(notes, self.grid)
+        kept = np.arange(len(seq))
+        if exclude is not None and len(exclude):
+            given = NoteSequence.from_notes(exclude, self.grid)
+            kept = np.flatnonzero(~np.isin(seq.step * 128 + seq.pitch, given.step * 128 + given.pitch))
+            seq = NoteSequence(seq.pitch[kept], seq.step[kept])
         m, k = len(seq), self.seed
         if m < k or not len(self._sorted):
             return CopyMatch(0, generated_notes=m)
@@ -212,7 +223,7 @@ class CopyIndex:
         length = self._exact_length(seq, g, t)
         piece = int(self.piece_of[t])
         return CopyMatch(
-            length, piece, self.names[piece], g, t - int(self.offsets[piece]),
+            length, piece, self.names[piece], int(kept[g]), t - int(self.offsets[piece]),
             (float(seq.step[g] * self.grid), float(seq.step[g + length - 1] * self.grid)),
             (float(self.step[t] * self.grid), float(self.step[t + length - 1] * self.grid)), m)
 
@@ -392,13 +403,15 @@ class CopyCheck:
 
 def check_copies(generated: FolderNotes, training: TrainingSet, threshold: int = COPY_THRESHOLD,
                  grid: float = COPY_GRID, seed: int = COPY_SEED, progress: bool = True) -> CopyCheck:
-    """Index `training` once, then find each generated piece's longest shared run (module docstring)."""
+    """Index `training` once, then find each generated piece's longest shared run (module docstring), the notes
+    of a file's "primer" track (as `musicgpt generate` writes a primed sample) left out: they are not the model's."""
     if threshold < 0:
         raise CopyCheckError(f"the copy threshold must be at least 0 notes, got {threshold}")
     began = time.perf_counter()
     index = CopyIndex(training.pieces, training.names, grid=grid, seed=seed)
     indexed = time.perf_counter()
-    matches = [index.longest_run(notes) for notes in
-               tqdm(generated.notes, desc="copy check", unit="piece", disable=not progress)]
+    matches = [index.longest_run(notes, exclude=primer_track_notes(path)) for path, notes in
+               tqdm(list(zip(generated.files, generated.notes)), desc="copy check", unit="piece",
+                    disable=not progress)]
     seconds = {"index": indexed - began, "search": time.perf_counter() - indexed}
     return CopyCheck(generated, training, matches, threshold, grid, seed, index.n_notes, seconds)
