@@ -46,7 +46,8 @@ def package_tree() -> tuple[set[str], set[str]]:
     """(modules, folders) under musicgpt/; a folder's __init__.py goes with the folder, and a folder that
     is not a room of its own (assets/, csrc/) stands for everything in it."""
     folders = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*")
-               if p.is_dir() and "__pycache__" not in p.parts}
+               if p.is_dir() and "__pycache__" not in p.parts
+               and len(p.relative_to(PACKAGE).parts) <= 2}  # assets/piano/ goes with assets/
     modules = set()
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE)
