@@ -157,14 +157,15 @@ def remeasure(model, tokenizer, doc: dict, ids, measure: str, config: ArcsConfig
 
 
 def rank_candidates(tr: Trace, ctx: QueryContext, n_notes: int, count: int | None, rank_by: str) -> np.ndarray:
-    """Indices into ctx.past of the `count` past notes `rank_by` (a cheap measure, the last layer's head mean,
-    as the viewer draws) scores highest, in order of their tokens; every past note when count is None."""
+    """Indices into ctx.past of the `count` past notes `rank_by` (a cheap measure, averaged over every layer and
+    head: the aggregate that finds influential notes best, docs/benchmarks.md) scores highest, in order of their
+    tokens; every past note when count is None."""
     if count is None or count >= len(ctx.past):
         return np.arange(len(ctx.past))
     on = len(ctx.ids) - 1
     scores = note_scores(token_scores(tr, [on], rank_by), ctx.owner, np.array([ctx.note]), n_notes)
-    viewer = scores[-1, :, 0].mean(0)[ctx.past]  # (P,)
-    return np.sort(np.argsort(-viewer, kind="stable")[:count])
+    overall = scores[:, :, 0].mean((0, 1))[ctx.past]  # (P,)
+    return np.sort(np.argsort(-overall, kind="stable")[:count])
 
 
 @torch.no_grad()
