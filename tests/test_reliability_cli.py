@@ -6,6 +6,8 @@ import shutil
 import time
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 
 import musicgpt
@@ -176,3 +178,17 @@ def test_a_context_no_cache_can_hold_is_refused_on_load(checkpoint, tmp_path, ca
                  ["heads", str(PRIMER), "--checkpoint", str(huge), "--out", str(tmp_path / "h")]):
         err = one_line_error(capsys, argv)
         assert "one 10000000000-token context" in err and "would need at least 5.1 TB of memory" in err
+
+
+def test_python_threads_and_an_evaluation_window_are_checked_too(checkpoint):
+    """The Python API refuses what the CLI refuses: threads < 1, and a window that cannot fit in memory."""
+    import musicgpt
+    from musicgpt.errors import ConfigError
+    from musicgpt.training.evaluate import evaluate_checkpoint
+
+    model = musicgpt.load_model(checkpoint)
+    with pytest.raises(ConfigError, match="threads"):
+        musicgpt.generate(model, max_new_tokens=4, threads=-1)
+    with pytest.raises(ConfigError, match="--context 1000000000"):
+        evaluate_checkpoint(checkpoint, [Path(__file__).parent / "fixtures" / "pop909_331.mid"], context=10**9,
+                            progress=False)

@@ -34,19 +34,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the figures (one of them the line `nll <number>`)."""
-    from musicgpt.device import check_memory, pick_device
+    from musicgpt.device import pick_device
     from musicgpt.errors import ConfigError
     from musicgpt.model.config import GPTConfig
-    from musicgpt.training.evaluate import evaluate_checkpoint, write_json
+    from musicgpt.training.evaluate import check_context, evaluate_checkpoint, write_json
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
     path = checkpoint_of(args)
     config = GPTConfig.from_checkpoint(path)
-    context = args.context or config.n_ctx  # one window at least, before a forward pass allocates it
-    window = config.forward_bytes(1, context, value_bytes=4 if args.precision == "fp32" else 2)
-    check_memory(config.weight_bytes() + window, f"--context {context}: a window of {context} tokens",
-                 pick_device(args.device))
+    check_context(config, args.context or config.n_ctx, pick_device(args.device), args.precision)  # before loading
     result = evaluate_checkpoint(path, args.data, split=args.split, context=args.context,
                                  stride=args.stride, batch_size=args.batch_size, device=args.device,
                                  precision=args.precision, progress=not args.quiet, controls=args.control,

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from musicgpt.arcs.capture import ArcsConfig, AttentionRecorder, arcs_document, note_nll, query_rows, token_owners
+from musicgpt.errors import ConfigError
 from musicgpt.generation.constraints import GrammarMask, LongNoteLimit, TimeLimit
 from musicgpt.generation.guidance import Guidance
 from musicgpt.generation.sample import Sample
@@ -99,6 +100,8 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
 
 def run(model, tokenizer: Tokenizer, plan: Plan, *, progress: bool = False, threads: int | None = 1) -> list[Sample]:
     """Generate a prepared plan to its end (eval mode, `threads` CPU threads) and return its raw samples."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads: a whole number >= 1 (or None: leave torch's), got {threads!r}")
     with _eval_threads(model, threads if next(model.parameters()).device.type == "cpu" else None):
         return _run(Generation.from_plan(model, tokenizer, plan), progress)
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from musicgpt.corpus.shards import Split, open_split, read_manifest, verify
 from musicgpt.music.midi import midi_files
-from musicgpt.device import autocast_dtype, pick_device
+from musicgpt.device import autocast_dtype, check_memory, pick_device
 from musicgpt.training.conditioning import doc_composers
 from musicgpt.training.data import IGNORE_INDEX, Specials, batch_windows, windows
 from musicgpt._io import atomic_write_text
@@ -175,14 +175,17 @@ def tokenize_files(paths: list[Path], tokenizer) -> tuple[Split, list[str]]:
     return Split(np.concatenate(docs), offsets), skipped
 
 
-def check_context(model_config, context: int) -> None:
-    """Absolute position embeddings end at n_ctx: refuse longer contexts with a clear reason."""
+def check_context(model_config, context: int, device="cpu", precision: str = "fp32") -> None:
+    """Refuse a context the model cannot score (absolute position embeddings end at n_ctx) or whose window cannot
+    fit in the device's memory, before a forward pass allocates it, with a clear reason."""
     if context < 1:
         raise ConfigError(f"--context: must be positive, got {context}")
     if model_config.position != "relative" and context > model_config.n_ctx:
         raise ConfigError(f"--context {context}: this model has absolute position embeddings for "
                           f"{model_config.n_ctx} positions only, so it cannot score longer windows "
                           f"(models with relative attention can); use --context {model_config.n_ctx} or less")
+    window = model_config.forward_bytes(1, context, value_bytes=4 if precision == "fp32" else 2)
+    check_memory(model_config.weight_bytes() + window, f"--context {context}: a window of {context} tokens", device)
 
 
 def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Path], *, split: str = "test",
@@ -221,7 +224,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path | None, data: list[str | Pat
         used_split = None
     context = context or model.config.n_ctx
     stride = stride or context
-    check_context(model.config, context)
+    check_context(model.config, context, dev, precision)
     if not 0 < stride <= context:
         raise ConfigError(f"--stride: must be in 1..{context} (the context), got {stride}")
     specials = Specials(tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
