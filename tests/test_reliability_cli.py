@@ -4,9 +4,9 @@ thing and the reason, never a traceback, an allocation that takes the machine do
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 import pytest
 
