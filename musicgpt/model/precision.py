@@ -13,7 +13,7 @@ At batch 1 a decode step reads every weight once, so fewer bytes per weight shou
   is its decode step; `decoder_for(model)` picks the step of either kind of model.
 
 Measured on the project's 2-core Xeon (Ice Lake: avx512_vnni, no avx512_bf16, no AMX; bench/decode_speed.py,
-docs/benchmarks.md): bfloat16 decodes at 0.5-0.6x the tokens/s of float32, int8 at 1.05-1.5x (step) and
+docs/benchmarks.md): bfloat16 decodes at 0.5-0.7x the tokens/s of float32, int8 at 1.05-1.5x (step) and
 1.0-1.2x (generation's loop), both within 0.001 nats of float32's test NLL: neither reaches the 1.5x that
 would make it worth offering, so generation does not use this module; it is here to be measured again on
 other CPUs (bfloat16 wants avx512_bf16 or AMX). int8 gains less than its 4x fewer weight bytes because the
