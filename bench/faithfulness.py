@@ -164,7 +164,7 @@ def on_demand(model, tokenizer, pieces: list[Path], context: int, candidates: li
         print(f"on demand: {path.name} note {note}, {len(ctx.ids)} tokens of context, {len(ctx.past)} past notes, "
               f"{rows[-1]['scored']} scored in {rows[-1]['seconds']} s", flush=True)
     return {"piece": path.name, "note": note, "context_tokens": int(len(ctx.ids)), "past_notes": int(len(ctx.past)),
-            "rank_by": "attention", "runs": rows, "threads": torch.get_num_threads(), "machine": machine_info()}
+            "rank_by": "attention, all layers and heads", "runs": rows, "threads": torch.get_num_threads(), "machine": machine_info()}
 
 
 def _pm(fig: dict) -> str:
