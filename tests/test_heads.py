@@ -255,6 +255,10 @@ def test_heads_importance_flag_writes_it_beside_the_names(checkpoint, tmp_path, 
     assert np.array(atlas["importance"]).shape == (2, 2) and atlas["importance_tokens"] == 80
     assert (tmp_path / "heads_importance.png").stat().st_size > 1000
     assert "most important heads" in capsys.readouterr().out
+    doc = {"n_layer": 2, "n_head": 2, "model": atlas["model"]}
+    names = head_names_for(atlas, doc)  # the viewer's tooltips: the name and what knocking the head out costs
+    assert names[1][0] == f"{atlas['names'][1][0] or 'unnamed'} · knocked out +{atlas['importance'][1][0]:.3f} nats"
+    assert head_names_for(dict(atlas, importance=None), doc) == atlas["names"]
     broken = dict(atlas, importance=[[0.1, float("nan")], [0.0, 0.0]])
     with pytest.raises(HeadsFormatError, match="'importance' must be 2 lists of 2 finite numbers"):
         validate_heads(broken)

@@ -121,7 +121,8 @@ def write_heads(d: dict, path: str | os.PathLike) -> Path:
 
 
 def head_names_for(atlas: dict, arcs_doc: dict, source: str = "heads.json") -> list[list[str | None]]:
-    """The atlas's head names for an arcs.json dict, refused when the atlas describes another model."""
+    """The atlas's head names for an arcs.json dict (with its importance when it has one), refused when the atlas
+    describes another model."""
     if (atlas["n_layer"], atlas["n_head"]) != (arcs_doc["n_layer"], arcs_doc["n_head"]):
         raise HeadsFormatError(f"{source}: describes a model of {atlas['n_layer']} layers x {atlas['n_head']} heads, "
                                f"the arcs one of {arcs_doc['n_layer']} x {arcs_doc['n_head']}")
@@ -130,7 +131,11 @@ def head_names_for(atlas: dict, arcs_doc: dict, source: str = "heads.json") -> l
     if differ:
         raise HeadsFormatError(f"{source}: describes another model than the arcs ({differ[0]} "
                                f"{mine[differ[0]]!r} vs {theirs[differ[0]]!r})")
-    return [list(row) for row in atlas["names"]]
+    if atlas.get("importance") is None:
+        return [list(row) for row in atlas["names"]]
+    # the viewer's tooltips also say what knocking the head out costs (heads --importance)
+    return [[f"{name or 'unnamed'} · knocked out +{value:.3f} nats"[:MAX_NAME] for name, value in zip(names, values)]
+            for names, values in zip(atlas["names"], atlas["importance"])]
 
 
 def _figure(width: float, height: float, dpi: int):
