@@ -7,7 +7,9 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import platform
 import socket
+import sys
 import tempfile
 import weakref
 
@@ -341,3 +343,16 @@ def test_a_restart_skips_unfinished_or_foreign_take_folders_and_serves_no_outsid
         assert store.new_take() == 5  # numbering goes on past every folder, listed or not
     finally:
         store.close()
+
+
+def test_each_take_hands_the_memory_it_freed_back_to_the_system(monkeypatch):
+    trims = []
+    monkeypatch.setattr(takes_module, "release_freed_memory", lambda: trims.append(1))
+    with serve_tiny() as (server, app):
+        events_of(server, {"max_new_tokens": "5"})
+        events_of(server, {"seed": "1180591620717411303424"})  # refused before it runs: nothing to trim
+        events_of(server, {"max_new_tokens": "5", "num_samples": "2"})
+        assert wait_until(lambda: idle(app)) and len(trims) == 2
+    monkeypatch.undo()
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert takes_module.release_freed_memory() is glibc  # elsewhere it does nothing

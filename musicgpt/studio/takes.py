@@ -15,6 +15,9 @@ when first asked for.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 from concurrent.futures import ThreadPoolExecutor
 import threading
 import time
@@ -49,6 +52,31 @@ FORM_CUT_CHOICE = "primer_seconds or primer_tokens (fields)"  # how a client cho
 
 QUIET_WAIT_S = 30.0  # the longest the file writer waits for a take to reach its first new note
 WRITE_DELAY_S = 0.5  # after `done`: a client that starts its next take at once does so before the writer
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's free memory back to the system (glibc's malloc_trim; elsewhere nothing); whether it ran.
+
+    Measured on the bundled model: after 20 and after 70 short takes the server's RSS was 607 and 646 MB, and
+    509 and 510 MB after a trim; the Python objects did not grow. A long session's RSS kept what glibc had
+    freed but not returned; trimmed after each take, it stays at what is in use."""
+    if _LIBC is None:
+        return False
+    _LIBC.malloc_trim(0)  # a ctypes call releases the GIL: the server's loop goes on meanwhile
+    return True
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None  # musl has none
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
 
 
 def _wav_maker(midi: Path):
@@ -102,6 +130,12 @@ class TakeRunner:
 
     def __call__(self, job: Job) -> str:
         """Run one take to its end; returns its outcome (done, stopped, disconnected or error)."""
+        try:
+            return self._take(job)
+        finally:  # the take's frame is gone: its KV cache and arcs are freed, and handed back to the system
+            release_freed_memory()
+
+    def _take(self, job: Job) -> str:
         request: TakeRequest = job.request
         torch.set_num_threads(self.threads)  # generation of one batch is fastest on one thread
         self._quiet.clear()
