@@ -1,7 +1,7 @@
 """arcs.json: attention arcs over the notes of a piece (build, validate, read, write, and stream-write; no torch).
 
 The format is specified in docs/arcs-format.md (version 1: notes, arcs per layer and head, the optional
-keys kind, measure, head_names, infill, and per note nll and part); `validate_arcs` checks every rule there.
+keys kind, measure, measures, head_names, infill, and per note nll and part); `validate_arcs` checks every rule there.
 """
 
 from __future__ import annotations
@@ -153,9 +153,28 @@ def document_measure(d: Mapping[str, Any]) -> str:
     return d.get("measure", "attention")
 
 
+def document_measures(d: Mapping[str, Any]) -> dict[str, list]:
+    """Every measure's arcs in a document: its own ("arcs", by `document_measure`) first, then those of its optional
+    "measures" object (files with arcs of several measures over the same notes)."""
+    return {document_measure(d): d["arcs"], **d.get("measures", {})}
+
+
 def _validate_optional(d: dict, fail) -> None:
     if "measure" in d and d["measure"] not in MEASURES:
         fail(f"'measure' must be one of {', '.join(map(repr, MEASURES))}, got {d['measure']!r}")
+    if "measures" in d:  # arcs of other measures over the same notes, each list by the rules of "arcs"
+        others = d["measures"]
+        if not isinstance(others, dict):
+            fail(f"'measures' must be an object (measure name -> list of arcs), got {type(others).__name__}")
+        for name, arcs in others.items():
+            if name not in MEASURES:
+                fail(f"'measures' has {name!r}; measure names are {', '.join(map(repr, MEASURES))}")
+            if name == document_measure(d):
+                fail(f"'measures' repeats the file's own measure {name!r} (its arcs are 'arcs')")
+            if not isinstance(arcs, list):
+                fail(f"'measures'[{name!r}] must be a list of arcs, got {type(arcs).__name__}")
+            _validate_arcs(arcs, d["notes"], d["n_layer"], d["n_head"],
+                           lambda msg, name=name: fail(f"'measures'[{name!r}]: {msg}"))
     if "kind" in d and d["kind"] not in KINDS:
         fail(f"'kind' must be one of {', '.join(map(repr, KINDS))}, got {d['kind']!r}")
     if "infill" in d:
@@ -275,13 +294,22 @@ def write_arcs(d: dict, path: str | os.PathLike) -> None:
     """Validate `d` and write it atomically: one note or arc per line, so diffs and greps stay readable."""
     path = Path(path)
     validate_arcs(d, source=f"{path} (not written)")
-    head = {k: v for k, v in d.items() if k not in ("notes", "arcs")}
+    head = {k: v for k, v in d.items() if k not in ("notes", "arcs", "measures")}
+    others = list(d.get("measures", {}).items())
     lines = [json.dumps(head, separators=(", ", ": "))[:-1] + ","]
-    for key in ("notes", "arcs"):
-        items = d[key]
-        lines.append(f'"{key}": [')
+
+    def add(key: str, items: list, last: bool) -> None:
+        lines.append(f"{key}: [")
         lines.extend(json.dumps(x, separators=(",", ":")) + ("," if i < len(items) - 1 else "") for i, x in enumerate(items))
-        lines.append("]," if key == "notes" else "]")
+        lines.append("]" if last else "],")
+
+    add('"notes"', d["notes"], False)
+    add('"arcs"', d["arcs"], not others)
+    if others:  # arcs of other measures: one arc per line too
+        lines.append('"measures": {')
+        for j, (name, arcs) in enumerate(others):
+            add(json.dumps(name), arcs, j == len(others) - 1)
+        lines.append("}")
     lines.append("}")
     atomic_write_text(path, "\n".join(lines) + "\n", make_parents=True)
 

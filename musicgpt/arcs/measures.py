@@ -14,7 +14,8 @@ a key note's score is the sum over its tokens (its NOTE_ON and the VELOCITY befo
                (`musicgpt.arcs.influence`); no layers or heads
 
 Influence on demand for one note (`note_influence`) and for a whole piece (`influence_arcs`) scores only the
-past notes a cheap measure ranks highest; `remeasure` turns a document's arcs into another measure's.
+past notes a cheap measure ranks highest; `remeasure` turns a document's arcs into another measure's, and
+`with_measures` gives one document the arcs of several (arcs.json's "measures", the viewer's measure switch).
 
 Every cheap measure's row sums to 1 over the keys (shares), as attention does, so any of them fits
 arcs.json's weights. For a piece longer than n_ctx tokens the cheap measures beyond `attention` are
@@ -29,8 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from musicgpt.arcs.capture import ArcsConfig, NoteArcs, NoteArcsStream, query_rows
-from musicgpt.arcs.format import DEFAULT_MEASURE, MEASURES  # noqa: F401 (DEFAULT_MEASURE: re-exported)
+from musicgpt.arcs.capture import ArcsConfig, NoteArcs, NoteArcsStream, attend_notes, query_rows
+from musicgpt.arcs.format import (DEFAULT_MEASURE, MEASURES, ArcsDocument,  # noqa: F401 (DEFAULT_MEASURE: re-exported)
+                                  document_measure, document_measures, validate_arcs)
 from musicgpt.arcs.forward import Trace, trace
 from musicgpt.arcs.influence import Maps, QueryContext, influence, piece_maps, query_context
 from musicgpt.errors import ConfigError
@@ -44,6 +46,21 @@ def check_measure(name: str, what: str = "measure") -> str:
     if name not in MEASURES:
         raise ConfigError(f"{what}: unknown measure {name!r}; choose one of {', '.join(MEASURES)}")
     return name
+
+
+def check_measures(names: str, what: str = "--measure") -> list[str]:
+    """The measures of a comma-separated list ("attention,norm"), each once, in order; a ConfigError naming `what`
+    for an unknown or repeated one."""
+    out = [check_measure(name.strip(), what) for name in names.split(",")]
+    if len(set(out)) < len(out):
+        raise ConfigError(f"{what}: a measure is named twice in {names!r}")
+    return out
+
+
+def arc_rows(arcs: NoteArcs) -> list[dict]:
+    """The arcs of `arcs` as arcs.json dicts, weights rounded as `build_arcs` rounds them (4 significant digits)."""
+    arcs.weight = np.minimum(1.0, [float(f"{w:.4g}") for w in arcs.weight.tolist()])
+    return arcs.as_dict_rows()
 
 
 def rollout_matrices(mean_probs: list[Tensor]) -> list[Tensor]:
@@ -134,25 +151,41 @@ def measure_stream(model, ids, tokenizer, measure: str, *, config: ArcsConfig | 
 
 
 def remeasure(model, tokenizer, doc: dict, ids, measure: str, config: ArcsConfig | None = None, *,
-              candidates: int | None = 16, progress: bool = False) -> dict:
+              candidates: int | None = 16, progress: bool = False) -> ArcsDocument:
     """The arcs.json dict `doc` of the token sequence `ids` with its arcs made by `measure` instead (notes, header
-    and surprisal kept; "measure" set). `candidates`: influence's, as `influence_arcs`."""
-    from musicgpt.arcs.format import validate_arcs
-
+    and surprisal kept; "measure" set; a "measures" object left out). `candidates`: influence's, as
+    `influence_arcs`."""
     check_measure(measure)
     config = config or ArcsConfig(**doc.get("arcs_params", {}))
-    if measure == "attention":
-        return dict(doc, measure=measure)
+    doc = {k: v for k, v in doc.items() if k != "measures"}
+    if measure == "attention" and document_measure(doc) == "attention":
+        return ArcsDocument(doc, measure=measure)
     if measure == "influence":
         arcs = influence_arcs(model, ids, piece_maps(tokenizer, ids), config, candidates=candidates, progress=progress)
+    elif measure == "attention":
+        arcs = attend_notes(model, ids, tokenizer, config=config, progress=progress).result()
     else:
         arcs = measure_stream(model, ids, tokenizer, measure, config=config, progress=progress).result()
     if len(arcs.note_token) != len(doc["notes"]):
         raise ConfigError(f"{measure}: the token ids decode to {len(arcs.note_token)} notes, the arcs document has "
                           f"{len(doc['notes'])}")
-    arcs.weight = np.minimum(1.0, [float(f"{w:.4g}") for w in arcs.weight.tolist()])  # as build_arcs rounds
-    out = dict(doc, measure=measure, arcs=arcs.as_dict_rows())
+    out = ArcsDocument(doc, measure=measure, arcs=arc_rows(arcs))
     validate_arcs(out, source=f"arcs by {measure}")
+    return out
+
+
+def with_measures(model, tokenizer, doc: dict, ids, measures: list[str], config: ArcsConfig | None = None, *,
+                  candidates: int | None = 16, progress: bool = False) -> ArcsDocument:
+    """`doc` with the arcs of several measures (arcs.json's "measures"): `measures[0]`'s in "arcs", drawn first,
+    the others' under "measures"; the viewer switches between them. Arcs `doc` already has are reused."""
+    have = document_measures(doc)
+    made = {m: have[m] if m in have else
+            remeasure(model, tokenizer, doc, ids, m, config, candidates=candidates, progress=progress)["arcs"]
+            for m in dict.fromkeys(check_measure(m) for m in measures)}
+    first, *rest = made
+    base = {k: v for k, v in doc.items() if k != "measures"}
+    out = ArcsDocument(base, measure=first, arcs=made[first], **({"measures": {m: made[m] for m in rest}} if rest else {}))
+    validate_arcs(out, source="arcs of several measures")
     return out
 
 

@@ -44,9 +44,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-weight", type=float, default=0.01, metavar="W", help="drop arcs lighter than W (default 0.01)")
     parser.add_argument("--row-top-k", type=int, default=64, metavar="K",
                         help="per token, layer and head: keep the K heaviest keys (default 64)")
-    parser.add_argument("--measure", default=None, metavar="NAME",
+    parser.add_argument("--measure", default=None, metavar="NAME[,NAME...]",
                         help="what the arcs measure: attention, norm, rollout or influence (default: "
-                             "musicgpt.arcs.format.DEFAULT_MEASURE; see docs/arcs-format.md)")
+                             "musicgpt.arcs.format.DEFAULT_MEASURE; see docs/arcs-format.md); several, comma-"
+                             "separated: one file with the arcs of each (the first drawn first, the viewer switches; "
+                             "held in memory as dicts, unlike one measure's)")
     parser.add_argument("--influence-candidates", type=int, default=16, metavar="N",
                         help="--measure influence: per note, hide only the N past notes attention ranks highest "
                              "(default 16; 0: every past note, slow)")
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from musicgpt.arcs.capture import ArcsConfig, NoteArcs, attend_notes, note_document, primer_track_mask
-    from musicgpt.arcs.format import write_arcs_columns
+    from musicgpt.arcs.format import write_arcs, write_arcs_columns
     from musicgpt.errors import ConfigError
     from musicgpt.generation.primer import primer_ids
     from musicgpt.music.scores import read_notes
@@ -73,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
 
     from musicgpt.arcs.format import DEFAULT_MEASURE
     from musicgpt.arcs.influence import piece_maps
-    from musicgpt.arcs.measures import check_measure, influence_arcs, measure_stream
+    from musicgpt.arcs.measures import arc_rows, check_measures, influence_arcs, measure_stream
 
     source = args.file
-    measure = check_measure(args.measure or DEFAULT_MEASURE, "--measure")
+    measures = check_measures(args.measure or DEFAULT_MEASURE, "--measure")
+    measure = measures[0]
     if args.influence_candidates < 0:
         raise ConfigError(f"--influence-candidates: must be >= 0 (0: every past note), got {args.influence_candidates}")
     if args.html_max_arcs < 0:
@@ -100,15 +103,18 @@ def run(args: argparse.Namespace) -> int:
                                                      "model": model.config.to_dict()}, source=str(args.heads))
     if args.threads:
         torch.set_num_threads(args.threads)
-    if measure in ("norm", "rollout"):
-        stream = measure_stream(model, ids, tokenizer, measure, config=config, progress=not args.quiet)
-    else:  # attention's arcs, and each note's surprisal for influence
+    by_measure, stream = {}, None
+    for m in measures:
+        if m == "influence":
+            by_measure[m] = influence_arcs(model, ids, piece_maps(tokenizer, ids), config, progress=not args.quiet,
+                                           candidates=args.influence_candidates or None)
+            continue
+        made = (measure_stream(model, ids, tokenizer, m, config=config, progress=not args.quiet) if m != "attention"
+                else attend_notes(model, ids, tokenizer, config=config, progress=not args.quiet))
+        by_measure[m], stream = made.result(), stream or made
+    if stream is None:  # influence alone: attention's pass gives the notes and each note's surprisal
         stream = attend_notes(model, ids, tokenizer, config=config, progress=not args.quiet)
-    if measure == "influence":
-        arcs = influence_arcs(model, ids, piece_maps(tokenizer, ids), config, progress=not args.quiet,
-                              candidates=args.influence_candidates or None)
-    else:
-        arcs = stream.result()
+    arcs = by_measure[measure]
     no_arcs = NoteArcs(*(np.zeros(0, np.int64) for _ in range(5)), note_token=arcs.note_token)
     doc = note_document(stream.notes, no_arcs, tokenizer, model.config, config, primer_mask=primer_mask,
                         nll=stream.note_nll(), source=f"musicgpt attend {source.name}", measure=measure,
@@ -116,9 +122,18 @@ def run(args: argparse.Namespace) -> int:
     mean_nll = float(np.nanmean(stream.token_nll)) if len(stream.token_nll) > 1 else float("nan")
     del stream
     arcs_path, html_path = out / f"{source.stem}.arcs.json", out / f"{source.stem}.html"
-    write_arcs_columns(doc, arcs, arcs_path)  # rounds arcs.weight in place to what the file holds
+    if len(measures) > 1:  # one file with every measure's arcs (the viewer switches between them)
+        doc = dict(doc, arcs=arc_rows(arcs), measures={m: arc_rows(by_measure[m]) for m in measures[1:]})
+        write_arcs(doc, arcs_path)
+    else:
+        write_arcs_columns(doc, arcs, arcs_path)  # rounds arcs.weight in place to what the file holds
     n_arcs, written = len(arcs), [str(arcs_path)]
-    if args.html_max_arcs:
+    if args.html_max_arcs and len(measures) > 1:
+        page = dict(doc, arcs=_page_rows(arcs, args.html_max_arcs // len(measures)),
+                    measures={m: _page_rows(by_measure[m], args.html_max_arcs // len(measures)) for m in measures[1:]})
+        write_html(page, html_path, title=source.name)
+        written.append(str(html_path))
+    elif args.html_max_arcs:
         if n_arcs > args.html_max_arcs:
             keep, cut = _heaviest(arcs.weight, args.html_max_arcs)
             print(f"note: the viewer page holds the {int(keep.sum()):,} heaviest of {n_arcs:,} arcs (weight > "
@@ -129,9 +144,18 @@ def run(args: argparse.Namespace) -> int:
         del arcs
         write_html(page, html_path, title=source.name)
         written.append(str(html_path))
-    print(f"wrote {', '.join(written)} ({len(doc['notes'])} notes, {n_arcs} arcs by {measure}, "
+    print(f"wrote {', '.join(written)} ({len(doc['notes'])} notes, {n_arcs} arcs by {measure}"
+          + "".join(f", {len(by_measure[m])} by {m}" for m in measures[1:]) + ", "
           f"{doc['n_layer']} layers x {doc['n_head']} heads, NLL {mean_nll:.4f} nats a token)")
     return 0
+
+
+def _page_rows(arcs, limit: int) -> list[dict]:
+    """The arcs a viewer page of several measures embeds: at most `limit` (>= 1) of `arcs`, the heaviest."""
+    if len(arcs) > max(1, limit):
+        keep, _ = _heaviest(arcs.weight, max(1, limit))
+        arcs = type(arcs)(*(getattr(arcs, name)[keep] for name in ("query", "key", "layer", "head", "weight")))
+    return arcs.as_dict_rows()
 
 
 def _heaviest(weight: np.ndarray, limit: int) -> tuple[np.ndarray, float]:
