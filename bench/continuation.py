@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 copies["generated"].append(run_)
                 s["longest_copied_run"] = run_
             s.update(within=within, measures=scalars(m),
-                     distances={k: spread.distance(k, m[k]) for k in PROFILES})
+                     distances={k: spread.distance(k, m[k]) for k in MEASURES})
             row["samples"].append(s)
         for name, w in refs.items():
             if w is None:
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             if index is not None and name != "looped":
                 copies[name].append(index.longest_run(w).length)
             row[name] = {"within": within, "measures": scalars(m),
-                         "distances": {k: spread.distance(k, m[k]) for k in PROFILES}}
+                         "distances": {k: spread.distance(k, m[k]) for k in MEASURES}}
         rows.append(row)
         got = np.mean([np.mean(list(f.values())) for f in flags["generated"][-len(generated):]])
         print(f"{i + 1}/{len(primers)} {p.piece} @{p.t0:.0f}s: notes {[s['notes'] for s in samples]} "

@@ -96,7 +96,7 @@ def test_follow_primer_reads_density_from_the_primer_unless_given_or_off():
     model, tokenizer = steering_model()
     dense = piece(5, seconds=1, rate=25.0)
     names = lambda plan: [tokenizer.token_name(int(t)) for t in plan.prompt[: len(plan.prompt) - len(plan.unconditional)]]
-    followed = names(prepare(model, tokenizer, GenerationRequest(primer=dense, seconds=1, seed=0, follow_primer=True)))
+    followed = names(prepare(model, tokenizer, GenerationRequest(primer=dense, seconds=1, seed=0)))  # the default
     assert any("density" in n and "high" in n for n in followed)
     given = names(prepare(model, tokenizer, GenerationRequest(primer=dense, seconds=1, seed=0,
                                                                 follow_primer=True, controls={"density": "low"})))
@@ -127,4 +127,8 @@ def test_the_benchmark_at_a_tiny_size(tmp_path, monkeypatch):
         assert 0 <= share["summary"] <= 1 and set(share["per_measure"]) == set(MEASURES)
     assert d["sets"]["generated"]["copies"]["threshold"] == COPY_THRESHOLD
     assert {r["t0"] for r in d["rows"]} != {0.0}  # not only the start of each piece
+    from bench.report_continuation import section_continuation
+
+    lines, headline = section_continuation(d)
+    assert "summary share" in headline and any("degenerate windows" in line for line in lines)
     sys.modules.pop("bench.continuation", None)

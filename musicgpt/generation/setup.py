@@ -13,6 +13,12 @@ settings; an infilled middle is held to its gap by the sampler's clock, so it ta
 (a length in seconds or tokens, or a primer cut, is refused) and never ends at EOS. `max_note_seconds`
 defaults to 10 s for a continuation and to no limit for an infilled middle (the gap bounds it); given, it
 holds for both.
+
+"Follow the primer" (`follow_primer`, on by default): a model that knows the computed controls (density,
+dynamics; `musicgpt.tokens.controls`) reads the primer's own values of those the request does not give as its
+CONTROL header, so it continues at the primer's density and loudness (bench/continuation.py: 16 held-out primers
+x 2 seeds, summary share within the real spread 0.528 against 0.506 without, density 0.56 against 0.41).
+`follow_primer=False` turns it off; an infilled middle and a request without a primer are not affected.
 """
 
 from __future__ import annotations
@@ -91,7 +97,7 @@ class GenerationRequest:
     stop_at_eos: bool = True  # False masks EOS
     max_note_seconds: float | None = None  # None: DEFAULT_MAX_NOTE_SECONDS, no limit when infilling; 0: never
     controls: Any = ()  # {name: value} or ["name=value", ...]
-    follow_primer: bool = False  # density/dynamics controls read from the primer, where the model knows them
+    follow_primer: bool = True  # density/dynamics controls read from the primer, where the model knows them
     guidance: float = 1.0  # classifier-free guidance towards the controls (1: off)
     arcs: ArcsConfig | None = None  # capture attention arcs (None: no arcs)
     return_logits: bool = False

@@ -19,12 +19,12 @@ The measures of one window of N seconds (`measures`):
 The spread (`Spread`): the real continuation and the piece's other real music around it, the *neighbours*:
 the N-second windows of the same performance just after the real continuation and just before the primer
 (up to two each way, where the piece has them), and the window at the same place of other performances of the
-piece (ASAP) where the caller gives them. A scalar measure (density, polyphony, pitch range and mean, velocity
-mean and spread, the two n-gram returns) is within the spread when its value lies between the smallest and
-the largest value of the real continuation and its neighbours. A profile (pitch_class_profile,
-ioi_histogram) is within when its Euclidean distance to the real continuation's is at most the largest
-distance of a neighbour's to it. A window without notes is within nothing (silence has no pitch, no
-velocity, no interval). The summary share is the mean over the measures of the share of windows within.
+piece (ASAP) where the caller gives them. One rule for every measure: a window is within the spread when it
+lies no farther from the real continuation than the farthest neighbour does: |value - real| for a scalar
+(density, polyphony, pitch range and mean, velocity mean and spread, the two n-gram returns), the Euclidean
+distance of the histograms for a profile (pitch_class_profile, ioi_histogram). A window without notes is
+within nothing (silence has no pitch, no velocity, no interval), nor is any window where the real
+continuation has no value. The summary share is the mean over the measures of the share of windows within.
 
 Degenerate (`degenerate`): the rule the model card's samples use (bench/bundled_samples.py): no notes, or a
 repeated-4-gram share, longest silence, longest repeated-pitch run or polyphony above the largest among real
@@ -118,7 +118,7 @@ class Spread:
     distance of a neighbour's profile to the real continuation's (module docstring)."""
 
     real: dict  # the real continuation's measures
-    bands: dict  # name -> (low, high) for SCALARS, (0, largest distance) for PROFILES; None: no band
+    bands: dict  # name -> (0, the largest distance of a neighbour to the real continuation); None: no band
     neighbours: int
 
     @classmethod
@@ -127,26 +127,22 @@ class Spread:
         own = measures(real, primer, seconds)
         others = [measures(n, primer, seconds) for n in neighbours]
         bands = {}
-        for name in SCALARS:
-            values = [m[name] for m in [own, *others] if m[name] is not None]
-            bands[name] = (min(values), max(values)) if values else None
-        for name in PROFILES:
+        for name in MEASURES:
             distances = [d for d in (_distance(m[name], own[name]) for m in others) if d is not None]
-            bands[name] = (0.0, max(distances)) if distances and own[name] is not None else None
+            bands[name] = (0.0, max(distances)) if distances else None
         return cls(own, bands, len(neighbours))
 
     def distance(self, name: str, value) -> float | None:
-        """A profile's distance to the real continuation's (None when either is missing)."""
+        """How far a measure's value lies from the real continuation's (None when either is missing)."""
         return _distance(value, self.real[name])
 
     def within(self, candidate: dict) -> dict[str, bool]:
         """Whether each measure of `candidate` (a `measures` dict) lies within this spread."""
         out = {}
         for name in MEASURES:
-            band, value = self.bands[name], candidate[name]
-            if name in PROFILES:
-                value = self.distance(name, value)
-            out[name] = bool(band is not None and value is not None and band[0] <= value <= band[1])
+            band, value = self.bands[name], self.distance(name, candidate[name])
+            empty = candidate["density"] == 0  # silence is within nothing, even where a neighbour is silent
+            out[name] = bool(band is not None and value is not None and not empty and value <= band[1])
         return out
 
 
