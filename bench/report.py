@@ -20,7 +20,7 @@ from typing import Callable
 from bench.format import shown, table
 from bench.plots import drawing
 from bench.report_continuation import section_continuation
-from bench.report_live import section_duet
+from bench.report_live import section_decode_speed, section_duet
 from bench.report_music import section_lengthgen, section_metrics
 from bench.report_speed import (section_attend_memory, section_attention, section_generate, section_gpu,
                                 section_roundtrip, section_studio, section_tokenize, section_train)
@@ -84,6 +84,10 @@ SECTIONS: dict[str, tuple[str, str, Callable[..., tuple[list[str], str]], str]] 
                "python -m bench.studio_latency"),
     "duet": ("duet_latency.json", "Duet: takeover, barge-in and timing in real time", section_duet,
              "python -m bench.duet_latency"),
+    "decode_speed": ("decode_speed.json", "CPU decode speed against its bandwidth bound", section_decode_speed,
+                     "python -m bench.decode_speed --threads 1"),
+    "decode_speed_all_cores": ("decode_speed_all_cores.json", "CPU decode speed on all cores", section_decode_speed,
+                               "python -m bench.decode_speed --threads all --out bench/results/decode_speed_all_cores.json"),
     "gpu": ("gpu.json", "GPU: relative attention and generation", section_gpu, "python -m bench.gpu (needs CUDA)"),
     "lengthgen-full": ("lengthgen-full.json", "Length generalization (full run)",
                        lambda d, img: section_lengthgen(d, img, "lengthgen-full"),

@@ -1,4 +1,5 @@
-"""docs/benchmarks.md sections of the live parts: the duet's latency (bench/duet_latency.py)."""
+"""docs/benchmarks.md sections of the live parts: the duet's latency (bench/duet_latency.py) and the CPU decode speed
+it rests on (bench/decode_speed.py)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,11 @@ def section_duet(d: dict, img: Path) -> tuple[list[str], str]:
     lines += ["Real time on a shared machine: the load averages above say how busy it was; an idle machine is "
               "faster.", ""]
     return lines, "; ".join(headline)
+
+
+def section_decode_speed(d: dict, img: Path) -> tuple[list[str], str]:
+    """CPU decode speed per precision against the bandwidth bound (the renderer lives with its benchmark, which
+    imports torch: imported only when there is a file to render)."""
+    from bench.decode_speed import section_decode_speed as render
+
+    return render(d, img)

@@ -90,6 +90,13 @@ def _continuation(size: str, ctx: Context) -> list[str]:
                    "full": ["--primers", "80", "--seeds", "4"]}[size]
 
 
+def _decode_speed(size: str, ctx: Context) -> list[str]:
+    if size == "quick":
+        return ["--threads", "1", "--rounds", "2", "--tokens", "32", "--nll-docs", "0"]
+    nll = [] if ctx.asap_prepared else ["--nll-docs", "0"]  # test NLL needs the prepared ASAP split
+    return nll + {"default": ["--threads", "1"], "full": ["--threads", "1,all"]}[size]
+
+
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("tokenize", "bench.tokenizer_speed", "tokenize.json",
               _by_size(["--every", "50", "--rounds", "2", "--crops", "500"],
@@ -110,6 +117,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("studio", "bench.studio_latency", "studio_latency.json",
               _by_size(["--rounds", "1", "--seconds", "10"], ["--rounds", "5"], ["--rounds", "9"])),
     Benchmark("duet", "bench.duet_latency", "duet_latency.json", _duet),
+    Benchmark("decode_speed", "bench.decode_speed", "decode_speed.json", _decode_speed),
 )}
 
 
