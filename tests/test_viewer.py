@@ -270,3 +270,26 @@ def test_plot_prints_what_it_wrote(tmp_path, capsys):
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 0
     assert capsys.readouterr().out == f"wrote {tmp_path / 'c.png'} (5 train and 1 valid points, steps up to 5)\n"
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_file_of_several_measures_round_trips_and_old_files_read_as_before(small, tmp_path):
+    """arcs.json's optional "measures": written one arc per line, read back equal, each list checked by the arc
+    rules; a file without it (every older file) reads as one measure; the page gets each measure's columns."""
+    from musicgpt.arcs.format import ArcsFormatError, document_measures, validate_arcs
+
+    assert list(document_measures(small)) == ["attention"] and "measures" not in viewer_payload(small, "t")["meta"]
+    assert viewer_payload(small, "t")["measures"] == {}
+    norm = [a for a in small["arcs"] if a["head"] == 0]
+    doc = {**small, "measure": "attention", "measures": {"norm": norm}}
+    write_arcs(doc, tmp_path / "m.arcs.json")
+    back = read_arcs(tmp_path / "m.arcs.json")
+    assert back == doc and document_measures(back) == {"attention": small["arcs"], "norm": norm}
+    assert '"measures": {' in (tmp_path / "m.arcs.json").read_text().splitlines()[len(small["notes"]) + len(small["arcs"]) + 5]
+    payload = viewer_payload(back, "t")
+    assert payload["measure"] == "attention" and "measures" not in payload["meta"]
+    assert sum(payload["measures"]["norm"]["arcs"]["weight"]) == pytest.approx(sum(a["weight"] for a in norm))
+    late = {**norm[0], "query": norm[0]["key"], "key": norm[0]["query"]}
+    for bad, words in (({"attention": []}, "repeats the file's own measure"), ({"loudness": []}, "measure names"),
+                       ({"norm": [late]}, "'measures'['norm']: arcs[0]"), ([], "must be an object")):
+        with pytest.raises(ArcsFormatError, match=re.escape(words)):
+            validate_arcs({**small, "measures": bad})

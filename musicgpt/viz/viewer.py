@@ -8,6 +8,8 @@ head, -weight, key) with per-query offsets, so the page finds a note's arcs with
 surprisal under the model) get a column `nll`: the page can shade notes by it and lists the most
 surprising ones. An infilled piece's notes get a column `part` (prefix, middle, suffix) and `meta.infill`
 the gap: the page shades the gap, colours suffix notes apart and dashes arcs that point forward in time.
+A file with arcs of several measures (arcs.json "measures") gets their columns under `measures`: the page
+switches between them.
 The page plays the notes on a sampled piano (assets/piano.js): ten short samples embedded as data: URLs (about
 190 KB; a page opened inside the studio fetches the studio's full set instead).
 """
@@ -25,14 +27,28 @@ import numpy as np
 
 from musicgpt._io import atomic_write_text
 from musicgpt import __version__
-from musicgpt.arcs.format import NOTE_KEYS, notes_label, validate_arcs
+from musicgpt.arcs.format import NOTE_KEYS, document_measure, notes_label, validate_arcs
 from musicgpt.errors import printable
 from musicgpt.viz.piano import ATTRIBUTION, lite_samples
 
-_CORE_KEYS = {"version", "n_layer", "n_head", "model", "tokenizer", "notes", "arcs", "head_names"}
+_CORE_KEYS = {"version", "n_layer", "n_head", "model", "tokenizer", "notes", "arcs", "head_names", "measures"}
 # Inside <script>, "</script" or "<!--" would end or confuse the block; JSON may spell any
 # character as \uXXXX, so these never appear raw. U+2028/2029 are escaped for old JS parsers.
 _SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def arc_columns(arcs: list, n: int) -> tuple[dict, list]:
+    """(arc columns sorted by (query, layer, head, -weight, key), per-query offsets) of one measure's arcs."""
+    q = np.array([a["query"] for a in arcs], dtype=np.int64)
+    k = np.array([a["key"] for a in arcs], dtype=np.int64)
+    layer = np.array([a["layer"] for a in arcs], dtype=np.int64)
+    head = np.array([a["head"] for a in arcs], dtype=np.int64)
+    weight = np.array([a["weight"] for a in arcs], dtype=np.float64)
+    order = np.lexsort((k, -weight, head, layer, q))  # last key sorts first
+    offsets = np.searchsorted(q[order], np.arange(n + 1), side="left") if len(arcs) else np.zeros(n + 1, np.int64)
+    cols = {"key": k[order].tolist(), "layer": layer[order].tolist(), "head": head[order].tolist(),
+            "weight": weight[order].tolist()}
+    return cols, offsets.tolist()
 
 
 def viewer_payload(d: dict, title: str) -> dict:
@@ -45,26 +61,20 @@ def viewer_payload(d: dict, title: str) -> dict:
         cols["nll"] = [note.get("nll") for note in notes]
     if any("part" in note for note in notes):  # an infilled piece: prefix, middle or suffix
         cols["part"] = [note.get("part") for note in notes]
-    arcs = d["arcs"]
-    q = np.array([a["query"] for a in arcs], dtype=np.int64)
-    k = np.array([a["key"] for a in arcs], dtype=np.int64)
-    layer = np.array([a["layer"] for a in arcs], dtype=np.int64)
-    head = np.array([a["head"] for a in arcs], dtype=np.int64)
-    weight = np.array([a["weight"] for a in arcs], dtype=np.float64)
-    order = np.lexsort((k, -weight, head, layer, q))  # last key sorts first
-    offsets = np.searchsorted(q[order], np.arange(n + 1), side="left") if len(arcs) else np.zeros(n + 1, np.int64)
+    arcs, offsets = arc_columns(d["arcs"], n)
+    others = {}  # the other measures' arcs (arcs.json "measures"): the page's measure switch
+    for name, rows in d.get("measures", {}).items():
+        other, other_offsets = arc_columns(rows, n)
+        others[name] = {"arcs": other, "offsets": other_offsets}
     return {
         "title": title,
         "n_layer": d["n_layer"],
         "n_head": d["n_head"],
         "notes": cols,
-        "arcs": {
-            "key": k[order].tolist(),
-            "layer": layer[order].tolist(),
-            "head": head[order].tolist(),
-            "weight": weight[order].tolist(),
-        },
-        "offsets": offsets.tolist(),
+        "arcs": arcs,
+        "offsets": offsets,
+        "measure": document_measure(d),
+        "measures": others,
         "label": notes_label(d),
         "head_names": d.get("head_names"),
         "model": d["model"],

@@ -11,9 +11,13 @@
   const P = Int16Array.from(D.notes.pitch), T0 = Float64Array.from(D.notes.start);
   const T1 = Float64Array.from(D.notes.end), VEL = Uint8Array.from(D.notes.velocity);
   const PRIMER = Uint8Array.from(D.notes.primer), TOKEN = Int32Array.from(D.notes.token);
-  // Arcs are sorted by (query, layer, head, -weight, key); those of query q are OFF[q] .. OFF[q+1].
-  const OFF = Int32Array.from(D.offsets), AK = Int32Array.from(D.arcs.key);
-  const AL = Uint16Array.from(D.arcs.layer), AH = Uint16Array.from(D.arcs.head), AW = Float64Array.from(D.arcs.weight);
+  // The arcs of each measure in the file (arcs.json "measure" first, then its "measures"); MEASURES_ABOUT says
+  // what each is. Arcs are sorted by (query, layer, head, -weight, key); those of query q are OFF[q] .. OFF[q+1].
+  const SETS = { [D.measure || (D.meta && D.meta.measure) || 'attention']: { arcs: D.arcs, offsets: D.offsets } };
+  for (const m in D.measures || {}) SETS[m] = D.measures[m];
+  let MEASURE = Object.keys(SETS)[0], OFF, AK, AL, AH, AW, maxRun = 1;
+  // Influence belongs to the whole model (its arcs sit at the last layer, head 0): the layer and head filters pass it.
+  const layerless = () => MEASURE === 'influence';
   let maxDur = 0, duration = 0;
   for (let i = 0; i < N; i++) { maxDur = Math.max(maxDur, T1[i] - T0[i]); duration = Math.max(duration, T1[i]); }
   duration = Math.max(duration, 1);
@@ -33,7 +37,6 @@
   // What the non-primer notes are: 'continuation' (generated), 'piece' (an existing piece, musicgpt attend), 'infill'.
   const LABEL = INFILL ? 'infill' : D.label === 'piece' ? 'piece' : 'continuation';
   const HEAD_NAMES = Array.isArray(D.head_names) ? D.head_names : null;  // [layer][head]: name or null
-  const MEASURE = (D.meta && D.meta.measure) || 'attention';  // what the arcs' weights measure (arcs.json "measure")
   const headName = (l, h) => (HEAD_NAMES && HEAD_NAMES[l] && HEAD_NAMES[l][h]) || null;
   // Surprisal (arcs.json's optional per-note "nll": the model's NLL of the note's tokens, in nats); NaN: unknown.
   const NLL = Array.isArray(D.notes.nll) ? Float64Array.from(D.notes.nll, (v) => (typeof v === 'number' ? v : NaN)) : null;
@@ -74,20 +77,28 @@
     return 'hsl(' + ((h * 137.508) % 360).toFixed(0) + ',' + (light ? '65%,42%' : '85%,66%') + ')';
   };
 
-  // Longest run of arcs per (query, layer, head): the top-N slider's maximum.
-  let maxRun = 1;
-  for (let q = 0; q < N; q++) {
-    let run = 0;
-    for (let i = OFF[q]; i < OFF[q + 1]; i++) {
-      run = (i > OFF[q] && AL[i] === AL[i - 1] && AH[i] === AH[i - 1]) ? run + 1 : 1;
-      if (run > maxRun) maxRun = run;
+  function loadArcs(m) {  // the columns of measure m, and the longest run per (query, layer, head): the top-N maximum
+    const set = SETS[m];
+    MEASURE = m;
+    OFF = Int32Array.from(set.offsets); AK = Int32Array.from(set.arcs.key);
+    AL = Uint16Array.from(set.arcs.layer); AH = Uint16Array.from(set.arcs.head); AW = Float64Array.from(set.arcs.weight);
+    maxRun = 1;
+    for (let q = 0; q < N; q++) {
+      let run = 0;
+      for (let i = OFF[q]; i < OFF[q + 1]; i++) {
+        run = (i > OFF[q] && AL[i] === AL[i - 1] && AH[i] === AH[i - 1]) ? run + 1 : 1;
+        if (run > maxRun) maxRun = run;
+      }
     }
   }
+  loadArcs(MEASURE);
 
   // ---------------------------------------------------------------- state (mirrored in the URL hash)
   const S = {
     sel: -1, hover: -1,
-    layers: new Set([NL - 1]), heads: new Set([...Array(NH).keys()]),
+    // All layers first: their arcs find the notes that shaped a note better than the last layer's alone
+    // (docs/benchmarks.md: hiding the top 3 raises its NLL 1.83 nats, the last layer's 1.14, the 3 most recent 1.54).
+    layers: new Set([...Array(NL).keys()]), heads: new Set([...Array(NH).keys()]),
     top: Math.min(maxRun, 6), thr: 0.02, zoom: null, light: false, shade: 'velocity',
     playing: false, wantPlay: false, now: 0,
   };
@@ -99,6 +110,7 @@
   function readHash() {
     const h = new URLSearchParams(location.hash.slice(1));
     if (h.has('note')) { const q = +h.get('note'); if (Number.isInteger(q) && q >= 0 && q < N) S.sel = q; }
+    if (h.has('measure') && SETS[h.get('measure')]) loadArcs(h.get('measure'));
     if (h.has('layers')) S.layers = parseList(h.get('layers'), NL);
     if (h.has('heads')) S.heads = parseList(h.get('heads'), NH);
     if (h.has('top')) { const t = +h.get('top'); if (t >= 1) S.top = Math.min(maxRun, Math.round(t)); }
@@ -112,6 +124,7 @@
   function writeHash() {
     const parts = [];
     if (S.sel >= 0) parts.push('note=' + S.sel);
+    if (MEASURE !== Object.keys(SETS)[0] && !(SETS[MEASURE] && SETS[MEASURE].onDemand)) parts.push('measure=' + MEASURE);
     parts.push('layers=' + listText(S.layers, NL), 'heads=' + listText(S.heads, NH), 'top=' + S.top, 'thr=' + S.thr, 'zoom=' + Math.round(S.zoom));
     if (S.light) parts.push('theme=light');
     if (S.shade === 'nll') parts.push('shade=nll');
@@ -127,7 +140,7 @@
     for (let i = OFF[q]; i < OFF[q + 1]; i++) {
       const l = AL[i], h = AH[i];
       if (l !== curL || h !== curH) { curL = l; curH = h; count = 0; }
-      if (useToggles && (!S.layers.has(l) || !S.heads.has(h))) continue;
+      if (useToggles && !layerless() && (!S.layers.has(l) || !S.heads.has(h))) continue;
       if (AW[i] < S.thr || count >= S.top) continue;
       count++;
       out.push(i);
@@ -359,6 +372,7 @@
     markSurprising(q);
     drawGrid(q);
     drawStatus(q, ids.length);
+    drawInfluence(q);
   }
 
   function drawNoteInfo(q, nShown) {
@@ -388,7 +402,7 @@
 
   function drawStatus(q, nShown) {
     $('status').textContent = (q >= 0 ? 'note ' + q + (S.hover >= 0 && S.hover !== S.sel ? ' (hover)' : '') : 'no note selected') +
-      ' · layers ' + listText(S.layers, NL) + ' · heads ' + listText(S.heads, NH) + ' · top ' + S.top +
+      ' · ' + MEASURE + (layerless() ? '' : ' · layers ' + listText(S.layers, NL) + ' · heads ' + listText(S.heads, NH)) + ' · top ' + S.top +
       ' · min weight ' + S.thr.toFixed(3) + ' · ' + nShown + ' arcs';
   }
 
@@ -424,7 +438,7 @@
   }
 
   function drawGrid(q) {
-    const ids = visibleArcs(q, false);
+    const ids = layerless() ? [] : visibleArcs(q, false);  // influence has no layers or heads to spread over
     let back = 0.5, lo = q >= 0 ? P[q] : 0, hi = lo;
     for (const i of ids) { const k = AK[i]; back = Math.max(back, T0[q] - T0[k]); lo = Math.min(lo, P[k]); hi = Math.max(hi, P[k]); }
     // Log time axis, so a head that looks one note back and one that looks a minute back both read.
@@ -751,18 +765,110 @@
   let resizeTimer = 0;
   window.addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(layout, 80); });
 
+  // ---------------------------------------------------------------- measures: what the arcs are, and a switch between them
+  // One line each. The figures are docs/benchmarks.md's for the bundled model (44 held-out notes): the Spearman
+  // correlation of the measure's ranking of past notes with influence's, and the NLL rise when its top 3 are hidden.
+  const MEASURES_ABOUT = {
+    attention: ['the softmax weight of each layer and head',
+      'Spearman with influence +0.146 over all layers (+0.114 last layer); hiding its top 3 (all layers): +1.83 nats'],
+    norm: ['attention times the size of what the key note adds through the output projection',
+      'Spearman with influence +0.146 over all layers (+0.117 last layer); hiding its top 3 (all layers): +1.82 nats'],
+    rollout: ['attention propagated down the layers with the residual',
+      'Spearman with influence +0.120 over all layers (-0.036 last layer); hiding its top 3 (all layers): +1.44 nats'],
+    influence: ["how much the note's NLL rises when one past note is hidden: the reference the others are checked against",
+      'hiding its own top 3: +2.82 nats; only the past notes attention ranks highest are scored'],
+  };
+  const aboutMeasure = (m) => m + ': ' + (MEASURES_ABOUT[m] ? MEASURES_ABOUT[m][0] + '. Bundled model, docs/benchmarks.md: ' +
+    MEASURES_ABOUT[m][1] + ' (the 3 most recent notes: +1.54, 3 random: +0.38)' : 'no figures');
+  const measureBox = $('measures');
+  function makeMeasures() {  // the switch, shown only when there is more than one measure to draw
+    const names = Object.keys(SETS);
+    $('measure-group').hidden = names.length < 2;
+    measureBox.innerHTML = '';
+    for (const m of names) {
+      const c = document.createElement('span');
+      c.className = 'chip'; c.dataset.measure = m; c.textContent = m + (SETS[m].onDemand ? ' (on demand)' : '');
+      c.title = aboutMeasure(m);
+      measureBox.appendChild(c);
+    }
+    syncMeasure();
+  }
+  function syncMeasure() {
+    measureBox.querySelectorAll('.chip').forEach((c) => c.classList.toggle('on', c.dataset.measure === MEASURE));
+    $('legend-measure').textContent = 'arcs: ' + MEASURE + (MEASURES_ABOUT[MEASURE] ? ', ' + MEASURES_ABOUT[MEASURE][0] : '');
+    $('legend-measure').title = aboutMeasure(MEASURE);
+    document.body.classList.toggle('layerless', layerless());
+  }
+  function drawStats() {
+    const nPrimer = PRIMER.reduce((a, b) => a + b, 0), asked = SETS[MEASURE].onDemand ? INFL.rows.size : 0;
+    $('stats').textContent = N + ' notes (' + (nPrimer ? nPrimer + ' primer, ' + (N - nPrimer) + ' ' + LABEL : LABEL) + ') · ' +
+      fmtTime(duration) + ' · ' + AK.length.toLocaleString('en-US') + ' arcs by ' + MEASURE +
+      (asked ? ' (on demand, ' + asked + ' note' + (asked > 1 ? 's' : '') + ')' : '') + ' · ' + NL + ' layers × ' + NH + ' heads';
+  }
+  function setMeasure(m) {
+    if (!SETS[m]) return;
+    loadArcs(m);
+    topIn.max = maxRun; S.top = Math.min(S.top, maxRun);
+    syncMeasure(); drawStats(); syncControls(); render();
+  }
+  measureBox.addEventListener('click', (e) => { const c = e.target.closest('.chip'); if (c) setMeasure(c.dataset.measure); });
+
+  // ---------------------------------------------------------------- influence on demand (a take inside the studio)
+  // The studio's page asks its server (POST /api/influence) for a note's influence arcs; each answer joins an
+  // 'influence (on demand)' measure of the notes asked so far, and the influence card says what was scored.
+  const INFL = { rows: new Map(), info: new Map(), busy: false };
+  const canAsk = () => { const s = studio(); return !!(s && s.influence) && !(SETS.influence && !SETS.influence.onDemand); };
+  function influenceSet() {  // the on-demand arcs in the columns SETS holds, sorted as a file's are
+    const arcs = { key: [], layer: [], head: [], weight: [] }, offsets = [0];
+    for (let q = 0; q < N; q++) {
+      const rows = (INFL.rows.get(q) || []).slice().sort((a, b) => b.weight - a.weight || a.key - b.key);
+      for (const a of rows) for (const c in arcs) arcs[c].push(a[c]);
+      offsets.push(arcs.key.length);
+    }
+    return { arcs, offsets, onDemand: true };
+  }
+  function askInfluence(q) {
+    if (!canAsk() || INFL.busy || q < 0) return;
+    INFL.busy = true; drawInfluence(q);
+    studio().influence(q).then((r) => {
+      INFL.rows.set(q, r.arcs); INFL.info.set(q, r);
+      SETS.influence = influenceSet();
+      makeMeasures();
+      S.sel = q; setMeasure('influence');
+    }, (e) => { INFL.info.set(q, { error: e.message }); }).finally(() => { INFL.busy = false; drawInfluence(shown()); });
+  }
+  function drawInfluence(q) {  // the card of the shown note's on-demand influence, and the button that asks for it
+    const btn = $('influence-btn'), card = $('influence-card'), box = $('influence-info');
+    btn.hidden = !canAsk() || q < 0;
+    btn.disabled = INFL.busy;
+    btn.textContent = INFL.busy ? 'computing influence…' : 'Influence on #' + q + ' (compute)';
+    const r = INFL.info.get(q);
+    card.hidden = !r && !INFL.busy;
+    if (INFL.busy && !r) { box.textContent = 'hiding the past notes of #' + q + ' one at a time…'; return; }
+    if (!r) return;
+    if (r.error) { box.textContent = r.error; box.className = 'error small'; return; }
+    box.className = 'small';
+    const rises = r.scored.slice().sort((a, b) => b.rise - a.rise);
+    box.innerHTML = '<div>Influence on #' + q + ': the NLL rise of its tokens (nats) when one past note is hidden.</div>' +
+      '<div class="muted">' + r.scored.length + ' of ' + r.past_notes + ' past notes scored: the ' + r.candidates +
+      ' that ' + r.rank_by + ' ranks highest' + (r.stopped ? ', stopped at the time limit (' + r.time_limit_s + ' s)' : '') +
+      ' · ' + r.seconds.toFixed(2) + ' s. Given up: ' + r.given_up + '</div><ol class="rises">' +
+      rises.map((s) => '<li>#' + s.note + ' ' + noteName(P[s.note]) + ' <span class="nll">' + (s.rise >= 0 ? '+' : '') +
+        s.rise.toFixed(3) + '</span></li>').join('') + '</ol>';
+  }
+  $('influence-btn').addEventListener('click', (e) => { e.currentTarget.blur(); askInfluence(shown()); });
+
   // ---------------------------------------------------------------- start
   readHash();
   document.title = D.title;
   $('title').textContent = D.title;
-  const nArcs = AK.length, nPrimer = PRIMER.reduce((a, b) => a + b, 0);
-  $('stats').textContent = N + ' notes (' + (nPrimer ? nPrimer + ' primer, ' + (N - nPrimer) + ' ' + LABEL : LABEL) + ') · ' + fmtTime(duration) +
-    ' · ' + nArcs.toLocaleString('en-US') + ' arcs by ' + MEASURE + ' · ' + NL + ' layers × ' + NH + ' heads';
+  drawStats();
   $('legend-cont').textContent = LABEL;
   document.querySelectorAll('.legend .primer-only').forEach((e) => { e.hidden = !hasPrimer; });
   $('legend-infill').hidden = !INFILL;
   $('model-info').textContent = JSON.stringify({ model: D.model, tokenizer: D.tokenizer, ...D.meta }, null, 2);
   makeChips();
+  makeMeasures();
   document.body.classList.toggle('light', S.light);
   colorChips();
   if (S.zoom) pps = S.zoom;
@@ -780,6 +886,8 @@
     play, pause, seek, nNotes: N, nLayer: NL, nHead: NH, label: LABEL, headName,
     piano: () => piano, audio: () => ctx, setTheme: (light) => { S.light = !!light; applyTheme(); writeHash(); },
     hasNll: HAS_NLL, mostSurprising: SURPRISING.slice(0, 10), setShade, infill: INFILL,
+    measure: () => MEASURE, measures: () => Object.keys(SETS), setMeasure, askInfluence,
+    influence: (q) => INFL.info.get(q) || null,
     part: (i) => (PART ? PART[i] : null),
   };
 })();
