@@ -7,6 +7,7 @@
     POST /api/generate          a take, answered as text/event-stream (musicgpt.studio.stream, takes)
     POST /api/cancel            stop a take (field or query parameter `job`)
     GET  /api/takes             the takes in the takes folder, newest first (also those of earlier runs)
+    POST /api/influence         a note's influence arcs, computed on demand (musicgpt.studio.influence)
     GET  /api/duet              a WebSocket: play a duet with the model (musicgpt.studio.duet)
     GET  /files/ID/NAME         a file a take wrote (musicgpt.studio.files)
 
@@ -42,6 +43,7 @@ from musicgpt.generation.setup import control_header
 from musicgpt.studio.duet import DuetHost
 from musicgpt.studio.files import DEFAULT_TAKES_LIMIT_MB, POLICY, FileStore
 from musicgpt.studio.form import FIELDS, MAX_SAMPLES, parse_fields
+from musicgpt.studio.influence import InfluenceRefused, InfluenceService, parse_request
 from musicgpt.studio.jobs import Event, Job, Worker
 from musicgpt.studio.sse import encode
 from musicgpt.studio.uploads import (DEFAULT_UPLOAD_MB, FORM_SLACK, BodyLimit, UploadTooLarge, read_form,
@@ -283,6 +285,26 @@ async def download(request: Request) -> Response:
                         content_disposition_type="inline" if inline else "attachment", headers=SECURITY_HEADERS)
 
 
+async def influence(request: Request) -> Response:
+    studio = _studio(request)
+    if _foreign(request):
+        return _error(403, "influence: refused a request from a page of another origin")
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return _error(400, "influence: the body is not JSON ({\"take\": N, \"sample\": B, \"note\": Q})")
+    try:
+        take, sample, note = parse_request(body)
+        if studio.worker.busy:  # one model, one core's worth of work at a time: the take comes first
+            raise InfluenceRefused(503, "influence: the studio is writing a take; ask again when it is done")
+        answer = await run_in_threadpool(request.app.state.influence.answer, take, sample, note)
+    except InfluenceRefused as exc:
+        return _error(exc.status, str(exc))
+    except MusicGPTError as exc:
+        return _error(400, str(exc))
+    return JSONResponse(answer, headers=SECURITY_HEADERS)
+
+
 async def duet(websocket: WebSocket) -> None:
     if _foreign(websocket):  # a page of another origin must not play with (or listen to) the model
         return await websocket.close(code=1008, reason="duet: refused a page of another origin")
@@ -293,7 +315,7 @@ ROUTES = [
     Route("/", page), Route("/assets/{name:path}", asset), Route("/api/health", health),
     Route("/api/examples", examples),
     Route("/api/generate", generate, methods=["POST"]), Route("/api/cancel", cancel, methods=["POST"]),
-    Route("/api/takes", takes),
+    Route("/api/takes", takes), Route("/api/influence", influence, methods=["POST"]),
     Route("/files/{id}/{name}", download), WebSocketRoute("/api/duet", duet),
 ]
 
@@ -334,5 +356,6 @@ def create_app(model, tokenizer=None, *, model_name: str = "bundled", upload_lim
                                 Middleware(BodyLimit, limits={"/api/generate": studio.upload_limit + 2 * FORM_SLACK})])
     app.state.studio = studio
     app.state.duets = DuetHost(model, tokenizer, model_name)
+    app.state.influence = InfluenceService(model, tokenizer, files)
     app.state.assets = {"/": _asset(*PAGE), **{name: _asset(pkg, file) for name, (pkg, file, _) in ASSETS.items()}}
     return app

@@ -882,6 +882,14 @@
       return { x: geo.X(n.start) + 2, y: geo.Y(n.pitch) + geo.rowH / 2 };
     },
     focus: () => S.focus,
+    // The viewer of the take on screen asks for a note's influence arcs through this (POST /api/influence).
+    influence: (note) => {
+      const take = S.sel;
+      if (!take || !(take.state === 'done' || take.state === 'stopped')) return Promise.reject(new Error('influence: no finished take on screen'));
+      return fetch('/api/influence', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ take: take.n, sample: S.sample, note }) })
+        .then((r) => r.json().then((j) => { if (!r.ok) throw new Error(j.error || 'influence: HTTP ' + r.status); return j; }));
+    },
     piano: () => live.piano, audio: () => live.ctx, listening: () => (live.take ? S.takes.indexOf(live.take) : -1),
   };
   renderTakes();
