@@ -20,7 +20,7 @@ from typing import Callable
 from bench.format import shown, table
 from bench.plots import drawing
 from bench.report_continuation import section_continuation
-from bench.report_live import section_decode_speed, section_duet
+from bench.report_live import section_decode_speed, section_duet, section_soak
 from bench.report_music import section_lengthgen, section_metrics
 from bench.report_speed import (section_attend_memory, section_attention, section_generate, section_gpu,
                                 section_roundtrip, section_studio, section_tokenize, section_train)
@@ -82,6 +82,7 @@ SECTIONS: dict[str, tuple[str, str, Callable[..., tuple[list[str], str]], str]] 
                       "python -m bench.attend_memory"),
     "studio": ("studio_latency.json", "Studio: first streamed note and streaming overhead", section_studio,
                "python -m bench.studio_latency"),
+    "soak": ("studio_soak.json", "Studio: a long session (soak)", section_soak, "python -m bench.studio_soak"),
     "duet": ("duet_latency.json", "Duet: takeover, barge-in and timing in real time", section_duet,
              "python -m bench.duet_latency"),
     "decode_speed": ("decode_speed.json", "CPU decode speed against its bandwidth bound", section_decode_speed,

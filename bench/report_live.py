@@ -48,3 +48,44 @@ def section_decode_speed(d: dict, img: Path) -> tuple[list[str], str]:
     from bench.decode_speed import section_decode_speed as render
 
     return render(d, img)
+
+
+def section_soak(d: dict, img: Path) -> tuple[list[str], str]:
+    """The studio over a long session: memory, the take store, /api/health, errors."""
+    t, rss, store = d.get("targets") or {}, d, d.get("store_mb") or {}
+    health, idle = d.get("health_s") or {}, d.get("health_idle_s") or {}
+    outcomes = d.get("outcomes") or {}
+    lines = [f"`musicgpt studio` ({d.get('model')} model) in a subprocess with a takes folder capped at "
+             f"{d.get('limit_mb'):g} MB; {d.get('warmup')} warm-up takes, then {d.get('takes')} takes of "
+             f"{d.get('max_new_tokens')} new tokens and {d.get('broken')} stopped mid-take (half with /api/cancel, "
+             "half by closing the connection); `/api/health` asked every 0.25 s throughout, and with the server idle "
+             f"first. Outcomes: {', '.join(f'{k} {v}' for k, v in outcomes.items())}; {d.get('wall_s')} s.", ""]
+    rows = [["errors (error events, failed requests, tracebacks in the log, takes listed unlike the folder)",
+             str(d.get("errors")), str(t.get("errors", 0))],
+            ["server RSS after warm-up -> end (MB)",
+             f"{fmt(rss.get('rss_after_warmup_mb'))} -> {fmt(rss.get('rss_end_mb'))} ({rss.get('rss_growth_mb'):+g}; "
+             f"max {fmt(rss.get('rss_max_after_warmup_mb'))}; slope {rss.get('rss_slope_mb_per_100_takes'):+g} MB per "
+             "100 takes)", f"<= +{t.get('rss_growth_mb', 50):g}"],
+            ["take store, max after any take (MB)",
+             f"{fmt(store.get('max'))} ({store.get('takes_kept')} takes kept, {store.get('takes_listed')} listed)",
+             f"<= {fmt(store.get('limit'))} cap"],
+            ["/api/health during takes: median / p99 / max (s)",
+             f"{fmt(health.get('median'))} / {fmt(health.get('p99'))} / {fmt(health.get('max'))} "
+             f"({health.get('over_target')} of {health.get('n')} at or over {t.get('health_max_s', 0.1):g})",
+             f"max < {t.get('health_max_s', 0.1):g}"],
+            ["/api/health with the server idle: median / max (s)",
+             f"{fmt(idle.get('median'))} / {fmt(idle.get('max'))} ({idle.get('over_target')} of {idle.get('n')} over)",
+             ""],
+            ["uploaded primers left behind", str(d.get("uploads_left")), "0"]]
+    lines += table(["measure", "result", "target"], rows)
+    slow = health.get("slow") or []
+    if slow:
+        loads = [s[2] for s in slow if len(s) > 2]
+        lines += [f"The slow health answers came at a 1-minute load average of {min(loads):.1f}-{max(loads):.1f} on "
+                  f"{(d.get('machine_start') or {}).get('cores')} cores (the idle control: "
+                  f"{fmt(idle.get('max'))} s max).", ""] if loads else []
+    met = d.get("meets_targets") or {}
+    headline = (f"{sum(outcomes.values())} takes, {d.get('errors')} errors; RSS {rss.get('rss_growth_mb'):+g} MB after "
+                f"warm-up (target {t.get('rss_growth_mb', 50):g}); /api/health max {fmt(health.get('max'))} s "
+                f"(target {t.get('health_max_s', 0.1):g}); {sum(bool(v) for v in met.values())}/{len(met)} targets")
+    return lines, headline

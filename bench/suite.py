@@ -116,6 +116,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               _by_size(["--size", "quick", "--steps", "100"], ["--size", "quick"], ["--size", "full", "--reuse"])),
     Benchmark("studio", "bench.studio_latency", "studio_latency.json",
               _by_size(["--rounds", "1", "--seconds", "10"], ["--rounds", "5"], ["--rounds", "9"])),
+    Benchmark("soak", "bench.studio_soak", "studio_soak.json",
+              _by_size(["--takes", "20", "--broken", "4", "--warmup", "5", "--idle", "5"],
+                       ["--takes", "200", "--broken", "20"], ["--takes", "500", "--broken", "50"])),
     Benchmark("duet", "bench.duet_latency", "duet_latency.json", _duet),
     Benchmark("decode_speed", "bench.decode_speed", "decode_speed.json", _decode_speed),
 )}

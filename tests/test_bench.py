@@ -107,6 +107,21 @@ def write_results(directory: Path, skip: tuple[str, ...] = ()) -> None:
                                     "batches": {"1": {"ours_tokens_per_s": 300, "hf_tokens_per_s": 100,
                                                       "speedup_vs_hf": 3.0}}}},
     }
+    figures = {"takeover": {"n": 4, "median_ms": 31.0, "p95_ms": 48.0, "max_ms": 50.0},
+               "cache": {"n": 90, "median_ms": 4.0, "p95_ms": 9.0, "max_ms": 12.0},
+               "cache_flood": {"n": 30, "median_ms": 6.0, "p95_ms": 15.0, "max_ms": 18.0},
+               "barge_in": {"n": 3, "median_ms": 2.0, "p95_ms": 3.0, "max_ms": 3.0},
+               "jitter": {"n": 80, "median_ms": 0.0, "p95_ms": 1.5, "max_ms": 7.0}, "dropped": 0, "not_echoed": 0,
+               "human_note_ons": 90, "model_messages": 80, "errors": [],
+               "meets": {"takeover_median_ms": True, "takeover_p95_ms": True, "cache_p95_ms": True,
+                         "barge_in_ms": True, "jitter_p95_ms": True, "dropped": True}}
+    files["duet_latency.json"] = {"machine_start": MACHINE, "model": "bundled", "data": "asap", "split": "test",
+                                  "phrases": 4, "phrase_s": 4.0, "wait": 1.0, "answer": 4.0, "flood_rate": 20.0,
+                                  "targets": {"takeover_median_ms": 50, "takeover_p95_ms": 100, "cache_p95_ms": 20,
+                                              "barge_in_ms": 30, "jitter_p95_ms": 5, "dropped": 0},
+                                  "paths": {"engine": figures, "websocket": figures}}
+    for name in ("decode_speed.json", "decode_speed_all_cores.json", "studio_soak.json"):  # real runs' files
+        files[name] = json.loads((ROOT / "bench" / "results" / name).read_text(encoding="utf-8"))
     directory.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
         if name not in skip:
@@ -131,7 +146,7 @@ def test_report_renders_tables_ratios_and_plots(tmp_path):
     assert "except the GPU section" in text and "ratios" in text.lower()
     gpu = section(text, "GPU: relative attention and generation")
     assert "| 64 | 2 | relative | 30 | 4,267 | 3.00x | 2 | 2.00x |" in gpu and "| 1 | 300 | 100 | 3.00x |" in gpu
-    assert "not measured" not in text.lower() and "could not render" not in text.lower()
+    assert "**not measured**" not in text.lower() and "could not render" not in text.lower()
     # tokenize: per-round ratios 10, 12, 8 -> median 10
     assert "**ours vs miditok MIDILike: 10.0x**" in section(text, "Tokenizer speed")
     assert "| Tokenizer speed | `tokenize.json` | measured | 10.0x miditok MIDILike |" in text
@@ -163,6 +178,13 @@ def test_report_renders_tables_ratios_and_plots(tmp_path):
     assert "Measured on: CPU Test CPU, 2 cores" in text
     studio = section(text, "Studio: first streamed note and streaming overhead")
     assert "| POST -> first new note (s) | 0.2 | 0.19 - 0.7 | <= 0.5 |" in studio and "3 interleaved rounds" in studio
+    duet = section(text, "Duet: takeover, barge-in and timing in real time")
+    assert "| engine | silence of `wait` -> the model's first note sounds | 4 | 31 | 48 | 50 | median <= 50, p95 <= 100 |" \
+        in duet
+    assert "| Duet: takeover, barge-in and timing in real time | `duet_latency.json` | measured | engine: takeover 31 ms, " \
+           "6/6 targets; websocket: takeover 31 ms, 6/6 targets |" in text
+    assert "no precision pays" in section(text, "CPU decode speed against its bandwidth bound")
+    assert "| uploaded primers left behind | 0 | 0 |" in section(text, "Studio: a long session (soak)")
 
 
 def test_missing_and_malformed_results_are_reported_not_fatal(tmp_path):
