@@ -9,7 +9,8 @@
     sse.py      events as text/event-stream
     form.py     the fields of POST /api/generate
     uploads.py  the request body's size cap, the uploaded primer
-    files.py    the server's temporary files, by opaque id
+    files.py    the takes' files (kept in the takes folder) and uploads, by opaque id
+    duet.py     GET /api/duet, the duet's WebSocket; duet_pump.py its engine on a thread of its own
     assets/     studio.html, studio.js, studio.css (the page also loads the viewer's viewer.css)
 
 `musicgpt studio` starts it (musicgpt.commands.studio); `create_app(model, tokenizer)` builds the app.

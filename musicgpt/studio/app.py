@@ -97,7 +97,7 @@ class Studio:
                 "infill": bool(getattr(self.tokenizer, "infill", False))}
 
     def close(self) -> None:
-        """Stop the worker and the file writer, and remove the files."""
+        """Stop the worker and the file writer, and remove the temporary folder (uploads; the takes folder stays)."""
         self.worker.stop()
         if self.runner is not None:
             self.runner.close()
