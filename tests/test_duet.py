@@ -288,3 +288,22 @@ def test_a_fast_players_short_notes_never_push_the_stream_ahead_of_the_clock(mod
     assert short.sum() == 200 and (notes.end[short] - notes.start[short] <= TOK.time_step + 1e-9).all()
     assert_cache_is_the_full_forward(s, model)
 
+
+
+def test_a_poll_stops_decoding_when_interrupted_and_the_next_poll_goes_on(model):
+    """interrupt() is asked after each token: True stops there (the player's note can go in first); the next poll
+    decodes on to the same horizon, and the stream is the one an uninterrupted poll writes."""
+    runs = []
+    for interrupted in (False, True):
+        s, clock = session(model, seed=3, wait=0.3, lookahead=0.5)
+        phrase(s, clock)
+        clock.set(clock.now() + 0.31)
+        s.poll()  # the takeover: its first note comes back at once
+        before = len(s.ids)
+        asked = []
+        s.poll(interrupt=(lambda: asked.append(1) or True) if interrupted else None)
+        if interrupted:
+            assert len(asked) == 1 and len(s.ids) == before + 1  # one token, then it stopped
+            s.poll()
+        runs.append(s.ids.tolist())
+    assert runs[0] == runs[1]

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -236,17 +236,20 @@ class DuetSession:
         return out
 
     # ---- turns -------------------------------------------------------------------------------------------
-    def poll(self, now: float | None = None) -> list[DuetEvent]:
-        """The events due by `now` + lookahead (now: the clock's), taking over or ending the turn as due."""
-        with self.lock:
-            return self._poll(self.clock.now() if now is None else now)
+    def poll(self, now: float | None = None, interrupt: Callable[[], bool] | None = None) -> list[DuetEvent]:
+        """The events due by `now` + lookahead (now: the clock's), taking over or ending the turn as due.
 
-    def _poll(self, now: float) -> list[DuetEvent]:
+        interrupt: asked after each token decoded; True stops decoding there (the next poll goes on), so a front
+        end whose player has just played hands that in after one decode step, not after the whole lookahead."""
+        with self.lock:
+            return self._poll(self.clock.now() if now is None else now, interrupt)
+
+    def _poll(self, now: float, interrupt: Callable[[], bool] | None = None) -> list[DuetEvent]:
         self._sync()  # what a barge-in or the end of a turn left unfed
         if self.turn == "human" and self.played and now - self.last_human >= self.config.wait - 1e-9:
             self._take_over(now)
         if self.turn == "model":
-            self._decode(int(math.floor((now + self.config.lookahead - self.origin) / self.step + 1e-9)))
+            self._decode(int(math.floor((now + self.config.lookahead - self.origin) / self.step + 1e-9)), interrupt)
         return self._drain(now, now + self.config.lookahead)
 
     def _drain(self, now: float, horizon: float) -> list[DuetEvent]:
@@ -298,8 +301,8 @@ class DuetSession:
 
     # ---- the model ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _decode(self, horizon: int) -> None:
-        """Sample and feed the model's tokens up to step `horizon` (or the end of its turn)."""
+    def _decode(self, horizon: int, interrupt: Callable[[], bool] | None = None) -> None:
+        """Sample and feed the model's tokens up to step `horizon` (or the end of its turn, or an interrupt)."""
         while self.turn == "model":
             token, nll = self.held if self.held is not None else self._sample()
             arrives = self.stream.steps + int(self.shift_of[token])
@@ -313,6 +316,8 @@ class DuetSession:
             first = not self.struck
             self._feed(token, nll)
             if first and self.struck:  # the turn's first note: hand it out now, decode the rest on the next poll
+                return
+            if interrupt is not None and interrupt():
                 return
 
     def _sample(self) -> tuple[int, float]:

@@ -95,7 +95,7 @@ class LiveRunner:
             pass
         if arrived:
             self._take(self._human(arrived), from_human=True)
-        self._take(self.session.poll())
+        self._take(self.session.poll(interrupt=lambda: not self.inbox.empty()))  # a key played: take it in first
         self.scheduler.send_due()
         self._show_sent()
         if self.scheduler.failure is not None:

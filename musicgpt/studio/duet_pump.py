@@ -120,9 +120,13 @@ class DuetPump:
 
     def decode(self) -> list[Message]:
         """The engine polled (it decodes up to its lookahead), the events now due, and drops to report."""
-        out = self._engine(self.session.poll())
+        out = self._engine(self.session.poll(interrupt=self._waiting))
         out += self._due(self.session.clock.now())
         return out + self._report_drops()
+
+    def _waiting(self) -> bool:
+        """Whether the player has played since: the engine stops decoding and the pump takes it in first."""
+        return not self.inbox.empty() or bool(self.releases)
 
     def finish(self) -> list[Message]:
         """The session's last messages: a note-off for every model note struck and not ended (nothing queued is
