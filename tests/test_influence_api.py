@@ -4,6 +4,8 @@ MIDI; bad ids, a busy server and foreign pages are refused with one line each; n
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
@@ -13,7 +15,8 @@ from musicgpt.arcs.influence import piece_maps
 from musicgpt.arcs.measures import note_influence
 from musicgpt.studio import create_app
 from musicgpt.tokens.performance import PerformanceTokenizer
-from studio_fixtures import FIXTURES, PRIMER, read_events
+from headless import chromium, console_errors, needs_chromium
+from studio_fixtures import FIXTURES, PRIMER, read_events, serve_tiny
 from tiny_models import tiny_model
 
 
@@ -112,3 +115,59 @@ def test_notes_are_matched_by_pitch_and_onset_or_refused():
     assert match_notes(take, read).tolist() == [0, 2, 1]  # simultaneous notes in another order
     assert match_notes(take[:2], read) is None
     assert match_notes([*take[:2], {"pitch": 67, "start": 0.51}], read) is None
+
+
+@needs_chromium
+def test_in_the_studio_a_clicked_note_shows_its_influence():
+    """Headless Chromium: a finished take in the viewer inside the studio; click a note, ask for its influence,
+    and the influence view appears: drawn as its own measure and labelled with what was scored and given up."""
+    with serve_tiny() as (server, _), chromium("1400,900") as driver:
+        driver.get(server.url)
+        driver.find_element("id", "primer-file").send_keys(str(PRIMER))
+        driver.find_element("id", "primer_seconds").send_keys("2")
+        seconds = driver.find_element("css selector", "input[name=seconds]")
+        seconds.clear()
+        seconds.send_keys("3")
+        driver.find_element("id", "generate").click()
+        wait = lambda condition, what, timeout=60: _wait(driver, condition, what, timeout)
+        wait(lambda: any(t["state"] == "done" for t in driver.execute_script("return window.musicgptStudio.takes()")),
+             "the take to finish")
+        driver.execute_script("window.musicgptStudio.showView('viewer')")
+        wait(lambda: driver.find_element("id", "viewer").is_displayed(), "the viewer")
+        driver.switch_to.frame("viewer")
+        wait(lambda: driver.execute_script("return !!window.musicgptViewer"), "the viewer's page")
+        assert not driver.find_element("id", "measure-group").is_displayed()  # one measure in the take's file
+        n = driver.execute_script("return window.musicgptViewer.nNotes")
+        q = n - 1
+        note = driver.find_element("css selector", f'#notes rect[data-i="{q}"]')
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center', inline: 'center'});"  # a click on
+                              "arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", note)  # the note
+        assert driver.execute_script("return window.musicgptViewer.state.sel") == q
+        button = driver.find_element("id", "influence-btn")
+        assert button.is_displayed() and f"#{q}" in button.text
+        button.click()
+        wait(lambda: driver.execute_script("return window.musicgptViewer.measure()") == "influence", "the influence view")
+        card = driver.find_element("id", "influence-card")
+        answer = driver.execute_script("return window.musicgptViewer.influence(arguments[0])", q)
+        assert card.is_displayed() and f"Influence on #{q}" in card.text
+        assert f"{len(answer['scored'])} of {answer['past_notes']} past notes scored" in card.text
+        assert "Given up:" in card.text and answer["scored"]
+        assert "arcs by influence (on demand, 1 note)" in driver.find_element("id", "stats").text
+        chips = [c.text for c in driver.find_elements("css selector", "#measures .chip")]
+        assert chips == ["attention", "influence (on demand)"]
+        drawn = len(driver.find_elements("css selector", "#arcs path.arc"))
+        assert drawn == driver.execute_script("return window.musicgptViewer.visibleArcs(arguments[0]).length", q) > 0
+        assert drawn == len([a for a in answer["arcs"] if a["weight"] >= 0.02][:6])
+        driver.find_element("css selector", '#measures .chip[data-measure="attention"]').click()
+        assert driver.execute_script("return window.musicgptViewer.measure()") == "attention"
+        driver.switch_to.default_content()
+        assert console_errors(driver) == []
+
+
+def _wait(driver, condition, what: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
