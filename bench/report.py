@@ -19,6 +19,7 @@ from typing import Callable
 
 from bench.format import shown, table
 from bench.plots import drawing
+from bench.report_arcs import section_faithfulness
 from bench.report_continuation import section_continuation
 from bench.report_live import section_decode_speed, section_duet, section_soak
 from bench.report_music import section_lengthgen, section_metrics
@@ -80,6 +81,8 @@ SECTIONS: dict[str, tuple[str, str, Callable[..., tuple[list[str], str]], str]] 
                      "python -m bench.continuation"),
     "attend_memory": ("attend_memory.json", "Attention arcs of a long piece: memory", section_attend_memory,
                       "python -m bench.attend_memory"),
+    "faithfulness": ("faithfulness.json", "Which past notes shaped a note: faithfulness of the arc measures",
+                     section_faithfulness, "python -m bench.faithfulness"),
     "studio": ("studio_latency.json", "Studio: first streamed note and streaming overhead", section_studio,
                "python -m bench.studio_latency"),
     "soak": ("studio_soak.json", "Studio: a long session (soak)", section_soak, "python -m bench.studio_soak"),
