@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="corpus whose train split the copy check indexes (default ASAP)")
     parser.add_argument("--no-copies", action="store_true", help="skip the copy check")
     parser.add_argument("--label", default="", help="a name for this run's settings in the JSON")
+    parser.add_argument("--levers", type=Path, nargs="*", default=[], metavar="JSON",
+                        help="earlier runs (other settings) whose summaries go into this run's JSON as 'levers'")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "continuation.json")
     args = parser.parse_args(argv)
     began, machine_start = time.perf_counter(), machine_info(torch_details=True)
@@ -277,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         "primers": len(primers), "primer_seconds": args.primer_seconds, "seconds": args.seconds,
         "seeds": args.seeds, "seed": args.seed, "threads": args.threads, "options": request_options(args),
         "resolved": {k: v for k, v in (resolved or {}).items() if k != "controls"}, "measures": list(MEASURES), "sets": sets, "by_corpus": by_corpus,
-        "issue_figures": issue_figures(rows), "generation_seconds": round(t_gen, 1),
+        "issue_figures": issue_figures(rows), "levers": [lever(path) for path in args.levers],
+        "generation_seconds": round(t_gen, 1),
         "seconds_total": round(time.perf_counter() - began, 1), "machine_start": machine_start,
         "machine_end": machine_info(torch_details=True), "caveat": CAVEAT, "rows": rows,
     }
@@ -287,6 +290,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{n} {sets[n]['summary']:.3f}" for n in SETS[1:] if sets[n]["summary"] is not None)
         + f"; degenerate {g['degenerate']} of {g['windows']}; wrote {args.out}")
     return 0
+
+
+def lever(path: Path) -> dict:
+    """The summary of an earlier run of this benchmark (another setting), for the 'levers' table."""
+    d = json.loads(path.read_text(encoding="utf-8"))
+    g = d["sets"]["generated"]
+    return {"file": path.name, "label": d.get("label", ""), "options": d.get("options", {}), "primers": d["primers"],
+            "seeds": d["seeds"], "seconds": d["seconds"], "summary": g["summary"], "per_measure": g["per_measure"],
+            "degenerate": g["degenerate"], "windows": g["windows"],
+            "by_corpus": {c: v["generated"] for c, v in d.get("by_corpus", {}).items()},
+            "references": {n: d["sets"][n]["summary"] for n in SETS[1:] if n in d["sets"]}}
 
 
 def _owners(rows: list[dict], name: str) -> list[str]:

@@ -11,10 +11,10 @@ WHAT = {
     "polyphony": "sounding notes (time-averaged)",
     "pitch_range": "highest - lowest pitch",
     "pitch_mean": "mean pitch",
-    "pitch_class_profile": "pitch-class profile, distance to the real one",
+    "pitch_class_profile": "pitch-class histogram",
     "velocity_mean": "mean velocity",
     "velocity_spread": "velocity standard deviation",
-    "ioi_histogram": "inter-onset intervals, histogram distance to the real one",
+    "ioi_histogram": "inter-onset interval histogram",
     "pitch_ngram_return": "share of pitch 4-grams found in the primer",
     "interval_ngram_return": "share of interval 4-grams found in the primer",
 }
@@ -38,10 +38,11 @@ def section_continuation(d: dict, img=None) -> tuple[list[str], str]:
              f"{d['generation_seconds']:.0f} s on {d['threads']} thread(s).", "",
              "Each window is measured against the real next seconds of the same performance: *within* when it lies "
              "in the spread of the real continuation and the piece's real music around it (the windows just after "
-             "it and just before the primer, and the same place of up to two other performances): a value between "
-             "their smallest and largest, a profile no farther from the real one than theirs "
-             "(`musicgpt.metrics.continuation`). Share of windows within, per measure:", ""]
-    rows = [[f"{name} ({WHAT.get(name, name)})", *(_share(s["per_measure"][name]) for s in sets.values())]
+             "it and just before the primer, and the same place of up to two other performances): no farther from "
+             "the real continuation than the farthest of them (absolute difference of a value, Euclidean distance "
+             "of a histogram; silence is within nothing; `musicgpt.metrics.continuation`). Share of windows within, "
+             "per measure:", ""]
+    rows = [[f"{name}: {WHAT.get(name, name)}", *(_share(s["per_measure"][name]) for s in sets.values())]
             for name in d["measures"]]
     rows.append(["**summary share** (mean of the above)", *(f"**{_share(s['summary'])}**" for s in sets.values())])
     rows.append(["windows", *(str(s["windows"]) for s in sets.values())])
@@ -62,6 +63,17 @@ def section_continuation(d: dict, img=None) -> tuple[list[str], str]:
               f"density ratio median {_share(f.get('density_ratio_median'))}, largest "
               f"{_share(f.get('density_ratio_max'))}. Copies: the primer's own notes are left out "
               f"(`CopyIndex.longest_run(..., exclude=primer)`); flagged above {_copy_threshold(sets)} notes.", ""]
+    levers = d.get("levers") or []
+    if levers:
+        lines += ["Levers, each measured with this benchmark at a smaller size (same primers within a size; the "
+                  "set-up's defaults unless an option is named):", ""]
+        lines += table(["setting", "options", "primers x seeds", "summary share", "density", "pitch-class profile",
+                        "degenerate", *(f"{c}" for c in levers[0]["by_corpus"])],
+                       [[lv["label"] or lv["file"], ", ".join(f"{k}={v}" for k, v in lv["options"].items()) or "-",
+                         f"{lv['primers']} x {lv['seeds']}", _share(lv["summary"]),
+                         _share(lv["per_measure"]["density"]), _share(lv["per_measure"]["pitch_class_profile"]),
+                         f"{lv['degenerate']} of {lv['windows']}", *(_share(v) for v in lv["by_corpus"].values())]
+                        for lv in levers])
     g = sets["generated"]
     ref = ", ".join(f"{SETS[k].split(' (')[0]} {_share(sets[k]['summary'])}" for k in ("ceiling", "floor", "looped")
                     if k in sets)
