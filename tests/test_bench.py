@@ -120,7 +120,8 @@ def write_results(directory: Path, skip: tuple[str, ...] = ()) -> None:
                                   "targets": {"takeover_median_ms": 50, "takeover_p95_ms": 100, "cache_p95_ms": 20,
                                               "barge_in_ms": 30, "jitter_p95_ms": 5, "dropped": 0},
                                   "paths": {"engine": figures, "websocket": figures}}
-    for name in ("decode_speed.json", "decode_speed_all_cores.json", "studio_soak.json"):  # real runs' files
+    for name in ("decode_speed.json", "decode_speed_all_cores.json", "studio_soak.json",
+                 "faithfulness.json"):  # real runs' files
         files[name] = json.loads((ROOT / "bench" / "results" / name).read_text(encoding="utf-8"))
     directory.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
@@ -185,6 +186,7 @@ def test_report_renders_tables_ratios_and_plots(tmp_path):
            "6/6 targets; websocket: takeover 31 ms, 6/6 targets |" in text
     assert "no precision pays" in section(text, "CPU decode speed against its bandwidth bound")
     assert "| uploaded primers left behind | 0 | 0 |" in section(text, "Studio: a long session (soak)")
+    assert "**What the figures say**" in section(text, "Which past notes shaped a note: faithfulness of the arc measures")
 
 
 def test_missing_and_malformed_results_are_reported_not_fatal(tmp_path):
