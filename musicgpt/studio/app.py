@@ -129,9 +129,11 @@ class EventStream(StreamingResponse):
                                   **SECURITY_HEADERS})
 
     async def _events(self, first: list[Event]):
-        yield encode(first)
+        # encoded on a thread: a batch with the primer's arcs takes tens of ms of pure Python, which on the loop
+        # would hold every other request (/api/health) that long; off it, they wait one GIL switch at most
+        yield await run_in_threadpool(encode, first)
         while (batch := await self.job.events()) is not None:
-            yield encode(batch)
+            yield await run_in_threadpool(encode, batch)
         self.complete = True
 
     async def __call__(self, scope, receive, send) -> None:
