@@ -293,3 +293,26 @@ def test_a_file_of_several_measures_round_trips_and_old_files_read_as_before(sma
                        ({"norm": [late]}, "'measures'['norm']: arcs[0]"), ([], "must be an object")):
         with pytest.raises(ArcsFormatError, match=re.escape(words)):
             validate_arcs({**small, "measures": bad})
+
+
+def test_attend_with_several_measures_writes_one_file_and_a_page_that_switches(checkpoint, tmp_path, capsys):
+    """`attend --measure attention,norm`: one arcs.json whose arcs equal those of attend with each measure alone,
+    the first in "arcs", the other under "measures"; its page embeds both; `with_measures` builds the same."""
+    from musicgpt.arcs.format import ArcsDocument
+    from tiny_models import PRIMER
+
+    args = ["attend", str(checkpoint), str(PRIMER), "--tokens", "160", "--quiet", "--measure"]
+    assert main([*args, "attention,norm", "--out", str(tmp_path / "both")]) == 0
+    assert "arcs by attention, " in capsys.readouterr().out
+    both = read_arcs(tmp_path / "both" / f"{PRIMER.stem}.arcs.json")
+    for m in ("attention", "norm"):
+        assert main([*args, m, "--out", str(tmp_path / m)]) == 0
+    alone = {m: read_arcs(tmp_path / m / f"{PRIMER.stem}.arcs.json") for m in ("attention", "norm")}
+    assert both["measure"] == "attention" and both["arcs"] == alone["attention"]["arcs"]
+    assert list(both["measures"]) == ["norm"] and both["measures"]["norm"] == alone["norm"]["arcs"]
+    assert both["notes"] == alone["attention"]["notes"]  # the first measure's pass gives the notes and surprisal
+    page = (tmp_path / "both" / f"{PRIMER.stem}.html").read_text(encoding="utf-8")
+    assert '"measure":"attention","measures":{"norm":{"arcs":' in page
+    assert main([*args, "norm,norm", "--out", str(tmp_path / "twice")]) != 0
+    assert "named twice" in capsys.readouterr().err
+    assert isinstance(both, ArcsDocument)
