@@ -316,3 +316,16 @@ def test_attend_with_several_measures_writes_one_file_and_a_page_that_switches(c
     assert main([*args, "norm,norm", "--out", str(tmp_path / "twice")]) != 0
     assert "named twice" in capsys.readouterr().err
     assert isinstance(both, ArcsDocument)
+    # the library's way: with_measures on the attention document gives the same file
+    from musicgpt.arcs.measures import with_measures
+    from musicgpt.generation.primer import primer_ids
+    from musicgpt.model import load_model
+    from musicgpt.music.scores import read_notes
+    from musicgpt.tokens.registry import tokenizer_of
+
+    model = load_model(checkpoint)
+    tokenizer = tokenizer_of(model)
+    ids = np.r_[tokenizer.bos_id, primer_ids(read_notes(PRIMER), tokenizer, tokens=160)]
+    made = with_measures(model, tokenizer, alone["attention"], ids, ["attention", "norm"])
+    assert isinstance(made, ArcsDocument) and made["measures"]["norm"] == both["measures"]["norm"]
+    assert made["arcs"] == both["arcs"]
