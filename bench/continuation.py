@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                      for name in SETS} for c in dict.fromkeys(p.corpus for p in primers)}
     report = {
         "benchmark": "continuation", "checkpoint": args.checkpoint or "bundled", "label": args.label,
-        "corpora": {name: str(folder) for name, folder in corpora}, "split": args.split,
+        "corpora": {name: os.path.relpath(folder.resolve(), ROOT) for name, folder in corpora}, "split": args.split,
         "primers": len(primers), "primer_seconds": args.primer_seconds, "seconds": args.seconds,
         "seeds": args.seeds, "seed": args.seed, "threads": args.threads, "options": request_options(args),
         "resolved": {k: v for k, v in (resolved or {}).items() if k != "controls"}, "measures": list(MEASURES), "sets": sets, "by_corpus": by_corpus,
