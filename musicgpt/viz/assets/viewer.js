@@ -569,7 +569,7 @@
   function syncControls() {
     layerBox.querySelectorAll('.chip').forEach((c) => c.classList.toggle('on', S.layers.has(+c.dataset.layer)));
     headBox.querySelectorAll('.chip').forEach((c) => c.classList.toggle('on', S.heads.has(+c.dataset.head)));
-    topIn.value = S.top; $('top-out').textContent = S.top;
+    topIn.max = maxRun; topIn.value = S.top; $('top-out').textContent = S.top;  // the max: the drawn measure's
     thrIn.value = S.thr; $('thr-out').textContent = S.thr.toFixed(3);
     zoomIn.value = ppsToZoom(pps);
     writeHash();
