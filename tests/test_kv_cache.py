@@ -237,3 +237,24 @@ def test_truncate_takes_back_the_last_tokens_as_if_never_fed():
     assert not small.truncate(end) and (small.length, small.end) == (length, end)  # keys it would need are gone
     pinned = model.new_cache(pinned=2)
     assert not pinned.truncate(1) and pinned.truncate(0)
+
+
+def test_teacher_forcing_past_the_window_of_a_pinned_cache_reads_the_header_first(batch=1):
+    """A steered prompt longer than the window (a long primer behind a CONTROL header): the prefill takes chunks
+    while they fit and then one token at a time, each reading [header][its latest tokens], as the plain loops do;
+    chunked past the window, the cache refused it."""
+    import numpy as np
+
+    from musicgpt.model.prefill import teacher_force
+    from tiny_models import tiny_model
+
+    model, window, header, length = tiny_model(), 20, 3, 70
+    x = torch.randint(0, 391, (1, length), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = pinned_reference(model, x, window, header)  # (1, T, V)
+        cache = model.new_cache(window=window, capacity=26, pinned=header)
+        nll = np.zeros((1, length))
+        last = teacher_force(model, x, cache, chunk=8, token_nll=nll)
+    logp = torch.log_softmax(expected[0, :-1], -1).gather(-1, x[0, 1:, None])[:, 0]  # (T-1,)
+    assert (last - expected[:, -1]).abs().max() <= 1e-4 and cache.length == length
+    assert np.abs(nll[0, 1:] + logp.numpy()).max() <= 1e-4

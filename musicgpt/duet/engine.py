@@ -129,23 +129,14 @@ class DuetSession:
 
     @torch.no_grad()
     def _sync(self) -> None:
-        """Feed the stream's tokens the caches have not seen: in chunks, or one at a time once a pinned window slides."""
+        """Feed the stream's tokens the caches have not seen (in chunks; once a pinned window slides, one at a time)."""
         self.barged = False
         new = self.stream.ids[self.fed :]
         if not new:
             return
-        n_ctx = self.model.config.n_ctx
-        if self.pinned:
-            room = max(0, n_ctx - 1 - self.cache.length)  # what fits before the window slides
-            chunked, single = new[:room], new[room:]
-        else:
-            chunked, single = new, []
-        chunk = min(self.settings.chunk, n_ctx // 2)
-        if chunked:
-            x = torch.tensor([chunked], dtype=torch.long)  # (1, T)
-            self.logits = teacher_force(self.model, x, self.cache, chunk=chunk)
-        for token in single:
-            self.logits, _ = self.decoder.step(torch.tensor([token]), self.cache)
+        chunk = min(self.settings.chunk, self.model.config.n_ctx // 2)
+        x = torch.tensor([new], dtype=torch.long)  # (1, T)
+        self.logits = teacher_force(self.model, x, self.cache, chunk=chunk)  # a slid pinned window: token by token
         if self.guidance is not None:  # its prompt is in already; the music after it is the same tokens
             later = self.stream.ids[max(self.fed, len(self.stream.prompt)) :]
             if later:

@@ -1,5 +1,8 @@
 """Prefill: feed token ids into a KV cache in chunks, keeping what the callers ask for on the way.
 
+A cache with pinned tokens (a CONTROL header) takes chunks only while they fit its window; past it, where each
+token's window is [header][its latest tokens], one token at a time, exactly as the decode step reads it.
+
 Generation reads its prompt this way before the first step, guidance its unconditional prompt, and the
 arcs (`musicgpt.arcs.capture.attend`) and the head atlas teacher-force whole pieces with it, so all of them
 see exactly the windows the decode step sees. Per chunk it can hand the attention rows of chosen query
@@ -38,11 +41,16 @@ def teacher_force(model, ids: Tensor, cache, recorders: list | None = None, quer
     """
     b, t = ids.shape
     logits = None
-    for start in range(0, t, chunk):
-        part = ids[:, start : start + chunk]
+    start = 0
+    while start < t:
+        size = chunk
+        if getattr(cache, "pinned", 0):  # past the window the pinned header is re-placed before every token
+            room = cache.window - 1 - cache.length
+            size = min(chunk, room) if room > 0 else 1
+        part = ids[:, start : start + size]
         first = cache.length
         key_start = cache.length - cache.n_past
-        rows = None if recorders is None else [np.flatnonzero(queries[i, start : start + chunk]) for i in range(b)]
+        rows = None if recorders is None else [np.flatnonzero(queries[i, start : start + size]) for i in range(b)]
         want = rows is not None and any(len(r) for r in rows)
         out = model(part, cache=cache, return_attention=want)
         if token_nll is not None:  # row j predicts token j + 1; the previous chunk's last row this chunk's first
@@ -60,4 +68,5 @@ def teacher_force(model, ids: Tensor, cache, recorders: list | None = None, quer
             recorder.end_chunk()
         if progress is not None:
             progress(part.shape[1])
+        start += part.shape[1]
     return logits
