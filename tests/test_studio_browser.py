@@ -233,7 +233,8 @@ def test_controls_and_a_span_dragged_over_the_roll_are_regenerated(browser):
         seconds.send_keys("3")
         browser.find_element("id", "generate").click()
         wait_for(browser, lambda d: [t for t in takes(d) if t["state"] in ("done", "stopped")], 60, "the first take")
-        assert "composer=Chopin" in browser.find_element("css selector", "#takes .meta").text
+        # read in one script: the takes list re-renders as events arrive (a found element can go stale)
+        assert "composer=Chopin" in browser.execute_script("return document.querySelector('#takes .meta').textContent")
         browser.find_element("id", "tab-live").click()
         canvas = browser.find_element("id", "live-roll")
         # Shift+drag over the roll: from 1 s to 2 s (the roll shows 60 px a second after its 30 px of keys)
