@@ -120,7 +120,7 @@ def write_results(directory: Path, skip: tuple[str, ...] = ()) -> None:
                                   "targets": {"takeover_median_ms": 50, "takeover_p95_ms": 100, "cache_p95_ms": 20,
                                               "barge_in_ms": 30, "jitter_p95_ms": 5, "dropped": 0},
                                   "paths": {"engine": figures, "websocket": figures}}
-    for name in ("decode_speed.json", "decode_speed_all_cores.json", "studio_soak.json",
+    for name in ("decode_speed.json", "decode_speed_all_cores.json", "studio_soak.json", "continuation.json",
                  "faithfulness.json"):  # real runs' files
         files[name] = json.loads((ROOT / "bench" / "results" / name).read_text(encoding="utf-8"))
     directory.mkdir(parents=True, exist_ok=True)
@@ -184,7 +184,7 @@ def test_report_renders_tables_ratios_and_plots(tmp_path):
         in duet
     assert "| Duet: takeover, barge-in and timing in real time | `duet_latency.json` | measured | engine: takeover 31 ms, " \
            "6/6 targets; websocket: takeover 31 ms, 6/6 targets |" in text
-    assert "no precision pays" in section(text, "CPU decode speed against its bandwidth bound")
+    assert "| CPU decode speed against its bandwidth bound | `decode_speed.json` | measured | no precision pays" in text
     assert "| uploaded primers left behind | 0 | 0 |" in section(text, "Studio: a long session (soak)")
     assert "**What the figures say**" in section(text, "Which past notes shaped a note: faithfulness of the arc measures")
 
@@ -236,7 +236,8 @@ def test_option_parsing():
     assert parser.parse_args([]).size == "default" and parser.parse_args(["--full"]).size == "full"
     assert suite.parse_only(None) == list(suite.BENCHMARKS)
     assert list(suite.BENCHMARKS) == ["tokenize", "roundtrip", "attention", "train", "generate", "metrics",
-                                      "attend_memory", "lengthgen", "studio"]
+                                      "continuation", "attend_memory", "lengthgen", "studio", "soak", "duet",
+                                      "decode_speed"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--quick", "--full"])
     for bad in ("attention,nope", ",", ""):

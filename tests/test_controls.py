@@ -106,7 +106,7 @@ def test_controls_open_the_prompt_and_guidance_one_changes_nothing(model):
     kw = dict(tokenizer=STEERING, max_new_tokens=20, seed=3, primer_tokens=30, stop_at_eos=False)
     (a,) = musicgpt.generate(model, PRIMER, controls=["composer=Chopin", "density=high"], **kw)
     (b,) = musicgpt.generate(model, PRIMER, controls={"composer": "chopin", "density": "high"}, guidance=1.0, **kw)
-    (plain,) = musicgpt.generate(model, PRIMER, **kw)
+    (plain,) = musicgpt.generate(model, PRIMER, follow_primer=False, **kw)  # no controls, not even the primer's
     assert a.ids[: len(header)].tolist() == header.tolist() and a.ids[len(header)] == STEERING.bos_id
     assert a.ids.tolist() == b.ids.tolist()
     assert plain.ids[0] == STEERING.bos_id and len(plain.ids) == len(a.ids) - len(header)

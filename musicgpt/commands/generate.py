@@ -47,6 +47,9 @@ def add_control_arguments(parser) -> None:
     parser.add_argument("--guidance", type=float, default=1.0, metavar="G",
                         help="classifier-free guidance towards the controls (1 = off, the default; 2-3 = stronger; "
                              "costs a second pass)")
+    parser.add_argument("--no-follow-primer", dest="follow_primer", action="store_false",
+                        help="do not steer by the primer's own density and dynamics (by default a model that knows "
+                             "those controls reads them from the primer; a --control given wins)")
 
 
 def add_threads_argument(parser) -> None:
@@ -181,7 +184,7 @@ def _generate(args: argparse.Namespace, model, tokenizer, arcs_config):
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
             min_p=args.min_p, keep_type_mass=not args.plain_mask, seed=args.seed, num_samples=args.num_samples,
             stop_at_eos=not args.ignore_eos, max_note_seconds=args.max_note_seconds, controls=args.control,
-            guidance=args.guidance, arcs=arcs_config)
+            guidance=args.guidance, follow_primer=args.follow_primer, arcs=arcs_config)
     except ConfigError as exc:  # in the command's words: its flags, not the Python names
         raise ConfigError(_as_flags(str(exc))) from None
     plan = prepare(model, tokenizer, request)

@@ -153,7 +153,7 @@ def _request(args: argparse.Namespace):
         return GenerationRequest(primer=args.primer, primer_seconds=args.primer_seconds, temperature=args.temperature,
                                  top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                                  keep_type_mass=not args.plain_mask, seed=args.seed, controls=args.control,
-                                 guidance=args.guidance)
+                                 guidance=args.guidance, follow_primer=args.follow_primer)
     except ConfigError as exc:
         raise ConfigError(_as_flags(str(exc))) from None
 

@@ -19,8 +19,8 @@ onset intervals (onsets rounded to --copy-grid; chords lowest pitch first) as a 
 which piece, and where in both. Transposed or time-stretched copies do not match. A run longer than
 --copy-threshold notes is flagged COPY in the table and listed under "copies" in metrics.json. Runs shorter
 than 4 notes are not searched (shown as <4). TRAIN_DATA is a folder of MIDI files, or a `musicgpt prepare`
-folder, whose --split is decoded with its tokenizer.json: exactly the notes a model was trained on. A sample
-generated from a primer taken from the training data shares at least the primer.
+folder, whose --split is decoded with its tokenizer.json: exactly the notes a model was trained on. A generated
+file's "primer" track (what `generate` writes) is left out: only the music the model wrote can be a copy.
 """
 
 

@@ -70,7 +70,8 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
              progress: bool = False, threads: int | None = 1, chunk: int = DEFAULT_CHUNK,
              device: str | torch.device | None = None,
              max_note_seconds: float | None = DEFAULT_MAX_NOTE_SECONDS, keep_type_mass: bool = True,
-             controls: dict[str, str] | list[str] | None = None, guidance: float = 1.0) -> list[Sample]:
+             controls: dict[str, str] | list[str] | None = None, guidance: float = 1.0,
+             follow_primer: bool = True) -> list[Sample]:
     """Continue `primer` (a MIDI/MusicXML/ABC path, Notes, token ids or None) and return `num_samples` Samples.
 
     primer_seconds / primer_tokens: use the primer's first S seconds / N tokens. With neither, a primer
@@ -93,7 +94,7 @@ def generate(model=None, primer=None, *, tokenizer=None, max_new_tokens: int | N
         primer=primer, primer_seconds=primer_seconds, primer_tokens=primer_tokens, seconds=seconds,
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         keep_type_mass=keep_type_mass, seed=seed, num_samples=num_samples, stop_at_eos=stop_at_eos,
-        max_note_seconds=max_note_seconds or 0.0, controls=controls, guidance=guidance,
+        max_note_seconds=max_note_seconds or 0.0, controls=controls, guidance=guidance, follow_primer=follow_primer,
         arcs=(arcs_config or ArcsConfig()) if arcs else None, return_logits=return_logits, chunk=chunk)
     return run(model, tokenizer, prepare(model, tokenizer, request, stacklevel=3), progress=progress, threads=threads)
 
