@@ -24,7 +24,9 @@ it by the session's start, or over the socket by the `ready` message's time, a s
   phrases;
 - barge-in: from sending the human's note-on into the model's answer to receiving the last note-off of the
   model's sounding notes (a barge-in with no model note sounding is not counted);
-- jitter: how late each model note on/off message arrives after its due time (0 when early);
+- jitter: how late each model note-on message arrives after its due time (0 when early: a client plays it
+  on time); note-offs are reported apart (`note_off_late`): those that silence a barge-in are dated at the
+  player's note, so they are late by the barge-in's latency by construction;
 - dropped: human messages the pump dropped (its `error` events) and note-ons never echoed.
 
 The machine's speed drifts 2-4x within minutes and other jobs share its 2 cores: the JSON records the load;
@@ -281,7 +283,10 @@ def figures(client: Client, flood_index: int, script: Script) -> dict[str, Any]:
             flood_cache.append(fed - t)
     origin = client.origin  # server time s -> client time s + origin
     midi = [(t, m) for t, m in received if m.get("event") == "midi"]
-    jitter = [max(0.0, t - (m["time"] + origin)) for t, m in midi]
+    # a note-on sounds at its time unless its message comes later; note-offs that silence (a barge-in, the end)
+    # are reactions, dated when the player played, so only the strikes measure the timing
+    jitter = [max(0.0, t - (m["time"] + origin)) for t, m in midi if m["midi"][0] == 0x90]
+    off_late = [max(0.0, t - (m["time"] + origin)) for t, m in midi if m["midi"][0] != 0x90]
     takeovers, barge_ins = [], []
     sends = [(t, i) for t, m, i in client.sent if m[0] == 0x90]
     for i in sorted({i for _, _, i in client.sent}):
@@ -305,7 +310,8 @@ def figures(client: Client, flood_index: int, script: Script) -> dict[str, Any]:
     dropped = max([m.get("dropped", 0) for _, m in received if m.get("event") == "error"], default=0)
     errors = [m.get("message") for _, m in received if m.get("event") == "error"]
     return {"takeover": percentiles(takeovers), "cache": percentiles(cache), "cache_flood": percentiles(flood_cache),
-            "barge_in": percentiles(barge_ins), "jitter": percentiles(jitter), "dropped": int(dropped),
+            "barge_in": percentiles(barge_ins), "jitter": percentiles(jitter), "note_off_late": percentiles(off_late),
+            "dropped": int(dropped),
             "not_echoed": missing, "human_note_ons": len(sends), "model_messages": len(midi), "errors": errors[:5]}
 
 

@@ -13,7 +13,8 @@ MEASURES = (  # (key in a path's figures, label, ((target key, which figure it b
     ("cache_flood", "human note-on -> in the cache, while playing 20 notes/s", (("cache_p95_ms", "p95"),)),
     ("cache", "human note-on -> in the cache, all phrases", ()),
     ("barge_in", "barge-in -> the model's sounding notes end", (("barge_in_ms", "p95"),)),
-    ("jitter", "a model note message later than due", (("jitter_p95_ms", "p95"),)),
+    ("jitter", "a model note-on message later than due", (("jitter_p95_ms", "p95"),)),
+    ("note_off_late", "a model note-off later than its time (barge-in releases included)", ()),
 )
 
 

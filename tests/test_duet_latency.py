@@ -22,7 +22,8 @@ def test_the_duet_latency_benchmark_measures_both_paths(checkpoint, tmp_path):
     for path, f in result["paths"].items():
         assert f["human_note_ons"] >= 12 and f["not_echoed"] == 0 and f["dropped"] == 0, path
         assert f["takeover"]["n"] >= 1 and f["cache"]["n"] == f["human_note_ons"], path
-        assert f["model_messages"] > 0 and f["jitter"]["n"] == f["model_messages"], path
+        assert f["model_messages"] > 0 and f["jitter"]["n"] + f["note_off_late"]["n"] == f["model_messages"], path
+        assert f["jitter"]["n"] >= 1, path  # the model's note-ons
         assert set(f["meets"]) == set(duet_latency.TARGETS), path
     lines, headline = section_duet(result, tmp_path)
     assert "engine: takeover" in headline and any("barge-in" in line for line in lines)
