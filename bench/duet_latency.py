@@ -49,6 +49,7 @@ import numpy as np
 
 from bench.machine import CAVEAT, NO_GPU, machine_info
 from musicgpt._io import atomic_write_text
+from musicgpt.corpus.recipes import held_out_pieces
 
 ROOT = Path(__file__).resolve().parents[1]
 ASAP = ROOT.parent / "shared" / "corpora" / "asap"
@@ -71,18 +72,6 @@ class Script:
 
 
 # ---- the human's part -------------------------------------------------------------------------------------------
-def performances(data: Path, split: str) -> list[Path]:
-    """One performance per held-out piece of the corpus folder (its `split`; every piece when it has none)."""
-    from musicgpt.corpus.recipes import collect
-
-    _, sources = collect(data)
-    chosen = [s for s in sources if s.split == split] or list(sources)
-    first: dict[str, Path] = {}
-    for s in sorted(chosen, key=lambda s: s.rel):
-        first.setdefault(s.group, s.path)
-    return [first[g] for g in sorted(first)]
-
-
 def phrases(files: list[Path], count: int, script: Script) -> list[Timed]:
     """`count` phrases of `phrase_s` seconds with at least 6 notes, at spread-out points of the performances."""
     from musicgpt.music.midi import read_midi
@@ -345,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     model, _ = load_model_and_tokenizer(args.checkpoint)
     script = Script(args.phrase_seconds, args.wait, args.answer, args.seed)
-    played = phrases(performances(args.data, args.split), args.phrases, script)
+    played = phrases(held_out_pieces(args.data, args.split), args.phrases, script)
     flood_index = len(played) // 2
     played[flood_index] = flood(played[flood_index])
     result = {"benchmark": "duet_latency", "caveat": CAVEAT, "gpu": NO_GPU,

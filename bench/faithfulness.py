@@ -35,7 +35,7 @@ from musicgpt._io import atomic_write_text
 from musicgpt.arcs.forward import trace
 from musicgpt.arcs.influence import base_nll, influence, masked_nll, piece_maps, query_context
 from musicgpt.arcs.measures import CHEAP, note_influence, note_scores, token_scores
-from musicgpt.corpus.recipes import collect
+from musicgpt.corpus.recipes import held_out_pieces
 from musicgpt.errors import MusicGPTError
 from musicgpt.model import load_model
 from musicgpt.music.scores import read_notes
@@ -62,16 +62,6 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     values, inverse = np.unique(x, return_inverse=True)
     sums = np.bincount(inverse, weights=ranks)
     return (sums / np.bincount(inverse))[inverse]  # ties share their mean rank
-
-
-def held_out_pieces(folder: Path, split: str) -> list[Path]:
-    """One file per piece (group) of `split` in the corpus folder (every piece when the split is empty)."""
-    _, sources = collect(folder)
-    chosen = [s for s in sources if s.split == split] or list(sources)
-    first: dict[str, Path] = {}
-    for s in sorted(chosen, key=lambda s: s.rel):
-        first.setdefault(s.group, s.path)
-    return [first[g] for g in sorted(first)]
 
 
 def query_figures(model, ids: np.ndarray, maps, note: int, rng: np.random.Generator, batch: int) -> dict | None:

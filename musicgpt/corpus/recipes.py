@@ -215,3 +215,14 @@ def collect(root: str | Path, recipe: str | None = None, ratios=DEFAULT_RATIOS,
     elif composer_from != "metadata":
         raise ConfigError(f"composer_from {composer_from!r}: expected metadata, folder or none")
     return name, sources
+
+
+def held_out_pieces(root: str | Path, split: str = "test") -> list[Path]:
+    """One file per piece (group) of `split` in a corpus folder, by piece name (every piece when the split is
+    empty): what a benchmark replays or scores, never two performances of one piece."""
+    _, sources = collect(root)
+    chosen = [s for s in sources if s.split == split] or list(sources)
+    first: dict[str, Path] = {}
+    for s in sorted(chosen, key=lambda s: s.rel):
+        first.setdefault(s.group, s.path)
+    return [first[g] for g in sorted(first)]
