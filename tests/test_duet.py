@@ -307,3 +307,25 @@ def test_a_poll_stops_decoding_when_interrupted_and_the_next_poll_goes_on(model)
             s.poll()
         runs.append(s.ids.tolist())
     assert runs[0] == runs[1]
+
+
+def test_the_answer_is_prepared_before_wait_runs_out_and_taken_back_unseen_if_the_player_goes_on(model):
+    """`prepare` seconds before the takeover the model decodes its opening (nothing is told yet: the turn comes when
+    it happens); a release by the player in that window takes it all back unseen and the wait starts again."""
+    s, clock = session(model, seed=4, wait=0.5, prepare=0.15)
+    phrase(s, clock, pitches=(60, 64))
+    s.note_on(67, 80)  # held: its release comes inside the window
+    last = clock.now()
+    n = len(s.ids)
+    clock.set(last + 0.5 - 0.1)  # inside the window, before the takeover
+    assert [e.kind for e in s.poll() if e.kind == "turn"] == []  # nothing told
+    assert any(w == 1 for w in s.stream.who[n:])  # ... but the model's opening is written already
+    out = s.note_off(67)  # the player goes on: the prepared answer goes, unheard and untold
+    assert [e for e in out if e.kind in ("turn", "off")] == []
+    assert all(w == 0 for w in s.stream.who[n:]) and s.turn == "human"
+    s.poll()
+    assert_cache_is_the_full_forward(s, model)
+    events = run_until(s, clock, clock.now() + 0.6)  # a full `wait` after the release: the model comes in
+    assert [e.who for e in events if e.kind == "turn"][:1] == ["model"]
+    first = next(e for e in events if e.kind == "on")
+    assert first.time >= clock.now() - 0.6 + 0.5  # not before the release + wait

@@ -11,8 +11,8 @@ from musicgpt.commands._checkpoint_arg import add_checkpoint_argument, model_of
 # generate's options a duet samples with: declared by generate's own functions, so names, defaults and help are its
 SAMPLING = ("primer", "primer_seconds", "temperature", "top_k", "top_p", "min_p", "seed", "control", "guidance",
             "plain_mask", "threads")
-DUET_FLAGS = {"wait": "--wait", "answer": "--answer", "lead": "--lead", "first_note": "--first-note",
-              "lookahead": "--lookahead",
+DUET_FLAGS = {"wait": "--wait", "answer": "--answer", "prepare": "--prepare", "lead": "--lead",
+              "first_note": "--first-note", "lookahead": "--lookahead",
               "trigger_cc": "--trigger-cc", "trigger_note": "--trigger-note"}
 
 
@@ -40,6 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help=f"the model plays after S seconds of silence from you (default {DuetConfig.wait:g})")
     duet.add_argument("--answer", type=float, default=DuetConfig.answer, metavar="S",
                       help=f"the model plays at most S seconds per turn (default {DuetConfig.answer:g})")
+    duet.add_argument("--prepare", type=float, default=DuetConfig.prepare, metavar="S",
+                      help=f"the model starts decoding its answer S seconds before --wait runs out (a note of yours "
+                           f"before then takes it back unheard; default {DuetConfig.prepare:g})")
     duet.add_argument("--lead", type=float, default=DuetConfig.lead, metavar="S",
                       help=f"its turn begins S seconds after it takes over: the time to decode its first note, so that "
                            f"note is not late (default {DuetConfig.lead:g})")

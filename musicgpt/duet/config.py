@@ -34,11 +34,13 @@ class DuetConfig:
     lead: float = 0.03  # the model's turn begins this long after it takes over: time to decode its first note
     first_note: float = 0.03  # its first note comes at most this long after its turn begins
     lookahead: float = 0.1  # events are handed out at most this early
+    prepare: float = 0.15  # the model starts decoding its answer this long before `wait` runs out (unheard if the
+    # player plays first: taken back), so the opening notes of its turn are decoded before they are due
     trigger_cc: int | None = None  # a controller (not 64, the sustain pedal) whose press (>= 64) hands over at once
     trigger_note: int | None = None  # a key that hands over at once (it makes no sound)
 
     def __post_init__(self):
-        for name in ("wait", "answer", "lookahead", "lead", "first_note"):
+        for name in ("wait", "answer", "lookahead", "lead", "first_note", "prepare"):
             value = getattr(self, name)
             positive = name in ("wait", "answer", "lookahead")
             if not (isinstance(value, (int, float)) and math.isfinite(value) and (value > 0 if positive else value >= 0)):

@@ -106,6 +106,7 @@ class DuetSession:
         self._start_guidance()
         self.fed = 0
         self.barged = False  # a barge-in has cut the stream; its prefill waits for the next poll
+        self.announced = False  # the model's turn has been handed out (it began)
         self.lock = threading.RLock()  # front ends call from their input thread and their clock's pump
         self._sync()
 
@@ -214,10 +215,14 @@ class DuetSession:
         if kind == "cc" and a != SUSTAIN_CC:
             return out
         if self.turn == "model":
-            if not (kind == "on" and b > 0):
+            if not self.announced:  # the answer was being prepared: any event of the player's takes it back
+                out += self._barge_in(t)
+                self.played = True
+            elif not (kind == "on" and b > 0):
                 self.deferred.append((kind, a, b, t))
                 return out
-            out += self._barge_in(t)
+            else:
+                out += self._barge_in(t)
         if self.stream.human_event(kind, a, b, self._step_of(t)):
             self.played = True
         if kind in ("on", "off"):
@@ -237,16 +242,24 @@ class DuetSession:
 
     def _poll(self, now: float, interrupt: Callable[[], bool] | None = None) -> list[DuetEvent]:
         self._sync()  # what a barge-in or the end of a turn left unfed
-        if self.turn == "human" and self.played and now - self.last_human >= self.config.wait - 1e-9:
-            self._take_over(now)
+        due = self.last_human + self.config.wait
+        if self.turn == "human" and self.played and now >= due - self.config.prepare - 1e-9:
+            self._take_over(max(now, due))  # ahead of time: the opening is decoded before it is due
         if self.turn == "model":
-            self._decode(int(math.floor((now + self.config.lookahead - self.origin) / self.step + 1e-9)), interrupt)
+            ahead = max(now + self.config.lookahead, self._time_of(self.turn_start) + self.config.prepare)
+            self._decode(int(math.floor((ahead - self.origin) / self.step + 1e-9)), interrupt)
         return self._drain(now, now + self.config.lookahead)
 
     def _drain(self, now: float, horizon: float) -> list[DuetEvent]:
         """Hand out the events made up to `horizon`; keep the note-ons not due by `now` to cancel on a barge-in."""
-        out = [e for e in self.outbox if e.time <= horizon + 1e-9]
-        self.outbox = self.outbox[len(out) :]
+        n = 0
+        for e in self.outbox:  # a turn is told when it happens, so an answer taken back before it began goes unseen
+            if e.time > (now if e.kind == "turn" else horizon) + 1e-9:
+                break
+            n += 1
+        out, self.outbox = self.outbox[:n], self.outbox[n:]
+        if any(e.kind == "turn" and e.who == "model" for e in out):
+            self.announced = True
         self.handed = [e for e in self.handed + out if e.time > now + 1e-9 and e.kind == "on"]
         return out
 
@@ -271,8 +284,10 @@ class DuetSession:
         self.stream.release(pitches, MODEL)
         end = self._time_of(self.stream.steps) if t is None else t
         events = [DuetEvent("off", end, pitch=p, id=i) for p, i in zip(pitches, ids)]
-        events.append(DuetEvent("turn", end, who="human"))
-        self.turn, self.held = "human", None
+        if self.announced:  # an answer taken back before it began was never told
+            events.append(DuetEvent("turn", end, who="human"))
+        self.outbox = [e for e in self.outbox if e.kind != "turn"]
+        self.turn, self.held, self.announced = "human", None, False
         for kind, a, b, _ in self.deferred:
             self.stream.human_event(kind, a, b, self.stream.steps)
         self.deferred.clear()
