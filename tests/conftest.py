@@ -1,10 +1,11 @@
-"""Fixtures several test files share: a long piece and a tiny checkpoint, made once per module that asks."""
+"""Fixtures several test files share: a long piece, a tiny checkpoint and a tiny model on one thread, made once per
+module that asks."""
 
 from pathlib import Path
 
 import pytest
 
-from tiny_models import long_midi, tiny_checkpoint
+from tiny_models import long_midi, tiny_checkpoint, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -17,3 +18,15 @@ def long_file(tmp_path_factory) -> Path:
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny checkpoint directory with a plain tokenizer (a file that defines its own `checkpoint` overrides it)."""
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def one_thread_model():
+    """The tiny model with torch on one thread while the module runs (a duet decodes one sequence: a second thread
+    only waits on a busy machine); the thread count is restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tiny_model()
+    torch.set_num_threads(threads)

@@ -12,18 +12,15 @@ from musicgpt.errors import ConfigError
 from musicgpt.generation.setup import GenerationRequest
 from musicgpt.tokens.performance import PerformanceTokenizer
 from test_kv_cache import pinned_reference
-from tiny_models import steering_model, tiny_model
+from tiny_models import steering_model
 
 TOK = PerformanceTokenizer()
 PRIMER = Path(__file__).parent / "fixtures" / "pop909_331.mid"
 
 
 @pytest.fixture(scope="module")
-def model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one sequence, tiny ops: a second thread only waits on a busy machine
-    yield tiny_model()
-    torch.set_num_threads(threads)
+def model(one_thread_model):
+    return one_thread_model
 
 
 def session(model, seed=1, **config):

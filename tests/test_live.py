@@ -12,7 +12,6 @@ import types
 
 import mido
 import pytest
-import torch
 
 from musicgpt.cli import main
 from musicgpt.duet import DuetConfig, DuetSession, FakeClock
@@ -20,7 +19,6 @@ from musicgpt.generation.setup import GenerationRequest
 from musicgpt.live import ports as live_ports
 from musicgpt.live.ports import INSTALL_HINT, MidiPortError, match_port, open_system
 from musicgpt.live.runner import LiveConfig, LiveRunner
-from tiny_models import tiny_model
 
 BACKEND = "fake_midi_backend"
 
@@ -89,11 +87,8 @@ def system(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield tiny_model()
-    torch.set_num_threads(threads)
+def model(one_thread_model):
+    return one_thread_model
 
 
 # ---- ports -----------------------------------------------------------------------------------------------

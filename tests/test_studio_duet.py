@@ -13,7 +13,6 @@ import time
 from urllib.parse import urlencode
 
 import pytest
-import torch
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -23,17 +22,13 @@ from musicgpt.studio.duet import parse_params
 from musicgpt.studio.duet_pump import EARLY_S, INBOX, DuetPump
 from musicgpt.errors import ConfigError
 from studio_fixtures import serve_tiny, wait_until
-from tiny_models import tiny_model
 
 ON, OFF = 0x90, 0x80
 
 
 @pytest.fixture(scope="module")
-def model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield tiny_model()
-    torch.set_num_threads(threads)
+def model(one_thread_model):
+    return one_thread_model
 
 
 def pump(model, seed=1, **config) -> tuple[DuetPump, FakeClock, list]:
