@@ -249,3 +249,16 @@ def read_json(path: str | os.PathLike, error: type[MusicGPTError]) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+
+
+def ensure_folder(path: str | os.PathLike, label: str, error: type[MusicGPTError] = WriteError) -> Path:
+    """`path` as a folder that exists (made with its parents if need be), or `error` starting with `label` and saying
+    why it cannot be (a file in the way, no permission), not an OSError's traceback."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise error(f"{label}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"{label}: cannot create the folder ({exc.strerror or exc})") from None
+    return path

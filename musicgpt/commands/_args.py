@@ -20,13 +20,6 @@ def positive_int(text: str) -> int:
 
 def output_folder(path: str | Path, flag: str = "--out") -> Path:
     """`path` as a folder that exists (made with its parents if need be), or a WriteError saying why it cannot be."""
-    from musicgpt.errors import WriteError
+    from musicgpt._io import ensure_folder
 
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise WriteError(f"{flag} {path}: exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WriteError(f"{flag} {path}: cannot create the folder ({exc.strerror or exc})") from None
-    return path
+    return ensure_folder(path, f"{flag} {path}")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgpt._io import atomic_files, remove_leftovers
+from musicgpt._io import atomic_files, ensure_folder, remove_leftovers
 from musicgpt.corpus.recipes import DEFAULT_RATIOS, SPLITS, check_ratios, collect
 from musicgpt.corpus.shards import (FORMAT, MANIFEST, TOKEN_DTYPE, VERSION, load_split, read_manifest, verify,
                                     write_split)
@@ -172,13 +172,7 @@ def prepare(
     if not sources:
         raise DatasetError(f"{source_dir}: no MIDI files found for recipe '{name}'")
     root = Path(source_dir).resolve()
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DatasetError(f"{out_dir}: exists and is not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DatasetError(f"{out_dir}: cannot create the folder ({exc.strerror or exc})") from None
+    out_dir = ensure_folder(out_dir, str(out_dir), DatasetError)
     jobs = max(1, jobs or os.cpu_count() or 1)
     read_options = {"sustain": bool(sustain)}
     tokenizer_dict = tokenizer.to_dict()
